@@ -1,0 +1,200 @@
+"""The `hub` command: serve the hub, check a registry, and control a running hub (ps, up, down, logs)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from hub.config import Registry, load_registry
+from hub.errors import ConfigError, HubError
+
+DEFAULT_CONFIG = "models.toml"
+
+
+class CLIError(Exception):
+    """A one-line error for the person at the terminal; exits 1."""
+
+
+def _registry(path: str) -> Registry:
+    return load_registry(path)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """Validate a registry and print a summary."""
+    reg = _registry(args.config)
+    print(f"{args.config}: ok, {len(reg.models)} model(s)")
+    for mid, m in reg.models.items():
+        mem = f"{m.memory_gb:g} GB" if m.memory_gb is not None else "memory measured"
+        where = "external" if m.engine == "openai" else f"{reg.runtime_of(mid)}@{m.host}"
+        print(f"  {mid:<24} {m.type:<6} {m.engine:<10} {where:<16} {mem}")
+    budget = reg.hub.memory_budget_gb
+    print(f"  budget: {f'{budget:g} GB' if budget else 'unlimited'}; state dir: {reg.state_dir}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Run the hub until Ctrl-C or SIGTERM; engines it started are stopped on the way out."""
+    import logging
+
+    import uvicorn
+
+    from hub.router import create_app
+
+    reg = _registry(args.config)
+    host = args.host or reg.hub.host
+    port = args.port or reg.hub.port
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    app = create_app(reg, ui=not args.no_ui)
+    print(f"hub: serving {len(reg.models)} model(s) on http://{host}:{port} (API /v1, admin /hub, web app /)",
+          flush=True)
+    uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)
+    return 0
+
+
+def _url(args: argparse.Namespace) -> str:
+    if args.url:
+        return args.url.rstrip("/")
+    if os.environ.get("HUB_URL"):
+        return os.environ["HUB_URL"].rstrip("/").removesuffix("/v1")
+    if Path(args.config).exists():
+        reg = _registry(args.config)
+        return f"http://{reg.hub.host}:{reg.hub.port}"
+    return "http://127.0.0.1:8000"
+
+
+def _api_key(args: argparse.Namespace) -> str | None:
+    if os.environ.get("HUB_API_KEY"):
+        return os.environ["HUB_API_KEY"]
+    if Path(args.config).exists():
+        env = _registry(args.config).hub.api_key_env
+        return os.environ.get(env) if env else None
+    return None
+
+
+def _call(args: argparse.Namespace, method: str, path: str, timeout: float = 30.0) -> httpx.Response:
+    url = _url(args)
+    key = _api_key(args)
+    headers = {"authorization": f"Bearer {key}"} if key else {}
+    try:
+        r = httpx.request(method, url + path, headers=headers, timeout=timeout)
+    except httpx.ConnectError:
+        raise CLIError(f"cannot reach the hub at {url}: is `hub serve` running? (set --url or HUB_URL)") from None
+    except httpx.TimeoutException:
+        raise CLIError(f"the hub at {url} did not answer {method} {path} within {timeout:g}s") from None
+    if r.status_code >= 400:
+        try:
+            msg = r.json()["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            msg = r.text.strip() or r.reason_phrase
+        raise CLIError(msg.splitlines()[0] if not args.verbose else msg)
+    return r
+
+
+def _fmt_time(ts: float | None, now: float) -> str:
+    if not ts:
+        return "-"
+    ago = now - ts
+    return f"{ago:.0f}s ago" if ago < 120 else f"{ago / 60:.0f}m ago"
+
+
+def cmd_ps(args: argparse.Namespace) -> int:
+    """List the models of a running hub with their state."""
+    data: dict[str, Any] = _call(args, "GET", "/hub/models").json()
+    if args.json:
+        print(json.dumps(data, indent=2))
+        return 0
+    now = data.get("time", 0)
+    print(f"{'MODEL':<24} {'TYPE':<6} {'ENGINE':<10} {'RUNTIME':<9} {'STATE':<9} {'MEMORY':<16} LAST USED")
+    for m in data["data"]:
+        declared = f"{m['memory_gb']:g}" if m.get("memory_gb") is not None else "-"
+        measured = f"{m['measured_gb']:.2f}" if m.get("measured_gb") is not None else "-"
+        print(f"{m['id']:<24} {m['type']:<6} {m['engine']:<10} {m['runtime']:<9} {m['state']:<9} "
+              f"{declared + ' / ' + measured + ' GB':<16} {_fmt_time(m.get('last_used'), now)}")
+        if m["state"] == "failed" and m.get("reason"):
+            print(f"  └ {m['reason']}")
+    for b in data.get("budgets", []):
+        if b["budget_gb"]:
+            print(f"budget {b['host']}: {b['used_gb']:g} of {b['budget_gb']:g} GB in use")
+    return 0
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    """Start a model on a running hub and wait until it is ready."""
+    m = _call(args, "POST", f"/hub/models/{args.model}/load", timeout=args.timeout).json()
+    print(f"{m['id']}: {m['state']}")
+    return 0
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    """Stop a model on a running hub."""
+    m = _call(args, "POST", f"/hub/models/{args.model}/unload", timeout=args.timeout).json()
+    print(f"{m['id']}: {m['state']}")
+    return 0
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    """Print the tail of a model's engine log."""
+    sys.stdout.write(_call(args, "GET", f"/hub/models/{args.model}/logs?tail={args.tail}").text)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand."""
+    p = argparse.ArgumentParser(prog="hub", description=__doc__)
+    p.add_argument("-v", "--verbose", action="store_true", help="show whole error messages")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, fn, help_: str) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help_, description=help_)
+        sp.add_argument("--config", default=os.environ.get("HUB_CONFIG", DEFAULT_CONFIG),
+                        help="registry file (default: $HUB_CONFIG, else models.toml)")
+        sp.set_defaults(fn=fn)
+        return sp
+
+    sp = add("serve", cmd_serve, "serve the API (/v1), the admin API (/hub) and the web app (/)")
+    sp.add_argument("--host", help="bind address (default: the registry's [hub] host)")
+    sp.add_argument("--port", type=int, help="port (default: the registry's [hub] port)")
+    sp.add_argument("--share", action="store_true", help="ask Gradio for a public share link (needs an API key)")
+    sp.add_argument("--no-ui", action="store_true", help="serve the API only")
+    add("check", cmd_check, "validate a registry file")
+    for name, fn, help_ in [("ps", cmd_ps, "list the models of a running hub"),
+                            ("up", cmd_up, "start a model and wait until it is ready"),
+                            ("down", cmd_down, "stop a model"),
+                            ("logs", cmd_logs, "print the tail of a model's engine log")]:
+        sp = add(name, fn, help_)
+        sp.add_argument("--url", help="the hub's URL (default: $HUB_URL, else the registry's host and port)")
+        if name != "ps":
+            sp.add_argument("model", help="model id")
+        if name == "ps":
+            sp.add_argument("--json", action="store_true", help="print the raw JSON")
+        if name in ("up", "down"):
+            sp.add_argument("--timeout", type=float, default=900.0, help="seconds to wait (default: 900)")
+        if name == "logs":
+            sp.add_argument("-n", "--tail", type=int, default=200, help="lines (default: 200)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `hub` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except ConfigError as err:
+        print(f"hub: {err.message}", file=sys.stderr)
+        return 1
+    except (CLIError, HubError) as err:
+        print(f"hub: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

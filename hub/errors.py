@@ -1,0 +1,111 @@
+"""Every error the hub raises, in one tree. They are converted to HTTP, UI or CLI errors only at the boundary.
+
+    HubError                       base; `status`, `type`, `code`, `param` say how the API boundary shows it
+    ├── ConfigError                the registry is invalid; `problems` holds one "key.path: message" per line
+    ├── RequestError (400)         the request is malformed (bad JSON, a missing or wrong field)
+    │   └── WrongModelType (400)   a text request for an image model or the other way round; names the endpoint
+    ├── AuthError (401)            API key missing or wrong
+    ├── ModelNotFound (404)        no such model in the registry; lists the ones that exist
+    ├── UpstreamError (502)        the engine broke off or crashed while serving a request
+    └── ModelUnavailable (503)     the model cannot serve now
+        ├── StartFailed (503)      the engine failed to start; carries the reason and the tail of its log
+        ├── StartTimeout (503)     the engine was not ready within start_timeout; carries Retry-After
+        └── MemoryBusy (503)       the budget cannot be freed because the models holding it are busy
+    RuntimeFailure                 a runtime (process, docker) could not do what was asked; the manager turns it
+                                   into StartFailed, the CLI into a one-line message
+"""
+
+from __future__ import annotations
+
+
+class HubError(Exception):
+    """Base of every hub error; `status` is the HTTP status the API boundary answers with."""
+
+    status: int = 500
+    type: str = "server_error"
+    code: str | None = None
+
+    def __init__(self, message: str, *, param: str | None = None, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.headers = headers or {}
+
+
+class ConfigError(HubError):
+    """The registry is invalid: every problem names its key path and, where it helps, the valid values."""
+
+    code = "invalid_config"
+
+    def __init__(self, problems: list[str], source: str = "registry") -> None:
+        self.problems = problems
+        lines = "\n".join(f"  {p}" for p in problems)
+        super().__init__(f"{source}: {len(problems)} problem(s)\n{lines}")
+
+
+class RequestError(HubError):
+    """The request is malformed: bad JSON, a missing field, a value out of range."""
+
+    status = 400
+    type = "invalid_request_error"
+    code = "invalid_request"
+
+
+class WrongModelType(RequestError):
+    """The model exists but serves another kind of request; the message names the endpoint to use."""
+
+    code = "wrong_model_type"
+
+
+class AuthError(HubError):
+    """The API key is missing or wrong."""
+
+    status = 401
+    type = "authentication_error"
+    code = "invalid_api_key"
+
+
+class ModelNotFound(HubError):
+    """No model of that id is registered."""
+
+    status = 404
+    type = "invalid_request_error"
+    code = "model_not_found"
+
+
+class UpstreamError(HubError):
+    """The engine broke off or crashed while it served the request."""
+
+    status = 502
+    type = "server_error"
+    code = "engine_error"
+
+
+class ModelUnavailable(HubError):
+    """The model cannot serve right now."""
+
+    status = 503
+    type = "server_error"
+    code = "model_unavailable"
+
+
+class StartFailed(ModelUnavailable):
+    """The engine failed to start; the message carries the reason and the tail of its log."""
+
+    code = "engine_start_failed"
+
+
+class StartTimeout(ModelUnavailable):
+    """The engine did not become ready within start_timeout."""
+
+    code = "engine_start_timeout"
+
+
+class MemoryBusy(ModelUnavailable):
+    """The memory budget cannot be freed: the models holding it have requests in flight."""
+
+    code = "memory_busy"
+
+
+class RuntimeFailure(Exception):
+    """A runtime could not start, reach or stop an engine (no such executable, daemon unreachable, image missing)."""

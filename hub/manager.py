@@ -1,0 +1,442 @@
+"""The model manager: the lifecycle of every model, the memory budget, idle unloading and crash handling.
+
+States and their transitions (one `Slot` per registered model):
+
+    stopped ──start──> starting ──ready──> ready ──stop (unload, idle ttl, eviction, shutdown)──> stopping ──> stopped
+    failed  ──start──> starting                     ready ──engine exits──> failed (reason kept, next request restarts)
+                       starting ──exits / times out / cannot launch──> failed
+
+Rules:
+- Single flight: one start task per model; every request for a cold model awaits that same task, for at most
+  start_timeout.
+- Budget: a start first takes its host's budget lock, then stops least-recently-used idle unpinned models until
+  the new one fits. A busy model is never stopped: the start waits up to drain_timeout for it to go idle, then
+  fails with MemoryBusy naming it. Starting, ready and stopping models all count as using memory.
+- A request holds a Lease while it is served (streams included): leased models are busy.
+- Unmanaged engines (`openai`) are always ready and never started or stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+import httpx
+
+from engines import get_engine
+from engines.base import Engine, LaunchContext, LaunchSpec, Upstream
+from hub.config import ModelConfig, Registry
+from hub.errors import (
+    MemoryBusy,
+    ModelNotFound,
+    ModelUnavailable,
+    RuntimeFailure,
+    StartFailed,
+    StartTimeout,
+)
+from hub.runtimes import Handle, Runtime, make_runtime
+
+log = logging.getLogger("hub.manager")
+LOG_TAIL_LINES = 30
+
+
+def _retrieve(task: asyncio.Task) -> None:
+    """Mark a start task's exception as seen: its waiters (if any) got it already."""
+    if not task.cancelled():
+        task.exception()
+
+
+class State(StrEnum):
+    """A model's lifecycle state."""
+
+    STOPPED = "stopped"
+    STARTING = "starting"
+    READY = "ready"
+    STOPPING = "stopping"
+    FAILED = "failed"
+
+
+HOLDS_MEMORY = (State.STARTING, State.READY, State.STOPPING)
+
+
+@dataclass(eq=False)
+class Slot:
+    """One registered model and everything the manager knows about it."""
+
+    id: str
+    cfg: ModelConfig
+    engine: Engine
+    state: State = State.STOPPED
+    reason: str | None = None
+    handle: Handle | None = None
+    spec: LaunchSpec | None = None
+    in_flight: int = 0
+    last_used: float = 0.0  # time.time() of the last request's end (or of becoming ready)
+    starts: int = 0
+    start_task: asyncio.Task | None = None
+    stop_task: asyncio.Task | None = None
+    watch_task: asyncio.Task | None = None
+    idle: asyncio.Event = field(default_factory=asyncio.Event)
+    started_at: float | None = None
+    ready_at: float | None = None
+
+    def __post_init__(self) -> None:
+        self.idle.set()
+        if not self.engine.managed:
+            self.state = State.READY
+
+
+@dataclass
+class Lease:
+    """A request's hold on a ready model; release it when the response (or stream) is done."""
+
+    slot: Slot
+    upstream: Upstream
+    _released: bool = False
+
+    def release(self) -> None:
+        """End the hold (idempotent)."""
+        if self._released:
+            return
+        self._released = True
+        s = self.slot
+        s.in_flight -= 1
+        s.last_used = time.time()
+        if s.in_flight == 0:
+            s.idle.set()
+
+
+class Manager:
+    """Starts, stops and swaps engines on demand."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        runtime_factory: Callable[[str, str], Runtime] | None = None,
+        memory_of: Callable[[str, ModelConfig], float] | None = None,
+    ) -> None:
+        self.registry = registry
+        self.slots: dict[str, Slot] = {
+            mid: Slot(mid, cfg, get_engine(cfg.engine)) for mid, cfg in registry.models.items()
+        }
+        self._runtime_factory = runtime_factory or (lambda name, host: make_runtime(name, registry, host))
+        self._runtimes: dict[tuple[str, str], Runtime] = {}
+        self._memory_of = memory_of or (lambda mid, cfg: cfg.memory_gb or 0.0)
+        self._budget_locks: dict[str, asyncio.Lock] = {}
+        self._http = httpx.AsyncClient(timeout=5.0)
+        self._ttl_task: asyncio.Task | None = None
+
+    # ---- lifecycle of the manager itself ----
+
+    async def startup(self) -> None:
+        """Start the idle-TTL sweeper."""
+        self._ttl_task = asyncio.create_task(self._ttl_loop(), name="hub-ttl")
+
+    async def shutdown(self) -> None:
+        """Stop every engine the hub started and wait for them to exit (each within stop_timeout)."""
+        if self._ttl_task:
+            self._ttl_task.cancel()
+        for s in self.slots.values():
+            if s.start_task:
+                s.start_task.cancel()
+        await asyncio.gather(
+            *(s.start_task for s in self.slots.values() if s.start_task), return_exceptions=True
+        )
+        await asyncio.gather(*(self._stop(s, "hub shutdown") for s in self.slots.values()), return_exceptions=True)
+        for rt in self._runtimes.values():
+            await rt.close()
+        await self._http.aclose()
+
+    # ---- what the router and the admin API call ----
+
+    def slot(self, model_id: str) -> Slot:
+        """The slot of a registered model, or ModelNotFound listing the ones that exist."""
+        try:
+            return self.slots[model_id]
+        except KeyError:
+            valid = ", ".join(self.slots) or "none registered"
+            raise ModelNotFound(
+                f"model {model_id!r} does not exist (available: {valid})", param="model"
+            ) from None
+
+    async def acquire(self, model_id: str) -> Lease:
+        """Wait until the model is ready (starting it if needed, at most start_timeout) and hold it."""
+        s = self.slot(model_id)
+        if not s.engine.managed:
+            s.in_flight += 1
+            s.idle.clear()
+            return Lease(s, s.engine.upstream(s.cfg))
+        while True:
+            await self._ensure_ready(s)
+            if s.state == State.READY and s.handle:
+                s.in_flight += 1
+                s.idle.clear()
+                return Lease(s, Upstream(s.handle.base_url))
+
+    async def load(self, model_id: str) -> Slot:
+        """Start a model (if it is not running) and wait until it is ready."""
+        lease = await self.acquire(model_id)
+        lease.release()
+        return lease.slot
+
+    async def unload(self, model_id: str) -> Slot:
+        """Stop a model: waits up to drain_timeout for its requests to finish, then stops it anyway."""
+        s = self.slot(model_id)
+        if not s.engine.managed:
+            raise ModelUnavailable(f"model {model_id!r} is served by {s.cfg.base_url}: the hub does not manage it")
+        if s.start_task:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(s.start_task)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(s.idle.wait(), self.registry.hub.drain_timeout)
+        await self._stop(s, "unloaded on request")
+        return s
+
+    def logs(self, model_id: str, tail: int = 100) -> str:
+        """The tail of a model's engine log."""
+        s = self.slot(model_id)
+        if not s.engine.managed:
+            return ""
+        return self.runtime(s).logs(model_id, tail)
+
+    def memory_of(self, s: Slot) -> float:
+        """The GB a model is budgeted at."""
+        return self._memory_of(s.id, s.cfg)
+
+    def used_gb(self, host: str) -> float:
+        """GB held on a host by models that are starting, ready or stopping."""
+        return sum(
+            self.memory_of(s) for s in self.slots.values()
+            if s.cfg.host == host and s.engine.managed and s.state in HOLDS_MEMORY
+        )
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        """Every model's public state, for GET /hub/models."""
+        out = []
+        for s in self.slots.values():
+            out.append({
+                "id": s.id,
+                "type": s.cfg.type,
+                "engine": s.cfg.engine,
+                "runtime": self.registry.runtime_of(s.id) if s.engine.managed else "external",
+                "host": s.cfg.host,
+                "state": s.state.value,
+                "memory_gb": s.cfg.memory_gb,
+                "budget_gb": self.memory_of(s),
+                "pinned": s.cfg.pinned,
+                "ttl": self.registry.ttl_of(s.id),
+                "in_flight": s.in_flight,
+                "last_used": s.last_used or None,
+                "reason": s.reason,
+                "starts": s.starts,
+                "ready_seconds": (s.ready_at - s.started_at) if s.ready_at and s.started_at else None,
+                **({"process": s.handle.info} if s.handle else {}),
+            })
+        return out
+
+    def budgets(self) -> list[dict[str, Any]]:
+        """Budget and use per host."""
+        hosts = ["local", *self.registry.hosts]
+        return [{"host": h, "budget_gb": self.registry.budget_of(h), "used_gb": self.used_gb(h)} for h in hosts]
+
+    # ---- internals ----
+
+    def runtime(self, s: Slot) -> Runtime:
+        """The runtime instance a model runs under (one per runtime name and host)."""
+        key = (self.registry.runtime_of(s.id), s.cfg.host)
+        if key not in self._runtimes:
+            self._runtimes[key] = self._runtime_factory(*key)
+        return self._runtimes[key]
+
+    async def _ensure_ready(self, s: Slot) -> None:
+        """Start the model if needed (one start for all callers) and wait for it, at most start_timeout."""
+        timeout = self.registry.hub.start_timeout
+        if s.state == State.READY:
+            return
+        if s.state == State.STOPPING and s.stop_task:
+            await asyncio.shield(s.stop_task)
+        if s.start_task is None and s.state != State.READY:
+            s.start_task = asyncio.create_task(self._start(s), name=f"start-{s.id}")
+            s.start_task.add_done_callback(_retrieve)
+        task = s.start_task
+        if task is None:
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(task), timeout)
+        except TimeoutError:
+            raise StartTimeout(
+                f"model {s.id!r} is still starting after {timeout:g}s; retry later",
+                headers={"Retry-After": "10"},
+            ) from None
+
+    async def _start(self, s: Slot) -> None:
+        """Make room, launch the engine, wait until it is ready. Runs as the model's single start task."""
+        try:
+            async with self._budget_lock(s.cfg.host):
+                await self._make_room(s)
+                s.state, s.reason, s.started_at, s.ready_at = State.STARTING, None, time.time(), None
+            s.starts += 1
+            await self._launch_and_wait(s)
+            s.state, s.ready_at, s.last_used = State.READY, time.time(), time.time()
+            s.watch_task = asyncio.create_task(self._watch(s), name=f"watch-{s.id}")
+            log.info("%s ready after %.1fs", s.id, s.ready_at - (s.started_at or s.ready_at))
+        except (MemoryBusy, StartFailed, StartTimeout):
+            raise
+        except asyncio.CancelledError:
+            await self._discard(s, "start cancelled")
+            s.state = State.STOPPED
+            raise
+        except Exception as err:  # a bug in an engine or runtime must not leave the model "starting" forever
+            log.exception("starting %s", s.id)
+            await self._fail(s, f"internal error: {err!r}")
+        finally:
+            s.start_task = None
+
+    async def _launch_and_wait(self, s: Slot) -> None:
+        rt = self.runtime(s)
+        timeout = self.registry.hub.start_timeout
+        deadline = time.monotonic() + timeout
+        try:
+            port = rt.allocate_port()
+            ctx = LaunchContext(s.id, s.cfg, self.registry, self.registry.runtime_of(s.id), port)
+            s.spec = s.engine.launch(ctx)
+            s.handle = await rt.start(s.id, s.spec, port)
+        except RuntimeFailure as err:
+            await self._fail(s, str(err), with_log=False)
+        delay = 0.1
+        while not await s.engine.ready(self._http, s.handle.base_url, s.spec):
+            if not await rt.alive(s.handle):
+                why = await rt.wait_exit(s.handle)
+                await self._fail(s, f"the engine {why} before it was ready")
+            if time.monotonic() > deadline:
+                await self._discard(s, "start timeout")
+                s.state, s.reason = State.FAILED, f"not ready within start_timeout ({timeout:g}s)"
+                raise StartTimeout(
+                    f"model {s.id!r} was not ready within start_timeout ({timeout:g}s) and was stopped; "
+                    f"raise [hub] start_timeout or see `hub logs {s.id}`",
+                    headers={"Retry-After": "30"},
+                )
+            await asyncio.sleep(delay)
+            delay = min(delay * 1.5, 1.0)
+
+    async def _fail(self, s: Slot, reason: str, with_log: bool = True) -> None:
+        """Mark the model failed, release its engine, and raise StartFailed with the reason and its log's tail."""
+        tail = self.runtime(s).logs(s.id, LOG_TAIL_LINES) if with_log else ""
+        await self._discard(s, reason)
+        s.state, s.reason = State.FAILED, reason
+        msg = f"model {s.id!r} failed to start: {reason}"
+        if tail.strip():
+            msg += f"\n--- last lines of its log (`hub logs {s.id}`) ---\n{tail.rstrip()}"
+        raise StartFailed(msg)
+
+    async def _discard(self, s: Slot, why: str) -> None:
+        """Stop and forget the engine of a model that is not (or no longer) serving."""
+        if s.watch_task:
+            s.watch_task.cancel()
+            s.watch_task = None
+        if s.handle:
+            handle, s.handle = s.handle, None
+            with contextlib.suppress(Exception):
+                await self.runtime(s).stop(handle, self.registry.hub.stop_timeout)
+
+    async def _stop(self, s: Slot, why: str) -> None:
+        """Stop a ready (or failed) model's engine; concurrent calls share one stop."""
+        if not s.engine.managed:
+            return
+        if s.stop_task:
+            await asyncio.shield(s.stop_task)
+            return
+        if s.state not in (State.READY, State.FAILED) or (s.state == State.FAILED and not s.handle):
+            return
+
+        async def run() -> None:
+            s.state = State.STOPPING
+            log.info("stopping %s: %s", s.id, why)
+            try:
+                await self._discard(s, why)
+            finally:
+                s.state, s.reason, s.stop_task = State.STOPPED, why, None
+
+        s.stop_task = asyncio.create_task(run(), name=f"stop-{s.id}")
+        await asyncio.shield(s.stop_task)
+
+    async def _watch(self, s: Slot) -> None:
+        """Notice an engine that exits while ready: the model becomes failed and keeps the reason."""
+        handle = s.handle
+        if handle is None:
+            return
+        why = await self.runtime(s).wait_exit(handle)
+        if s.handle is handle and s.state == State.READY:
+            s.handle, s.watch_task = None, None
+            s.state, s.reason = State.FAILED, f"the engine {why} unexpectedly"
+            log.warning("%s: %s", s.id, s.reason)
+            with contextlib.suppress(Exception):
+                await self.runtime(s).stop(handle, self.registry.hub.stop_timeout)
+
+    def _budget_lock(self, host: str) -> asyncio.Lock:
+        return self._budget_locks.setdefault(host, asyncio.Lock())
+
+    async def _make_room(self, s: Slot) -> None:
+        """Stop LRU idle unpinned models on s's host until s fits its budget; busy ones are waited for."""
+        host = s.cfg.host
+        budget = self.registry.budget_of(host)
+        if budget is None:
+            return
+        need = self.memory_of(s)
+        deadline = time.monotonic() + self.registry.hub.drain_timeout
+        while self.used_gb(host) + need > budget:
+            others = [o for o in self.slots.values() if o is not s and o.cfg.host == host and o.engine.managed]
+            stopping = [o.stop_task for o in others if o.stop_task]
+            if stopping:
+                await asyncio.gather(*(asyncio.shield(t) for t in stopping), return_exceptions=True)
+                continue
+            victims = sorted((o for o in others if o.state == State.READY and not o.cfg.pinned),
+                             key=lambda o: o.last_used)
+            idle = [o for o in victims if o.in_flight == 0]
+            if idle:
+                await self._stop(idle[0], f"evicted to make room for {s.id!r}")
+                continue
+            if failed := [o for o in others if o.state == State.FAILED and o.handle]:
+                await self._stop(failed[0], "released after failure")
+                continue
+            if not victims:
+                holders = [o for o in others if o.state in HOLDS_MEMORY]
+                names = ", ".join(f"{o.id!r} ({o.state.value}{', pinned' if o.cfg.pinned else ''}, "
+                                  f"{self.memory_of(o):g} GB)" for o in holders)
+                raise MemoryBusy(
+                    f"model {s.id!r} needs {need:g} GB but host {host!r} has {budget - self.used_gb(host):g} of "
+                    f"{budget:g} GB free and nothing can be unloaded: {names or 'no other model holds memory'}"
+                )
+            remaining = deadline - time.monotonic()
+            busy = victims[0]
+            if remaining <= 0:
+                raise MemoryBusy(
+                    f"model {s.id!r} needs {need:g} GB of host {host!r}'s {budget:g} GB budget, but model "
+                    f"{busy.id!r} is busy ({busy.in_flight} request(s) in flight); retry when it is idle",
+                    headers={"Retry-After": "5"},
+                )
+            waits = [asyncio.create_task(o.idle.wait()) for o in victims]
+            try:
+                await asyncio.wait(waits, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for w in waits:
+                    w.cancel()
+
+    async def _ttl_loop(self) -> None:
+        """Every second: stop ready models idle for longer than their ttl."""
+        while True:
+            await asyncio.sleep(1.0)
+            now = time.time()
+            expired = [
+                (s, ttl) for s in self.slots.values()
+                if (ttl := self.registry.ttl_of(s.id)) > 0 and s.engine.managed and s.state == State.READY
+                and s.in_flight == 0 and not s.cfg.pinned and now - s.last_used >= ttl
+            ]
+            await asyncio.gather(*(self._stop(s, f"idle for {ttl:g}s (ttl)") for s, ttl in expired),
+                                 return_exceptions=True)

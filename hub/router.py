@@ -1,0 +1,283 @@
+"""The HTTP surface: OpenAI-compatible /v1 routes, the /hub admin routes, /health, and the web app at /.
+
+Requests are routed by the registry's model type; bodies are passed to the engine as received (never re-encoded)
+and streams are passed on chunk by chunk. Every HubError becomes an OpenAI-shaped error here and only here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import time
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from hub.config import Registry
+from hub.errors import AuthError, HubError, RequestError, UpstreamError, WrongModelType
+from hub.manager import Lease, Manager
+
+# Headers that describe one hop of a connection, not the message: never passed on.
+HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "content-length", "content-encoding", "host",
+               "authorization", "te", "trailer", "upgrade", "proxy-authorization", "proxy-connection"}
+
+TEXT_ENDPOINTS = "/v1/chat/completions or /v1/completions"
+IMAGE_ENDPOINTS = "/v1/images/generations or /v1/images/edits"
+
+
+def error_body(message: str, type_: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
+    """The OpenAI error shape."""
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+def hub_error_response(err: HubError) -> JSONResponse:
+    """A HubError as an OpenAI-shaped JSON response with its status and headers."""
+    return JSONResponse(error_body(err.message, err.type, err.param, err.code), err.status, headers=err.headers)
+
+
+def _json_body(raw: bytes) -> dict[str, Any]:
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as err:
+        raise RequestError(f"the request body is not valid JSON: {err}") from None
+    if not isinstance(body, dict):
+        raise RequestError("the request body must be a JSON object")
+    return body
+
+
+def _require(body: dict[str, Any], name: str, kind: type | tuple[type, ...], what: str) -> Any:
+    value = body.get(name)
+    if value is None:
+        raise RequestError(f"missing required parameter '{name}' ({what})", param=name)
+    if not isinstance(value, kind):
+        raise RequestError(f"'{name}' must be {what}", param=name)
+    return value
+
+
+class Proxy:
+    """Forwards requests to engines with one pooled HTTP client."""
+
+    def __init__(self, manager: Manager) -> None:
+        self.manager = manager
+        self.client = httpx.AsyncClient(
+            timeout=httpx.Timeout(connect=10.0, read=None, write=60.0, pool=None),
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=256),
+        )
+
+    def check_type(self, model_id: str, wanted: str) -> None:
+        """ModelNotFound for unknown ids; WrongModelType naming the right endpoint for the other kind."""
+        slot = self.manager.slot(model_id)
+        if slot.cfg.type != wanted:
+            use = TEXT_ENDPOINTS if slot.cfg.type == "text" else IMAGE_ENDPOINTS
+            article = "an" if slot.cfg.type == "image" else "a"
+            raise WrongModelType(f"model {model_id!r} is {article} {slot.cfg.type} model: use {use}", param="model")
+
+    async def forward(self, request: Request, model_id: str, path: str, raw: bytes, stream: bool,
+                      extra_headers: dict[str, str] | None = None) -> Response:
+        """Acquire the model, send the body to its engine, and pass the answer (or stream) back."""
+        lease = await self.manager.acquire(model_id)
+        try:
+            headers = {"content-type": request.headers.get("content-type", "application/json")}
+            if lease.upstream.api_key:
+                headers["authorization"] = f"Bearer {lease.upstream.api_key}"
+            headers.update(extra_headers or {})
+            req = self.client.build_request("POST", lease.upstream.base_url + path, content=raw, headers=headers)
+            try:
+                resp = await self.client.send(req, stream=True)
+            except httpx.HTTPError as err:
+                raise self._upstream_error(lease, err) from None
+        except BaseException:
+            lease.release()
+            raise
+        out_headers = {k: v for k, v in resp.headers.items() if k.lower() not in HOP_HEADERS}
+        if stream and resp.status_code == 200:
+            return StreamingResponse(self._relay(resp, lease), status_code=200, headers=out_headers)
+        try:
+            body = await resp.aread()
+        except httpx.HTTPError as err:
+            raise self._upstream_error(lease, err) from None
+        finally:
+            await resp.aclose()
+            lease.release()
+        return Response(body, status_code=resp.status_code, headers=out_headers)
+
+    async def _relay(self, resp: httpx.Response, lease: Lease):
+        """Yield the engine's stream as it arrives; a broken stream ends with an SSE error event."""
+        try:
+            async for chunk in resp.aiter_raw():
+                yield chunk
+        except httpx.HTTPError as err:
+            e = self._upstream_error(lease, err)
+            yield f"data: {json.dumps(error_body(e.message, e.type, None, e.code))}\n\n".encode()
+        finally:
+            await resp.aclose()
+            lease.release()
+
+    def _upstream_error(self, lease: Lease, err: Exception) -> UpstreamError:
+        s = lease.slot
+        detail = f" ({s.reason})" if s.reason else ""
+        return UpstreamError(
+            f"model {s.id!r}: the engine broke off the request: {type(err).__name__}: {err or 'no detail'}{detail}; "
+            f"see `hub logs {s.id}`"
+        )
+
+    async def close(self) -> None:
+        """Close the pooled client."""
+        await self.client.aclose()
+
+
+def create_app(registry: Registry, manager: Manager | None = None, ui: bool = True) -> FastAPI:
+    """The hub's ASGI app: router, admin API and (if `ui`) the web app at /."""
+    manager = manager or Manager(registry)
+    proxy = Proxy(manager)
+    api_key = os.environ.get(registry.hub.api_key_env) if registry.hub.api_key_env else None
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        await manager.startup()
+        try:
+            yield
+        finally:
+            await manager.shutdown()
+            await proxy.close()
+
+    app = FastAPI(title="hub", version="0.1.0", lifespan=lifespan, docs_url="/hub/docs",
+                  openapi_url="/hub/openapi.json", redoc_url=None)
+    app.state.manager = manager
+    app.state.registry = registry
+
+    @app.middleware("http")
+    async def authenticate(request: Request, call_next):
+        path = request.url.path
+        if api_key and (path.startswith("/v1/") or path.startswith("/hub/")) and request.method != "OPTIONS":
+            given = request.headers.get("authorization", "")
+            token = given[7:] if given[:7].lower() == "bearer " else ""
+            if not secrets.compare_digest(token.encode(), api_key.encode()):
+                why = "missing" if not given else "wrong"
+                return hub_error_response(AuthError(
+                    f"API key {why}: send 'Authorization: Bearer <key>' with the key in ${registry.hub.api_key_env}"
+                ))
+        return await call_next(request)
+
+    @app.exception_handler(HubError)
+    async def on_hub_error(request: Request, err: HubError) -> JSONResponse:
+        return hub_error_response(err)
+
+    @app.exception_handler(RequestValidationError)
+    async def on_validation(request: Request, err: RequestValidationError) -> JSONResponse:
+        first = err.errors()[0] if err.errors() else {"loc": (), "msg": "invalid request"}
+        param = ".".join(str(p) for p in first["loc"][1:]) or None
+        return hub_error_response(RequestError(f"{param or 'request'}: {first['msg']}", param=param))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http(request: Request, err: StarletteHTTPException) -> JSONResponse:
+        kind = "invalid_request_error" if err.status_code < 500 else "server_error"
+        msg = f"{request.method} {request.url.path}: {err.detail}"
+        return JSONResponse(error_body(msg, kind, None, str(err.status_code)), err.status_code)
+
+    # ---- OpenAI-compatible ----
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/v1/models")
+    async def list_models() -> dict[str, Any]:
+        return {"object": "list", "data": [
+            {"id": s.id, "object": "model", "created": 0, "owned_by": "hub", "type": s.cfg.type,
+             "engine": s.cfg.engine, "state": s.state.value}
+            for s in manager.slots.values()
+        ]}
+
+    async def text_route(request: Request, path: str, field: str, what: str) -> Response:
+        raw = await request.body()
+        body = _json_body(raw)
+        model = _require(body, "model", str, "the id of a registered text model")
+        _require(body, field, (list, str) if field == "prompt" else list, what)
+        proxy.check_type(model, "text")
+        return await proxy.forward(request, model, path, raw, bool(body.get("stream")))
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Response:
+        return await text_route(request, "/v1/chat/completions", "messages", "a list of messages")
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Response:
+        return await text_route(request, "/v1/completions", "prompt", "a string or a list of strings")
+
+    def files_header(request: Request, model: str) -> dict[str, str]:
+        return {"x-hub-files-url": f"{str(request.base_url).rstrip('/')}/files/{model}"}
+
+    @app.post("/v1/images/generations")
+    async def images_generations(request: Request) -> Response:
+        raw = await request.body()
+        body = _json_body(raw)
+        model = _require(body, "model", str, "the id of a registered image model")
+        _require(body, "prompt", str, "a text prompt")
+        proxy.check_type(model, "image")
+        return await proxy.forward(request, model, "/v1/images/generations", raw, False, files_header(request, model))
+
+    @app.post("/v1/images/edits")
+    async def images_edits(request: Request) -> Response:
+        raw = await request.body()
+        if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+            raise RequestError("/v1/images/edits takes multipart/form-data with image, prompt and model fields")
+        try:
+            form = await request.form()
+        except Exception as err:
+            raise RequestError(f"the multipart body cannot be parsed: {err}") from None
+        try:
+            model = form.get("model")
+            if not isinstance(model, str) or not model:
+                raise RequestError("missing required parameter 'model' (the id of a registered image model)",
+                                   param="model")
+            if "image" not in form and "image[]" not in form:
+                raise RequestError("missing required parameter 'image' (one or more image files)", param="image")
+        finally:
+            await form.close()
+        proxy.check_type(model, "image")
+        return await proxy.forward(request, model, "/v1/images/edits", raw, False, files_header(request, model))
+
+    @app.get("/files/{model}/{name}")
+    async def image_file(model: str, name: str) -> Response:
+        """Images made with response_format=url: unguessable names, served by the engine that made them."""
+        s = manager.slot(model)
+        if not s.handle:
+            raise StarletteHTTPException(404, f"image {name!r} is gone: model {model!r} is not running")
+        r = await proxy.client.get(f"{s.handle.base_url}/files/{name}")
+        return Response(r.content, r.status_code, media_type=r.headers.get("content-type"))
+
+    # ---- admin ----
+
+    @app.get("/hub/models")
+    async def hub_models() -> dict[str, Any]:
+        return {"object": "list", "data": manager.snapshot(), "budgets": manager.budgets(), "time": time.time()}
+
+    def entry(model_id: str) -> dict[str, Any]:
+        return next(m for m in manager.snapshot() if m["id"] == model_id)
+
+    @app.post("/hub/models/{model_id}/load")
+    async def hub_load(model_id: str) -> dict[str, Any]:
+        await manager.load(model_id)
+        return entry(model_id)
+
+    @app.post("/hub/models/{model_id}/unload")
+    async def hub_unload(model_id: str) -> dict[str, Any]:
+        await manager.unload(model_id)
+        return entry(model_id)
+
+    @app.get("/hub/models/{model_id}/logs")
+    async def hub_logs(model_id: str, tail: int = 200) -> PlainTextResponse:
+        return PlainTextResponse(manager.logs(model_id, max(1, min(tail, 10000))))
+
+    if ui:
+        from hub.ui import mount_ui
+
+        mount_ui(app, registry)
+    return app

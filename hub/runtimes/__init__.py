@@ -1,0 +1,20 @@
+"""Runtimes run engines: `process` (a local subprocess) and `docker` (a container on a local or remote host)."""
+
+from __future__ import annotations
+
+from hub.runtimes.base import Handle, Runtime
+
+__all__ = ["Handle", "Runtime", "make_runtime"]
+
+
+def make_runtime(name: str, registry, host: str = "local") -> Runtime:
+    """The runtime called `name`, for models placed on `host`."""
+    if name == "process":
+        from hub.runtimes.process import ProcessRuntime
+
+        return ProcessRuntime(registry.state_dir / "logs")
+    if name == "docker":
+        from hub.runtimes.docker import DockerRuntime
+
+        return DockerRuntime(registry, host)
+    raise ValueError(f"unknown runtime {name!r}")

@@ -1,0 +1,99 @@
+"""The process runtime: each engine is a subprocess in its own process group (so stopping it stops its children),
+with its output in `<state_dir>/logs/<model>.log`. Stop sends SIGTERM to the group, then SIGKILL after the grace
+period. On Linux the engine also gets SIGTERM if the hub dies without cleaning up (PR_SET_PDEATHSIG)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import os
+import signal
+import sys
+import time
+from collections import deque
+from pathlib import Path
+
+from engines.base import LaunchSpec
+from hub.errors import RuntimeFailure
+from hub.runtimes.base import Handle, Runtime
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(Exception):
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def tail_file(path: Path, lines: int) -> str:
+    """The last `lines` lines of a text file ("" if it does not exist)."""
+    try:
+        with path.open(errors="replace") as f:
+            return "".join(deque(f, maxlen=lines))
+    except FileNotFoundError:
+        return ""
+
+
+class ProcessRuntime(Runtime):
+    """Engines as local subprocesses."""
+
+    name = "process"
+
+    def __init__(self, log_dir: Path) -> None:
+        self.log_dir = log_dir
+
+    def log_path(self, model_id: str) -> Path:
+        """Where a model's engine writes its output."""
+        return self.log_dir / f"{model_id}.log"
+
+    async def start(self, model_id: str, spec: LaunchSpec, port: int) -> Handle:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        log = self.log_path(model_id)
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **spec.env}
+        with log.open("w") as f:
+            f.write(f"# hub: {time.strftime('%Y-%m-%d %H:%M:%S')} starting {model_id}: {' '.join(spec.argv)}\n")
+            f.flush()
+            try:
+                proc = await asyncio.create_subprocess_exec(
+                    *spec.argv,
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=f,
+                    stderr=asyncio.subprocess.STDOUT,
+                    cwd=spec.cwd,
+                    env=env,
+                    start_new_session=True,
+                    preexec_fn=_die_with_parent,
+                )
+            except OSError as err:
+                raise RuntimeFailure(f"cannot run {spec.argv[0]!r}: {err.strerror or err}") from None
+        return Handle(model_id, f"http://127.0.0.1:{port}", ref=proc, info={"pid": proc.pid, "port": port})
+
+    async def alive(self, handle: Handle) -> bool:
+        return handle.ref.returncode is None
+
+    async def wait_exit(self, handle: Handle) -> str:
+        code = await handle.ref.wait()
+        if code < 0:
+            return f"killed by signal {signal.Signals(-code).name}"
+        return f"exited with code {code}"
+
+    async def stop(self, handle: Handle, timeout: float) -> None:
+        proc: asyncio.subprocess.Process = handle.ref
+        self._signal_group(proc.pid, signal.SIGTERM)
+        try:
+            await asyncio.wait_for(proc.wait(), timeout)
+        except TimeoutError:
+            self._signal_group(proc.pid, signal.SIGKILL)
+            await proc.wait()
+        # children that outlived the leader (or ignored SIGTERM) go too
+        self._signal_group(proc.pid, signal.SIGKILL)
+
+    @staticmethod
+    def _signal_group(pgid: int, sig: signal.Signals) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, sig)
+
+    def logs(self, model_id: str, tail: int = 100) -> str:
+        return tail_file(self.log_path(model_id), tail)

@@ -1,0 +1,157 @@
+"""A tiny real OpenAI-compatible server for tests and benchmarks (as llama-swap's simple-responder).
+
+Run: python tests/responder.py --port PORT [--model NAME] [--delay S] [--start-delay S] [--fail-start]
+It answers chat and completions by echoing (deterministically, so tests can assert on the text), streams SSE
+chunks, makes real PNG images for generations and edits, and has endpoints to crash it (/test/crash) and to
+count requests (/test/stats). Only the standard library and uvicorn/starlette (the hub's own environment).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import os
+import struct
+import sys
+import time
+import zlib
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+
+def png(width: int, height: int, rgb: tuple[int, int, int]) -> bytes:
+    """A valid solid-colour PNG."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    row = b"\x00" + bytes(rgb) * width
+    raw = zlib.compress(row * height)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", raw) + chunk(b"IEND", b""))
+
+
+def make_app(opts: argparse.Namespace) -> Starlette:
+    stats = {"requests": 0, "pid": os.getpid()}
+
+    def reply_text(body: dict) -> str:
+        if "messages" in body:
+            last = body["messages"][-1].get("content", "") if body["messages"] else ""
+            if isinstance(last, list):
+                last = " ".join(p.get("text", "") for p in last if isinstance(p, dict))
+            return f"echo: {last}"
+        prompt = body.get("prompt", "")
+        return f"echo: {prompt if isinstance(prompt, str) else prompt[0]}"
+
+    async def health(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def models(request: Request) -> Response:
+        return JSONResponse({"object": "list", "data": [{"id": opts.model, "object": "model", "owned_by": "test"}]})
+
+    async def chat(request: Request) -> Response:
+        stats["requests"] += 1
+        body = await request.json()
+        if body.get("max_tokens") == -1:
+            return JSONResponse({"error": {"message": "max_tokens must be positive", "type": "invalid_request_error",
+                                           "param": "max_tokens", "code": None}}, status_code=400)
+        if opts.delay:
+            await asyncio.sleep(opts.delay)
+        text = reply_text(body)
+        is_chat = request.url.path.endswith("chat/completions")
+        rid, created = f"cmpl-{stats['requests']}", int(time.time())
+        if body.get("stream"):
+            async def events():
+                words = text.split(" ")
+                for i, w in enumerate(words):
+                    piece = w if i == 0 else " " + w
+                    if is_chat:
+                        choice = {"index": 0, "delta": {"role": "assistant", "content": piece} if i == 0
+                                  else {"content": piece}, "finish_reason": None}
+                        obj = {"id": rid, "object": "chat.completion.chunk", "created": created,
+                               "model": body["model"], "choices": [choice]}
+                    else:
+                        obj = {"id": rid, "object": "text_completion", "created": created, "model": body["model"],
+                               "choices": [{"index": 0, "text": piece, "finish_reason": None}]}
+                    yield f"data: {json.dumps(obj)}\n\n"
+                    await asyncio.sleep(opts.chunk_delay)
+                end = {"index": 0, "finish_reason": "stop", **({"delta": {}} if is_chat else {"text": ""})}
+                obj = {"id": rid, "object": "chat.completion.chunk" if is_chat else "text_completion",
+                       "created": created, "model": body["model"], "choices": [end]}
+                yield f"data: {json.dumps(obj)}\n\n"
+                yield "data: [DONE]\n\n"
+            return StreamingResponse(events(), media_type="text/event-stream")
+        usage = {"prompt_tokens": 1, "completion_tokens": len(text.split()), "total_tokens": 1 + len(text.split())}
+        if is_chat:
+            return JSONResponse({"id": rid, "object": "chat.completion", "created": created, "model": body["model"],
+                                 "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                                              "finish_reason": "stop"}], "usage": usage})
+        return JSONResponse({"id": rid, "object": "text_completion", "created": created, "model": body["model"],
+                             "choices": [{"index": 0, "text": text, "finish_reason": "stop"}], "usage": usage})
+
+    def images_response(n: int, size: str, colour: tuple[int, int, int]) -> Response:
+        w, h = (int(x) for x in size.split("x"))
+        data = [{"b64_json": base64.b64encode(png(w, h, colour)).decode()} for _ in range(n)]
+        return JSONResponse({"created": int(time.time()), "data": data})
+
+    async def generations(request: Request) -> Response:
+        stats["requests"] += 1
+        body = await request.json()
+        if opts.delay:
+            await asyncio.sleep(opts.delay)
+        return images_response(int(body.get("n") or 1), body.get("size") or "64x64", (0, 200, 0))
+
+    async def edits(request: Request) -> Response:
+        stats["requests"] += 1
+        async with request.form() as form:
+            images = form.getlist("image") + form.getlist("image[]")
+            if not images:
+                return JSONResponse({"error": {"message": "image is required", "type": "invalid_request_error",
+                                               "param": "image", "code": None}}, status_code=400)
+            names = [getattr(i, "filename", "") for i in images]
+            mask = form.get("mask")
+            n, size = int(form.get("n") or 1), str(form.get("size") or "64x64")
+        resp = images_response(n, size, (200, 0, 0) if mask is not None else (0, 0, 200))
+        resp.headers["x-test-images"] = ",".join(str(x) for x in names)
+        return resp
+
+    async def crash(request: Request) -> Response:
+        os._exit(3)
+
+    async def stats_route(request: Request) -> Response:
+        return JSONResponse(stats)
+
+    return Starlette(routes=[
+        Route("/health", health), Route("/v1/models", models),
+        Route("/v1/chat/completions", chat, methods=["POST"]), Route("/v1/completions", chat, methods=["POST"]),
+        Route("/v1/images/generations", generations, methods=["POST"]),
+        Route("/v1/images/edits", edits, methods=["POST"]),
+        Route("/test/crash", crash, methods=["POST"]), Route("/test/stats", stats_route),
+    ])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--model", default="test")
+    p.add_argument("--delay", type=float, default=0.0, help="seconds before each answer")
+    p.add_argument("--chunk-delay", type=float, default=0.01, help="seconds between stream chunks")
+    p.add_argument("--start-delay", type=float, default=0.0, help="seconds before listening")
+    p.add_argument("--fail-start", action="store_true", help="print an error and exit 1 instead of serving")
+    opts = p.parse_args()
+    print(f"responder: model {opts.model} on port {opts.port}", flush=True)
+    if opts.fail_start:
+        print("responder: CUDA out of memory (simulated start failure)", flush=True)
+        sys.exit(1)
+    if opts.start_delay:
+        time.sleep(opts.start_delay)
+    import uvicorn
+
+    uvicorn.run(make_app(opts), host="127.0.0.1", port=opts.port, log_level="warning")
+
+
+if __name__ == "__main__":
+    main()
