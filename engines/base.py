@@ -63,8 +63,9 @@ class LaunchContext:
         return str(py)
 
     def source(self) -> str:
-        """The model's source: a local folder (resolved against the registry's folder) or a hub repo id."""
-        src = self.model.source or ""
+        """The model's source: a local folder (resolved against the registry's folder; `{state_dir}` expands to
+        the hub's state dir) or a hub repo id."""
+        src = (self.model.source or "").replace("{state_dir}", str(self.registry.state_dir))
         if src.startswith((".", "/", "~")):
             return str(self.registry.resolve_path(src))
         return src

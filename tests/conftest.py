@@ -1,0 +1,139 @@
+"""Shared fixtures: a real `hub serve` process started from a registry text, and the test responder command.
+
+Tiers that need something installed (engine environments, Chromium, Docker) skip when it is missing, except under
+HUB_STRICT=1 (set by `make test` and CI), where a missing prerequisite fails the test instead.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+RESPONDER = ROOT / "tests" / "responder.py"
+STRICT = os.environ.get("HUB_STRICT") == "1"
+
+
+def require(ok: bool, why: str) -> None:
+    """Skip the test when a prerequisite is missing; under HUB_STRICT=1 fail instead."""
+    if not ok:
+        if STRICT:
+            pytest.fail(f"prerequisite missing (HUB_STRICT=1): {why}")
+        pytest.skip(why)
+
+
+def free_port() -> int:
+    """A free loopback port."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def responder_command(*extra: str) -> str:
+    """The TOML array that runs the test responder as a `command` engine."""
+    parts = [sys.executable, str(RESPONDER), "--port", "{port}", *extra]
+    return "[" + ", ".join(f'"{p}"' for p in parts) + "]"
+
+
+@dataclass
+class HubProcess:
+    """A running `hub serve`."""
+
+    url: str
+    proc: subprocess.Popen
+    config: Path
+    state_dir: Path
+    log: Path
+
+    @property
+    def v1(self) -> str:
+        return self.url + "/v1"
+
+    def engine_pids(self) -> list[int]:
+        """Pids of every process below the hub (its engines and their children)."""
+        try:
+            return [p.pid for p in psutil.Process(self.proc.pid).children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return []
+
+    def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+        """Run the `hub` CLI against this hub."""
+        return subprocess.run([sys.executable, "-m", "hub.cli", *args, "--url", self.url], capture_output=True,
+                              text=True, timeout=timeout, env={**os.environ, "HUB_URL": ""})
+
+    def models(self, headers: dict[str, str] | None = None) -> dict[str, dict]:
+        """GET /hub/models as {id: entry}."""
+        r = httpx.get(self.url + "/hub/models", headers=headers or {}, timeout=10)
+        r.raise_for_status()
+        return {m["id"]: m for m in r.json()["data"]}
+
+    def stop(self, timeout: float = 30) -> None:
+        """SIGTERM the hub and wait for it (and so its engines) to exit."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def start_hub(tmp: Path, registry: str, env: dict[str, str] | None = None, ui: bool = False,
+              ready_timeout: float = 60) -> HubProcess:
+    """Write `registry` (with a [hub] table if it has none) and start `hub serve` on a free port."""
+    port = free_port()
+    state = tmp / "state"
+    if "[hub]" not in registry:
+        registry = "[hub]\n" + registry
+    registry = registry.replace("[hub]\n", f'[hub]\nport = {port}\nstate_dir = "{state}"\n', 1)
+    cfg = tmp / "models.toml"
+    cfg.write_text(registry)
+    log = tmp / "hub.log"
+    args = [sys.executable, "-m", "hub.cli", "serve", "--config", str(cfg)]
+    if not ui:
+        args.append("--no-ui")
+    environ = {**os.environ, "HUB_STATE_DIR": str(state), **(env or {})}
+    proc = subprocess.Popen(args, stdout=log.open("w"), stderr=subprocess.STDOUT, env=environ, cwd=ROOT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + ready_timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"hub exited with {proc.returncode}:\n{log.read_text()}")
+        try:
+            if httpx.get(url + "/health", timeout=1).status_code == 200:
+                return HubProcess(url, proc, cfg, state, log)
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError(f"hub not up within {ready_timeout}s:\n{log.read_text()}")
+
+
+@pytest.fixture
+def hub_factory(tmp_path: Path) -> Iterator[Callable[..., HubProcess]]:
+    """Start hubs from registry texts; each is stopped at the end and must leave no process behind."""
+    started: list[tuple[HubProcess, list[int]]] = []
+
+    def make(registry: str, **kw) -> HubProcess:
+        h = start_hub(tmp_path, registry, **kw)
+        started.append((h, []))
+        return h
+
+    yield make
+    for h, _ in started:
+        pids = h.engine_pids()
+        h.stop()
+        time.sleep(0.2)
+        left = [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+        assert not left, f"processes left after hub shutdown: {left}"
