@@ -55,7 +55,7 @@ class LaunchContext:
 
     def engine_python(self, env_name: str) -> str:
         """The Python of an engine environment made by `hub engines setup`, or a RuntimeFailure saying how."""
-        py = self.registry.state_dir / "envs" / env_name / "bin" / "python"
+        py = self.registry.envs_dir / env_name / "bin" / "python"
         if not py.exists():
             raise RuntimeFailure(
                 f"the {env_name} engine environment is missing ({py}): run `hub engines setup {env_name}`"

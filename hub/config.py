@@ -113,6 +113,12 @@ class Registry(_Strict):
         """Logs, engine environments, demo models and the memory ledger (HUB_STATE_DIR overrides the registry)."""
         return self.resolve_path(os.environ.get("HUB_STATE_DIR") or self.hub.state_dir)
 
+    @property
+    def envs_dir(self) -> Path:
+        """Where `hub engines setup` makes the engines' virtual environments (HUB_ENVS_DIR overrides)."""
+        env = os.environ.get("HUB_ENVS_DIR")
+        return self.resolve_path(env) if env else self.state_dir / "envs"
+
     def resolve_path(self, value: str) -> Path:
         """A path from the registry, relative ones taken from the registry file's folder."""
         p = Path(value).expanduser()

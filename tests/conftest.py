@@ -23,6 +23,9 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 RESPONDER = ROOT / "tests" / "responder.py"
 STRICT = os.environ.get("HUB_STRICT") == "1"
+# Engine environments and demo models are made once (by `make test`) and shared by every hub a test starts.
+ENVS_DIR = Path(os.environ.get("HUB_ENVS_DIR") or ROOT / ".hub" / "envs")
+DEMO_MODELS = Path(os.environ.get("HUB_DEMO_MODELS") or ROOT / ".hub" / "models")
 
 
 def require(ok: bool, why: str) -> None:
@@ -103,7 +106,7 @@ def start_hub(tmp: Path, registry: str, env: dict[str, str] | None = None, ui: b
     args = [sys.executable, "-m", "hub.cli", "serve", "--config", str(cfg)]
     if not ui:
         args.append("--no-ui")
-    environ = {**os.environ, "HUB_STATE_DIR": str(state), **(env or {})}
+    environ = {**os.environ, "HUB_STATE_DIR": str(state), "HUB_ENVS_DIR": str(ENVS_DIR), **(env or {})}
     proc = subprocess.Popen(args, stdout=log.open("w"), stderr=subprocess.STDOUT, env=environ, cwd=ROOT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + ready_timeout
