@@ -77,6 +77,7 @@ class Upstream:
 
     base_url: str
     api_key: str | None = None
+    model: str | None = None  # the model name the server knows, when it differs from the registry id
 
 
 class Engine:
@@ -97,10 +98,7 @@ class Engine:
         except ValidationError as err:
             from hub.config import format_validation_error
 
-            valid = ", ".join(self.Args.model_fields)
-            for line in format_validation_error(err):
-                line = line.replace("unknown key (valid: )", f"unknown key (valid: {valid})")
-                out.append(f"args.{line}")
+            out.extend(f"args.{line}" for line in format_validation_error(err, list(self.Args.model_fields)))
         return out
 
     def args(self, model: ModelConfig) -> Any:

@@ -1,5 +1,6 @@
 """The `openai` engine: an OpenAI-compatible server that already runs at `base_url` and that the hub does not
-manage (never started or stopped); the API key comes from the variable named by `api_key_env`, if any."""
+manage (never started or stopped); the API key comes from the variable named by `api_key_env`, if any, and
+`source` names the model on that server when it differs from the registry id."""
 
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ class OpenAIEngine(Engine):
         base = (model.base_url or "").rstrip("/")
         base = base.removesuffix("/v1")  # the router appends /v1/... itself
         key = os.environ.get(model.api_key_env) if model.api_key_env else None
-        return Upstream(base_url=base, api_key=key)
+        return Upstream(base_url=base, api_key=key, model=model.source)
 
 
 engine = OpenAIEngine()

@@ -177,15 +177,16 @@ def _fields_at(loc: tuple[Any, ...]) -> list[str]:
     return [f for f in cls.model_fields if f != "path"] if cls else []
 
 
-def format_validation_error(err: ValidationError) -> list[str]:
-    """One "key.path: message" line per pydantic error, naming valid values where there is a fixed set."""
+def format_validation_error(err: ValidationError, valid_keys: list[str] | None = None) -> list[str]:
+    """One "key.path: message" line per pydantic error, naming valid values where there is a fixed set.
+    `valid_keys`: the keys of the validated table, when it is not the registry itself (an engine's args)."""
     lines = []
     for e in err.errors():
-        loc = tuple(str(p) for p in e["loc"])
+        loc = tuple(str(p) for p in e["loc"] if p != "[key]")
         path = ".".join(loc) or "(top level)"
         kind = e["type"]
         if kind == "extra_forbidden":
-            valid = ", ".join(_fields_at(loc))
+            valid = ", ".join(valid_keys if valid_keys is not None else _fields_at(loc))
             lines.append(f"{path}: unknown key (valid: {valid})")
         elif kind == "literal_error":
             noun = loc[-1] if loc else "value"

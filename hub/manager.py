@@ -256,7 +256,8 @@ class Manager:
 
     async def _ensure_ready(self, s: Slot) -> None:
         """Start the model if needed (one start for all callers) and wait for it, at most start_timeout."""
-        timeout = self.registry.hub.start_timeout
+        # The start task gives up at start_timeout by itself (and says why); this wait is only a safety net.
+        timeout = self.registry.hub.start_timeout + self.registry.hub.stop_timeout + 5
         if s.state == State.READY:
             return
         if s.state == State.STOPPING and s.stop_task:

@@ -79,9 +79,12 @@ class Proxy:
             raise WrongModelType(f"model {model_id!r} is {article} {slot.cfg.type} model: use {use}", param="model")
 
     async def forward(self, request: Request, model_id: str, path: str, raw: bytes, stream: bool,
-                      extra_headers: dict[str, str] | None = None) -> Response:
-        """Acquire the model, send the body to its engine, and pass the answer (or stream) back."""
+                      extra_headers: dict[str, str] | None = None, body: dict[str, Any] | None = None) -> Response:
+        """Acquire the model, send the body to its engine, and pass the answer (or stream) back. `body` is the
+        parsed JSON, given when the engine may know the model under another name (then it is re-encoded)."""
         lease = await self.manager.acquire(model_id)
+        if body is not None and lease.upstream.model and lease.upstream.model != model_id:
+            raw = json.dumps({**body, "model": lease.upstream.model}).encode()
         try:
             headers = {"content-type": request.headers.get("content-type", "application/json")}
             if lease.upstream.api_key:
@@ -201,7 +204,7 @@ def create_app(registry: Registry, manager: Manager | None = None, ui: bool = Tr
         model = _require(body, "model", str, "the id of a registered text model")
         _require(body, field, (list, str) if field == "prompt" else list, what)
         proxy.check_type(model, "text")
-        return await proxy.forward(request, model, path, raw, bool(body.get("stream")))
+        return await proxy.forward(request, model, path, raw, bool(body.get("stream")), body=body)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
@@ -221,7 +224,8 @@ def create_app(registry: Registry, manager: Manager | None = None, ui: bool = Tr
         model = _require(body, "model", str, "the id of a registered image model")
         _require(body, "prompt", str, "a text prompt")
         proxy.check_type(model, "image")
-        return await proxy.forward(request, model, "/v1/images/generations", raw, False, files_header(request, model))
+        return await proxy.forward(request, model, "/v1/images/generations", raw, False, files_header(request, model),
+                                   body=body)
 
     @app.post("/v1/images/edits")
     async def images_edits(request: Request) -> Response:

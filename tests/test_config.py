@@ -1,0 +1,113 @@
+"""Registry parsing: the shipped files load, every error names its key path and the valid values."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hub.config import HubSettings, ModelConfig, load_registry, parse_duration, parse_registry
+from hub.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def problems(data: dict) -> list[str]:
+    with pytest.raises(ConfigError) as e:
+        parse_registry(data)
+    return e.value.problems
+
+
+def test_seed_registry_loads_with_the_seed_lineup() -> None:
+    reg = load_registry(ROOT / "models.toml")
+    assert {"llama3-8b", "qwen2.5-14b-awq", "deepseek-coder", "qwen-image-edit"} <= set(reg.models)
+    assert reg.models["qwen-image-edit"].type == "image" and reg.models["qwen-image-edit"].engine == "diffusers"
+    assert all(reg.models[m].engine == "vllm" for m in ("llama3-8b", "qwen2.5-14b-awq", "deepseek-coder"))
+
+
+def test_seed_registry_documents_every_key() -> None:
+    text = (ROOT / "models.toml").read_text()
+    for key in [*HubSettings.model_fields, *ModelConfig.model_fields]:
+        if key in ("command", "health", "base_url", "api_key_env", "args"):
+            continue  # engine-specific keys of other engines, documented in the README reference
+        assert re.search(rf"^#?\s*{key}\s*=.*#", text, re.M), f"models.toml does not show and comment {key!r}"
+
+
+def test_durations() -> None:
+    assert parse_duration(90) == 90
+    assert parse_duration("90s") == 90
+    assert parse_duration("15m") == 900
+    assert parse_duration("1h") == 3600
+    assert parse_duration("500ms") == 0.5
+    for bad in ("soon", "-5", "1y", True, -1):
+        with pytest.raises(ValueError):
+            parse_duration(bad)
+
+
+def test_unknown_engine_names_the_valid_ones() -> None:
+    out = problems({"models": {"qwen": {"type": "text", "engine": "vlm"}}})
+    assert out == ["models.qwen.engine: unknown engine 'vlm' (valid: vllm, diffusers, command, openai)"]
+
+
+def test_unknown_type_and_key_and_bad_duration() -> None:
+    out = problems({"hub": {"idle_ttl": "soon", "colour": 1},
+                    "models": {"a": {"type": "video", "engine": "vllm", "source": "x", "size": 3}}})
+    text = "\n".join(out)
+    assert "hub.idle_ttl: 'soon' is not a duration" in text
+    assert "hub.colour: unknown key (valid: host, port," in text
+    assert "models.a.type: unknown type 'video' (valid: 'text', 'image')" in text
+    assert "models.a.size: unknown key (valid: type, engine, source" in text
+
+
+def test_missing_required_keys() -> None:
+    assert problems({"models": {"a": {"engine": "vllm"}}}) == ["models.a.type: required key is missing"]
+    out = problems({"models": {"b": {"type": "text", "engine": "vllm"}}})
+    assert "models.b.source: engine 'vllm' needs a source (a local folder or a hub repo id)" in out
+
+
+def test_engine_specific_keys() -> None:
+    out = problems({"models": {
+        "c": {"type": "text", "engine": "command", "command": ["server", "--port", "8000"]},
+        "d": {"type": "text", "engine": "command"},
+        "o": {"type": "text", "engine": "openai"},
+        "v": {"type": "text", "engine": "vllm", "source": "x", "args": {"max_model_length": 5}},
+    }})
+    assert "models.c.command: must contain the {port} placeholder so that the hub can choose the port" in out
+    assert any(p.startswith("models.d.command: engine 'command' needs command = [") for p in out)
+    assert any(p.startswith("models.o.base_url: engine 'openai' needs base_url") for p in out)
+    assert any(p.startswith("models.v.args.max_model_length: unknown key (valid: dtype, max_model_len") for p in out)
+
+
+def test_model_larger_than_budget_and_unknown_host() -> None:
+    out = problems({"hub": {"memory_budget_gb": 16},
+                    "models": {"big": {"type": "text", "engine": "vllm", "source": "x", "memory_gb": 20},
+                               "far": {"type": "text", "engine": "vllm", "source": "x", "host": "nowhere"}}})
+    assert any(p.startswith("models.big.memory_gb: 20 GB is more than the budget of host 'local' (16 GB)") for p in out)
+    assert "models.far.host: unknown host 'nowhere' (valid: local)" in out
+
+
+def test_invalid_model_id() -> None:
+    out = problems({"models": {"bad id!": {"type": "text", "engine": "openai", "base_url": "http://x/v1"}}})
+    assert out == ["models.bad id!: invalid model id (letters, digits and . _ : - only)"]
+
+
+def test_hub_check_cli(tmp_path: Path) -> None:
+    def check(text: str) -> subprocess.CompletedProcess:
+        p = tmp_path / "m.toml"
+        p.write_text(text)
+        return subprocess.run([sys.executable, "-m", "hub.cli", "check", "--config", str(p)],
+                              capture_output=True, text=True)
+
+    ok = check('[models.x]\ntype = "text"\nengine = "openai"\nbase_url = "http://127.0.0.1:1/v1"\n')
+    assert ok.returncode == 0 and "ok, 1 model(s)" in ok.stdout
+    bad = check('[models.qwen]\ntype = "text"\nengine = "vlm"\n')
+    assert bad.returncode == 1
+    assert "models.qwen.engine: unknown engine 'vlm' (valid: vllm, diffusers, command, openai)" in bad.stderr
+    broken = check("[models.x\n")
+    assert broken.returncode == 1 and "invalid TOML" in broken.stderr
+    missing = subprocess.run([sys.executable, "-m", "hub.cli", "check", "--config", str(tmp_path / "none.toml")],
+                             capture_output=True, text=True)
+    assert missing.returncode == 1 and "cannot read the registry" in missing.stderr
