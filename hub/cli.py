@@ -49,6 +49,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     reg = _registry(args.config)
     host = args.host or reg.hub.host
     port = args.port or reg.hub.port
+    _check_bindable(host, port)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     app = create_app(reg, ui=not args.no_ui)
@@ -56,6 +57,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
           flush=True)
     uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)
     return 0
+
+
+def _check_bindable(host: str, port: int) -> None:
+    """A one-line error now, rather than a server log line later, when the address cannot be served."""
+    import socket
+
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind((host, port))
+    except OSError as err:
+        raise CLIError(f"cannot serve on {host}:{port}: {err.strerror}; stop what uses it or pass --port") from None
 
 
 def _url(args: argparse.Namespace) -> str:

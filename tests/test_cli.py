@@ -41,3 +41,11 @@ def test_serve_with_an_invalid_registry_exits_1(tmp_path) -> None:
     r = subprocess.run([sys.executable, "-m", "hub.cli", "serve", "--config", str(cfg)], capture_output=True,
                        text=True, timeout=60)
     assert r.returncode == 1 and "hub.port: Input should be a valid integer" in r.stderr
+
+
+def test_serve_on_a_port_in_use_is_one_line(hub_factory) -> None:
+    hub = hub_factory("")
+    r = subprocess.run([sys.executable, "-m", "hub.cli", "serve", "--config", str(hub.config), "--no-ui"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1
+    assert r.stderr.strip().lower().endswith("address already in use; stop what uses it or pass --port")
