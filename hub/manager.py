@@ -172,12 +172,14 @@ class Manager:
             s.in_flight += 1
             s.idle.clear()
             return Lease(s, s.engine.upstream(s.cfg))
-        while True:
+        for _ in range(3):  # a model stopped or crashed between its start and our turn is started again
             await self._ensure_ready(s)
             if s.state == State.READY and s.handle:
                 s.in_flight += 1
                 s.idle.clear()
                 return Lease(s, Upstream(s.handle.base_url))
+        raise ModelUnavailable(f"model {model_id!r} keeps stopping right after it starts ({s.reason}); "
+                               f"see `hub logs {model_id}`")
 
     async def load(self, model_id: str) -> Slot:
         """Start a model (if it is not running) and wait until it is ready."""

@@ -1,0 +1,182 @@
+"""Manager rules with an in-memory runtime and engine: no processes, exact control over timing."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import ClassVar
+
+import httpx
+import pytest
+
+from engines.base import Engine, LaunchContext, LaunchSpec
+from hub.config import parse_registry
+from hub.errors import MemoryBusy, StartFailed
+from hub.manager import Manager, State
+from hub.runtimes.base import Handle, Runtime
+
+
+class FakeRuntime(Runtime):
+    """Engines that become ready after `ready_after` seconds and exit when told."""
+
+    def __init__(self, ready_after: float = 0.05, fail: set[str] | None = None) -> None:
+        self.ready_after = ready_after
+        self.fail = fail or set()
+        self.started: list[str] = []
+        self.stopped: list[str] = []
+        self.exits: dict[str, asyncio.Future] = {}
+
+    async def start(self, model_id: str, spec: LaunchSpec, port: int) -> Handle:
+        self.started.append(model_id)
+        self.exits[model_id] = asyncio.get_running_loop().create_future()
+        if model_id in self.fail:
+            self.exits[model_id].set_result("exited with code 1")
+        return Handle(model_id, f"fake://{model_id}", ref=asyncio.get_running_loop().time())
+
+    async def alive(self, handle: Handle) -> bool:
+        return not self.exits[handle.model_id].done()
+
+    async def wait_exit(self, handle: Handle) -> str:
+        return await asyncio.shield(self.exits[handle.model_id])
+
+    async def stop(self, handle: Handle, timeout: float) -> None:
+        await asyncio.sleep(0.01)
+        self.stopped.append(handle.model_id)
+        if not self.exits[handle.model_id].done():
+            self.exits[handle.model_id].set_result("stopped")
+
+    def logs(self, model_id: str, tail: int = 100) -> str:
+        return "fake log line\n"
+
+
+class FakeEngine(Engine):
+    name: ClassVar[str] = "command"
+
+    def __init__(self, rt: FakeRuntime) -> None:
+        self.rt = rt
+
+    def launch(self, ctx: LaunchContext) -> LaunchSpec:
+        return LaunchSpec(argv=["fake"])
+
+    async def ready(self, client: httpx.AsyncClient, base_url: str, spec: LaunchSpec) -> bool:
+        await asyncio.sleep(self.rt.ready_after)
+        return not self.rt.exits[base_url.removeprefix("fake://")].done()
+
+
+def make(models: dict[str, float], budget: float | None = None, rt: FakeRuntime | None = None,
+         pinned: tuple[str, ...] = (), **hub) -> tuple[Manager, FakeRuntime]:
+    rt = rt or FakeRuntime()
+    data = {"hub": {"memory_budget_gb": budget, "drain_timeout": 0.3, **hub} if budget else {**hub},
+            "models": {m: {"type": "text", "engine": "command", "command": ["x", "{port}"], "memory_gb": gb,
+                           "pinned": m in pinned} for m, gb in models.items()}}
+    mgr = Manager(parse_registry(data), runtime_factory=lambda name, host: rt)
+    for s in mgr.slots.values():
+        s.engine = FakeEngine(rt)
+    return mgr, rt
+
+
+async def use(mgr: Manager, mid: str, hold: float = 0.0) -> None:
+    lease = await mgr.acquire(mid)
+    await asyncio.sleep(hold)
+    lease.release()
+
+
+def states(mgr: Manager) -> dict[str, str]:
+    return {m: s.state.value for m, s in mgr.slots.items()}
+
+
+async def test_single_flight() -> None:
+    mgr, rt = make({"a": 1})
+    await asyncio.gather(*(use(mgr, "a") for _ in range(50)))
+    assert rt.started == ["a"] and mgr.slots["a"].state == State.READY
+    await mgr.shutdown()
+    assert rt.stopped == ["a"]
+
+
+async def test_unload_while_starting_waits_then_stops() -> None:
+    mgr, rt = make({"a": 1}, rt=FakeRuntime(ready_after=0.2))
+    starting = asyncio.create_task(use(mgr, "a"))
+    await asyncio.sleep(0.05)
+    assert mgr.slots["a"].state == State.STARTING
+    await mgr.unload("a")
+    await starting
+    assert mgr.slots["a"].state == State.STOPPED and rt.stopped == ["a"]
+
+
+async def test_request_during_stop_restarts_after_it() -> None:
+    mgr, rt = make({"a": 1})
+    await use(mgr, "a")
+    stopping = asyncio.create_task(mgr.unload("a"))
+    while mgr.slots["a"].state != State.STOPPING:
+        await asyncio.sleep(0)
+    await use(mgr, "a")
+    await stopping
+    # the request waited for the stop, then started the model again
+    assert rt.started == ["a", "a"]
+    await mgr.shutdown()
+
+
+async def test_failed_start_is_reported_and_retried() -> None:
+    rt = FakeRuntime(fail={"a"})
+    mgr, _ = make({"a": 1}, rt=rt)
+    with pytest.raises(StartFailed, match=r"(?s)exited with code 1 before it was ready.*fake log line"):
+        await use(mgr, "a")
+    assert mgr.slots["a"].state == State.FAILED
+    rt.fail.clear()
+    await use(mgr, "a")
+    assert mgr.slots["a"].state == State.READY and rt.started == ["a", "a"]
+    await mgr.shutdown()
+
+
+async def test_budget_evicts_lru_and_refuses_when_pinned_hold_it() -> None:
+    mgr, _ = make({"a": 4, "b": 4, "c": 4, "d": 5, "p": 6}, budget=10, pinned=("p",))
+    await use(mgr, "a")
+    await use(mgr, "b")
+    await use(mgr, "a")
+    await use(mgr, "c")  # b is the least recently used
+    assert states(mgr) == {"a": "ready", "b": "stopped", "c": "ready", "d": "stopped", "p": "stopped"}
+    await use(mgr, "p")  # 6 GB: a (LRU) goes, c stays
+    assert states(mgr) == {"a": "stopped", "b": "stopped", "c": "ready", "d": "stopped", "p": "ready"}
+    with pytest.raises(MemoryBusy, match=r"'p' \(ready, pinned, 6 GB\)"):
+        await use(mgr, "d")  # 5 + pinned 6 > 10 whatever is evicted
+    assert states(mgr)["p"] == "ready" and mgr.used_gb("local") <= 10
+    await mgr.shutdown()
+
+
+async def test_busy_model_waits_for_drain_then_is_swapped() -> None:
+    mgr, _ = make({"a": 6, "b": 6}, budget=10)
+    await use(mgr, "a")
+    holder = asyncio.create_task(use(mgr, "a", hold=0.1))  # drains within drain_timeout (0.3 s)
+    await asyncio.sleep(0.01)
+    await use(mgr, "b")
+    await holder
+    assert states(mgr) == {"a": "stopped", "b": "ready"}
+    holder = asyncio.create_task(use(mgr, "b", hold=1.0))  # does not drain in time
+    await asyncio.sleep(0.01)
+    with pytest.raises(MemoryBusy, match="model 'b' is busy"):
+        await use(mgr, "a")
+    await holder
+    assert states(mgr) == {"a": "stopped", "b": "ready"}
+    await mgr.shutdown()
+
+
+async def test_crash_marks_failed_and_next_request_restarts() -> None:
+    mgr, rt = make({"a": 1})
+    await use(mgr, "a")
+    rt.exits["a"].set_result("exited with code 139")
+    await asyncio.sleep(0.05)
+    assert mgr.slots["a"].state == State.FAILED
+    assert mgr.slots["a"].reason == "the engine exited with code 139 unexpectedly"
+    await use(mgr, "a")
+    assert mgr.slots["a"].state == State.READY and rt.started == ["a", "a"]
+    await mgr.shutdown()
+
+
+async def test_ttl_stops_idle_models_but_not_pinned_or_busy() -> None:
+    mgr, _ = make({"a": 1, "b": 1, "p": 1}, pinned=("p",), idle_ttl=0.5)
+    await mgr.startup()
+    await asyncio.gather(use(mgr, "a"), use(mgr, "p"))
+    busy = asyncio.create_task(use(mgr, "b", hold=2.5))
+    await asyncio.sleep(2.0)
+    assert states(mgr) == {"a": "stopped", "b": "ready", "p": "ready"}
+    await busy
+    await mgr.shutdown()
