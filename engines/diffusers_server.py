@@ -214,6 +214,7 @@ class Pipelines:
         if "callback_on_step_end" in params:
             def on_step(_pipe: Any, _i: int, _t: Any, _kw: dict[str, Any]) -> dict[str, Any]:
                 if job.cancelled.is_set():
+                    log.info("request abandoned (timeout or client gone): stopped after step %d", _i + 1)
                     raise JobCancelled()
                 return {}
 
@@ -486,6 +487,7 @@ def create_app(source: str, served_name: str, opts: ServerOptions, pipes: Pipeli
                 if done:
                     return job.future.result()
                 if await request.is_disconnected():
+                    log.info("client went away: its job is dropped")
                     raise ClientGone()
         finally:
             if not job.future.done():
