@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import struct
+import subprocess
 import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
@@ -279,3 +280,14 @@ def test_tiny_model_folder_is_a_pipeline():
     require((TINY / "model_index.json").exists(), "the tiny model is missing")
     assert {p.name for p in Path(TINY).iterdir()} >= {"unet", "vae", "text_encoder", "tokenizer", "scheduler"}
     assert "noise" in (TINY / "README.md").read_text()
+
+
+def test_server_module_imports_no_hub_code():
+    py = ENVS_DIR / "diffusers" / "bin" / "python"
+    require(py.exists(), "the diffusers engine environment is missing")
+    code = ("import sys, engines.diffusers_server; "
+            "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('hub', 'httpx') or m == 'engines.base'); "
+            "print(bad); sys.exit(1 if bad else 0)")
+    r = subprocess.run([str(py), "-c", code], capture_output=True, text=True, cwd=Path(__file__).parent.parent,
+                       timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
