@@ -75,7 +75,7 @@ else
     done
   } >"$ROOTFS/etc/pip.conf"
   say "pip config of the base image: $(tr '\n' ' ' <"$ROOTFS/etc/pip.conf")"
-  tar -C "$ROOTFS" -c . | docker import -q - "$BASE_IMAGE" >/dev/null
+  tar -C "$ROOTFS" -c . | docker import - "$BASE_IMAGE" >/dev/null
   rm -rf "$ROOTFS"
   say "made $BASE_IMAGE"
 fi
@@ -106,7 +106,7 @@ else
 fi
 say "building $RESPONDER_IMAGE (the test responder in a container)"
 docker build -q --network host -f "$ROOT/tests/docker/responder.Dockerfile" --build-arg "BASE_IMAGE=$BASE_IMAGE" \
-  -t "$RESPONDER_IMAGE" "$ROOT" >/dev/null
+  -t "$RESPONDER_IMAGE" "$ROOT/tests" >/dev/null
 
 # 5. the stand-in remote host: a second daemon with its own socket, data root, exec root and pidfile
 R="$WORK/remote"
