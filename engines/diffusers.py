@@ -4,34 +4,19 @@ from its own environment (process runtime) or the image built from docker/diffus
 from __future__ import annotations
 
 import json
-from typing import ClassVar, Literal
+from typing import ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel
 
 from engines.base import Engine, LaunchContext, LaunchSpec
+from engines.diffusers_api import ServerOptions
 
 DEFAULT_IMAGE = "hub-diffusers:latest"
 
 
-class DiffusersArgs(BaseModel):
-    """The `args` table of a diffusers model (passed to the image server as JSON)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    pipeline: str | None = None
-    device: str = "auto"
-    dtype: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
-    cpu_offload: Literal["none", "model", "sequential"] = "none"
-    vae_tiling: bool = False
-    vae_slicing: bool = False
-    attention_slicing: bool = False
-    compile: bool = False
-    scheduler: str | None = None
-    max_size: int = Field(2048, ge=64)
-    max_n: int = Field(4, ge=1)
-    default_size: str = "1024x1024"
-    default_steps: int = Field(30, ge=1)
-    request_timeout: float = Field(600, gt=0)
+class DiffusersArgs(ServerOptions):
+    """The `args` table of a diffusers model: the image server's own options (engines/diffusers_api.py), passed to
+    it as JSON."""
 
 
 class DiffusersEngine(Engine):
