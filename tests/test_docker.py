@@ -228,3 +228,20 @@ def test_image_model_on_diffusers_image(local, hub_factory, tmp_path):
     assert any(m["Source"] == str(model) and not m["RW"] for m in c.attrs["Mounts"])
     assert hub.cli("down", "tiny-sd").returncode == 0
     assert _ours(local) == []
+
+
+def test_hub_build_builds_the_engine_image(local):
+    """`hub build` builds docker/diffusers/Dockerfile on a registry host (docker-ci.sh built it: layers cached)."""
+    import subprocess
+    import sys
+
+    _need_image(local, DIFFUSERS_IMAGE)
+    want = local.images.get(DIFFUSERS_IMAGE).id
+    base = os.environ.get("HUB_BASE_IMAGE", "hub-base:bookworm")
+    r = subprocess.run([sys.executable, "-m", "hub.cli", "build", "--config", "no-such-registry.toml",
+                        "--base-image", base, "--network", "host"], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr
+    assert f"built {DIFFUSERS_IMAGE} ({want[:19]})" in r.stdout
+    r = subprocess.run([sys.executable, "-m", "hub.cli", "build", "--config", "no-such-registry.toml", "--host",
+                        "gpu-pc"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and "unknown host 'gpu-pc' (valid: local)" in r.stderr
