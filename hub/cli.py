@@ -158,6 +158,23 @@ def cmd_logs(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_build(args: argparse.Namespace) -> int:
+    """Build the Diffusers engine image (docker/diffusers/Dockerfile) on a Docker host of the registry."""
+    from engines.diffusers import DEFAULT_IMAGE
+    from hub.errors import RuntimeFailure
+    from hub.runtimes.docker import build_image
+
+    reg = _registry(args.config) if Path(args.config).exists() else Registry()
+    if args.host != "local" and args.host not in reg.hosts:
+        raise CLIError(f"unknown host {args.host!r} (valid: {', '.join(['local', *reg.hosts])})")
+    try:
+        build_image(reg, args.host, args.tag or DEFAULT_IMAGE, args.base_image,
+                    [Path(w) for w in args.wheel], args.network)
+    except RuntimeFailure as err:
+        raise CLIError(str(err)) from None
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     p = argparse.ArgumentParser(prog="hub", description=__doc__)
@@ -177,6 +194,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--share", action="store_true", help="ask Gradio for a public share link (needs an API key)")
     sp.add_argument("--no-ui", action="store_true", help="serve the API only")
     add("check", cmd_check, "validate a registry file")
+    sp = add("build", cmd_build, "build the Diffusers engine image (docker/diffusers/Dockerfile) on a Docker host")
+    sp.add_argument("--host", default="local", help="the registry's Docker host to build on (default: local)")
+    sp.add_argument("--tag", help="image tag (default: the diffusers engine's image)")
+    sp.add_argument("--base-image", help="BASE_IMAGE build argument (python3 3.11+ with venv; a CUDA image for GPUs)")
+    sp.add_argument("--wheel", action="append", default=[],
+                    help="a wheel to install before the index is asked (the CPU torch wheel for a CPU image)")
+    sp.add_argument("--network", help="network of the build steps, e.g. host (a daemon without a bridge)")
     for name, fn, help_ in [("ps", cmd_ps, "list the models of a running hub"),
                             ("up", cmd_up, "start a model and wait until it is ready"),
                             ("down", cmd_down, "stop a model"),

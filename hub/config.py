@@ -62,11 +62,16 @@ class HubSettings(_Strict):
 
 
 class HostConfig(_Strict):
-    """A `[hosts.<name>]` table: a Docker host with its own memory budget."""
+    """A `[hosts.<name>]` table: a Docker host with its own memory budget. `[hosts.local]` (optional) sets the
+    docker options of the local host; its budget stays `[hub] memory_budget_gb`."""
 
-    docker: str = Field(description="unix:///var/run/docker.sock, tcp://host:2375 or ssh://user@host")
+    docker: str | None = Field(None, description="unix:///var/run/docker.sock, tcp://host:2375 or ssh://user@host; "
+                                                 "unset: $DOCKER_HOST, else the local socket (local host only)")
     address: str = "127.0.0.1"
     memory_budget_gb: float | None = Field(None, gt=0)
+    network: Literal["publish", "host"] = "publish"
+    publish_address: str = "127.0.0.1"
+    hf_cache: str = "~/.cache/huggingface"
 
 
 class ModelConfig(_Strict):
@@ -139,11 +144,25 @@ class Registry(_Strict):
             return self.hosts[host].memory_budget_gb
         return self.hub.memory_budget_gb
 
+    def host_config(self, host: str) -> HostConfig:
+        """The docker settings of a host (the local host's come from `[hosts.local]` when there is one)."""
+        if host in self.hosts:
+            return self.hosts[host]
+        if host == "local":
+            return HostConfig()
+        raise KeyError(host)
+
     def problems(self) -> list[str]:
         """What pydantic cannot see alone: engines, their keys and args, hosts, budgets."""
         from engines import available_engines, get_engine  # engines depend on config, not the other way round
 
         out: list[str] = []
+        for name, h in self.hosts.items():
+            if name != "local" and not h.docker:
+                out.append(f"hosts.{name}.docker: required key is missing (unix:///path, tcp://host:2375 or "
+                           "ssh://user@host)")
+            if name == "local" and h.memory_budget_gb is not None:
+                out.append("hosts.local.memory_budget_gb: the local host's budget is [hub] memory_budget_gb")
         names = available_engines()
         for mid, m in self.models.items():
             at = f"models.{mid}"

@@ -135,8 +135,24 @@ class Manager:
     # ---- lifecycle of the manager itself ----
 
     async def startup(self) -> None:
-        """Start the idle-TTL sweeper."""
+        """Adopt engines an earlier hub left running (docker), then start the idle-TTL sweeper."""
+        await asyncio.gather(*(self._adopt(s) for s in self.slots.values() if s.engine.managed))
         self._ttl_task = asyncio.create_task(self._ttl_loop(), name="hub-ttl")
+
+    async def _adopt(self, s: Slot) -> None:
+        """Take over a model's engine that still runs; it becomes ready once it answers (a normal start wait)."""
+        def launch(port: int) -> LaunchSpec:
+            return s.engine.launch(LaunchContext(s.id, s.cfg, self.registry, self.registry.runtime_of(s.id), port))
+
+        try:
+            adopted = await self.runtime(s).adopt(s.id, launch)
+        except RuntimeFailure as err:
+            log.warning("%s: cannot look for an engine to adopt: %s", s.id, err)
+            return
+        if adopted:
+            s.handle, s.spec = adopted
+            s.start_task = asyncio.create_task(self._start(s), name=f"adopt-{s.id}")
+            s.start_task.add_done_callback(_retrieve)
 
     async def shutdown(self) -> None:
         """Stop every engine the hub started and wait for them to exit (each within stop_timeout)."""
@@ -148,7 +164,9 @@ class Manager:
         await asyncio.gather(
             *(s.start_task for s in self.slots.values() if s.start_task), return_exceptions=True
         )
-        await asyncio.gather(*(self._stop(s, "hub shutdown") for s in self.slots.values()), return_exceptions=True)
+        keep = self.registry.hub.keep_running
+        await asyncio.gather(*(self._stop(s, "hub shutdown") for s in self.slots.values()
+                               if not (keep and self.registry.runtime_of(s.id) == "docker")), return_exceptions=True)
         for rt in self._runtimes.values():
             await rt.close()
         await self._http.aclose()
@@ -306,10 +324,11 @@ class Manager:
         timeout = self.registry.hub.start_timeout
         deadline = time.monotonic() + timeout
         try:
-            port = rt.allocate_port()
-            ctx = LaunchContext(s.id, s.cfg, self.registry, self.registry.runtime_of(s.id), port)
-            s.spec = s.engine.launch(ctx)
-            s.handle = await rt.start(s.id, s.spec, port)
+            if s.handle is None or s.spec is None:  # else adopted from an earlier hub
+                port = rt.allocate_port()
+                ctx = LaunchContext(s.id, s.cfg, self.registry, self.registry.runtime_of(s.id), port)
+                s.spec = s.engine.launch(ctx)
+                s.handle = await rt.start(s.id, s.spec, port)
         except RuntimeFailure as err:
             await self._fail(s, str(err), with_log=False)
         delay = 0.1

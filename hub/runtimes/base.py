@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import socket
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,6 +52,11 @@ class Runtime(ABC):
     @abstractmethod
     def logs(self, model_id: str, tail: int = 100) -> str:
         """The last `tail` lines of the engine's log (of its latest run)."""
+
+    async def adopt(self, model_id: str, launch: Callable[[int], LaunchSpec]) -> tuple[Handle, LaunchSpec] | None:
+        """At hub start: take over the model's engine if it still runs from an earlier hub (`launch(port)` gives
+        the spec it should have been started with); None when there is nothing to adopt."""
+        return None
 
     async def close(self) -> None:  # noqa: B027 - optional hook, most runtimes hold nothing
         """Release the runtime's own resources (clients, connections)."""
