@@ -186,19 +186,19 @@ def test_models_table_budget_load_unload_and_failed_logs(clients, hub):
     _, admin = clients
     rows, budget, logs = h.refresh_models(admin)
     assert [r[0] for r in rows] == ["echo", "tiny-sd", "broken"]
-    assert {r[4] for r in rows} == {"stopped"} and rows[0][5] == "4 GB"
+    assert {r[1] for r in rows} == {"stopped"} and rows[0][5] == "4 GB"
     assert "0 / 10 GB" in budget and "no failed model" in logs
 
     statuses = last(h.load_model(admin, "echo", poll=0.2))
     assert statuses[0].startswith("starting echo... ") and statuses[-1] == "echo: ready"
     rows, budget, _ = h.refresh_models(admin, "echo")
-    assert rows[0][4] == "ready" and "4 / 10 GB (40%)" in budget and 'aria-valuenow="4"' in budget
+    assert rows[0][1] == "ready" and "4 / 10 GB (40%)" in budget and 'aria-valuenow="4"' in budget
     assert h.unload_model(admin, "echo") == "echo: stopped"
 
     with pytest.raises(gr.Error, match="broken"):
         last(h.load_model(admin, "broken", poll=0.2))
     rows, _, logs = h.refresh_models(admin)
-    assert rows[2][4] == "failed"
+    assert rows[2][1] == "failed"
     assert logs.startswith("broken failed:") and "CUDA out of memory (simulated start failure)" in logs
 
 

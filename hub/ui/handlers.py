@@ -340,7 +340,7 @@ def edit_again(last: Image.Image | None) -> Image.Image:
 
 # ---- models ----
 
-COLUMNS = ["id", "type", "engine", "runtime", "state", "memory", "last used"]
+COLUMNS = ["id", "state", "type", "engine", "runtime", "memory", "last used"]  # state early: phones scroll
 
 
 def _ago(ts: float | None, now: float) -> str:
@@ -356,7 +356,7 @@ def model_rows(listing: dict[str, Any]) -> list[list[str]]:
     rows = []
     for m in listing.get("data", []):
         mem = m.get("budget_gb") if m.get("budget_gb") is not None else m.get("memory_gb")
-        rows.append([m["id"], m["type"], m["engine"], m.get("runtime", "-"), m["state"],
+        rows.append([m["id"], m["state"], m["type"], m["engine"], m.get("runtime", "-"),
                      f"{mem:g} GB" if mem else "-", _ago(m.get("last_used"), now)])
     return rows
 

@@ -80,7 +80,8 @@ class Terminal(gr.themes.Base):
 
 CSS = f"""
 footer {{ display: none !important; }}
-.gradio-container {{ max-width: 1280px !important; margin: 0 auto !important; }}
+.gradio-container {{ width: 100% !important; max-width: 1280px !important; margin: 0 auto !important; }}
+#hub-editor canvas, #hub-editor .pixi-target {{ background: {INPUT}; }}
 input[type="range"] {{ accent-color: {AMBER}; }}
 #hub-title h1 {{ color: {GREEN}; font-size: 1.25rem; margin: 0; letter-spacing: 0.04em; }}
 #hub-title h1::before {{ content: "$ "; color: {AMBER}; }}
