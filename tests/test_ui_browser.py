@@ -51,7 +51,7 @@ WATCH_CHAT = """() => {
 
 @pytest.fixture
 def browser():
-    require(Path(CHROMIUM).exists(), f"no Chromium at {CHROMIUM}: run scripts/system-deps.sh (apt-get install chromium)")
+    require(Path(CHROMIUM).exists(), f"no Chromium at {CHROMIUM}: run scripts/system-deps.sh (apt chromium)")
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:

@@ -7,9 +7,12 @@ the web app asks for it too (any user name, the key as password), so the key pro
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
+import threading
 from collections.abc import Callable
+from typing import Any
 
 from fastapi import FastAPI
 
@@ -72,19 +75,40 @@ def mount_ui(app: FastAPI, registry: Registry) -> None:
                         server_name=registry.hub.host, server_port=registry.hub.port, ssr_mode=False)
 
 
-def share_ui(registry: Registry) -> str | None:
-    """Launch a second copy of the web app with a Gradio share link; returns the link (None without internet).
+def share_ui(registry: Registry, report: Callable[[str | None, str | None], None]) -> Callable[[], None]:
+    """Launch a second copy of the web app with a Gradio share link, in the background.
 
-    Sharing puts the app on a public URL, so it requires the hub's API key (used as the password).
+    Sharing puts the app on a public URL, so it requires the hub's API key (used as the password): without one this
+    raises AuthError at once. Gradio's attempt can take tens of seconds (without internet it gives up and leaves no
+    link), so the hub keeps serving meanwhile; `report(url, error)` is called when it is known (url None: no link).
+    Returns a function that closes the shared copy (its server thread would otherwise keep the process alive).
     """
     key = api_key(registry)
     if not key:
         env = registry.hub.api_key_env
-        how = (f"set ${env}" if env else "set [hub] api_key_env = \"HUB_API_KEY\" in the registry and export it")
+        how = f"set ${env}" if env else "set [hub] api_key_env = \"HUB_API_KEY\" in the registry and export it"
         raise AuthError(f"--share puts the web app on a public URL and needs an API key as its password: {how}")
-    from hub.ui.theme import CSS, Terminal
 
-    demo = _blocks(registry)
-    demo.launch(share=True, prevent_thread_lock=True, server_name="127.0.0.1", auth=key_auth(key),
-                auth_message=AUTH_MESSAGE, theme=Terminal(), css=CSS, footer_links=[], quiet=True, ssr_mode=False)
-    return demo.share_url
+    launched: list[Any] = []
+
+    def launch() -> None:
+        from hub.ui.theme import CSS, Terminal
+
+        try:
+            demo = _blocks(registry)
+            launched.append(demo)
+            demo.launch(share=True, prevent_thread_lock=True, server_name="127.0.0.1", auth=key_auth(key),
+                        auth_message=AUTH_MESSAGE, theme=Terminal(), css=CSS, footer_links=[], quiet=True,
+                        ssr_mode=False)
+        except Exception as err:
+            report(None, f"{type(err).__name__}: {err}")
+            return
+        report(demo.share_url, None)
+
+    def close() -> None:
+        for demo in launched:
+            with contextlib.suppress(Exception):
+                demo.close()
+
+    threading.Thread(target=launch, name="hub-share", daemon=True).start()
+    return close
