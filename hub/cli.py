@@ -52,10 +52,27 @@ def cmd_serve(args: argparse.Namespace) -> int:
     _check_bindable(host, port)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    reg.hub.host, reg.hub.port = host, port  # the web app's clients call the hub where it really listens
+    if args.share and args.no_ui:
+        raise CLIError("--share shares the web app: drop --no-ui")
+    close_share = None
+    if args.share:
+        from hub.ui import share_ui
+
+        def report(url: str | None, error: str | None) -> None:
+            print(f"hub: web app shared at {url} (any user name, the API key as password)" if url else
+                  f"hub: no share link ({error or 'Gradio could not reach its share server: no internet?'}); "
+                  "the web app is served locally only", flush=True)
+
+        close_share = share_ui(reg, report)
     app = create_app(reg, ui=not args.no_ui)
     print(f"hub: serving {len(reg.models)} model(s) on http://{host}:{port} (API /v1, admin /hub, web app /)",
           flush=True)
-    uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)
+    try:
+        uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)
+    finally:
+        if close_share:
+            close_share()
     return 0
 
 

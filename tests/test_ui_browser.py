@@ -1,0 +1,160 @@
+"""The web app in a real Chromium (Debian's, driven by playwright), served by `hub serve` with the test responder.
+
+Screenshots go to artifacts/screenshots/ (CI keeps them).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, require, responder_command
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = os.environ.get("HUB_CHROMIUM", "/usr/bin/chromium")
+SHOTS = ROOT / "artifacts" / "screenshots"
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--no-first-run"]
+REGISTRY = f"""
+[hub]
+memory_budget_gb = 8
+
+[models.echo]
+type = "text"
+engine = "command"
+memory_gb = 3
+command = {responder_command("--start-delay", "2", "--chunk-delay", "0.15")}
+
+[models.tiny-sd]
+type = "image"
+engine = "command"
+memory_gb = 2
+command = {responder_command()}
+
+[models.broken]
+type = "text"
+engine = "command"
+command = {responder_command("--fail-start")}
+"""
+# Records every text the last chat bubble shows, so the test can see the reply grow (streaming), not just its end.
+WATCH_CHAT = """() => {
+  window.__seen = [];
+  const root = document.querySelector('#hub-chat');
+  new MutationObserver(() => {
+    const bots = root.querySelectorAll('.message.bot, [data-testid="bot"]');
+    if (bots.length) window.__seen.push(bots[bots.length - 1].innerText.trim());
+  }).observe(root, {subtree: true, childList: true, characterData: true});
+}"""
+
+
+@pytest.fixture
+def browser():
+    require(Path(CHROMIUM).exists(), f"no Chromium at {CHROMIUM}: run scripts/system-deps.sh (apt chromium)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        require(False, "python playwright is missing: pip install -e '.[test]'")
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield b
+        b.close()
+
+
+def shot(page, name: str) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+
+
+def open_app(browser, url: str, width: int, height: int):
+    page = browser.new_page(viewport={"width": width, "height": height})
+    page.set_default_timeout(30_000)
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(url)
+    page.wait_for_function("() => document.querySelector('#hub-chat-model input')?.value === 'echo'")
+    return page, errors
+
+
+def tab(page, name: str) -> None:
+    page.get_by_role("tab", name=name).click()
+
+
+def test_chat_image_edit_models_in_a_browser(browser, hub_factory):
+    hub = hub_factory(REGISTRY, ui=True)
+    page, errors = open_app(browser, hub.url + "/", 1280, 900)
+    shot(page, "01-chat-empty")
+
+    # chat: a cold model shows "starting echo... Ns", then the reply streams in word by word
+    page.evaluate(WATCH_CHAT)
+    box = page.locator("#hub-message textarea")
+    box.fill("hello from a real browser over the hub")
+    box.press("Enter")
+    page.get_by_text("starting echo...").first.wait_for()
+    shot(page, "02-chat-starting")
+    page.get_by_text("echo: hello from a real browser over the hub").wait_for()
+    shot(page, "03-chat-reply")
+    seen = page.evaluate("window.__seen")
+    partial = [s for s in seen if s.startswith("echo:") and s != "echo: hello from a real browser over the hub"]
+    assert partial, f"the reply never showed partially (not streamed): {seen[-5:]}"
+    assert any("starting echo..." in s for s in seen)
+
+    # second turn keeps the history
+    box.fill("and again")
+    box.press("Enter")
+    page.get_by_text("echo: and again").wait_for()
+    assert page.locator("#hub-chat").get_by_text("echo: hello from a real browser over the hub").count() == 1
+
+    # image: the demo model's note, generate -> gallery
+    tab(page, "Image")
+    page.wait_for_function("() => document.querySelector('#hub-image-model input')?.value === 'tiny-sd'")
+    assert "noise" in page.locator("#hub-image-note").inner_text()
+    page.locator("#hub-prompt textarea").fill("a green square on a terminal")
+    page.locator("#hub-generate").click()
+    page.get_by_text("1 image(s) from tiny-sd").wait_for()
+    page.locator("#hub-results img").first.wait_for()
+    shot(page, "04-image-generated")
+
+    # edit: the last result goes into the editor ("edit again"), an instruction -> a new result
+    page.locator("#hub-edit-again").click()
+    page.locator("#hub-editor canvas").first.wait_for()
+    page.wait_for_timeout(500)
+    page.locator("#hub-instruction textarea").fill("make it blue")
+    page.locator("#hub-edit").click()
+    page.get_by_text("1 image(s) edited by tiny-sd").wait_for()
+    page.wait_for_function("() => document.querySelectorAll('#hub-history img').length >= 2")
+    shot(page, "05-image-edited")
+
+    # models: states in the table, the budget bar, a failed model's logs
+    hub.cli("up", "broken")  # fails: the UI shows its log tail
+    tab(page, "Models")
+    table = page.locator("#hub-models")
+    page.wait_for_function(
+        "() => /echo[\\s\\S]*ready/.test(document.querySelector('#hub-models')?.innerText || '')")
+    text = table.inner_text()
+    assert "tiny-sd" in text and "failed" in text
+    page.get_by_text("local: 5 / 8 GB").wait_for()
+    page.wait_for_function(
+        "() => (document.querySelector('#hub-logs textarea')?.value || '').includes('simulated start failure')")
+    shot(page, "06-models")
+
+    # unload from the page: the table follows (auto-refresh)
+    page.locator("#hub-admin-model input").click()
+    page.get_by_role("option", name="echo").click()
+    page.locator("#hub-unload").click()
+    page.get_by_text("echo: stopped").wait_for()
+    assert hub.models()["echo"]["state"] == "stopped"
+    assert not errors, errors
+
+    # phone width: nothing wider than the screen
+    phone, errors = open_app(browser, hub.url + "/", 390, 844)
+    shot(phone, "07-phone-chat")
+    tab(phone, "Models")
+    phone.wait_for_function("() => /tiny-sd/.test(document.querySelector('#hub-models')?.innerText || '')")
+    shot(phone, "08-phone-models")
+    tab(phone, "Image")
+    shot(phone, "09-phone-image")
+    overflow = phone.evaluate("() => document.documentElement.scrollWidth")
+    assert overflow <= 390, f"the page is {overflow}px wide on a 390px screen"
+    assert not errors, errors
