@@ -7,6 +7,7 @@ managed (`managed = False`, the `openai` engine) are never launched: `upstream()
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
@@ -52,6 +53,7 @@ class LaunchContext:
     registry: Registry
     runtime: str  # "process" or "docker"
     port: int  # the port the engine must listen on
+    gpu_total_gb: float | None = None  # memory of one GPU where the engine runs, when the runtime knows it
 
     def engine_python(self, env_name: str) -> str:
         """The Python of an engine environment made by `hub engines setup`, or a RuntimeFailure saying how."""
@@ -99,7 +101,8 @@ class Engine:
 
             valid = ", ".join(self.Args.model_fields)
             for line in format_validation_error(err):
-                line = line.replace("unknown key (valid: )", f"unknown key (valid: {valid})")
+                # format_validation_error names the registry's own keys for an unknown key at the top of args
+                line = re.sub(r"unknown key \(valid: [^)]*\)", f"unknown key (valid: {valid})", line)
                 out.append(f"args.{line}")
         return out
 
