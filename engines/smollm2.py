@@ -68,6 +68,8 @@ def convert(out: Path) -> str:
     tokenizer.save_pretrained(tmp)
     if not tokenizer.chat_template:
         raise ConvertError(f"the tokenizer of {gguf.name} has no chat template: chat requests would fail")
+    for f in tmp.iterdir():
+        f.chmod(0o644)  # safetensors writes 0600; engines in containers may run as another user
     (tmp / MARKER).write_text(json.dumps({"source": gguf.name, "dtype": "bfloat16"}, indent=2) + "\n")
     if out.exists():
         out.rmdir()  # empty, checked above
