@@ -209,12 +209,14 @@ def build_parser() -> argparse.ArgumentParser:
                     help="vllm, diffusers or all (default: all)")
     ep.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                     help="which vLLM build to install (default: auto, CUDA when nvidia-smi finds a GPU)")
-    ep.add_argument("--config", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    ep.add_argument("--config", default=argparse.SUPPRESS,
+                    help="registry whose state_dir holds the envs (default: $HUB_CONFIG, else models.toml)")
     sp = add("demo", cmd_demo_prepare, "prepare the demo models of models.demo.toml")
     dsub = sp.add_subparsers(dest="action", required=True, metavar="ACTION")
     dp = dsub.add_parser("prepare", help="make the demo models under <state_dir>/models; run again, it reuses them")
     dp.add_argument("names", nargs="*", metavar="MODEL", help="smollm2-135m-instruct, tiny-sd (default: both)")
-    dp.add_argument("--config", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    dp.add_argument("--config", default=argparse.SUPPRESS,
+                    help="registry whose state_dir holds the models (default: $HUB_CONFIG, else models.toml)")
     return p
 
 
