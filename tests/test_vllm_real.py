@@ -9,7 +9,9 @@ HUB_STRICT=1).
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import sys
 import threading
 import time
 import tomllib
@@ -151,3 +153,16 @@ def test_engine_flags_parse_with_the_installed_vllm(tmp_path):
     assert ns["enforce_eager"] is True and ns["enable_sleep_mode"] is True and ns["trust_remote_code"] is True
     assert ns["seed"] == 7
 
+
+
+def test_demo_prepare_reuses_the_converted_model():
+    """`hub demo prepare` runs the converter in the vllm environment; a second run finds the model made."""
+    require(VLLM_PY.exists(), f"no vllm engine environment at {VLLM_PY}: run `hub engines setup vllm`")
+    require((SOURCE / ".hub-converted.json").exists(), f"no demo model at {SOURCE}: run `hub demo prepare`")
+    before = (SOURCE / "model.safetensors").stat().st_mtime_ns
+    r = subprocess.run([sys.executable, "-m", "hub.cli", "demo", "prepare", "smollm2-135m-instruct"],
+                       capture_output=True, text=True, timeout=300, cwd=ROOT,
+                       env={**os.environ, "HUB_STATE_DIR": str(DEMO_MODELS.parent), "HUB_ENVS_DIR": str(ENVS_DIR)})
+    assert r.returncode == 0, r.stderr
+    assert f"smollm2-135m-instruct: up to date ({SOURCE})" in r.stdout
+    assert (SOURCE / "model.safetensors").stat().st_mtime_ns == before
