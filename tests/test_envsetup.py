@@ -28,7 +28,7 @@ class FakeSteps:
             if fake.fail_on and fake.fail_on in " ".join(argv):
                 raise SetupError(f"{steps.name}: {what} failed (exit 1): ERROR: no such package")
             if argv[1:3] == ["-m", "venv"]:  # make the env's python exist as a real venv would
-                py = Path(argv[3]) / "bin" / "python"
+                py = Path(argv[-1]) / "bin" / "python"
                 py.parent.mkdir(parents=True, exist_ok=True)
                 py.touch()
 
