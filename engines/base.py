@@ -52,6 +52,7 @@ class LaunchContext:
     registry: Registry
     runtime: str  # "process" or "docker"
     port: int  # the port the engine must listen on
+    gpu_total_gb: float | None = None  # memory of one GPU where the engine runs, when the runtime knows it
 
     def engine_python(self, env_name: str) -> str:
         """The Python of an engine environment made by `hub engines setup`, or a RuntimeFailure saying how."""

@@ -1,8 +1,22 @@
 """The `vllm` engine: vLLM's OpenAI-compatible server, from its own environment (process runtime) or the
-vllm/vllm-openai image (docker runtime). Ready when /health is 200 and /v1/models lists the served name."""
+vllm/vllm-openai image (docker runtime). Ready when /health is 200 and /v1/models lists the served name.
+
+Rules that are not obvious:
+- The served model name is the registry id, so requests name models as the registry does.
+- vLLM takes 90% of a GPU's memory unless told otherwise, so two models could never share a card: when the registry
+  gives `memory_gb` and not `gpu_memory_utilization`, the fraction is derived from memory_gb and the memory of the
+  GPU the engine runs on (the runtime may pass it; else nvidia-smi is asked on this machine for local engines).
+  Without a GPU (vLLM-CPU) nothing is derived; `kv_cache_space_gb` sets VLLM_CPU_KVCACHE_SPACE instead.
+- The process runtime runs `python -m vllm.entrypoints.openai.api_server` from `<envs_dir>/vllm`: the `vllm` console
+  script fails in a vllm-cpu environment (its distribution is not named `vllm`).
+"""
 
 from __future__ import annotations
 
+import math
+import shutil
+import subprocess
+from pathlib import Path
 from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -10,10 +24,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from engines.base import Engine, LaunchContext, LaunchSpec
 
 DEFAULT_IMAGE = "vllm/vllm-openai:v0.32.0"
+MAX_GPU_FRACTION = 0.95  # leave the rest for CUDA context and other processes
 
 
 class VllmArgs(BaseModel):
-    """The `args` table of a vllm model."""
+    """The `args` table of a vllm model (each key maps to one vLLM server flag or environment variable)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -25,8 +40,37 @@ class VllmArgs(BaseModel):
     enforce_eager: bool = False
     enable_sleep_mode: bool = False
     trust_remote_code: bool = False
-    kv_cache_space_gb: float | None = Field(None, gt=0)
+    kv_cache_space_gb: int | None = Field(None, ge=1)  # vLLM-CPU only: VLLM_CPU_KVCACHE_SPACE (whole GB)
     extra_args: list[str] = Field(default_factory=list)
+
+
+def gpu_memory_utilization(memory_gb: float, total_gb: float) -> float:
+    """The fraction of a GPU's memory that gives vLLM `memory_gb` of `total_gb`: rounded up to the hundredth,
+    at least 0.01 and at most MAX_GPU_FRACTION."""
+    if total_gb <= 0:
+        raise ValueError(f"GPU memory must be positive, got {total_gb:g} GB")
+    fraction = math.ceil(round(memory_gb / total_gb * 100, 6)) / 100
+    return min(MAX_GPU_FRACTION, max(0.01, fraction))
+
+
+def local_gpu_memory_gb() -> dict[int, float]:
+    """Total memory in GB of each GPU of this machine by index, from nvidia-smi ({} without one)."""
+    smi = shutil.which("nvidia-smi")
+    if not smi:
+        return {}
+    try:
+        out = subprocess.run([smi, "--query-gpu=index,memory.total", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return {}
+    gpus = {}
+    for line in out.stdout.splitlines() if out.returncode == 0 else []:
+        try:
+            index, mib = (part.strip() for part in line.split(","))
+            gpus[int(index)] = float(mib) / 1024
+        except ValueError:
+            continue
+    return gpus
 
 
 class VllmEngine(Engine):
@@ -36,7 +80,29 @@ class VllmEngine(Engine):
     Args: ClassVar[type[BaseModel]] = VllmArgs
     needs_source: ClassVar[bool] = True
 
-    def server_args(self, ctx: LaunchContext, a: VllmArgs) -> list[str]:
+    def gpu_total_gb(self, ctx: LaunchContext, a: VllmArgs) -> float | None:
+        """Memory of the smallest GPU the engine will use, or None where that is unknown (no GPU, remote host)."""
+        if ctx.gpu_total_gb:
+            return ctx.gpu_total_gb
+        if ctx.model.host != "local":
+            return None
+        gpus = local_gpu_memory_gb()
+        if isinstance(ctx.model.gpus, list):
+            used = [gpus[i] for i in ctx.model.gpus if i in gpus]
+        else:
+            used = [gpus[i] for i in sorted(gpus)[: a.tensor_parallel_size]]
+        return min(used) if used else None
+
+    def memory_fraction(self, ctx: LaunchContext, a: VllmArgs) -> float | None:
+        """--gpu-memory-utilization: as given, else derived from memory_gb (per GPU) and the GPU's memory."""
+        if a.gpu_memory_utilization:
+            return a.gpu_memory_utilization
+        if not ctx.model.memory_gb:
+            return None
+        total = self.gpu_total_gb(ctx, a)
+        return gpu_memory_utilization(ctx.model.memory_gb / a.tensor_parallel_size, total) if total else None
+
+    def server_args(self, ctx: LaunchContext, a: VllmArgs, fraction: float | None = None) -> list[str]:
         """The arguments of vLLM's API server, common to both runtimes."""
         argv = ["--model", ctx.source(), "--served-model-name", ctx.model_id, "--port", str(ctx.port)]
         argv += ["--dtype", a.dtype]
@@ -46,8 +112,8 @@ class VllmEngine(Engine):
             argv += ["--quantization", a.quantization]
         if a.tensor_parallel_size > 1:
             argv += ["--tensor-parallel-size", str(a.tensor_parallel_size)]
-        if a.gpu_memory_utilization:
-            argv += ["--gpu-memory-utilization", str(a.gpu_memory_utilization)]
+        if fraction:
+            argv += ["--gpu-memory-utilization", f"{fraction:g}"]
         if a.enforce_eager:
             argv.append("--enforce-eager")
         if a.enable_sleep_mode:
@@ -60,18 +126,26 @@ class VllmEngine(Engine):
         a: VllmArgs = self.args(ctx.model)
         env = dict(ctx.model.env)
         if a.kv_cache_space_gb:
-            env["VLLM_CPU_KVCACHE_SPACE"] = f"{a.kv_cache_space_gb:g}"
+            env["VLLM_CPU_KVCACHE_SPACE"] = str(a.kv_cache_space_gb)
+        if a.enable_sleep_mode:
+            env.setdefault("VLLM_SERVER_DEV_MODE", "1")  # vLLM exposes /sleep and /wake_up only in dev mode
+        argv = self.server_args(ctx, a, self.memory_fraction(ctx, a))
         if ctx.runtime == "docker":
+            src = ctx.source()
+            volumes = {src: src} if Path(src).is_absolute() else {}  # a local folder is seen at the same path
             return LaunchSpec(
-                argv=self.server_args(ctx, a),
+                argv=argv,
                 env=env,
                 served_name=ctx.model_id,
                 image=ctx.model.image or DEFAULT_IMAGE,
                 gpus=ctx.model.gpus or "all",
                 ipc_host=True,
+                volumes=volumes,
             )
+        if isinstance(ctx.model.gpus, list):
+            env.setdefault("CUDA_VISIBLE_DEVICES", ",".join(str(i) for i in ctx.model.gpus))
         python = ctx.engine_python("vllm")
-        argv = [python, "-m", "vllm.entrypoints.openai.api_server", "--host", "127.0.0.1", *self.server_args(ctx, a)]
+        argv = [python, "-m", "vllm.entrypoints.openai.api_server", "--host", "127.0.0.1", *argv]
         return LaunchSpec(argv=argv, env=env, served_name=ctx.model_id)
 
 

@@ -181,7 +181,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     from hub.errors import RuntimeFailure
     from hub.runtimes.docker import build_image
 
-    reg = _registry(args.config) if Path(args.config).exists() else Registry()
+    reg = _registry_or_defaults(args.config)
     if args.host != "local" and args.host not in reg.hosts:
         raise CLIError(f"unknown host {args.host!r} (valid: {', '.join(['local', *reg.hosts])})")
     try:
@@ -189,6 +189,29 @@ def cmd_build(args: argparse.Namespace) -> int:
                     [Path(w) for w in args.wheel], args.network)
     except RuntimeFailure as err:
         raise CLIError(str(err)) from None
+    return 0
+
+
+def _registry_or_defaults(path: str) -> Registry:
+    """The registry at `path`, or the defaults when there is no such file (setup commands work without one)."""
+    return load_registry(path) if Path(path).exists() else Registry()
+
+
+def cmd_engines_setup(args: argparse.Namespace) -> int:
+    """Make the engines' own virtual environments (idempotent)."""
+    from hub.envsetup import setup
+
+    reg = _registry_or_defaults(args.config)
+    setup(args.names or ["all"], reg.envs_dir, device=args.device, progress=lambda s: print(s, flush=True))
+    return 0
+
+
+def cmd_demo_prepare(args: argparse.Namespace) -> int:
+    """Make the demo models under the state dir (idempotent)."""
+    from hub.demo import prepare
+
+    reg = _registry_or_defaults(args.config)
+    prepare(reg, args.names or None, progress=lambda s: print(s, flush=True))
     return 0
 
 
@@ -232,6 +255,22 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("--timeout", type=float, default=900.0, help="seconds to wait (default: 900)")
         if name == "logs":
             sp.add_argument("-n", "--tail", type=int, default=200, help="lines (default: 200)")
+    sp = add("engines", cmd_engines_setup, "manage the engines' own virtual environments")
+    esub = sp.add_subparsers(dest="action", required=True, metavar="ACTION")
+    ep = esub.add_parser("setup", help="create or update engine environments under the envs dir ($HUB_ENVS_DIR, "
+                         "else <state_dir>/envs); run again, it reuses what exists")
+    ep.add_argument("names", nargs="*", metavar="ENGINE",
+                    help="vllm, diffusers or all (default: all)")
+    ep.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                    help="which vLLM build to install (default: auto, CUDA when nvidia-smi finds a GPU)")
+    ep.add_argument("--config", default=argparse.SUPPRESS,
+                    help="registry whose state_dir holds the envs (default: $HUB_CONFIG, else models.toml)")
+    sp = add("demo", cmd_demo_prepare, "prepare the demo models of models.demo.toml")
+    dsub = sp.add_subparsers(dest="action", required=True, metavar="ACTION")
+    dp = dsub.add_parser("prepare", help="make the demo models under <state_dir>/models; run again, it reuses them")
+    dp.add_argument("names", nargs="*", metavar="MODEL", help="smollm2-135m-instruct, tiny-sd (default: both)")
+    dp.add_argument("--config", default=argparse.SUPPRESS,
+                    help="registry whose state_dir holds the models (default: $HUB_CONFIG, else models.toml)")
     return p
 
 

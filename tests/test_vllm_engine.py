@@ -1,0 +1,167 @@
+"""Unit tests of the vllm engine: the server command line built from the registry, and the GPU memory fraction."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from engines import vllm
+from engines.base import LaunchContext
+from engines.vllm import VllmEngine, gpu_memory_utilization
+from hub.config import parse_registry
+from hub.errors import ConfigError, RuntimeFailure
+
+# Flags of vLLM's OpenAI-compatible server (`vllm serve --help`, docs "Engine Arguments" and "OpenAI-Compatible
+# Server"); tests/test_vllm_real.py checks every flag the engine emits against the installed vLLM's own --help.
+VLLM_FLAGS = {
+    "--host", "--port", "--model", "--served-model-name", "--dtype", "--max-model-len", "--quantization",
+    "--tensor-parallel-size", "--gpu-memory-utilization", "--enforce-eager", "--enable-sleep-mode",
+    "--trust-remote-code",
+}
+VALUE_FLAGS = VLLM_FLAGS - {"--enforce-eager", "--enable-sleep-mode", "--trust-remote-code"}
+
+
+def ctx_for(model: dict, tmp_path: Path, runtime: str = "process", gpu_total_gb: float | None = None,
+            envs: bool = True) -> LaunchContext:
+    """A LaunchContext for model `m` of a one-model registry whose envs dir is under tmp_path."""
+    envs_dir = tmp_path / "envs"
+    if envs:
+        (envs_dir / "vllm" / "bin").mkdir(parents=True, exist_ok=True)
+        (envs_dir / "vllm" / "bin" / "python").touch()
+    reg = parse_registry({"hub": {"state_dir": str(tmp_path / "state")}, "models": {"m": model}},
+                         tmp_path / "models.toml")
+    return LaunchContext("m", reg.models["m"], reg, runtime, 8123, gpu_total_gb)
+
+
+def flags(argv: list[str]) -> dict[str, str | None]:
+    """{flag: value or None} of a vLLM command line, failing on anything that is not a known flag."""
+    out: dict[str, str | None] = {}
+    i = 0
+    while i < len(argv):
+        flag = argv[i]
+        assert flag in VLLM_FLAGS, f"{flag!r} is not a documented vLLM flag"
+        assert flag not in out, f"{flag} given twice"
+        if flag in VALUE_FLAGS:
+            out[flag] = argv[i + 1]
+            i += 2
+        else:
+            out[flag] = None
+            i += 1
+    return out
+
+
+@pytest.fixture(autouse=True)
+def no_gpu(monkeypatch):
+    """This machine has no GPU; tests that need one patch it in."""
+    monkeypatch.setattr(vllm, "local_gpu_memory_gb", lambda: {})
+
+
+def test_process_argv_uses_the_engine_env_python_and_every_registry_arg(tmp_path, monkeypatch):
+    monkeypatch.setenv("HUB_ENVS_DIR", str(tmp_path / "envs"))
+    ctx = ctx_for({"type": "text", "engine": "vllm", "source": "{state_dir}/models/x", "memory_gb": 1,
+                   "args": {"dtype": "bfloat16", "max_model_len": 2048, "quantization": "awq",
+                            "tensor_parallel_size": 2, "enforce_eager": True, "enable_sleep_mode": True,
+                            "trust_remote_code": True, "kv_cache_space_gb": 3,
+                            "extra_args": ["--seed", "7"]}}, tmp_path)
+    spec = VllmEngine().launch(ctx)
+    assert spec.argv[:3] == [str(tmp_path / "envs" / "vllm" / "bin" / "python"), "-m",
+                             "vllm.entrypoints.openai.api_server"]
+    assert spec.argv[-2:] == ["--seed", "7"]  # extra args pass through, last
+    f = flags(spec.argv[3:-2])
+    assert f == {"--host": "127.0.0.1", "--model": str(tmp_path / "state" / "models" / "x"),
+                 "--served-model-name": "m", "--port": "8123", "--dtype": "bfloat16", "--max-model-len": "2048",
+                 "--quantization": "awq", "--tensor-parallel-size": "2", "--enforce-eager": None,
+                 "--enable-sleep-mode": None, "--trust-remote-code": None}
+    assert spec.served_name == "m" and spec.health_path == "/health"
+    assert spec.env["VLLM_CPU_KVCACHE_SPACE"] == "3"
+    assert spec.env["VLLM_SERVER_DEV_MODE"] == "1"  # sleep mode's endpoints need it
+    assert "--gpu-memory-utilization" not in f  # no GPU here: nothing derived
+
+
+def test_minimal_model_gets_only_what_it_needs(tmp_path, monkeypatch):
+    monkeypatch.setenv("HUB_ENVS_DIR", str(tmp_path / "envs"))
+    spec = VllmEngine().launch(ctx_for({"type": "text", "engine": "vllm", "source": "org/repo"}, tmp_path))
+    assert flags(spec.argv[3:]) == {"--host": "127.0.0.1", "--model": "org/repo", "--served-model-name": "m",
+                                    "--port": "8123", "--dtype": "auto"}
+    assert "VLLM_CPU_KVCACHE_SPACE" not in spec.env
+
+
+def test_missing_engine_env_says_how_to_make_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("HUB_ENVS_DIR", str(tmp_path / "nowhere"))
+    ctx = ctx_for({"type": "text", "engine": "vllm", "source": "org/repo"}, tmp_path, envs=False)
+    with pytest.raises(RuntimeFailure, match="hub engines setup vllm"):
+        VllmEngine().launch(ctx)
+
+
+@pytest.mark.parametrize(("memory_gb", "total_gb", "expected"), [
+    (20, 80, 0.25),
+    (10, 24, 0.42),      # 0.41666 rounds up: vLLM gets at least what was declared
+    (22, 24, 0.92),
+    (24, 24, 0.95),      # never the whole card
+    (40, 24, 0.95),
+    (0.01, 80, 0.01),    # never zero
+    (7.2, 80, 0.09),     # 0.09 exactly, not 0.1 from float noise
+])
+def test_gpu_memory_utilization(memory_gb, total_gb, expected):
+    assert gpu_memory_utilization(memory_gb, total_gb) == expected
+
+
+def test_gpu_memory_utilization_needs_a_gpu_size():
+    with pytest.raises(ValueError):
+        gpu_memory_utilization(10, 0)
+
+
+def test_fraction_derived_from_memory_gb_and_the_local_gpu(tmp_path, monkeypatch):
+    monkeypatch.setenv("HUB_ENVS_DIR", str(tmp_path / "envs"))
+    monkeypatch.setattr(vllm, "local_gpu_memory_gb", lambda: {0: 80.0, 1: 24.0})
+    model = {"type": "text", "engine": "vllm", "source": "org/repo", "memory_gb": 20}
+    f = flags(VllmEngine().launch(ctx_for(model, tmp_path)).argv[3:])
+    assert f["--gpu-memory-utilization"] == "0.25"  # GPU 0 by default
+    spec = VllmEngine().launch(ctx_for({**model, "gpus": [1]}, tmp_path))
+    assert flags(spec.argv[3:])["--gpu-memory-utilization"] == "0.84"  # 20 of GPU 1's 24 GB
+    assert spec.env["CUDA_VISIBLE_DEVICES"] == "1"
+    # tensor parallel: memory_gb is split over the GPUs, the smallest one decides
+    tp = {**model, "memory_gb": 40, "args": {"tensor_parallel_size": 2}}
+    assert flags(VllmEngine().launch(ctx_for(tp, tmp_path)).argv[3:])["--gpu-memory-utilization"] == "0.84"
+    # an explicit fraction wins
+    explicit = {**model, "args": {"gpu_memory_utilization": 0.5}}
+    assert flags(VllmEngine().launch(ctx_for(explicit, tmp_path)).argv[3:])["--gpu-memory-utilization"] == "0.5"
+
+
+def test_docker_runtime_uses_the_gpu_size_the_runtime_passes(tmp_path):
+    model = {"type": "text", "engine": "vllm", "source": "/models/llama", "memory_gb": 12,
+             "args": {"max_model_len": 4096}}
+    spec = VllmEngine().launch(ctx_for(model, tmp_path, runtime="docker", gpu_total_gb=24.0))
+    f = flags(spec.argv)  # the image's entrypoint is the server: arguments only
+    assert f["--gpu-memory-utilization"] == "0.5" and f["--served-model-name"] == "m"
+    assert "--host" not in f  # inside a container the server listens on every interface
+    assert spec.image == vllm.DEFAULT_IMAGE and spec.gpus == "all" and spec.ipc_host
+    assert spec.volumes == {"/models/llama": "/models/llama"}
+    assert spec.served_name == "m"
+
+
+@pytest.mark.parametrize(("args", "fragment"), [
+    ({"kv_cache_space_gb": 1.5}, "args.kv_cache_space_gb"),
+    ({"gpu_memory_utilization": 1.5}, "args.gpu_memory_utilization"),
+    ({"dtype": "int3"}, "args.dtype"),
+    ({"max_len": 10}, "valid: dtype, max_model_len"),
+])
+def test_bad_args_are_config_errors_naming_the_key(args, fragment):
+    with pytest.raises(ConfigError) as err:
+        parse_registry({"models": {"m": {"type": "text", "engine": "vllm", "source": "x", "args": args}}})
+    assert fragment in str(err.value.message)
+
+
+def test_demo_registry_is_valid_and_commented():
+    from hub.config import load_registry
+
+    root = Path(__file__).resolve().parent.parent
+    reg = load_registry(root / "models.demo.toml")
+    m = reg.models["smollm2"]
+    assert (m.type, m.engine, reg.runtime_of("smollm2")) == ("text", "vllm", "process")
+    assert m.args["enforce_eager"] is True and m.args["max_model_len"] == 2048
+    assert reg.hub.memory_budget_gb and m.memory_gb and m.memory_gb <= reg.hub.memory_budget_gb
+    for line in (root / "models.demo.toml").read_text().splitlines():
+        if "=" in line and not line.lstrip().startswith("#"):
+            assert "#" in line, f"uncommented key in models.demo.toml: {line}"

