@@ -21,6 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from hub.config import Registry
 from hub.errors import AuthError, HubError, RequestError, UpstreamError, WrongModelType
+from hub.ledger import MemoryReport
 from hub.manager import Lease, Manager
 
 # Headers that describe one hop of a connection, not the message: never passed on.
@@ -270,6 +271,13 @@ def create_app(registry: Registry, manager: Manager | None = None, ui: bool = Tr
     @app.post("/hub/models/{model_id}/unload")
     async def hub_unload(model_id: str) -> dict[str, Any]:
         await manager.unload(model_id)
+        return entry(model_id)
+
+    @app.post("/hub/models/{model_id}/memory")
+    async def hub_memory(model_id: str, report: MemoryReport) -> dict[str, Any]:
+        """Keep a measured peak (benchmarks/memory.py) in the memory ledger; it budgets undeclared models."""
+        manager.slot(model_id)
+        manager.ledger.record(model_id, report.peak_gb, report.device, report.source)
         return entry(model_id)
 
     @app.get("/hub/models/{model_id}/logs")
