@@ -12,6 +12,8 @@ from benchmarks.lifecycle import run_cold_start, run_swap
 from benchmarks.measure import HubClient
 from benchmarks.memory import measure_memory
 from benchmarks.router_overhead import litellm_python, report, run_router_overhead
+from benchmarks.run import main as run_main
+from benchmarks.run import run_scenario
 from benchmarks.scenarios import (
     ColdStartScenario,
     ImageScenario,
@@ -116,3 +118,13 @@ def test_router_overhead_with_litellm() -> None:
     assert lite["requests"] == 30 and lite["p50_ms"] > 0
     ratio = rows[3]["ratio"]
     assert math.isnan(ratio) or ratio == pytest.approx(rows[1]["added_p50_ms"] / lite["added_p50_ms"])
+
+
+def test_runner_lists_runs_and_rejects_unknown_names(hub_factory, capsys) -> None:
+    assert run_main(["--list"]) == 0
+    assert "demo-text" in capsys.readouterr().out
+    assert run_main(["--only", "nope"]) == 1
+    assert "unknown scenario(s) nope (valid: demo-text" in capsys.readouterr().err
+    hub = hub_factory(model("echo"))
+    rows = run_scenario(HubClient(hub.v1), TextScenario(name="t", model="echo", concurrency=[2], requests=2))
+    assert rows[0]["completed"] == 2

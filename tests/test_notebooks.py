@@ -7,8 +7,8 @@ Diffusers image), with few repetitions set through the environment variables the
 
 from __future__ import annotations
 
-import os
 import re
+import tomllib
 from pathlib import Path
 
 import nbformat
@@ -75,13 +75,13 @@ def test_notebooks_against_the_demo_engines(hub_factory, tmp_path, monkeypatch) 
         require((ENVS_DIR / env_name / "bin" / "python").exists(),
                 f"engine environment {ENVS_DIR / env_name} is missing: run `make engines`")
     registry = demo_registry(demo.read_text())
-    models = dict(re.findall(r'(?ms)^\[models\.([^\]]+)\]\s*\ntype\s*=\s*"(text|image)"', registry))
-    text_model = next((m for m, t in models.items() if t == "text"), None)
-    image_model = next((m for m, t in models.items() if t == "image"), None)
+    models = tomllib.loads(registry)["models"]
+    text_model = next((m for m, c in models.items() if c["type"] == "text"), None)
+    image_model = next((m for m, c in models.items() if c["type"] == "image"), None)
     require(bool(text_model and image_model), "the demo registry has no text or no image model")
-    for folder in re.findall(r'source\s*=\s*"([^"]+)"', registry):
-        if os.path.isabs(folder):
-            require(Path(folder).exists(), f"demo model folder {folder} is missing: run `make demo-models`")
+    for c in models.values():
+        if c.get("source", "").startswith("/"):
+            require(Path(c["source"]).exists(), f"demo model folder {c['source']} is missing: run `make demo-models`")
     hub = hub_factory(registry, ready_timeout=120)
     env = {"HUB_URL": hub.v1, "BENCH_TEXT_MODEL": text_model, "BENCH_IMAGE_MODEL": image_model,
            "BENCH_CONCURRENCY": "1,2", "BENCH_REPETITIONS": "2", "BENCH_MAX_TOKENS": "16",
