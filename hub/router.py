@@ -17,7 +17,9 @@ import httpx
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from hub.config import Registry
 from hub.errors import AuthError, HubError, RequestError, UpstreamError, WrongModelType
@@ -59,6 +61,26 @@ def _require(body: dict[str, Any], name: str, kind: type | tuple[type, ...], wha
     if not isinstance(value, kind):
         raise RequestError(f"'{name}' must be {what}", param=name)
     return value
+
+
+class ApiKeyMiddleware:
+    """Requires `Authorization: Bearer <key>` on /v1 and /hub. Plain ASGI rather than @app.middleware("http"),
+    whose per-request task and memory streams cost about 0.3 ms of CPU on every proxied request."""
+
+    def __init__(self, app: ASGIApp, key: str, env_name: str) -> None:
+        self.app, self.key, self.env_name = app, key.encode(), env_name
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if scope["type"] == "http" and scope["method"] != "OPTIONS" and path.startswith(("/v1/", "/hub/")):
+            given = Headers(scope=scope).get("authorization", "")
+            token = given[7:] if given[:7].lower() == "bearer " else ""
+            if not secrets.compare_digest(token.encode(), self.key):
+                why = "missing" if not given else "wrong"
+                err = AuthError(f"API key {why}: send 'Authorization: Bearer <key>' with the key in ${self.env_name}")
+                await hub_error_response(err)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 class Proxy:
@@ -153,18 +175,8 @@ def create_app(registry: Registry, manager: Manager | None = None, ui: bool = Tr
     app.state.manager = manager
     app.state.registry = registry
 
-    @app.middleware("http")
-    async def authenticate(request: Request, call_next):
-        path = request.url.path
-        if api_key and (path.startswith("/v1/") or path.startswith("/hub/")) and request.method != "OPTIONS":
-            given = request.headers.get("authorization", "")
-            token = given[7:] if given[:7].lower() == "bearer " else ""
-            if not secrets.compare_digest(token.encode(), api_key.encode()):
-                why = "missing" if not given else "wrong"
-                return hub_error_response(AuthError(
-                    f"API key {why}: send 'Authorization: Bearer <key>' with the key in ${registry.hub.api_key_env}"
-                ))
-        return await call_next(request)
+    if api_key:
+        app.add_middleware(ApiKeyMiddleware, key=api_key, env_name=registry.hub.api_key_env or "")
 
     @app.exception_handler(HubError)
     async def on_hub_error(request: Request, err: HubError) -> JSONResponse:
