@@ -13,6 +13,7 @@ import time
 from contextlib import asynccontextmanager
 from typing import Any
 
+import aiohttp
 import httpx
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -84,7 +85,8 @@ class ApiKeyMiddleware:
 
 
 class Proxy:
-    """Forwards requests to engines with one pooled HTTP client."""
+    """Forwards requests to engines with one pooled aiohttp session (the hot path: httpx costs about 1 ms more CPU
+    per request) and keeps an httpx client for the rare calls (image files)."""
 
     def __init__(self, manager: Manager) -> None:
         self.manager = manager
@@ -92,6 +94,17 @@ class Proxy:
             timeout=httpx.Timeout(connect=10.0, read=None, write=60.0, pool=None),
             limits=httpx.Limits(max_connections=None, max_keepalive_connections=256),
         )
+        self._session: aiohttp.ClientSession | None = None
+
+    def session(self) -> aiohttp.ClientSession:
+        """The pooled session to the engines (made on first use: it belongs to the running loop)."""
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=60),
+                timeout=aiohttp.ClientTimeout(total=None, connect=10.0, sock_read=None),
+                skip_auto_headers=("User-Agent", "Accept-Encoding"),  # engines answer uncompressed
+            )
+        return self._session
 
     def check_type(self, model_id: str, wanted: str) -> None:
         """ModelNotFound for unknown ids; WrongModelType naming the right endpoint for the other kind."""
@@ -110,36 +123,35 @@ class Proxy:
             if lease.upstream.api_key:
                 headers["authorization"] = f"Bearer {lease.upstream.api_key}"
             headers.update(extra_headers or {})
-            req = self.client.build_request("POST", lease.upstream.base_url + path, content=raw, headers=headers)
             try:
-                resp = await self.client.send(req, stream=True)
-            except httpx.HTTPError as err:
+                resp = await self.session().post(lease.upstream.base_url + path, data=raw, headers=headers)
+            except (aiohttp.ClientError, TimeoutError) as err:
                 raise self._upstream_error(lease, err) from None
         except BaseException:
             lease.release()
             raise
         out_headers = {k: v for k, v in resp.headers.items() if k.lower() not in HOP_HEADERS}
-        if stream and resp.status_code == 200:
+        if stream and resp.status == 200:
             return StreamingResponse(self._relay(resp, lease), status_code=200, headers=out_headers)
         try:
-            body = await resp.aread()
-        except httpx.HTTPError as err:
+            body = await resp.read()
+        except (aiohttp.ClientError, TimeoutError) as err:
             raise self._upstream_error(lease, err) from None
         finally:
-            await resp.aclose()
+            resp.release()
             lease.release()
-        return Response(body, status_code=resp.status_code, headers=out_headers)
+        return Response(body, status_code=resp.status, headers=out_headers)
 
-    async def _relay(self, resp: httpx.Response, lease: Lease):
+    async def _relay(self, resp: aiohttp.ClientResponse, lease: Lease):
         """Yield the engine's stream as it arrives; a broken stream ends with an SSE error event."""
         try:
-            async for chunk in resp.aiter_raw():
+            async for chunk in resp.content.iter_any():
                 yield chunk
-        except httpx.HTTPError as err:
+        except (aiohttp.ClientError, TimeoutError) as err:
             e = self._upstream_error(lease, err)
             yield f"data: {json.dumps(error_body(e.message, e.type, None, e.code))}\n\n".encode()
         finally:
-            await resp.aclose()
+            resp.release()
             lease.release()
 
     def _upstream_error(self, lease: Lease, err: Exception) -> UpstreamError:
@@ -151,8 +163,10 @@ class Proxy:
         )
 
     async def close(self) -> None:
-        """Close the pooled client."""
+        """Close the pooled clients."""
         await self.client.aclose()
+        if self._session is not None:
+            await self._session.close()
 
 
 def create_app(registry: Registry, manager: Manager | None = None, ui: bool = True) -> FastAPI:
