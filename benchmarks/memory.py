@@ -3,7 +3,10 @@
 Sources, best first for the budget (the ledger takes the first one present):
 - nvidia-smi: GPU memory used by the engine's process tree (per process, where nvidia-smi exists);
 - the engine's own report, GET <engine>/memory (the Diffusers image server): torch's CUDA peak, or its RSS;
-- rss: the engine's process tree on this machine (sampled, and the kernel's high-water marks where Linux has them).
+- rss: the engine's process tree on this machine, sampled; each process counts its PSS (shared pages split
+  between the processes that map them) where Linux reports it, else its RSS. vLLM runs two processes that share
+  much of their memory: summed RSS would count it twice.
+- rss_hwm: the sum of the kernel's per-process RSS high-water marks, an upper bound (shown, never budgeted).
 Measured peaks are posted to the hub (POST /hub/models/{id}/memory), which keeps them in its memory ledger.
 """
 
@@ -36,13 +39,16 @@ def process_tree(pid: int) -> list[psutil.Process]:
 
 
 def tree_rss_mb(pid: int) -> float:
-    """Resident memory of a process tree now, in MB."""
+    """Resident memory of a process tree now, in MB: the sum of each process's PSS, or RSS where PSS is unknown."""
     total = 0
     for p in process_tree(pid):
         try:
-            total += p.memory_info().rss
+            info = p.memory_full_info() if hasattr(psutil.Process, "memory_full_info") else p.memory_info()
+        except psutil.AccessDenied:
+            info = p.memory_info()
         except psutil.Error:
             continue
+        total += getattr(info, "pss", None) or info.rss
     return total / MB
 
 
@@ -129,9 +135,9 @@ class TreeSampler:
                 self.gpu_mb = max(self.gpu_mb or 0.0, gpu)
 
     @property
-    def rss_peak_mb(self) -> float:
-        """The larger of the sampled tree peak and the sum of the kernel's per-process high-water marks."""
-        return max(self.peak_rss_mb, sum(self.hwm_mb.values()))
+    def hwm_sum_mb(self) -> float:
+        """The sum of the kernel's per-process RSS high-water marks (shared pages counted in each process)."""
+        return sum(self.hwm_mb.values())
 
 
 def engine_url(entry: dict[str, Any]) -> str | None:
@@ -204,8 +210,11 @@ def measure_model(hub: HubClient, model_id: str, sc: MemoryScenario) -> list[dic
     base = {"scenario": sc.name, "model": model_id, "type": entry["type"], "engine": entry["engine"],
             "load_s": load_s, "declared_gb": entry.get("memory_gb")}
     if sampler.pid:
-        rows.append({**base, "source": "rss", "device": "cpu", "peak_mb": sampler.rss_peak_mb,
-                     "note": "RSS of the engine's process tree (sampled peak and kernel high-water marks)"})
+        rows.append({**base, "source": "rss", "device": "cpu", "peak_mb": sampler.peak_rss_mb,
+                     "note": "resident memory of the engine's process tree (PSS summed, sampled peak)"})
+        if sampler.hwm_sum_mb:
+            rows.append({**base, "source": "rss_hwm", "device": "cpu", "peak_mb": sampler.hwm_sum_mb,
+                         "note": "sum of per-process RSS high-water marks: an upper bound, not budgeted"})
     if sampler.gpu_mb:
         rows.append({**base, "source": "nvidia-smi", "device": "cuda", "peak_mb": sampler.gpu_mb,
                      "note": "GPU memory of the engine's processes"})
