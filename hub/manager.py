@@ -9,9 +9,11 @@ States and their transitions (one `Slot` per registered model):
 Rules:
 - Single flight: one start task per model; every request for a cold model awaits that same task, for at most
   start_timeout.
-- Budget: a start first takes its host's budget lock, then stops least-recently-used idle unpinned models until
-  the new one fits. A busy model is never stopped: the start waits up to drain_timeout for it to go idle, then
-  fails with MemoryBusy naming it. Starting, ready and stopping models all count as using memory.
+- Budget: a model counts at its declared memory_gb, else at its measured peak plus a margin (hub/ledger.py, written
+  by benchmarks/memory.py), else 0. A start first takes its host's budget lock, then stops least-recently-used
+  idle unpinned models until the new one fits. A busy model is never stopped: the start waits up to drain_timeout
+  for it to go idle, then fails with MemoryBusy naming it.
+  Starting, ready and stopping models all count as using memory.
 - A request holds a Lease while it is served (streams included): leased models are busy.
 - Unmanaged engines (`openai`) are always ready and never started or stopped.
 """
@@ -40,6 +42,7 @@ from hub.errors import (
     StartFailed,
     StartTimeout,
 )
+from hub.ledger import Ledger, ledger_memory_of
 from hub.runtimes import Handle, Runtime, make_runtime
 
 log = logging.getLogger("hub.manager")
@@ -127,7 +130,8 @@ class Manager:
         }
         self._runtime_factory = runtime_factory or (lambda name, host: make_runtime(name, registry, host))
         self._runtimes: dict[tuple[str, str], Runtime] = {}
-        self._memory_of = memory_of or (lambda mid, cfg: cfg.memory_gb or 0.0)
+        self.ledger = Ledger.of(registry)  # measured peaks (benchmarks/memory.py): budget of undeclared models
+        self._memory_of = memory_of or ledger_memory_of(self.ledger)
         self._budget_locks: dict[str, asyncio.Lock] = {}
         self._http = httpx.AsyncClient(timeout=5.0)
         self._ttl_task: asyncio.Task | None = None
@@ -249,6 +253,8 @@ class Manager:
                 "state": s.state.value,
                 "memory_gb": s.cfg.memory_gb,
                 "budget_gb": self.memory_of(s),
+                "measured_gb": m.peak_gb if (m := self.ledger.get(s.id)) else None,
+                "measured_device": m.device if m else None,
                 "pinned": s.cfg.pinned,
                 "ttl": self.registry.ttl_of(s.id),
                 "in_flight": s.in_flight,

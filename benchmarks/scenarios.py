@@ -1,0 +1,112 @@
+"""Declarative benchmark scenarios: what to measure, never how (that is benchmarks/measure.py and friends).
+
+A scenario is a pydantic model; `run_scenario` (benchmarks/run.py) dispatches on its `kind`. The demo lineup
+(DEMO_SCENARIOS) targets models.demo.toml; the notebooks build their own from their parameter cell.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Scenario(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+
+
+class TextScenario(_Scenario):
+    """Streaming chat through the hub at several concurrency levels: TTFT, ITL, TPOT, E2EL, tokens/s."""
+
+    kind: Literal["text"] = "text"
+    model: str
+    concurrency: list[Annotated[int, Field(ge=1)]] = [1, 4]
+    requests: int = Field(8, ge=1, description="requests per concurrency level (at least the level itself)")
+    max_tokens: int = Field(64, ge=1)
+    prompt: str = "Write a short paragraph about the sea."
+    warmup: int = Field(1, ge=0, description="requests sent first and not counted (they load the model)")
+
+
+class ImageScenario(_Scenario):
+    """Image generation through the hub: seconds per image by size and steps, and throughput with n > 1."""
+
+    kind: Literal["image"] = "image"
+    model: str
+    sizes: list[str] = ["64x64"]
+    steps: list[Annotated[int, Field(ge=1)]] = [4]
+    n: list[Annotated[int, Field(ge=1)]] = [1, 2]
+    repetitions: int = Field(3, ge=1)
+    prompt: str = "a lighthouse on a cliff at sunset"
+    steps_field: str = Field("num_inference_steps", description="the request field the image engine reads steps from")
+    warmup: int = Field(1, ge=0)
+
+
+class MemoryScenario(_Scenario):
+    """Peak memory per model while it serves a small workload; the peaks go to the memory ledger."""
+
+    kind: Literal["memory"] = "memory"
+    models: list[str]
+    cold: bool = Field(True, description="unload each model first, so its load peak is seen too")
+    requests: int = Field(2, ge=1, description="requests of the small workload run while sampling")
+    image_size: str = "64x64"
+    image_steps: int = Field(4, ge=1)
+    steps_field: str = "num_inference_steps"
+    max_tokens: int = Field(32, ge=1)
+    sample_interval: float = Field(0.1, gt=0, description="seconds between samples of the process tree")
+    write_ledger: bool = True
+
+
+class ColdStartScenario(_Scenario):
+    """A request to a stopped model: seconds to its first token (text) or first image."""
+
+    kind: Literal["cold_start"] = "cold_start"
+    model: str
+    repetitions: int = Field(1, ge=1)
+    max_tokens: int = Field(8, ge=1)
+    image_size: str = "64x64"
+    image_steps: int = Field(2, ge=1)
+    steps_field: str = "num_inference_steps"
+
+
+class SwapScenario(_Scenario):
+    """With model A loaded, a request to model B: seconds to B's first token, and whether A was evicted."""
+
+    kind: Literal["swap"] = "swap"
+    model_a: str
+    model_b: str
+    repetitions: int = Field(1, ge=1)
+    max_tokens: int = Field(8, ge=1)
+    image_size: str = "64x64"
+    image_steps: int = Field(2, ge=1)
+    steps_field: str = "num_inference_steps"
+
+
+class RouterOverheadScenario(_Scenario):
+    """The same small non-streaming chat direct to a test engine, through the hub and through LiteLLM's proxy."""
+
+    kind: Literal["router_overhead"] = "router_overhead"
+    requests: int = Field(600, ge=1, description="requests per target and concurrency level")
+    concurrency: list[Annotated[int, Field(ge=1)]] = [1, 16]
+    rounds: int = Field(3, ge=1, description="targets are measured in interleaved rounds, so drift hits all alike")
+    warmup: int = Field(50, ge=0)
+    litellm: bool = True
+
+
+Scenario = Annotated[
+    TextScenario | ImageScenario | MemoryScenario | ColdStartScenario | SwapScenario | RouterOverheadScenario,
+    Field(discriminator="kind"),
+]
+
+DEMO_TEXT = "smollm2"
+DEMO_IMAGE = "tiny-sd"
+
+DEMO_SCENARIOS: list[Scenario] = [
+    TextScenario(name="demo-text", model=DEMO_TEXT, concurrency=[1, 2, 4], requests=8, max_tokens=32),
+    ImageScenario(name="demo-image", model=DEMO_IMAGE, sizes=["64x64", "128x128"], steps=[2, 4], n=[1, 2]),
+    MemoryScenario(name="demo-memory", models=[DEMO_TEXT, DEMO_IMAGE]),
+    ColdStartScenario(name="demo-cold-text", model=DEMO_TEXT),
+    ColdStartScenario(name="demo-cold-image", model=DEMO_IMAGE),
+    SwapScenario(name="demo-swap", model_a=DEMO_TEXT, model_b=DEMO_IMAGE),
+]

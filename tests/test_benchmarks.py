@@ -1,0 +1,130 @@
+"""The benchmarks against a real hub whose engines are the test responder (`command` engines), and the
+router-overhead script (direct, hub, and LiteLLM's proxy when its environment exists)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from benchmarks.images import run_images
+from benchmarks.lifecycle import run_cold_start, run_swap
+from benchmarks.measure import HubClient
+from benchmarks.memory import measure_memory
+from benchmarks.router_overhead import litellm_python, report, run_router_overhead
+from benchmarks.run import main as run_main
+from benchmarks.run import run_scenario
+from benchmarks.scenarios import (
+    ColdStartScenario,
+    ImageScenario,
+    MemoryScenario,
+    RouterOverheadScenario,
+    SwapScenario,
+    TextScenario,
+)
+from benchmarks.text import run_text
+from hub.ledger import MEASURED_MARGIN
+from tests.conftest import require, responder_command
+
+PROMPT = "one two three four five six"  # the responder echoes it: "echo: one ... six" is 7 chunks
+
+
+def model(mid: str, kind: str = "text", *extra: str, memory: float | None = None) -> str:
+    mem = f"memory_gb = {memory}\n" if memory is not None else ""
+    return f'[models.{mid}]\ntype = "{kind}"\nengine = "command"\ncommand = {responder_command(*extra)}\n{mem}'
+
+
+def test_text_benchmark_measures_streams_at_each_concurrency(hub_factory) -> None:
+    hub = hub_factory(model("echo", "text", "--chunk-delay", "0.02"))
+    sc = TextScenario(name="t", model="echo", concurrency=[1, 3], requests=4, prompt=PROMPT, max_tokens=16)
+    summary, per_request = run_text(HubClient(hub.v1), sc)
+    assert [r["concurrency"] for r in summary] == [1, 3]
+    for row in summary:
+        assert row["failed"] == 0 and row["completed"] == 4
+        assert row["output_tokens"] == 7 * 4, "one token per streamed chunk (the responder reports no usage)"
+        assert row["itl_ms_p50"] >= 15, "chunks are 20 ms apart"
+        assert row["tpot_ms_p50"] >= 15
+        assert 0 < row["ttft_ms_p50"] < row["e2el_ms_p50"]
+        assert row["output_tok_s"] > 0
+    assert len(per_request) == 8 and all(r["ok"] for r in per_request)
+
+
+def test_image_benchmark_by_size_steps_and_n(hub_factory) -> None:
+    hub = hub_factory(model("pix", "image"))
+    sc = ImageScenario(name="i", model="pix", sizes=["16x16", "32x32"], steps=[2], n=[1, 3], repetitions=2)
+    rows = run_images(HubClient(hub.v1), sc)
+    assert [(r["size"], r["n"]) for r in rows] == [("16x16", 1), ("16x16", 3), ("32x32", 1), ("32x32", 3)]
+    for r in rows:
+        assert r["failed"] == 0 and r["error"] is None
+        assert r["s_per_image"] > 0 and r["images_per_s"] > 0
+        assert r["s_per_image"] == pytest.approx(r["s_per_request_mean"] / r["n"])
+
+
+def test_memory_benchmark_fills_the_ledger_that_budgets_and_ps_shows(hub_factory) -> None:
+    hub = hub_factory("[hub]\nmemory_budget_gb = 1\n" + model("a") + model("b", "image"))
+    client = HubClient(hub.v1)
+    rows = measure_memory(client, MemoryScenario(name="m", models=["a", "b"], requests=1))
+    by_model = {r["model"]: r for r in rows if r["ledger"]}
+    assert set(by_model) == {"a", "b"}
+    for mid, r in by_model.items():
+        assert r["source"] == "rss" and r["device"] == "cpu"
+        assert 5 < r["peak_mb"] < 2000, "a Python server's resident memory"
+        entry = hub.models()[mid]
+        assert entry["measured_gb"] == pytest.approx(r["peak_mb"] / 1024, abs=1e-4), "kept to 0.1 MB"
+        assert entry["measured_device"] == "cpu"
+        assert entry["budget_gb"] == pytest.approx(entry["measured_gb"] * (1 + MEASURED_MARGIN), rel=1e-3)
+    ps = hub.cli("ps")
+    assert ps.returncode == 0, ps.stderr
+    line = next(x for x in ps.stdout.splitlines() if x.startswith("a "))
+    assert f"- / {by_model['a']['peak_mb'] / 1024:.2f} GB" in line, "declared / measured"
+
+    # Measured peaks that do not fit together: a swap evicts the other model.
+    client.record_memory("a", 0.6, "cpu", "test")
+    client.record_memory("b", 0.6, "cpu", "test")
+    swap = run_swap(client, SwapScenario(name="s", model_a="a", model_b="b", image_size="16x16"))
+    assert swap[0]["a_evicted"] and swap[0]["a_state_after"] == "stopped"
+    assert swap[0]["swap_first_output_s"] > 0 and swap[0]["b_budget_gb"] == pytest.approx(0.66)
+
+
+def test_cold_start_is_slower_than_warm(hub_factory) -> None:
+    hub = hub_factory(model("slow", "text", "--start-delay", "1"))
+    rows = run_cold_start(HubClient(hub.v1), ColdStartScenario(name="c", model="slow", repetitions=2))
+    assert len(rows) == 2
+    for r in rows:
+        assert r["cold_first_output_s"] > 1.0 > r["warm_first_output_s"]
+        assert r["engine_ready_s"] >= 1.0
+    assert rows[1]["starts"] == 2, "each repetition starts the model again"
+
+
+def test_router_overhead_direct_and_hub() -> None:
+    sc = RouterOverheadScenario(name="ro", requests=40, concurrency=[1, 4], rounds=2, warmup=5, litellm=False)
+    rows = run_router_overhead(sc)
+    assert [(r["concurrency"], r["target"]) for r in rows] == [(1, "direct"), (1, "hub"), (4, "direct"), (4, "hub")]
+    for r in rows:
+        assert r["requests"] == 40 and 0 < r["p50_ms"] <= r["p99_ms"]
+    hub1 = rows[1]
+    assert hub1["added_p50_ms"] == pytest.approx(hub1["p50_ms"] - rows[0]["p50_ms"])
+    assert "hub at c=1: added p50" in report(rows)
+
+
+def test_router_overhead_with_litellm() -> None:
+    require(litellm_python().exists(), "LiteLLM's environment is missing: python -m benchmarks.router_overhead "
+                                       "--setup-litellm")
+    sc = RouterOverheadScenario(name="ro", requests=30, concurrency=[1], rounds=1, warmup=5, litellm=True)
+    rows = run_router_overhead(sc)
+    targets = [r["target"] for r in rows]
+    assert targets == ["direct", "hub", "litellm", "ratio_hub_litellm_p50", "ratio_hub_litellm_p99"]
+    lite = rows[2]
+    assert lite["requests"] == 30 and lite["p50_ms"] > 0
+    ratio = rows[3]["ratio"]
+    assert math.isnan(ratio) or ratio == pytest.approx(rows[1]["added_p50_ms"] / lite["added_p50_ms"])
+
+
+def test_runner_lists_runs_and_rejects_unknown_names(hub_factory, capsys) -> None:
+    assert run_main(["--list"]) == 0
+    assert "demo-text" in capsys.readouterr().out
+    assert run_main(["--only", "nope"]) == 1
+    assert "unknown scenario(s) nope (valid: demo-text" in capsys.readouterr().err
+    hub = hub_factory(model("echo"))
+    rows = run_scenario(HubClient(hub.v1), TextScenario(name="t", model="echo", concurrency=[2], requests=2))
+    assert rows[0]["completed"] == 2
