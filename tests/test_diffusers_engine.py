@@ -19,7 +19,8 @@ import httpx
 import openai
 import psutil
 import pytest
-from conftest import DEMO_MODELS, ENVS_DIR, HubProcess, require, start_hub
+
+from tests.conftest import DEMO_MODELS, ENVS_DIR, HubProcess, require, start_hub
 
 pytestmark = pytest.mark.engine
 

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import DEMO_MODELS, require
 from docker.errors import DockerException, ImageNotFound
 from openai import OpenAI
 
 import docker
+from tests.conftest import DEMO_MODELS, require
 
 pytestmark = pytest.mark.docker
 

@@ -9,7 +9,8 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, require, responder_command
+
+from tests.conftest import ROOT, require, responder_command
 
 pytestmark = pytest.mark.browser
 

@@ -9,7 +9,6 @@ import time
 import gradio as gr
 import httpx
 import pytest
-from conftest import responder_command
 from PIL import Image
 
 from hub.config import Registry
@@ -17,6 +16,7 @@ from hub.ui import handlers as h
 from hub.ui import hub_url, image_notes
 from hub.ui.app import build_ui
 from hub.ui.clients import make_clients
+from tests.conftest import responder_command
 
 REGISTRY = f"""
 [hub]

@@ -9,7 +9,8 @@ import sys
 import time
 
 import httpx
-from conftest import ROOT, free_port, responder_command
+
+from tests.conftest import ROOT, free_port, responder_command
 
 REGISTRY = """
 [hub]

@@ -19,8 +19,9 @@ from collections.abc import Iterator
 
 import psutil
 import pytest
-from conftest import DEMO_MODELS, ENVS_DIR, ROOT, HubProcess, require, start_hub
 from openai import OpenAI
+
+from tests.conftest import DEMO_MODELS, ENVS_DIR, ROOT, HubProcess, require, start_hub
 
 pytestmark = pytest.mark.engine
 
