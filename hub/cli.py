@@ -9,8 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import httpx
-
+from hub.admin import Admin, AdminError
 from hub.config import Registry, load_registry
 from hub.errors import ConfigError, HubError
 
@@ -55,6 +54,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     reg.hub.host, reg.hub.port = host, port  # the web app's clients call the hub where it really listens
     if args.share and args.no_ui:
         raise CLIError("--share shares the web app: drop --no-ui")
+    app = create_app(reg, ui=not args.no_ui)
     close_share = None
     if args.share:
         from hub.ui import share_ui
@@ -65,7 +65,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
                   "the web app is served locally only", flush=True)
 
         close_share = share_ui(reg, report)
-    app = create_app(reg, ui=not args.no_ui)
     print(f"hub: serving {len(reg.models)} model(s) on http://{host}:{port} (API /v1, admin /hub, web app /)",
           flush=True)
     try:
@@ -108,23 +107,9 @@ def _api_key(args: argparse.Namespace) -> str | None:
     return None
 
 
-def _call(args: argparse.Namespace, method: str, path: str, timeout: float = 30.0) -> httpx.Response:
-    url = _url(args)
-    key = _api_key(args)
-    headers = {"authorization": f"Bearer {key}"} if key else {}
-    try:
-        r = httpx.request(method, url + path, headers=headers, timeout=timeout)
-    except httpx.ConnectError:
-        raise CLIError(f"cannot reach the hub at {url}: is `hub serve` running? (set --url or HUB_URL)") from None
-    except httpx.TimeoutException:
-        raise CLIError(f"the hub at {url} did not answer {method} {path} within {timeout:g}s") from None
-    if r.status_code >= 400:
-        try:
-            msg = r.json()["error"]["message"]
-        except (ValueError, KeyError, TypeError):
-            msg = r.text.strip() or r.reason_phrase
-        raise CLIError(msg.splitlines()[0] if not args.verbose else msg)
-    return r
+def _admin(args: argparse.Namespace) -> Admin:
+    """The admin client of the hub the command talks to."""
+    return Admin(_url(args), _api_key(args))
 
 
 def _fmt_time(ts: float | None, now: float) -> str:
@@ -136,7 +121,7 @@ def _fmt_time(ts: float | None, now: float) -> str:
 
 def cmd_ps(args: argparse.Namespace) -> int:
     """List the models of a running hub with their state."""
-    data: dict[str, Any] = _call(args, "GET", "/hub/models").json()
+    data: dict[str, Any] = _admin(args).models()
     if args.json:
         print(json.dumps(data, indent=2))
         return 0
@@ -157,21 +142,21 @@ def cmd_ps(args: argparse.Namespace) -> int:
 
 def cmd_up(args: argparse.Namespace) -> int:
     """Start a model on a running hub and wait until it is ready."""
-    m = _call(args, "POST", f"/hub/models/{args.model}/load", timeout=args.timeout).json()
+    m = _admin(args).load(args.model, timeout=args.timeout)
     print(f"{m['id']}: {m['state']}")
     return 0
 
 
 def cmd_down(args: argparse.Namespace) -> int:
     """Stop a model on a running hub."""
-    m = _call(args, "POST", f"/hub/models/{args.model}/unload", timeout=args.timeout).json()
+    m = _admin(args).unload(args.model, timeout=args.timeout)
     print(f"{m['id']}: {m['state']}")
     return 0
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
     """Print the tail of a model's engine log."""
-    sys.stdout.write(_call(args, "GET", f"/hub/models/{args.model}/logs?tail={args.tail}").text)
+    sys.stdout.write(_admin(args).logs(args.model, args.tail))
     return 0
 
 
@@ -284,6 +269,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except (CLIError, HubError) as err:
         print(f"hub: {err}", file=sys.stderr)
+        return 1
+    except AdminError as err:  # the hub's own message; its first line unless --verbose
+        msg = str(err)
+        print(f"hub: {msg if args.verbose else msg.splitlines()[0]}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -12,7 +12,6 @@ import os
 import secrets
 import threading
 from collections.abc import Callable
-from typing import Any
 
 from fastapi import FastAPI
 
@@ -89,14 +88,13 @@ def share_ui(registry: Registry, report: Callable[[str | None, str | None], None
         how = f"set ${env}" if env else "set [hub] api_key_env = \"HUB_API_KEY\" in the registry and export it"
         raise AuthError(f"--share puts the web app on a public URL and needs an API key as its password: {how}")
 
-    launched: list[Any] = []
+    from hub.ui.theme import CSS, Terminal
+
+    # Built here, in the caller's thread: gradio's block context is global, so two apps must not be built at once.
+    demo = _blocks(registry)
 
     def launch() -> None:
-        from hub.ui.theme import CSS, Terminal
-
         try:
-            demo = _blocks(registry)
-            launched.append(demo)
             demo.launch(share=True, prevent_thread_lock=True, server_name="127.0.0.1", auth=key_auth(key),
                         auth_message=AUTH_MESSAGE, theme=Terminal(), css=CSS, footer_links=[], quiet=True,
                         ssr_mode=False)
@@ -106,9 +104,8 @@ def share_ui(registry: Registry, report: Callable[[str | None, str | None], None
         report(demo.share_url, None)
 
     def close() -> None:
-        for demo in launched:
-            with contextlib.suppress(Exception):
-                demo.close()
+        with contextlib.suppress(Exception):
+            demo.close()
 
     threading.Thread(target=launch, name="hub-share", daemon=True).start()
     return close

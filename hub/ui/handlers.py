@@ -234,23 +234,33 @@ def generate_images(client: openai.OpenAI, admin: Admin, model: str | None, prom
         return client.images.generate(model=model, prompt=prompt.strip(), n=int(n), size=size,
                                       response_format="b64_json", extra_body=_extras(negative, steps, guidance, seed))
 
+    images, took = yield from _images_call(send, client, admin, model, "generating with", poll)
+    caption = prompt.strip()[:80]
+    pics = [(img, caption) for img in images]
+    done = f"{len(images)} image(s) from {model} in {took:.1f}s"
+    yield done, pics, _remember(history, pics), images[0]
+
+
+def _images_call(send: Callable[[], Any], client: openai.OpenAI, admin: Admin, model: str, doing: str,
+                 poll: float) -> Generator[tuple[Any, ...], None, tuple[list[Image.Image], float]]:
+    """Run an images request, yielding (status, skip, skip, skip) rows while it waits; returns the images and the
+    seconds it took."""
+    t0 = time.monotonic()
     try:
-        t0 = time.monotonic()
-        waiting = wait_for(send, admin, model, "generating with", poll)
-        try:
-            while True:
-                yield next(waiting), gr.skip(), gr.skip(), gr.skip()
-        except StopIteration as stop:
-            resp = stop.value
+        waiting = wait_for(send, admin, model, doing, poll)
+        while True:
+            try:
+                status = next(waiting)
+            except StopIteration as stop:
+                resp = stop.value
+                break
+            yield status, gr.skip(), gr.skip(), gr.skip()
         images = [_decode(d, client) for d in resp.data or []]
     except (openai.OpenAIError, AdminError, httpx.HTTPError) as err:
         raise ui_error(err) from None
     if not images:
         raise gr.Error(f"{model} returned no images: see `hub logs {model}`")
-    caption = prompt.strip()[:80]
-    pics = [(img, caption) for img in images]
-    done = f"{len(images)} image(s) from {model} in {time.monotonic() - t0:.1f}s"
-    yield done, pics, _remember(history, pics), images[0]
+    return images, time.monotonic() - t0
 
 
 def mask_from_layers(layers: list[Any] | None, size: tuple[int, int]) -> Image.Image | None:
@@ -312,22 +322,10 @@ def edit_image(client: openai.OpenAI, admin: Admin, model: str | None, editor: A
         return client.images.edit(model=model, prompt=instruction.strip(), n=int(n), response_format="b64_json",
                                   extra_body=_extras("", steps, None, seed), **files)
 
-    try:
-        t0 = time.monotonic()
-        waiting = wait_for(send, admin, model, "editing with", poll)
-        try:
-            while True:
-                yield next(waiting), gr.skip(), gr.skip(), gr.skip()
-        except StopIteration as stop:
-            resp = stop.value
-        images = [_decode(d, client) for d in resp.data or []]
-    except (openai.OpenAIError, AdminError, httpx.HTTPError) as err:
-        raise ui_error(err) from None
-    if not images:
-        raise gr.Error(f"{model} returned no images: see `hub logs {model}`")
+    images, took = yield from _images_call(send, client, admin, model, "editing with", poll)
     what = "inpainted" if mask is not None else "edited"
     pics = [(img, f"{what}: {instruction.strip()[:70]}") for img in images]
-    done = f"{len(images)} image(s) {what} by {model} in {time.monotonic() - t0:.1f}s"
+    done = f"{len(images)} image(s) {what} by {model} in {took:.1f}s"
     yield done, pics, _remember(history, pics), images[0]
 
 
