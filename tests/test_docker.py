@@ -46,11 +46,10 @@ def _ours(client: docker.DockerClient) -> list:
     return client.containers.list(all=True, filters={"label": "hub=1"})
 
 
-@pytest.fixture
-def local() -> Iterator[docker.DockerClient]:
-    """The local daemon; every test must leave none of the hub's containers behind."""
-    c = _client(None)
-    require(c is not None, f"no Docker daemon: {SETUP}")
+def _daemon(url: str | None, where: str) -> Iterator[docker.DockerClient]:
+    """A daemon with the responder image and none of the hub's containers, before and (asserted) after a test."""
+    c = _client(url)
+    require(c is not None, f"no Docker daemon {'at ' + url if url else 'on this machine'}: {SETUP}")
     _need_image(c, RESPONDER_IMAGE)
     for leftover in _ours(c):
         leftover.remove(force=True)
@@ -58,22 +57,19 @@ def local() -> Iterator[docker.DockerClient]:
     left = [x.name for x in _ours(c)]
     for x in _ours(c):
         x.remove(force=True)
-    assert not left, f"containers left on the local daemon: {left}"
+    assert not left, f"containers left on the {where} daemon: {left}"
+
+
+@pytest.fixture
+def local() -> Iterator[docker.DockerClient]:
+    """The local daemon; every test must leave none of the hub's containers behind."""
+    yield from _daemon(None, "local")
 
 
 @pytest.fixture
 def remote() -> Iterator[docker.DockerClient]:
     """The second daemon (stand-in remote host)."""
-    c = _client(REMOTE)
-    require(c is not None, f"no second Docker daemon at {REMOTE}: {SETUP}")
-    _need_image(c, RESPONDER_IMAGE)
-    for leftover in _ours(c):
-        leftover.remove(force=True)
-    yield c
-    left = [x.name for x in _ours(c)]
-    for x in _ours(c):
-        x.remove(force=True)
-    assert not left, f"containers left on the remote daemon: {left}"
+    yield from _daemon(REMOTE, "remote")
 
 
 def registry(tmp: Path, models: str, hub: str = "", hosts: str = "") -> str:
