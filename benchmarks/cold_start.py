@@ -24,9 +24,10 @@ from pathlib import Path
 
 import httpx
 
-from engines import get_engine
-from engines.base import LaunchContext
-from hub.config import load_registry
+from hub.engines import get_engine
+from hub.engines.base import LaunchContext
+from hub.registry import load_registry
+from hub.runtimes.process import ProcessRuntime
 
 PROMPT = "What is the capital of France?"
 
@@ -68,10 +69,11 @@ def engine_start(config: Path, model: str, timeout: float, log: Path) -> float:
     """Seconds from launching the engine alone to its GET /health answering 200."""
     reg = load_registry(config)
     port = free_port()
-    ctx = LaunchContext(model, reg.models[model], reg, "process", port)
+    ctx = LaunchContext(model, reg.models[model], reg, port)
     spec = get_engine(reg.models[model].engine).launch(ctx)
+    argv, env = ProcessRuntime(log.parent, reg.envs_dir).command_line(spec)
     t0 = time.monotonic()
-    proc = subprocess.Popen(spec.argv, env={**os.environ, **spec.env}, stdout=log.open("w"),
+    proc = subprocess.Popen(argv, env={**os.environ, **env}, stdout=log.open("w"),
                             stderr=subprocess.STDOUT, start_new_session=True)
     try:
         wait_http(f"http://127.0.0.1:{port}{spec.health_path}", proc, timeout)

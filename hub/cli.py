@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from hub.admin import Admin, AdminError
-from hub.config import Registry, load_registry
+from hub.config import Registry
 from hub.errors import ConfigError, HubError
+from hub.registry import load_registry
 
 DEFAULT_CONFIG = "models.toml"
 
@@ -162,9 +163,9 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
 def cmd_build(args: argparse.Namespace) -> int:
     """Build the Diffusers engine image (docker/diffusers/Dockerfile) on a Docker host of the registry."""
-    from engines.diffusers import DEFAULT_IMAGE
+    from hub.build import build_image
+    from hub.engines.diffusers import DEFAULT_IMAGE
     from hub.errors import RuntimeFailure
-    from hub.runtimes.docker import build_image
 
     reg = _registry_or_defaults(args.config)
     if args.host != "local" and args.host not in reg.hosts:

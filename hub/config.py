@@ -1,26 +1,32 @@
 """The registry (`models.toml`): parsed once into pydantic models; every default lives here and nowhere else.
 
-Validation runs in two passes. Pydantic checks shapes and types (`extra="forbid"`: an unknown key is an error);
-then `Registry.problems()` checks what needs the whole file: the engine names registered through the
-`hub.engines` entry points, each engine's own keys and `args`, hosts that exist, models that fit their budget.
-Both passes report "key.path: message (valid: ...)" lines, collected into one ConfigError.
+A leaf: it imports nothing of the hub but its errors. Pydantic checks shapes and types (`extra="forbid"`: an unknown
+key is an error) and `Registry.problems()` checks what needs the whole file (hosts that exist, models that fit their
+budget). What each engine accepts is that engine's business: `hub/registry.py` loads a file, then asks every
+engine for its own checks. Every check reports "key.path: message (valid: ...)" lines, collected into one
+ConfigError.
+
+Engine-specific keys live in each engine's `args` table. The keys that earlier registries set at the top of a
+model's table (`command`, `health` for the command engine, `base_url`, `api_key_env` for the openai engine) are
+moved into `args` when a file is read, with a warning, so those files keep working.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import re
-import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
-
-from hub.errors import ConfigError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 MODEL_ID = r"^[A-Za-z0-9][A-Za-z0-9._:-]*$"
+# keys that moved from a model's table into its engine's `args` (read where they used to be, with a warning)
+MOVED_TO_ARGS = ("command", "health", "base_url", "api_key_env")
+log = logging.getLogger("hub.config")
 
 
 def parse_duration(value: Any) -> float:
@@ -85,17 +91,31 @@ class ModelConfig(_Strict):
     host: str = "local"
     ttl: Duration | None = None
     pinned: bool = False
-    args: dict[str, Any] = Field(default_factory=dict)
+    args: dict[str, Any] = Field(default_factory=dict, description="the engine's own keys (see each engine)")
     env: dict[str, str] = Field(default_factory=dict)
-    # command engine
-    command: list[str] | None = None
-    health: str = "/health"
-    # openai engine
-    base_url: str | None = None
-    api_key_env: str | None = None
+    description: str | None = Field(None, description="a note for people: shown by the web app and /v1/models")
     # docker runtime
     image: str | None = None
     gpus: Literal["all"] | list[int] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _move_engine_keys(cls, data: Any) -> Any:
+        """Read engine keys from where earlier registries put them (the model's table) into `args`."""
+        if not isinstance(data, dict) or not any(k in data for k in MOVED_TO_ARGS):
+            return data
+        args = data.get("args", {})
+        if not isinstance(args, dict):
+            return data  # pydantic reports the args table itself
+        data, args = dict(data), dict(args)
+        for key in MOVED_TO_ARGS:
+            if key in data:
+                if key in args:
+                    raise ValueError(f"{key} is set twice, in the model's table and in its args: keep args.{key}")
+                args[key] = data.pop(key)
+                log.warning("registry: %s belongs in the model's args table now (read as args.%s)", key, key)
+        data["args"] = args
+        return data
 
 
 class Registry(_Strict):
@@ -153,9 +173,7 @@ class Registry(_Strict):
         raise KeyError(host)
 
     def problems(self) -> list[str]:
-        """What pydantic cannot see alone: engines, their keys and args, hosts, budgets."""
-        from engines import available_engines, get_engine  # engines depend on config, not the other way round
-
+        """What pydantic cannot see alone: hosts that exist, models that fit their host's budget."""
         out: list[str] = []
         for name, h in self.hosts.items():
             if name != "local" and not h.docker:
@@ -163,13 +181,8 @@ class Registry(_Strict):
                            "ssh://user@host)")
             if name == "local" and h.memory_budget_gb is not None:
                 out.append("hosts.local.memory_budget_gb: the local host's budget is [hub] memory_budget_gb")
-        names = available_engines()
         for mid, m in self.models.items():
             at = f"models.{mid}"
-            if m.engine not in names:
-                out.append(f"{at}.engine: unknown engine {m.engine!r} (valid: {', '.join(names)})")
-                continue
-            out.extend(f"{at}.{p}" for p in get_engine(m.engine).problems(m))
             if m.host != "local" and m.host not in self.hosts:
                 valid = ", ".join(["local", *self.hosts])
                 out.append(f"{at}.host: unknown host {m.host!r} (valid: {valid})")
@@ -218,30 +231,3 @@ def format_validation_error(err: ValidationError, valid_keys: list[str] | None =
             msg = e["msg"].removeprefix("Value error, ")
             lines.append(f"{path}: {msg}")
     return lines
-
-
-def parse_registry(data: dict[str, Any], path: Path | None = None) -> Registry:
-    """A validated Registry from parsed TOML data, or a ConfigError listing every problem."""
-    source = str(path) if path else "registry"
-    try:
-        reg = Registry.model_validate(data)
-    except ValidationError as err:
-        raise ConfigError(format_validation_error(err), source) from None
-    reg.path = path.resolve() if path else None
-    if problems := reg.problems():
-        raise ConfigError(problems, source)
-    return reg
-
-
-def load_registry(path: str | Path) -> Registry:
-    """Read and validate a registry file."""
-    p = Path(path)
-    try:
-        text = p.read_text()
-    except OSError as err:
-        raise ConfigError([f"cannot read the registry: {err.strerror}"], str(p)) from None
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigError([f"invalid TOML: {err}"], str(p)) from None
-    return parse_registry(data, p)

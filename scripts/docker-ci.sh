@@ -81,7 +81,7 @@ else
 fi
 
 # 4. the engine images (docker's layer cache makes a rebuild without changes take seconds)
-TORCH=$(sed -n 's/^torch==\([^ ]*\).*/\1/p' "$ROOT/engines/requirements/diffusers.txt" 2>/dev/null || true)
+TORCH=$(sed -n 's/^torch==\([^ ]*\).*/\1/p' "$ROOT/hub/engines/requirements/diffusers.txt" 2>/dev/null || true)
 TORCH=${TORCH:-2.13.0}
 FIND_LINKS=$(pipconf find-links)
 WHEELS="$ROOT/docker/diffusers/wheels"
@@ -96,13 +96,13 @@ for dir in $FIND_LINKS; do
 done
 ls "$WHEELS"/torch-*.whl >/dev/null 2>&1 || say "warning: no CPU torch wheel found: the build will fetch torch from the index"
 IMAGES=("$RESPONDER_IMAGE")
-if [ -f "$ROOT/engines/diffusers_server.py" ]; then
+if [ -f "$ROOT/imageserver/server.py" ]; then
   say "building $DIFFUSERS_IMAGE from docker/diffusers/Dockerfile on $BASE_IMAGE (first time: a few minutes)"
   docker build -q --network host -f "$ROOT/docker/diffusers/Dockerfile" --build-arg "BASE_IMAGE=$BASE_IMAGE" \
     -t "$DIFFUSERS_IMAGE" "$ROOT" >/dev/null
   IMAGES+=("$DIFFUSERS_IMAGE")
 else
-  say "warning: engines/diffusers_server.py is missing: $DIFFUSERS_IMAGE not built"
+  say "warning: imageserver/ is missing: $DIFFUSERS_IMAGE not built"
 fi
 say "building $RESPONDER_IMAGE (the test responder in a container)"
 docker build -q --network host -f "$ROOT/tests/docker/responder.Dockerfile" --build-arg "BASE_IMAGE=$BASE_IMAGE" \

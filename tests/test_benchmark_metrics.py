@@ -11,9 +11,9 @@ import pytest
 
 from benchmarks.metrics import RequestRecord, added_latency, percentile, summarize_text
 from benchmarks.results import write_csv
-from hub.config import parse_registry
 from hub.ledger import MEASURED_MARGIN, Ledger, budgeted_gb, ledger_memory_of
 from hub.manager import Manager
+from hub.registry import parse_registry
 
 
 @pytest.mark.parametrize("values", [[3.0], [1.0, 2.0], [5.0, 1.0, 4.0, 2.0, 3.0], [0.1 * i * i for i in range(37)]])

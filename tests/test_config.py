@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from hub.config import HubSettings, ModelConfig, load_registry, parse_duration, parse_registry
+from hub.config import HubSettings, ModelConfig, parse_duration
 from hub.errors import ConfigError
+from hub.registry import load_registry, parse_registry
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -31,8 +32,8 @@ def test_seed_registry_loads_with_the_seed_lineup() -> None:
 def test_seed_registry_documents_every_key() -> None:
     text = (ROOT / "models.toml").read_text()
     for key in [*HubSettings.model_fields, *ModelConfig.model_fields]:
-        if key in ("command", "health", "base_url", "api_key_env", "args"):
-            continue  # engine-specific keys of other engines, documented in the README reference
+        if key == "args":
+            continue  # each engine's own keys, documented in the README reference
         assert re.search(rf"^#?\s*{key}\s*=.*#", text, re.M), f"models.toml does not show and comment {key!r}"
 
 
@@ -70,15 +71,30 @@ def test_missing_required_keys() -> None:
 
 def test_engine_specific_keys() -> None:
     out = problems({"models": {
-        "c": {"type": "text", "engine": "command", "command": ["server", "--port", "8000"]},
+        "c": {"type": "text", "engine": "command", "args": {"command": ["server", "--port", "8000"]}},
         "d": {"type": "text", "engine": "command"},
-        "o": {"type": "text", "engine": "openai"},
+        "o": {"type": "text", "engine": "openai", "args": {"base_url": "ftp://x"}},
+        "p": {"type": "text", "engine": "openai", "args": {"base_url": "http://x/v1", "command": ["x"]}},
         "v": {"type": "text", "engine": "vllm", "source": "x", "args": {"max_model_length": 5}},
     }})
-    assert "models.c.command: must contain the {port} placeholder so that the hub can choose the port" in out
-    assert any(p.startswith("models.d.command: engine 'command' needs command = [") for p in out)
-    assert any(p.startswith("models.o.base_url: engine 'openai' needs base_url") for p in out)
+    assert "models.c.args.command: must contain the {port} placeholder so that the hub can choose the port" in out
+    assert "models.d.args.command: required key is missing" in out
+    assert "models.o.args.base_url: 'ftp://x' must start with http:// or https://" in out
+    assert "models.p.args.command: unknown key (valid: base_url, api_key_env)" in out
     assert any(p.startswith("models.v.args.max_model_length: unknown key (valid: dtype, max_model_len") for p in out)
+
+
+def test_engine_keys_of_earlier_registries_move_into_args() -> None:
+    """`command`/`health`/`base_url`/`api_key_env` at the top of a model's table still work: read as args."""
+    reg = parse_registry({"models": {
+        "c": {"type": "text", "engine": "command", "command": ["srv", "{port}"], "health": "/ping"},
+        "o": {"type": "text", "engine": "openai", "base_url": "http://x/v1", "api_key_env": "K"},
+    }})
+    assert reg.models["c"].args == {"command": ["srv", "{port}"], "health": "/ping"}
+    assert reg.models["o"].args == {"base_url": "http://x/v1", "api_key_env": "K"}
+    out = problems({"models": {"c": {"type": "text", "engine": "command", "command": ["a", "{port}"],
+                                     "args": {"command": ["b", "{port}"]}}}})
+    assert out == ["models.c: command is set twice, in the model's table and in its args: keep args.command"]
 
 
 def test_model_larger_than_budget_and_unknown_host() -> None:

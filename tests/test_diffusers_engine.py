@@ -2,7 +2,7 @@
 openai client. Its images are noise from random weights: these tests check shapes, sizes and behaviour only.
 
 Needs the diffusers engine environment (<envs>/diffusers) and the tiny model (<models>/tiny-sd, made by
-`python -m engines.tiny_sd`).
+`python -m demo_models.tiny_sd`).
 """
 
 from __future__ import annotations
@@ -112,7 +112,7 @@ def test_png_helpers_agree():
 def hub(tmp_path_factory) -> HubProcess:
     require((ENVS_DIR / "diffusers" / "bin" / "python").exists(),
             f"the diffusers engine environment is missing at {ENVS_DIR / 'diffusers'}")
-    require((TINY / "model_index.json").exists(), f"the tiny model is missing: python -m engines.tiny_sd {TINY}")
+    require((TINY / "model_index.json").exists(), f"the tiny model is missing: python -m demo_models.tiny_sd {TINY}")
     h = start_hub(tmp_path_factory.mktemp("diffusers-hub"), registry())
     yield h
     pids = h.engine_pids()
@@ -286,8 +286,8 @@ def test_tiny_model_folder_is_a_pipeline():
 def test_server_module_imports_no_hub_code():
     py = ENVS_DIR / "diffusers" / "bin" / "python"
     require(py.exists(), "the diffusers engine environment is missing")
-    code = ("import sys, engines.diffusers_server; "
-            "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('hub', 'httpx') or m == 'engines.base'); "
+    code = ("import sys, imageserver; "
+            "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('hub', 'httpx') or m == 'hub.engines.base'); "
             "print(bad); sys.exit(1 if bad else 0)")
     r = subprocess.run([str(py), "-c", code], capture_output=True, text=True, cwd=Path(__file__).parent.parent,
                        timeout=120)

@@ -10,9 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from engines.base import LaunchContext
-from engines.diffusers import DiffusersArgs, engine
-from engines.diffusers_api import (
+from hub.engines.base import LaunchContext
+from hub.engines.diffusers import DiffusersArgs, engine
+from hub.errors import ConfigError
+from hub.registry import load_registry, parse_registry
+from hub.runtimes.process import ProcessRuntime
+from imageserver.api import (
     BadRequest,
     EditRequest,
     GenerationRequest,
@@ -21,8 +24,6 @@ from engines.diffusers_api import (
     parse_size,
     validate_request,
 )
-from hub.config import load_registry, parse_registry
-from hub.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -91,15 +92,15 @@ def test_registry_args_are_the_server_options(tmp_path):
     assert "models.img.args.dtype" in text and "models.img.args.warp: unknown key" in text
 
 
-def test_launch_command_passes_the_options(tmp_path, monkeypatch):
+def test_launch_command_passes_the_options(tmp_path):
     envs = tmp_path / "envs"
     (envs / "diffusers" / "bin").mkdir(parents=True)
     (envs / "diffusers" / "bin" / "python").write_text("")
-    monkeypatch.setenv("HUB_ENVS_DIR", str(envs))
     reg = parse_registry(tomllib.loads(_registry('max_n = 2\ncpu_threads = 1')), tmp_path / "models.toml")
-    spec = engine.launch(LaunchContext("img", reg.models["img"], reg, "process", 9123))
-    argv = spec.argv
-    assert argv[1:3] == ["-m", "engines.diffusers_server"]
+    spec = engine.launch(LaunchContext("img", reg.models["img"], reg, 9123))
+    argv, _ = ProcessRuntime(tmp_path / "logs", envs).command_line(spec)
+    assert argv[:5] == [str(envs / "diffusers" / "bin" / "python"), "-m", "imageserver", "--host", "127.0.0.1"]
+    assert spec.model_path == str(tmp_path / "m")  # a local folder: a container gets it mounted
     assert argv[argv.index("--model") + 1] == str(tmp_path / "m")
     assert argv[argv.index("--port") + 1] == "9123" and spec.served_name == "img"
     opts = ServerOptions.model_validate_json(argv[argv.index("--options") + 1])

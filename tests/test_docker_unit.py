@@ -10,11 +10,11 @@ import pytest
 from docker.errors import APIError
 from docker.models.containers import _create_container_args
 
-from engines import get_engine
-from engines.base import LaunchContext
-from engines.vllm import DEFAULT_IMAGE as VLLM_IMAGE
-from hub.config import parse_registry
+from hub.engines import get_engine
+from hub.engines.base import LaunchContext
+from hub.engines.vllm import DEFAULT_IMAGE as VLLM_IMAGE
 from hub.errors import ConfigError, RuntimeFailure
+from hub.registry import parse_registry
 from hub.runtimes.docker import (
     DockerRuntime,
     config_hash,
@@ -39,7 +39,7 @@ def registry(extra: str = "", **model: str):
 
 def spec_of(reg, port: int = 8000):
     m = reg.models["m"]
-    return get_engine(m.engine).launch(LaunchContext("m", m, reg, "docker", port))
+    return get_engine(m.engine).launch(LaunchContext("m", m, reg, port))
 
 
 def engine_api(kw: dict) -> dict:
@@ -54,7 +54,7 @@ def test_vllm_container_matches_documented_docker_run_line():
     api = engine_api(kw)
     hc = api["host_config"]
     assert api["image"] == VLLM_IMAGE and VLLM_IMAGE.startswith("vllm/vllm-openai:v")  # pinned tag, not latest
-    assert api["command"][:2] == ["--model", "Qwen/Qwen3-0.6B"]  # arguments to the image's entrypoint
+    assert api["command"][:4] == ["--host", "0.0.0.0", "--model", "Qwen/Qwen3-0.6B"]  # the entrypoint's arguments
     assert api["command"][api["command"].index("--port") + 1] == "8000"
     assert hc["Runtime"] == "nvidia"  # --runtime nvidia
     assert hc["DeviceRequests"] == [{"Driver": "", "Count": -1, "DeviceIDs": [],

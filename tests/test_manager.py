@@ -8,10 +8,10 @@ from typing import ClassVar
 import httpx
 import pytest
 
-from engines.base import Engine, LaunchContext, LaunchSpec
-from hub.config import parse_registry
+from hub.engines.base import Engine, LaunchContext, LaunchSpec
 from hub.errors import MemoryBusy, StartFailed
 from hub.manager import Manager, State
+from hub.registry import parse_registry
 from hub.runtimes.base import Handle, Runtime
 
 
@@ -55,7 +55,7 @@ class FakeEngine(Engine):
         self.rt = rt
 
     def launch(self, ctx: LaunchContext) -> LaunchSpec:
-        return LaunchSpec(argv=["fake"])
+        return LaunchSpec(command=["fake"])
 
     async def ready(self, client: httpx.AsyncClient, base_url: str, spec: LaunchSpec) -> bool:
         await asyncio.sleep(self.rt.ready_after)

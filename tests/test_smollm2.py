@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from engines import smollm2
+from hub.engines import smollm2
 
 
 def test_finished_folder_is_left_alone(tmp_path):
@@ -39,5 +39,5 @@ def test_command_line_error_is_one_line(tmp_path):
     out = tmp_path / "m"
     out.mkdir()
     (out / "junk").write_text("x")
-    r = subprocess.run([sys.executable, "-m", "engines.smollm2", str(out)], capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-m", "demo_models.smollm2", str(out)], capture_output=True, text=True)
     assert r.returncode == 1 and r.stderr.count("\n") == 1 and "not a finished conversion" in r.stderr

@@ -1,4 +1,5 @@
-"""Unit tests of the vllm engine: the server command line built from the registry, and the GPU memory fraction."""
+"""Unit tests of the vllm engine: the runtime-neutral spec built from the registry, the command line the process
+runtime makes of it, and the GPU memory fraction from the GPUs the runtime reports."""
 
 from __future__ import annotations
 
@@ -6,11 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from engines import vllm
-from engines.base import LaunchContext
-from engines.vllm import VllmEngine, gpu_memory_utilization
-from hub.config import parse_registry
+from hub.engines import vllm
+from hub.engines.base import LaunchContext, LaunchSpec
+from hub.engines.vllm import VllmEngine, gpu_memory_utilization
 from hub.errors import ConfigError, RuntimeFailure
+from hub.registry import parse_registry
+from hub.runtimes.docker import container_command
+from hub.runtimes.process import ProcessRuntime
 
 # Flags of vLLM's OpenAI-compatible server (`vllm serve --help`, docs "Engine Arguments" and "OpenAI-Compatible
 # Server"); tests/test_vllm_real.py checks every flag the engine emits against the installed vLLM's own --help.
@@ -22,16 +25,20 @@ VLLM_FLAGS = {
 VALUE_FLAGS = VLLM_FLAGS - {"--enforce-eager", "--enable-sleep-mode", "--trust-remote-code"}
 
 
-def ctx_for(model: dict, tmp_path: Path, runtime: str = "process", gpu_total_gb: float | None = None,
-            envs: bool = True) -> LaunchContext:
-    """A LaunchContext for model `m` of a one-model registry whose envs dir is under tmp_path."""
+def ctx_for(model: dict, tmp_path: Path, gpus: dict[int, float] | None = None) -> LaunchContext:
+    """A LaunchContext for model `m` of a one-model registry, on a host with `gpus` (index -> GB)."""
+    reg = parse_registry({"hub": {"state_dir": str(tmp_path / "state")}, "models": {"m": model}},
+                         tmp_path / "models.toml")
+    return LaunchContext("m", reg.models["m"], reg, 8123, gpus or {})
+
+
+def process_argv(spec: LaunchSpec, tmp_path: Path, envs: bool = True) -> tuple[list[str], dict[str, str]]:
+    """The command line and environment the process runtime makes of `spec`, with envs under tmp_path."""
     envs_dir = tmp_path / "envs"
     if envs:
         (envs_dir / "vllm" / "bin").mkdir(parents=True, exist_ok=True)
         (envs_dir / "vllm" / "bin" / "python").touch()
-    reg = parse_registry({"hub": {"state_dir": str(tmp_path / "state")}, "models": {"m": model}},
-                         tmp_path / "models.toml")
-    return LaunchContext("m", reg.models["m"], reg, runtime, 8123, gpu_total_gb)
+    return ProcessRuntime(tmp_path / "logs", envs_dir).command_line(spec)
 
 
 def flags(argv: list[str]) -> dict[str, str | None]:
@@ -51,47 +58,39 @@ def flags(argv: list[str]) -> dict[str, str | None]:
     return out
 
 
-@pytest.fixture(autouse=True)
-def no_gpu(monkeypatch):
-    """This machine has no GPU; tests that need one patch it in."""
-    monkeypatch.setattr(vllm, "local_gpu_memory_gb", lambda: {})
-
-
-def test_process_argv_uses_the_engine_env_python_and_every_registry_arg(tmp_path, monkeypatch):
-    monkeypatch.setenv("HUB_ENVS_DIR", str(tmp_path / "envs"))
+def test_process_argv_uses_the_engine_env_python_and_every_registry_arg(tmp_path):
     ctx = ctx_for({"type": "text", "engine": "vllm", "source": "{state_dir}/models/x", "memory_gb": 1,
                    "args": {"dtype": "bfloat16", "max_model_len": 2048, "quantization": "awq",
                             "tensor_parallel_size": 2, "enforce_eager": True, "enable_sleep_mode": True,
                             "trust_remote_code": True, "kv_cache_space_gb": 3,
                             "extra_args": ["--seed", "7"]}}, tmp_path)
     spec = VllmEngine().launch(ctx)
-    assert spec.argv[:3] == [str(tmp_path / "envs" / "vllm" / "bin" / "python"), "-m",
-                             "vllm.entrypoints.openai.api_server"]
-    assert spec.argv[-2:] == ["--seed", "7"]  # extra args pass through, last
-    f = flags(spec.argv[3:-2])
+    argv, env = process_argv(spec, tmp_path)
+    assert argv[:3] == [str(tmp_path / "envs" / "vllm" / "bin" / "python"), "-m", "vllm.entrypoints.openai.api_server"]
+    assert argv[-2:] == ["--seed", "7"]  # extra args pass through, last
+    f = flags(argv[3:-2])
     assert f == {"--host": "127.0.0.1", "--model": str(tmp_path / "state" / "models" / "x"),
                  "--served-model-name": "m", "--port": "8123", "--dtype": "bfloat16", "--max-model-len": "2048",
                  "--quantization": "awq", "--tensor-parallel-size": "2", "--enforce-eager": None,
                  "--enable-sleep-mode": None, "--trust-remote-code": None}
     assert spec.served_name == "m" and spec.health_path == "/health"
-    assert spec.env["VLLM_CPU_KVCACHE_SPACE"] == "3"
-    assert spec.env["VLLM_SERVER_DEV_MODE"] == "1"  # sleep mode's endpoints need it
+    assert env["VLLM_CPU_KVCACHE_SPACE"] == "3"
+    assert env["VLLM_SERVER_DEV_MODE"] == "1"  # sleep mode's endpoints need it
     assert "--gpu-memory-utilization" not in f  # no GPU here: nothing derived
 
 
-def test_minimal_model_gets_only_what_it_needs(tmp_path, monkeypatch):
-    monkeypatch.setenv("HUB_ENVS_DIR", str(tmp_path / "envs"))
+def test_minimal_model_gets_only_what_it_needs(tmp_path):
     spec = VllmEngine().launch(ctx_for({"type": "text", "engine": "vllm", "source": "org/repo"}, tmp_path))
-    assert flags(spec.argv[3:]) == {"--host": "127.0.0.1", "--model": "org/repo", "--served-model-name": "m",
-                                    "--port": "8123", "--dtype": "auto"}
-    assert "VLLM_CPU_KVCACHE_SPACE" not in spec.env
+    argv, env = process_argv(spec, tmp_path)
+    assert flags(argv[3:]) == {"--host": "127.0.0.1", "--model": "org/repo", "--served-model-name": "m",
+                               "--port": "8123", "--dtype": "auto"}
+    assert "VLLM_CPU_KVCACHE_SPACE" not in env and spec.model_path is None  # a hub repo id: nothing to mount
 
 
-def test_missing_engine_env_says_how_to_make_it(tmp_path, monkeypatch):
-    monkeypatch.setenv("HUB_ENVS_DIR", str(tmp_path / "nowhere"))
-    ctx = ctx_for({"type": "text", "engine": "vllm", "source": "org/repo"}, tmp_path, envs=False)
+def test_missing_engine_env_says_how_to_make_it(tmp_path):
+    spec = VllmEngine().launch(ctx_for({"type": "text", "engine": "vllm", "source": "org/repo"}, tmp_path))
     with pytest.raises(RuntimeFailure, match="hub engines setup vllm"):
-        VllmEngine().launch(ctx)
+        process_argv(spec, tmp_path, envs=False)
 
 
 @pytest.mark.parametrize(("memory_gb", "total_gb", "expected"), [
@@ -112,32 +111,35 @@ def test_gpu_memory_utilization_needs_a_gpu_size():
         gpu_memory_utilization(10, 0)
 
 
-def test_fraction_derived_from_memory_gb_and_the_local_gpu(tmp_path, monkeypatch):
-    monkeypatch.setenv("HUB_ENVS_DIR", str(tmp_path / "envs"))
-    monkeypatch.setattr(vllm, "local_gpu_memory_gb", lambda: {0: 80.0, 1: 24.0})
+def test_fraction_derived_from_memory_gb_and_the_gpus_the_runtime_reports(tmp_path):
+    gpus = {0: 80.0, 1: 24.0}
+
+    def fraction(model: dict) -> str | None:
+        spec = VllmEngine().launch(ctx_for(model, tmp_path, gpus))
+        return flags(spec.args).get("--gpu-memory-utilization")
+
     model = {"type": "text", "engine": "vllm", "source": "org/repo", "memory_gb": 20}
-    f = flags(VllmEngine().launch(ctx_for(model, tmp_path)).argv[3:])
-    assert f["--gpu-memory-utilization"] == "0.25"  # GPU 0 by default
-    spec = VllmEngine().launch(ctx_for({**model, "gpus": [1]}, tmp_path))
-    assert flags(spec.argv[3:])["--gpu-memory-utilization"] == "0.84"  # 20 of GPU 1's 24 GB
-    assert spec.env["CUDA_VISIBLE_DEVICES"] == "1"
+    assert fraction(model) == "0.25"  # GPU 0 by default
+    assert fraction({**model, "gpus": [1]}) == "0.84"  # 20 of GPU 1's 24 GB
+    spec = VllmEngine().launch(ctx_for({**model, "gpus": [1]}, tmp_path, gpus))
+    assert process_argv(spec, tmp_path)[1]["CUDA_VISIBLE_DEVICES"] == "1"  # the process runtime picks the GPU
     # tensor parallel: memory_gb is split over the GPUs, the smallest one decides
-    tp = {**model, "memory_gb": 40, "args": {"tensor_parallel_size": 2}}
-    assert flags(VllmEngine().launch(ctx_for(tp, tmp_path)).argv[3:])["--gpu-memory-utilization"] == "0.84"
+    assert fraction({**model, "memory_gb": 40, "args": {"tensor_parallel_size": 2}}) == "0.84"
     # an explicit fraction wins
-    explicit = {**model, "args": {"gpu_memory_utilization": 0.5}}
-    assert flags(VllmEngine().launch(ctx_for(explicit, tmp_path)).argv[3:])["--gpu-memory-utilization"] == "0.5"
+    assert fraction({**model, "args": {"gpu_memory_utilization": 0.5}}) == "0.5"
+    # no GPU known on the engine's host (vLLM-CPU, a remote Docker host): nothing derived
+    assert flags(VllmEngine().launch(ctx_for(model, tmp_path)).args).get("--gpu-memory-utilization") is None
 
 
-def test_docker_runtime_uses_the_gpu_size_the_runtime_passes(tmp_path):
+def test_container_command_is_the_same_spec(tmp_path):
     model = {"type": "text", "engine": "vllm", "source": "/models/llama", "memory_gb": 12,
              "args": {"max_model_len": 4096}}
-    spec = VllmEngine().launch(ctx_for(model, tmp_path, runtime="docker", gpu_total_gb=24.0))
-    f = flags(spec.argv)  # the image's entrypoint is the server: arguments only
+    spec = VllmEngine().launch(ctx_for(model, tmp_path, {0: 24.0}))
+    f = flags(container_command(spec))  # the image's entrypoint is the server: arguments only
     assert f["--gpu-memory-utilization"] == "0.5" and f["--served-model-name"] == "m"
-    assert "--host" not in f  # inside a container the server listens on every interface
-    assert spec.image == vllm.DEFAULT_IMAGE and spec.gpus == "all" and spec.ipc_host
-    assert spec.volumes == {"/models/llama": "/models/llama"}
+    assert f["--host"] == "0.0.0.0"  # inside a container the server listens on every interface
+    assert spec.image == vllm.DEFAULT_IMAGE and spec.gpus == "all" and spec.shared_memory
+    assert spec.model_path == "/models/llama"  # the docker runtime mounts it
     assert spec.served_name == "m"
 
 
@@ -154,7 +156,7 @@ def test_bad_args_are_config_errors_naming_the_key(args, fragment):
 
 
 def test_demo_registry_is_valid_and_commented():
-    from hub.config import load_registry
+    from hub.registry import load_registry
 
     root = Path(__file__).resolve().parent.parent
     reg = load_registry(root / "models.demo.toml")

@@ -123,9 +123,9 @@ def test_hub_down_stops_the_engine(hub: HubProcess):
 def test_engine_flags_parse_with_the_installed_vllm(tmp_path):
     """Every flag the engine emits for a full args table is accepted by the installed vLLM's own parser."""
     require(VLLM_PY.exists(), f"no vllm engine environment at {VLLM_PY}: run `hub engines setup vllm`")
-    from engines.base import LaunchContext
-    from engines.vllm import VllmEngine
-    from hub.config import parse_registry
+    from hub.engines.base import LaunchContext
+    from hub.engines.vllm import VllmEngine
+    from hub.registry import parse_registry
 
     reg = parse_registry({"models": {"m": {
         "type": "text", "engine": "vllm", "source": "org/repo", "memory_gb": 1,

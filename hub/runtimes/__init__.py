@@ -12,7 +12,7 @@ def make_runtime(name: str, registry, host: str = "local") -> Runtime:
     if name == "process":
         from hub.runtimes.process import ProcessRuntime
 
-        return ProcessRuntime(registry.state_dir / "logs")
+        return ProcessRuntime(registry.state_dir / "logs", registry.envs_dir)
     if name == "docker":
         from hub.runtimes.docker import DockerRuntime
 

@@ -1,15 +1,18 @@
-"""The surface of a runtime: start a LaunchSpec and get a Handle with the engine's base URL; ask whether it is
-alive; wait for it to exit; stop it (a grace period, then kill); read its log."""
+"""The surface of a runtime: turn an engine's runtime-neutral LaunchSpec into a running server and get a Handle with
+its base URL; ask whether it is alive; wait for it to exit; stop it (a grace period, then kill); read its log; tell
+the GPUs of the host it runs engines on."""
 
 from __future__ import annotations
 
+import shutil
 import socket
+import subprocess
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from engines.base import LaunchSpec
+from hub.engines.base import LaunchSpec
 
 
 @dataclass
@@ -22,6 +25,27 @@ class Handle:
     info: dict[str, Any] = field(default_factory=dict)  # shown in /hub/models (pid, container, host)
 
 
+def local_gpu_memory_gb() -> dict[int, float]:
+    """Total memory in GB of each GPU of this machine by index, from nvidia-smi ({} without one). Blocks for as long
+    as nvidia-smi takes (at most 30 s)."""
+    smi = shutil.which("nvidia-smi")
+    if not smi:
+        return {}
+    try:
+        out = subprocess.run([smi, "--query-gpu=index,memory.total", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return {}
+    gpus = {}
+    for line in out.stdout.splitlines() if out.returncode == 0 else []:
+        try:
+            index, mib = (part.strip() for part in line.split(","))
+            gpus[int(index)] = float(mib) / 1024
+        except ValueError:
+            continue
+    return gpus
+
+
 class Runtime(ABC):
     """Runs engines. Every method that blocks says what it waits for."""
 
@@ -32,6 +56,10 @@ class Runtime(ABC):
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
             s.bind(("127.0.0.1", 0))
             return s.getsockname()[1]
+
+    async def gpu_memory_gb(self) -> dict[int, float]:
+        """Total memory in GB of each GPU of the host this runtime starts engines on ({}: none, or unknown)."""
+        return {}
 
     @abstractmethod
     async def start(self, model_id: str, spec: LaunchSpec, port: int) -> Handle:

@@ -7,10 +7,14 @@ Rules:
 - Network: `publish` (default) publishes the engine's port on the host's `publish_address` (127.0.0.1 unless
   configured); `host` runs the container in the host's network. Either way the hub reaches the engine at the
   host's `address` and the port the manager chose.
-- Mounts: the Hugging Face cache (`hf_cache`, a path on the Docker host) at /root/.cache/huggingface, a model
-  source that is a local folder read-only at the same path, and the spec's volumes. HF_TOKEN is passed when set.
+- Command: the spec's command line (when it has one) replaces the image's entrypoint's arguments; then the listen
+  address (0.0.0.0, inside the container) with the spec's bind flag, then the spec's arguments.
+- Mounts (decided here and nowhere else): the Hugging Face cache (`hf_cache`, a path on the Docker host) at
+  /root/.cache/huggingface, and the spec's model_path (a local model folder) read-only at the same path. HF_TOKEN
+  is passed when set.
 - GPUs: `gpus = "all"` or a list of ids become device requests under the NVIDIA runtime; a host without that
-  runtime is an error, never a silent CPU run. vLLM gets ipc=host; every container gets an init process.
+  runtime is an error, never a silent CPU run. A spec asking for shared memory gets ipc=host; every container
+  gets an init process.
 - Stop: `docker stop` (SIGTERM through the init process, SIGKILL after the grace period), then remove. The
   container's log is kept first in `<state_dir>/logs/<model>.log`, so `hub logs` still works afterwards.
 - Restart safety: at hub start, `adopt` takes over a running container of the model whose config hash matches;
@@ -36,10 +40,10 @@ from docker.errors import APIError, DockerException, NotFound
 from docker.types import DeviceRequest
 
 import docker
-from engines.base import LaunchSpec
 from hub.config import HostConfig, Registry
+from hub.engines.base import LaunchSpec
 from hub.errors import RuntimeFailure
-from hub.runtimes.base import Handle, Runtime
+from hub.runtimes.base import Handle, Runtime, local_gpu_memory_gb
 from hub.runtimes.process import tail_file
 
 log = logging.getLogger("hub.docker")
@@ -64,14 +68,6 @@ def build_hint(image: str) -> str:
     return f"pull it on that host: `docker pull {image}`"
 
 
-def model_source(argv: list[str]) -> str | None:
-    """The value of `--model` in an engine command (vLLM and the Diffusers server both take it)."""
-    for i, arg in enumerate(argv[:-1]):
-        if arg == "--model":
-            return argv[i + 1]
-    return None
-
-
 def container_config(model_id: str, spec: LaunchSpec, port: int, host: HostConfig,
                      hf_token: str | None = None) -> dict[str, Any]:
     """The keyword arguments of `containers.create` for a model: image, command, labels, env, mounts, GPUs,
@@ -79,20 +75,17 @@ def container_config(model_id: str, spec: LaunchSpec, port: int, host: HostConfi
     if not spec.image:
         raise RuntimeFailure(f"model {model_id!r} has no image for the docker runtime: set `image = \"...\"` in its "
                              "table (engines vllm and diffusers have one)")
-    env = {"PYTHONUNBUFFERED": "1", **spec.env}
+    env = {"PYTHONUNBUFFERED": "1", **spec.environ}
     if hf_token:
         env["HF_TOKEN"] = hf_token
     volumes: dict[str, dict[str, str]] = {
         str(Path(host.hf_cache).expanduser()): {"bind": HF_CACHE_IN_CONTAINER, "mode": "rw"},
     }
-    src = model_source(spec.argv)
-    if src and src.startswith("/"):
-        volumes[src] = {"bind": src, "mode": "ro"}
-    for host_path, path in spec.volumes.items():
-        volumes[str(Path(host_path).expanduser())] = {"bind": path, "mode": "rw"}
+    if spec.model_path:
+        volumes[spec.model_path] = {"bind": spec.model_path, "mode": "ro"}
     kw: dict[str, Any] = {
         "image": spec.image,
-        "command": list(spec.argv),
+        "command": container_command(spec),
         "name": container_name(model_id),
         "environment": env,
         "volumes": volumes,
@@ -103,7 +96,7 @@ def container_config(model_id: str, spec: LaunchSpec, port: int, host: HostConfi
         req = (DeviceRequest(count=-1, capabilities=[["gpu"]]) if spec.gpus == "all"
                else DeviceRequest(device_ids=[str(i) for i in spec.gpus], capabilities=[["gpu"]]))
         kw["device_requests"] = [req]
-    if spec.ipc_host:
+    if spec.shared_memory:
         kw["ipc_mode"] = "host"
     if host.network == "host":
         kw["network_mode"] = "host"
@@ -111,6 +104,12 @@ def container_config(model_id: str, spec: LaunchSpec, port: int, host: HostConfi
         kw["ports"] = {f"{port}/tcp": (host.publish_address, port)}
     kw["labels"] = {LABEL: "1", "hub.model": model_id, "hub.port": str(port), "hub.config-hash": config_hash(kw)}
     return kw
+
+
+def container_command(spec: LaunchSpec) -> list[str]:
+    """The container's command: the spec's command line, if any, then the listen address and the arguments."""
+    bind = [spec.bind_flag, "0.0.0.0"] if spec.bind_flag else []
+    return [*(spec.command or []), *bind, *spec.args]
 
 
 def config_hash(kw: dict[str, Any]) -> str:
@@ -196,6 +195,11 @@ class DockerRuntime(Runtime):
 
     # ---- the Runtime surface ----
 
+    async def gpu_memory_gb(self) -> dict[int, float]:
+        """The GPUs of this machine when the daemon is local; a remote host's are not known ({})."""
+        url = self.cfg.docker or os.environ.get("DOCKER_HOST") or ""
+        return await asyncio.to_thread(local_gpu_memory_gb) if not url or url.startswith("unix://") else {}
+
     def container_config(self, model_id: str, spec: LaunchSpec, port: int) -> dict[str, Any]:
         """This host's container settings for a model (see `container_config`)."""
         return container_config(model_id, spec, port, self.cfg, os.environ.get("HF_TOKEN") or None)
@@ -258,7 +262,7 @@ class DockerRuntime(Runtime):
         self.log_dir.mkdir(parents=True, exist_ok=True)
         with (self.log_dir / f"{model_id}.log").open("w") as f:
             f.write(f"# hub: {time.strftime('%Y-%m-%d %H:%M:%S')} starting {model_id} as container {kw['name']} "
-                    f"on docker host {self.host}: {kw['image']} {' '.join(spec.argv)}\n")
+                    f"on docker host {self.host}: {kw['image']} {' '.join(kw['command'])}\n")
 
     def _save_log(self, model_id: str, container: Any) -> None:
         """Keep the container's whole log in the state dir before the container goes."""
@@ -369,48 +373,3 @@ class DockerRuntime(Runtime):
             with contextlib.suppress(Exception):
                 await asyncio.to_thread(self._client.close)
             self._client = None
-
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
-DIFFUSERS_DOCKERFILE = "docker/diffusers/Dockerfile"
-
-
-def build_image(registry: Registry, host: str, tag: str, base_image: str | None = None,
-                wheels: list[Path] | None = None, network: str | None = None,
-                out: Callable[[str], None] = print) -> str:
-    """Build docker/diffusers/Dockerfile on a host's daemon (the context is this checkout, filtered by
-    .dockerignore); `wheels` are copied into docker/diffusers/wheels/ first. Returns the image id."""
-    dockerfile = REPO_ROOT / DIFFUSERS_DOCKERFILE
-    if not dockerfile.exists():
-        raise RuntimeFailure(f"{DIFFUSERS_DOCKERFILE} is not in {REPO_ROOT}: run `hub build` from a checkout of hub")
-    for whl in wheels or []:
-        if not whl.is_file():
-            raise RuntimeFailure(f"wheel {whl} does not exist")
-        target = dockerfile.parent / "wheels" / whl.name
-        if not target.exists() or target.stat().st_size != whl.stat().st_size:
-            out(f"copying {whl.name} into the build context")
-            target.write_bytes(whl.read_bytes())
-    rt = DockerRuntime(registry, host)
-    client = rt._connect()
-    args = {"BASE_IMAGE": base_image} if base_image else {}
-    out(f"building {tag} from {DIFFUSERS_DOCKERFILE} on docker host {host!r} ({rt.where})"
-        + (f" with BASE_IMAGE={base_image}" if base_image else ""))
-    try:
-        stream = client.api.build(path=str(REPO_ROOT), dockerfile=DIFFUSERS_DOCKERFILE, tag=tag, buildargs=args,
-                                  network_mode=network, rm=True, decode=True)
-        image_id = ""
-        for chunk in stream:
-            if "stream" in chunk and chunk["stream"].strip():
-                out(chunk["stream"].rstrip())
-            if "aux" in chunk and "ID" in chunk["aux"]:
-                image_id = chunk["aux"]["ID"]
-            if "error" in chunk:
-                raise RuntimeFailure(f"building {tag} failed: {chunk['error'].strip()}")
-    except APIError as err:
-        raise RuntimeFailure(f"building {tag} failed: {err.explanation or err}") from None
-    except CONNECTION_ERRORS as err:
-        raise RuntimeFailure(rt._unreachable(err)) from None
-    finally:
-        client.close()
-    out(f"built {tag} ({image_id[:19] or 'no id reported'})")
-    return image_id

