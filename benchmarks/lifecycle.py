@@ -1,11 +1,32 @@
-"""Cold start and swap: a request to a stopped model -> its first token (or image); a swap A -> B under a budget."""
+"""Cold start and swap: a request to a stopped model -> its first token (or image); a swap A -> B under a budget;
+and, to compare with the cold start through the hub, the engine started alone from the same command line the hub
+would use (launch -> GET health 200). As a script, CSV on stdout:
+
+    python -m benchmarks.lifecycle --config models.demo.toml --model smollm2 --runs 3
+
+It runs where `hub engines setup` and `hub demo prepare` were run (it uses the registry's envs and state dirs).
+"""
 
 from __future__ import annotations
 
+import argparse
+import csv
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
 from typing import Any
 
 from benchmarks.measure import HubClient, generate_images, run_sync, stream_chat
 from benchmarks.scenarios import ColdStartScenario, SwapScenario
+from hub.engines import get_engine
+from hub.engines.base import LaunchContext
+from hub.procs import free_port, stop_process, wait_http
+from hub.registry import load_registry
+from hub.runtimes.process import ProcessRuntime
 
 
 async def first_output_s(hub: HubClient, entry: dict[str, Any], sc: ColdStartScenario | SwapScenario) -> float:
@@ -55,3 +76,61 @@ def run_swap(hub: HubClient, sc: SwapScenario) -> list[dict[str, Any]]:
                      "a_state_after": a["state"], "a_evicted": a["state"] == "stopped",
                      "a_budget_gb": a.get("budget_gb"), "b_budget_gb": b.get("budget_gb")})
     return rows
+
+
+def engine_alone_s(config: Path, model: str, timeout: float, log: Path) -> float:
+    """Seconds from launching the model's engine alone (the process runtime's command line) to its health path
+    answering 200."""
+    reg = load_registry(config)
+    port = free_port()
+    spec = get_engine(reg.models[model].engine).launch(LaunchContext(model, reg.models[model], reg, port))
+    argv, env = ProcessRuntime(log.parent, reg.envs_dir).command_line(spec)
+    t0 = time.monotonic()
+    proc = subprocess.Popen(argv, env={**os.environ, **env}, stdout=log.open("w"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    try:
+        wait_http(f"http://127.0.0.1:{port}{spec.health_path}", proc, timeout, log)
+        return time.monotonic() - t0
+    finally:
+        stop_process(proc)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Measure and print CSV rows (metric, run, seconds), then one median row per metric."""
+    p = argparse.ArgumentParser(description="cold start: the engine alone, and through the hub")
+    p.add_argument("--config", type=Path, default=Path("models.demo.toml"))
+    p.add_argument("--model", default="smollm2")
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--timeout", type=float, default=300)
+    args = p.parse_args(argv)
+    config = args.config.resolve()
+    out = csv.writer(sys.stdout)
+    out.writerow(["metric", "run", "seconds"])
+    results: dict[str, list[float]] = {"engine_alone_to_health": [], "hub_cold_to_first_output": []}
+    with tempfile.TemporaryDirectory(prefix="cold-start-") as tmp:
+        for i in range(args.runs):
+            s = engine_alone_s(config, args.model, args.timeout, Path(tmp) / f"engine-{i}.log")
+            results["engine_alone_to_health"].append(s)
+            out.writerow(["engine_alone_to_health", i + 1, f"{s:.2f}"])
+            sys.stdout.flush()
+        port = free_port()
+        log = Path(tmp) / "hub.log"
+        hub = subprocess.Popen([sys.executable, "-m", "hub.cli", "serve", "--config", str(config), "--port",
+                                str(port), "--no-ui"], stdout=log.open("w"), stderr=subprocess.STDOUT,
+                               start_new_session=True)
+        try:
+            wait_http(f"http://127.0.0.1:{port}/health", hub, 60, log)
+            client = HubClient(f"http://127.0.0.1:{port}/v1")
+            rows = run_cold_start(client, ColdStartScenario(name="cold", model=args.model, repetitions=args.runs))
+            for i, row in enumerate(rows):
+                results["hub_cold_to_first_output"].append(row["cold_first_output_s"])
+                out.writerow(["hub_cold_to_first_output", i + 1, f"{row['cold_first_output_s']:.2f}"])
+        finally:
+            stop_process(hub)
+    for metric, values in results.items():
+        out.writerow([metric, "median", f"{statistics.median(values):.2f}"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

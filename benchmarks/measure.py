@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import json
-import os
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
@@ -17,14 +16,14 @@ from typing import Any, TypeVar
 import httpx
 
 from benchmarks.metrics import RequestRecord
+from hub.config import client_api_key, client_url
 
 T = TypeVar("T")
-DEFAULT_HUB_URL = "http://127.0.0.1:8000/v1"
 
 
 def hub_url() -> str:
-    """The hub's /v1 URL: HUB_URL, else the default."""
-    return (os.environ.get("HUB_URL") or DEFAULT_HUB_URL).rstrip("/")
+    """The hub's /v1 URL: $HUB_URL, else the default address."""
+    return client_url() + "/v1"
 
 
 def run_sync(coro: Coroutine[Any, Any, T]) -> T:
@@ -39,7 +38,7 @@ class HubClient:
     def __init__(self, base_url: str | None = None, api_key: str | None = None, timeout: float = 900.0) -> None:
         self.v1 = (base_url or hub_url()).rstrip("/")
         self.root = self.v1.removesuffix("/v1")
-        key = api_key if api_key is not None else os.environ.get("HUB_API_KEY")
+        key = api_key if api_key is not None else client_api_key()
         self.headers = {"authorization": f"Bearer {key}"} if key else {}
         self.timeout = timeout
 

@@ -18,12 +18,9 @@ import asyncio
 import contextlib
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -34,6 +31,7 @@ from benchmarks.measure import chat_once
 from benchmarks.metrics import added_latency, percentile
 from benchmarks.results import write_csv
 from benchmarks.scenarios import RouterOverheadScenario
+from hub.procs import free_port, stop_process, wait_http
 
 ROOT = Path(__file__).resolve().parent.parent
 RESPONDER = ROOT / "tests" / "responder.py"
@@ -71,40 +69,6 @@ LITELLM_ENV = {"LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_TELEMETRY": "Fal
                "LITELLM_DANGEROUSLY_PERMIT_WEAK_OR_UNSET_MASTER_KEY": "true"}
 
 
-def free_port() -> int:
-    """A free loopback port."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float) -> None:
-    """Wait until GET url answers 200; fail with the log's tail if the process exits or time runs out."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        time.sleep(0.25)
-    raise RuntimeError(f"{url} not up within {timeout:g}s:\n{log.read_text()[-3000:]}")
-
-
-def stop(proc: subprocess.Popen, timeout: float = 20) -> None:
-    """SIGTERM a process we started (its group, for LiteLLM's workers), then SIGKILL if it lingers."""
-    if proc.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-
-
 @contextlib.contextmanager
 def started_hub(tmp: Path) -> Iterator[tuple[str, str]]:
     """A `hub serve` with the test responder as a `command` engine; yields (hub /v1 URL, engine /v1 URL)."""
@@ -122,11 +86,11 @@ def started_hub(tmp: Path) -> Iterator[tuple[str, str]]:
                             env={**os.environ, "HUB_STATE_DIR": str(tmp / "state")})
     try:
         root = f"http://127.0.0.1:{port}"
-        wait_http(root + "/health", proc, log, 60)
+        wait_http(root + "/health", proc, 60, log)
         entry = httpx.post(f"{root}/hub/models/{MODEL}/load", timeout=60).json()
         yield root + "/v1", f"http://127.0.0.1:{entry['process']['port']}/v1"
     finally:
-        stop(proc)
+        stop_process(proc)
 
 
 @contextlib.contextmanager
@@ -155,10 +119,10 @@ def started_litellm(tmp: Path, engine_v1: str) -> Iterator[str]:
                             stdout=log.open("w"), stderr=subprocess.STDOUT, cwd=tmp, start_new_session=True,
                             env={**os.environ, **LITELLM_ENV})
     try:
-        wait_http(f"http://127.0.0.1:{port}/health/liveliness", proc, log, 180)
+        wait_http(f"http://127.0.0.1:{port}/health/liveliness", proc, 180, log)
         yield f"http://127.0.0.1:{port}/v1"
     finally:
-        stop(proc)
+        stop_process(proc)
 
 
 async def _measure(targets: dict[str, str], sc: RouterOverheadScenario, c: int) -> dict[str, list[float]]:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from hub.admin import Admin, AdminError
-from hub.config import Registry
+from hub.config import CLIENT_URL_ENV, Registry, client_api_key, client_url
 from hub.errors import ConfigError, HubError
 from hub.registry import load_registry
 
@@ -90,22 +90,14 @@ def _check_bindable(host: str, port: int) -> None:
 
 def _url(args: argparse.Namespace) -> str:
     if args.url:
-        return args.url.rstrip("/")
-    if os.environ.get("HUB_URL"):
-        return os.environ["HUB_URL"].rstrip("/").removesuffix("/v1")
-    if Path(args.config).exists():
-        reg = _registry(args.config)
-        return f"http://{reg.hub.host}:{reg.hub.port}"
-    return "http://127.0.0.1:8000"
+        return args.url.rstrip("/").removesuffix("/v1")
+    if os.environ.get(CLIENT_URL_ENV):
+        return client_url()
+    return client_url(_registry(args.config) if Path(args.config).exists() else None)
 
 
 def _api_key(args: argparse.Namespace) -> str | None:
-    if os.environ.get("HUB_API_KEY"):
-        return os.environ["HUB_API_KEY"]
-    if Path(args.config).exists():
-        env = _registry(args.config).hub.api_key_env
-        return os.environ.get(env) if env else None
-    return None
+    return client_api_key(_registry(args.config) if Path(args.config).exists() else None)
 
 
 def _admin(args: argparse.Namespace) -> Admin:

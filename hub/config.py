@@ -24,6 +24,9 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 MODEL_ID = r"^[A-Za-z0-9][A-Za-z0-9._:-]*$"
+# what clients (the CLI, benchmarks, scripts) read to find the hub and its key when no registry says otherwise
+CLIENT_URL_ENV = "HUB_URL"
+CLIENT_KEY_ENV = "HUB_API_KEY"
 # keys that moved from a model's table into its engine's `args` (read where they used to be, with a warning)
 MOVED_TO_ARGS = ("command", "health", "base_url", "api_key_env")
 log = logging.getLogger("hub.config")
@@ -144,6 +147,23 @@ class Registry(_Strict):
         env = os.environ.get("HUB_ENVS_DIR")
         return self.resolve_path(env) if env else self.state_dir / "envs"
 
+    @property
+    def url(self) -> str:
+        """Where the hub's own API is reached from this machine (a wildcard bind address means loopback)."""
+        host = self.hub.host
+        if host in ("0.0.0.0", ""):
+            host = "127.0.0.1"
+        elif host == "::":
+            host = "::1"
+        if ":" in host and not host.startswith("["):
+            host = f"[{host}]"
+        return f"http://{host}:{self.hub.port}"
+
+    def api_key(self) -> str | None:
+        """The key the hub requires: the value of the variable `[hub] api_key_env` names (None: no key)."""
+        env = self.hub.api_key_env
+        return (os.environ.get(env) or None) if env else None
+
     def resolve_path(self, value: str) -> Path:
         """A path from the registry, relative ones taken from the registry file's folder."""
         p = Path(value).expanduser()
@@ -231,3 +251,15 @@ def format_validation_error(err: ValidationError, valid_keys: list[str] | None =
             msg = e["msg"].removeprefix("Value error, ")
             lines.append(f"{path}: {msg}")
     return lines
+
+
+def client_url(registry: Registry | None = None) -> str:
+    """The hub a client talks to, without /v1: $HUB_URL, else the registry's own URL, else the default address."""
+    if url := os.environ.get(CLIENT_URL_ENV):
+        return url.rstrip("/").removesuffix("/v1")
+    return (registry or Registry()).url
+
+
+def client_api_key(registry: Registry | None = None) -> str | None:
+    """The key a client sends: $HUB_API_KEY, else the key the registry's hub requires."""
+    return os.environ.get(CLIENT_KEY_ENV) or (registry.api_key() if registry else None)

@@ -7,7 +7,6 @@ and streams are passed on chunk by chunk. Every HubError becomes an OpenAI-shape
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import time
 from contextlib import asynccontextmanager
@@ -176,7 +175,7 @@ def create_app(registry: Registry, manager: Manager | None = None, ui: bool = Tr
     """The hub's ASGI app: router, admin API and (if `ui`) the web app at /."""
     manager = manager or Manager(registry)
     proxy = Proxy(manager)
-    api_key = os.environ.get(registry.hub.api_key_env) if registry.hub.api_key_env else None
+    api_key = registry.api_key()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

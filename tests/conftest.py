@@ -7,8 +7,6 @@ HUB_STRICT=1 (set by `make test` and CI), where a missing prerequisite fails the
 from __future__ import annotations
 
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +17,8 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
+
+from hub.procs import free_port, stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 RESPONDER = ROOT / "tests" / "responder.py"
@@ -34,13 +34,6 @@ def require(ok: bool, why: str) -> None:
         if STRICT:
             pytest.fail(f"prerequisite missing (HUB_STRICT=1): {why}")
         pytest.skip(why)
-
-
-def free_port() -> int:
-    """A free loopback port."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def responder_command(*extra: str) -> str:
@@ -83,13 +76,7 @@ class HubProcess:
 
     def stop(self, timeout: float = 30) -> None:
         """SIGTERM the hub and wait for it (and so its engines) to exit."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, timeout, group=False)
 
 
 def start_hub(tmp: Path, registry: str, env: dict[str, str] | None = None, ui: bool = False,

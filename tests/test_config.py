@@ -127,3 +127,24 @@ def test_hub_check_cli(tmp_path: Path) -> None:
     missing = subprocess.run([sys.executable, "-m", "hub.cli", "check", "--config", str(tmp_path / "none.toml")],
                              capture_output=True, text=True)
     assert missing.returncode == 1 and "cannot read the registry" in missing.stderr
+
+
+def test_one_place_for_the_hubs_url_and_key(monkeypatch) -> None:
+    """The hub's own URL (a wildcard bind means loopback) and its API key, for the server, the web app and clients."""
+    from hub.config import Registry, client_api_key, client_url
+
+    def reg(**hub) -> Registry:
+        return Registry.model_validate({"hub": hub})
+
+    assert reg(host="0.0.0.0", port=9).url == "http://127.0.0.1:9"
+    assert reg(host="::", port=9).url == "http://[::1]:9"
+    assert reg(host="10.1.2.3", port=9).url == "http://10.1.2.3:9"
+    monkeypatch.delenv("HUB_URL", raising=False)
+    monkeypatch.delenv("HUB_API_KEY", raising=False)
+    monkeypatch.setenv("MY_KEY", "s3cret")
+    keyed = reg(api_key_env="MY_KEY", port=7)
+    assert keyed.api_key() == "s3cret" and reg().api_key() is None
+    assert client_url(keyed) == "http://127.0.0.1:7" and client_api_key(keyed) == "s3cret"
+    monkeypatch.setenv("HUB_URL", "http://box:8000/v1/")
+    monkeypatch.setenv("HUB_API_KEY", "client-key")
+    assert client_url(keyed) == "http://box:8000" and client_api_key(keyed) == "client-key"

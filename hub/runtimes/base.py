@@ -5,7 +5,6 @@ the GPUs of the host it runs engines on."""
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -13,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hub.engines.base import LaunchSpec
+from hub.procs import free_port
 
 
 @dataclass
@@ -53,9 +53,7 @@ class Runtime(ABC):
 
     def allocate_port(self) -> int:
         """A free TCP port on this machine's loopback (the OS picks it)."""
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind(("127.0.0.1", 0))
-            return s.getsockname()[1]
+        return free_port()
 
     async def gpu_memory_gb(self) -> dict[int, float]:
         """Total memory in GB of each GPU of the host this runtime starts engines on ({}: none, or unknown)."""

@@ -8,7 +8,6 @@ the web app asks for it too (any user name, the key as password), so the key pro
 from __future__ import annotations
 
 import contextlib
-import os
 import secrets
 import threading
 from collections.abc import Callable
@@ -20,24 +19,6 @@ from hub.errors import AuthError
 
 NOISE_NOTE = ("**demo model:** `{model}` is a tiny Stable Diffusion pipeline with random weights: "
               "its images are noise, not a bug. Register a real checkpoint for real pictures.")
-
-
-def hub_url(registry: Registry) -> str:
-    """Where the hub's own API is reached from this machine (a wildcard bind address means loopback)."""
-    host = registry.hub.host
-    if host in ("0.0.0.0", ""):
-        host = "127.0.0.1"
-    elif host == "::":
-        host = "::1"
-    if ":" in host and not host.startswith("["):
-        host = f"[{host}]"
-    return f"http://{host}:{registry.hub.port}"
-
-
-def api_key(registry: Registry) -> str | None:
-    """The hub's API key, when `[hub] api_key_env` names a variable that is set."""
-    env = registry.hub.api_key_env
-    return os.environ.get(env) or None if env else None
 
 
 def image_notes(registry: Registry) -> dict[str, str]:
@@ -58,7 +39,7 @@ def _blocks(registry: Registry):
     from hub.ui.app import build_ui
     from hub.ui.clients import make_clients
 
-    client, admin = make_clients(hub_url(registry), api_key(registry))
+    client, admin = make_clients(registry.url, registry.api_key())
     return build_ui(client, admin, image_notes(registry))
 
 
@@ -68,7 +49,7 @@ def mount_ui(app: FastAPI, registry: Registry) -> None:
 
     from hub.ui.theme import CSS, Terminal
 
-    key = api_key(registry)
+    key = registry.api_key()
     gr.mount_gradio_app(app, _blocks(registry), path="/", theme=Terminal(), css=CSS, footer_links=[],
                         auth=key_auth(key) if key else None, auth_message=AUTH_MESSAGE if key else None,
                         server_name=registry.hub.host, server_port=registry.hub.port, ssr_mode=False)
@@ -82,7 +63,7 @@ def share_ui(registry: Registry, report: Callable[[str | None, str | None], None
     link), so the hub keeps serving meanwhile; `report(url, error)` is called when it is known (url None: no link).
     Returns a function that closes the shared copy (its server thread would otherwise keep the process alive).
     """
-    key = api_key(registry)
+    key = registry.api_key()
     if not key:
         env = registry.hub.api_key_env
         how = f"set ${env}" if env else "set [hub] api_key_env = \"HUB_API_KEY\" in the registry and export it"
