@@ -220,7 +220,7 @@ def create_app(registry: Registry, manager: Manager | None = None, ui: bool = Tr
     async def list_models() -> dict[str, Any]:
         return {"object": "list", "data": [
             {"id": s.id, "object": "model", "created": 0, "owned_by": "hub", "type": s.cfg.type,
-             "engine": s.cfg.engine, "state": s.state.value}
+             "engine": s.cfg.engine, "state": s.state.value, "description": s.cfg.description}
             for s in manager.slots.values()
         ]}
 
