@@ -1,7 +1,54 @@
-"""`python -m imageserver`: run the image server (see imageserver/server.py)."""
+"""The image server: one Diffusers pipeline behind the OpenAI Images API. Runs inside the diffusers environment.
 
+    python -m imageserver --model SRC --served-model-name ID --port P [--host H] [--options JSON]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
 import sys
 
-from imageserver.server import main
+import uvicorn
+from pydantic import ValidationError
 
-sys.exit(main())
+from imageserver.api import ServerOptions
+from imageserver.app import create_app
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse the command line, start loading the pipeline and serve until SIGTERM."""
+    p = argparse.ArgumentParser(prog="python -m imageserver", description=__doc__.splitlines()[0])
+    p.add_argument("--model", required=True, help="a local pipeline folder or a Hugging Face repo id")
+    p.add_argument("--served-model-name", required=True, help="the model id the hub routes by")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--options", default="{}", help="the registry's args table as JSON")
+    a = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        opts = ServerOptions.model_validate_json(a.options)
+    except ValidationError as err:
+        lines = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
+        print(f"diffusers_server: invalid --options: {lines}", file=sys.stderr)
+        return 2
+    failure: list[str] = []
+    server: uvicorn.Server | None = None
+
+    def fail(reason: str) -> None:
+        failure.append(reason)
+        if server is not None:
+            server.should_exit = True
+
+    app = create_app(a.model, a.served_model_name, opts, on_load_failure=fail)
+    server = uvicorn.Server(uvicorn.Config(app, host=a.host, port=a.port, log_level="info",
+                                           timeout_graceful_shutdown=5))
+    server.run()
+    if failure:
+        print(f"diffusers_server: could not load {a.model!r}: {failure[0]}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -96,7 +96,7 @@ for dir in $FIND_LINKS; do
 done
 ls "$WHEELS"/torch-*.whl >/dev/null 2>&1 || say "warning: no CPU torch wheel found: the build will fetch torch from the index"
 IMAGES=("$RESPONDER_IMAGE")
-if [ -f "$ROOT/imageserver/server.py" ]; then
+if [ -f "$ROOT/imageserver/app.py" ]; then
   say "building $DIFFUSERS_IMAGE from docker/diffusers/Dockerfile on $BASE_IMAGE (first time: a few minutes)"
   docker build -q --network host -f "$ROOT/docker/diffusers/Dockerfile" --build-arg "BASE_IMAGE=$BASE_IMAGE" \
     -t "$DIFFUSERS_IMAGE" "$ROOT" >/dev/null

@@ -283,10 +283,13 @@ def test_tiny_model_folder_is_a_pipeline():
     assert "noise" in (TINY / "README.md").read_text()
 
 
-def test_server_module_imports_no_hub_code():
+def test_server_modules_import_no_hub_code():
     py = ENVS_DIR / "diffusers" / "bin" / "python"
     require(py.exists(), "the diffusers engine environment is missing")
-    code = ("import sys, imageserver; "
+    modules = sorted(f"imageserver.{p.stem}" for p in (Path(__file__).parent.parent / "imageserver").glob("*.py")
+                     if not p.stem.startswith("__"))
+    assert "imageserver.app" in modules
+    code = (f"import sys, {', '.join(modules)}; "
             "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('hub', 'httpx') or m == 'hub.engines.base'); "
             "print(bad); sys.exit(1 if bad else 0)")
     r = subprocess.run([str(py), "-c", code], capture_output=True, text=True, cwd=Path(__file__).parent.parent,
