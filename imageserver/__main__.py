@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
         opts = ServerOptions.model_validate_json(a.options)
     except ValidationError as err:
         lines = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
-        print(f"diffusers_server: invalid --options: {lines}", file=sys.stderr)
+        print(f"imageserver: invalid --options: {lines}", file=sys.stderr)
         return 2
     failure: list[str] = []
     server: uvicorn.Server | None = None
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
                                            timeout_graceful_shutdown=5))
     server.run()
     if failure:
-        print(f"diffusers_server: could not load {a.model!r}: {failure[0]}", file=sys.stderr)
+        print(f"imageserver: could not load {a.model!r}: {failure[0]}", file=sys.stderr)
         return 1
     return 0
 

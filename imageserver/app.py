@@ -35,7 +35,7 @@ from imageserver.images import decode_image, encode_png, fit_size, mask_for_diff
 from imageserver.pipelines import Memory, Pipelines
 from imageserver.worker import ClientGone, Job, JobCancelled, RequestTimeout, Worker
 
-log = logging.getLogger("diffusers_server")
+log = logging.getLogger("imageserver")
 
 DEFAULT_STRENGTH = 0.8
 FILE_FIELDS = ("image", "image[]", "mask")

@@ -14,7 +14,7 @@ import psutil
 from imageserver.api import MB, BadRequest, ServerOptions
 from imageserver.worker import Job, JobCancelled
 
-log = logging.getLogger("diffusers_server")
+log = logging.getLogger("imageserver")
 
 # Pipelines (class-name prefixes) that edit an image by instruction rather than denoising it from a noised copy.
 INSTRUCTION_EDIT = ("QwenImageEdit", "FluxKontext")

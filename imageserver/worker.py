@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # pipelines imports this module: the worker only calls what it is handed
     from imageserver.pipelines import Memory, Pipelines
 
-log = logging.getLogger("diffusers_server")
+log = logging.getLogger("imageserver")
 
 
 class JobCancelled(Exception):
