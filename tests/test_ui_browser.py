@@ -26,17 +26,20 @@ memory_budget_gb = 8
 type = "text"
 engine = "command"
 memory_gb = 3
+[models.echo.args]
 command = {responder_command("--start-delay", "2", "--chunk-delay", "0.15")}
 
 [models.tiny-sd]
 type = "image"
 engine = "command"
 memory_gb = 2
+[models.tiny-sd.args]
 command = {responder_command()}
 
 [models.broken]
 type = "text"
 engine = "command"
+[models.broken.args]
 command = {responder_command("--fail-start")}
 """
 # Records every text the last chat bubble shows, so the test can see the reply grow (streaming), not just its end.

@@ -27,17 +27,20 @@ memory_budget_gb = 10
 type = "text"
 engine = "command"
 memory_gb = 4
+[models.echo.args]
 command = {responder_command("--start-delay", "1.5")}
 
 [models.tiny-sd]
 type = "image"
 engine = "command"
 memory_gb = 2
+[models.tiny-sd.args]
 command = {responder_command()}
 
 [models.broken]
 type = "text"
 engine = "command"
+[models.broken.args]
 command = {responder_command("--fail-start")}
 """
 KEY = "ui-test-key"
