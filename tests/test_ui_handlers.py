@@ -12,11 +12,12 @@ import pytest
 from PIL import Image
 
 from hub.config import Registry
-from hub.ui import chat, common, hub_url, image_notes, images
+from hub.registry import load_registry
+from hub.ui import chat, common, hub_url, images, model_notes
 from hub.ui import models as models_tab
 from hub.ui.app import build_ui
 from hub.ui.clients import make_clients
-from tests.conftest import responder_command
+from tests.conftest import ROOT, responder_command
 
 REGISTRY = f"""
 [hub]
@@ -175,14 +176,22 @@ def test_image_errors_are_actionable(clients):
         images.edit_again(None)
 
 
-def test_noise_note_for_the_demo_model():
+def test_notes_are_the_registry_descriptions():
+    args = {"command": ["x", "{port}"]}
     reg = Registry.model_validate({"models": {
-        "tiny-sd": {"type": "image", "engine": "command", "command": ["x", "{port}"]},
-        "sd-demo": {"type": "image", "engine": "diffusers", "source": "{state_dir}/models/tiny-sd"},
+        "tiny-sd": {"type": "image", "engine": "command", "args": args, "description": "pure noise"},
+        "chat": {"type": "text", "engine": "command", "args": args, "description": "a chat model"},
         "real": {"type": "image", "engine": "diffusers", "source": "Qwen/Qwen-Image-Edit"}}})
-    notes = image_notes(reg)
-    assert set(notes) == {"tiny-sd", "sd-demo"} and "noise" in notes["sd-demo"]
-    assert common.image_note("real", notes) == "" and "random weights" in common.image_note("tiny-sd", {})
+    notes = model_notes(reg)
+    assert notes == {"tiny-sd": "pure noise", "chat": "a chat model"}
+    assert common.model_note("tiny-sd", notes) == "pure noise" and common.model_note("chat", notes) == "a chat model"
+    assert common.model_note("real", notes) == "" and common.model_note(None, notes) == ""
+    assert common.model_note("tiny-sd", None) == "", "no note comes from a model's name"
+    assert common.note_update("real", notes).visible is False and common.note_update("chat", notes).visible is True
+
+    # the demo registry says its random-weights pipeline makes noise: that is the note the Image tab shows
+    demo = model_notes(load_registry(ROOT / "models.demo.toml"))
+    assert "RANDOM weights" in demo["tiny-sd"] and "noise" in demo["tiny-sd"] and "smollm2" in demo
 
 
 def test_models_table_budget_load_unload_and_failed_logs(clients, hub):
@@ -209,7 +218,8 @@ def test_build_ui_against_a_hub(clients, hub):
     client, admin = clients
     demo = build_ui(client, admin)
     ids = {c.elem_id for c in demo.blocks.values() if getattr(c, "elem_id", None)}
-    assert {"hub-chat", "hub-results", "hub-editor", "hub-models", "hub-budget", "hub-logs"} <= ids
+    assert {"hub-chat", "hub-chat-note", "hub-results", "hub-editor", "hub-image-note", "hub-models", "hub-budget",
+            "hub-logs"} <= ids
     assert hub_url(Registry.model_validate({"hub": {"host": "0.0.0.0", "port": 9}})) == "http://127.0.0.1:9"
 
 

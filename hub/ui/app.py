@@ -13,17 +13,17 @@ import openai
 
 from hub.ui import chat, images, models
 from hub.ui.clients import Admin
-from hub.ui.common import image_note, model_choices
+from hub.ui.common import model_choices, note_update
 
 
 def build_ui(client: openai.OpenAI, admin: Admin, notes: dict[str, str] | None = None) -> gr.Blocks:
     """The web app: Chat, Image and Models tabs over the hub's /v1 (openai client) and /hub (admin client).
 
-    `notes` maps image model ids to a note shown when that model is picked (the demo model's output is noise).
+    `notes` maps model ids to a note shown when that model is picked: its registry `description`.
     """
     with gr.Blocks(title="hub", analytics_enabled=False, fill_width=True) as demo:
         gr.Markdown("# hub\none endpoint for text and image models: chat, images, models", elem_id="hub-title")
-        chat_model = chat.build(client, admin)
+        chat_tab = chat.build(client, admin, notes)
         image_tab = images.build(client, admin, notes)
         admin_model = models.build(demo, admin)
 
@@ -31,11 +31,12 @@ def build_ui(client: openai.OpenAI, admin: Admin, notes: dict[str, str] | None =
             kinds = model_choices(client)
             text, image = kinds.get("text", []), kinds.get("image", [])
             every = text + image
-            return (gr.Dropdown(choices=text, value=text[0] if text else None),
-                    gr.Dropdown(choices=image, value=image[0] if image else None),
+            first_text, first_image = text[0] if text else None, image[0] if image else None
+            return (gr.Dropdown(choices=text, value=first_text),
+                    gr.Dropdown(choices=image, value=first_image),
                     gr.Dropdown(choices=every, value=every[0] if every else None),
-                    image_note(image[0] if image else None, notes))
+                    note_update(first_text, notes), note_update(first_image, notes))
 
-        demo.load(init, None, [chat_model, image_tab.model, admin_model, image_tab.note])
+        demo.load(init, None, [chat_tab.model, image_tab.model, admin_model, chat_tab.note, image_tab.note])
     demo.queue(default_concurrency_limit=16)
     return demo

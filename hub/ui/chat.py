@@ -1,21 +1,28 @@
-"""The Chat tab: a streamed conversation with a text model, its picker and the settings."""
+"""The Chat tab: a streamed conversation with a text model, its picker (with the model's note) and the settings."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import gradio as gr
 import openai
 
 from hub.ui.clients import Admin, AdminError
-from hub.ui.common import POLL_S, ui_error, wait_for
+from hub.ui.common import POLL_S, note_update, ui_error, wait_for
 
 Msg = dict[str, Any]
 
 
-def build(client: openai.OpenAI, admin: Admin) -> gr.Dropdown:
-    """The Chat tab's components and events (inside the app's Blocks); returns its model picker for the app to fill."""
+class ChatTab(NamedTuple):
+    """What the app fills in on page load: the text-model picker and the note under it."""
+
+    model: gr.Dropdown
+    note: gr.Markdown
+
+
+def build(client: openai.OpenAI, admin: Admin, notes: dict[str, str] | None = None) -> ChatTab:
+    """The Chat tab's components and events (inside the app's Blocks)."""
     with gr.Tab("Chat", id="chat"), gr.Row(equal_height=False):
         with gr.Column(scale=3, min_width=300):
             chatbot = gr.Chatbot(label="chat", height=460, elem_id="hub-chat", buttons=["copy"],
@@ -29,9 +36,12 @@ def build(client: openai.OpenAI, admin: Admin) -> gr.Dropdown:
                 clear = gr.Button("clear", variant="secondary", min_width=70, elem_id="hub-clear")
         with gr.Column(scale=1, min_width=240):
             model = gr.Dropdown(label="text model", choices=[], elem_id="hub-chat-model")
+            note = gr.Markdown("", visible=False, elem_classes=["hub-note"], elem_id="hub-chat-note")
             system = gr.Textbox(label="system prompt", lines=3, placeholder="optional")
             temperature = gr.Slider(0.0, 2.0, value=0.7, step=0.05, label="temperature")
             max_tokens = gr.Slider(16, 4096, value=512, step=16, label="max tokens")
+
+    model.change(lambda m: note_update(m, notes), model, note)
 
     def reply(picked: str, hist: list, sys_prompt: str, temp: float, max_tok: float) -> Iterator[list]:
         yield from chat_reply(client, admin, picked, hist, sys_prompt, temp, int(max_tok))
@@ -41,7 +51,7 @@ def build(client: openai.OpenAI, admin: Admin) -> gr.Dropdown:
     ev2 = send.click(add_user_message, [message, chatbot], [message, chatbot], queue=False).then(**chat_args)
     stop.click(None, None, None, cancels=[ev1, ev2])
     clear.click(lambda: ([], ""), None, [chatbot, message], cancels=[ev1, ev2])
-    return model
+    return ChatTab(model, note)
 
 
 # ---- handlers ----

@@ -1,4 +1,4 @@
-"""What the web app's tabs share: errors as gr.Error, the waiting status line, the model pickers, the image note.
+"""What the web app's tabs share: errors as gr.Error, the waiting status line, the model pickers and their notes.
 
 Every handler streams: while a blocking call runs (a cold model starting, an image being made) it yields a status
 line with the elapsed time, polling /hub/models for the model's state. Errors become gr.Error in the handlers only.
@@ -14,7 +14,6 @@ from typing import Any, TypeVar
 import gradio as gr
 import openai
 
-from hub.ui import NOISE_NOTE
 from hub.ui.clients import Admin, AdminError, error_message
 
 T = TypeVar("T")
@@ -97,10 +96,12 @@ def model_choices(client: openai.OpenAI) -> dict[str, list[str]]:
     return out
 
 
-def image_note(model: str | None, notes: dict[str, str] | None = None) -> str:
-    """The note shown under the image-model picker (the demo model's images are noise)."""
-    if not model:
-        return ""
-    if notes and model in notes:
-        return notes[model]
-    return NOISE_NOTE.format(model=model) if "tiny-sd" in model else ""
+def model_note(model: str | None, notes: dict[str, str] | None = None) -> str:
+    """The note shown under a model picker: that model's registry `description` ("" for none)."""
+    return (notes or {}).get(model or "", "")
+
+
+def note_update(model: str | None, notes: dict[str, str] | None = None) -> Any:
+    """The picker's note for `model`, hidden when the model has no description."""
+    text = model_note(model, notes)
+    return gr.Markdown(text, visible=bool(text))

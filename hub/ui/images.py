@@ -1,5 +1,5 @@
 """The Image tab: generate, edit (inpaint where painted), edit the last result again, this session's history, and the
-demo model's note."""
+picked model's note."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import openai
 from PIL import Image, ImageChops
 
 from hub.ui.clients import Admin, AdminError
-from hub.ui.common import POLL_S, image_note, ui_error, wait_for
+from hub.ui.common import POLL_S, note_update, ui_error, wait_for
 
 SIZES = ["64x64", "256x256", "512x512", "768x768", "1024x1024", "1024x768", "768x1024"]
 HISTORY_MAX = 48
@@ -38,7 +38,7 @@ def build(client: openai.OpenAI, admin: Admin, notes: dict[str, str] | None = No
     with gr.Tab("Image", id="image"), gr.Row(equal_height=False):
         with gr.Column(scale=1, min_width=280):
             model = gr.Dropdown(label="image model", choices=[], elem_id="hub-image-model")
-            note = gr.Markdown("", elem_classes=["hub-note"], elem_id="hub-image-note")
+            note = gr.Markdown("", visible=False, elem_classes=["hub-note"], elem_id="hub-image-note")
             prompt = gr.Textbox(label="prompt", lines=3, elem_id="hub-prompt")
             negative = gr.Textbox(label="negative prompt", lines=1)
             with gr.Row():
@@ -65,7 +65,7 @@ def build(client: openai.OpenAI, admin: Admin, notes: dict[str, str] | None = No
             session = gr.Gallery(label="this session's images", columns=4, height=200, format="png",
                                  buttons=["download", "fullscreen"], elem_id="hub-history")
 
-    model.change(lambda m: image_note(m, notes), model, note)
+    model.change(lambda m: note_update(m, notes), model, note)
 
     def gen(picked, p, neg, sz, st, gd, sd, count, hist) -> Iterator[ImageOut]:
         yield from generate_images(client, admin, picked, p, neg, sz, st, gd, sd, count, hist)
