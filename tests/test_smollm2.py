@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from hub.engines import smollm2
+from demo_models import smollm2
 
 
 def test_finished_folder_is_left_alone(tmp_path):

@@ -5,7 +5,9 @@ Screenshots go to artifacts/screenshots/ (CI keeps them).
 
 from __future__ import annotations
 
+import json
 import os
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -18,6 +20,9 @@ CHROMIUM = os.environ.get("HUB_CHROMIUM", "/usr/bin/chromium")
 SHOTS = ROOT / "artifacts" / "screenshots"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--no-first-run"]
+# The Image tab's note is the picked model's registry description: the demo's own, which warns of random weights.
+NOISE = tomllib.loads((ROOT / "models.demo.toml").read_text())["models"]["tiny-sd"]["description"]
+ECHO = "test responder: echoes your message"
 REGISTRY = f"""
 [hub]
 memory_budget_gb = 8
@@ -26,17 +31,22 @@ memory_budget_gb = 8
 type = "text"
 engine = "command"
 memory_gb = 3
+description = {json.dumps(ECHO)}
+[models.echo.args]
 command = {responder_command("--start-delay", "2", "--chunk-delay", "0.15")}
 
 [models.tiny-sd]
 type = "image"
 engine = "command"
 memory_gb = 2
+description = {json.dumps(NOISE)}
+[models.tiny-sd.args]
 command = {responder_command()}
 
 [models.broken]
 type = "text"
 engine = "command"
+[models.broken.args]
 command = {responder_command("--fail-start")}
 """
 # Records every text the last chat bubble shows, so the test can see the reply grow (streaming), not just its end.
@@ -85,6 +95,7 @@ def tab(page, name: str) -> None:
 def test_chat_image_edit_models_in_a_browser(browser, hub_factory):
     hub = hub_factory(REGISTRY, ui=True)
     page, errors = open_app(browser, hub.url + "/", 1280, 900)
+    page.locator("#hub-chat-note").get_by_text(ECHO).wait_for()
     shot(page, "01-chat-empty")
 
     # chat: a cold model shows "starting echo... Ns", then the reply streams in word by word
@@ -107,10 +118,12 @@ def test_chat_image_edit_models_in_a_browser(browser, hub_factory):
     page.get_by_text("echo: and again").wait_for()
     assert page.locator("#hub-chat").get_by_text("echo: hello from a real browser over the hub").count() == 1
 
-    # image: the demo model's note, generate -> gallery
+    # image: the picked model's note (its registry description), generate -> gallery
     tab(page, "Image")
     page.wait_for_function("() => document.querySelector('#hub-image-model input')?.value === 'tiny-sd'")
-    assert "noise" in page.locator("#hub-image-note").inner_text()
+    note = page.locator("#hub-image-note")
+    note.get_by_text("RANDOM weights").wait_for()
+    assert note.inner_text().strip() == NOISE and "noise" in NOISE
     page.locator("#hub-prompt textarea").fill("a green square on a terminal")
     page.locator("#hub-generate").click()
     page.get_by_text("1 image(s) from tiny-sd").wait_for()

@@ -12,11 +12,12 @@ import pytest
 from PIL import Image
 
 from hub.config import Registry
-from hub.ui import handlers as h
-from hub.ui import image_notes
+from hub.registry import load_registry
+from hub.ui import chat, common, images, model_notes
+from hub.ui import models as models_tab
 from hub.ui.app import build_ui
 from hub.ui.clients import make_clients
-from tests.conftest import responder_command
+from tests.conftest import ROOT, responder_command
 
 REGISTRY = f"""
 [hub]
@@ -27,17 +28,20 @@ memory_budget_gb = 10
 type = "text"
 engine = "command"
 memory_gb = 4
+[models.echo.args]
 command = {responder_command("--start-delay", "1.5")}
 
 [models.tiny-sd]
 type = "image"
 engine = "command"
 memory_gb = 2
+[models.tiny-sd.args]
 command = {responder_command()}
 
 [models.broken]
 type = "text"
 engine = "command"
+[models.broken.args]
 command = {responder_command("--fail-start")}
 """
 KEY = "ui-test-key"
@@ -64,18 +68,18 @@ def last(gen):
 def test_clients_send_the_api_key(hub):
     client, admin = make_clients(hub.url, None)
     with pytest.raises(gr.Error, match=r"API key (missing|wrong)"):
-        h.model_choices(client)
+        common.model_choices(client)
     with pytest.raises(gr.Error, match="API key missing"):
-        h.refresh_models(admin)
+        models_tab.refresh_models(admin)
     client, admin = make_clients(hub.url, KEY)
-    assert h.model_choices(client) == {"text": ["echo", "broken"], "image": ["tiny-sd"]}
+    assert common.model_choices(client) == {"text": ["echo", "broken"], "image": ["tiny-sd"]}
 
 
 def test_chat_streams_with_a_starting_status_then_tokens(clients, hub):
     client, admin = clients
-    _, history = h.add_user_message("hello there friend", [])
+    _, history = chat.add_user_message("hello there friend", [])
     steps = [[dict(m) for m in hist] for hist in
-             h.chat_reply(client, admin, "echo", history, system="be brief", temperature=0, max_tokens=32, poll=0.2)]
+             chat.chat_reply(client, admin, "echo", history, system="be brief", temperature=0, max_tokens=32, poll=0.2)]
     replies = [s[-1]["content"] for s in steps]
     assert any(r.startswith("starting echo... ") and r.endswith("s") for r in replies), replies
     tokens = [r for r in replies if r.startswith("echo")]
@@ -84,8 +88,8 @@ def test_chat_streams_with_a_starting_status_then_tokens(clients, hub):
     assert all(b.startswith(a) for a, b in itertools.pairwise(tokens))
 
     # multi-turn: the whole history goes to the model, the answer is appended
-    _, history = h.add_user_message("second turn", steps[-1])
-    final = last(h.chat_reply(client, admin, "echo", history, poll=0.2))[-1]
+    _, history = chat.add_user_message("second turn", steps[-1])
+    final = last(chat.chat_reply(client, admin, "echo", history, poll=0.2))[-1]
     assert [m["role"] for m in final] == ["user", "assistant", "user", "assistant"]
     assert final[-1]["content"] == "echo: second turn"
 
@@ -93,21 +97,21 @@ def test_chat_streams_with_a_starting_status_then_tokens(clients, hub):
 def test_chat_errors_are_actionable(clients):
     client, admin = clients
     with pytest.raises(gr.Error, match="pick a text model"):
-        last(h.chat_reply(client, admin, None, [{"role": "user", "content": "hi"}]))
+        last(chat.chat_reply(client, admin, None, [{"role": "user", "content": "hi"}]))
     with pytest.raises(gr.Error, match="type a message"):
-        h.add_user_message("   ", [])
+        chat.add_user_message("   ", [])
     with pytest.raises(gr.Error, match=r"image model: use /v1/images"):
-        last(h.chat_reply(client, admin, "tiny-sd", [{"role": "user", "content": "hi"}], poll=0.2))
+        last(chat.chat_reply(client, admin, "tiny-sd", [{"role": "user", "content": "hi"}], poll=0.2))
     with pytest.raises(gr.Error, match="broken") as err:
-        last(h.chat_reply(client, admin, "broken", [{"role": "user", "content": "hi"}], poll=0.2))
+        last(chat.chat_reply(client, admin, "broken", [{"role": "user", "content": "hi"}], poll=0.2))
     assert "hub logs" in str(err.value) or "CUDA out of memory" in str(err.value)
 
 
 def test_stop_closes_the_stream(clients, hub):
     client, admin = clients
-    last(h.load_model(admin, "echo", poll=0.2))
+    last(models_tab.load_model(admin, "echo", poll=0.2))
     words = " ".join(f"w{i}" for i in range(400))  # about 4 s of streaming at the responder's pace
-    gen = h.chat_reply(client, admin, "echo", [{"role": "user", "content": words}], poll=0.2)
+    gen = chat.chat_reply(client, admin, "echo", [{"role": "user", "content": words}], poll=0.2)
     while not next(gen)[-1]["content"].startswith("echo"):
         pass
     assert hub.models(AUTH)["echo"]["in_flight"] == 1
@@ -126,7 +130,7 @@ def png_of(img: Image.Image) -> bytes:
 
 def test_generate_then_edit_then_edit_again(clients):
     client, admin = clients
-    out = last(h.generate_images(client, admin, "tiny-sd", "a green square", negative="blurry", size="64x64",
+    out = last(images.generate_images(client, admin, "tiny-sd", "a green square", negative="blurry", size="64x64",
                                  steps=4, guidance=5.0, seed=1, n=2, history=[], poll=0.2))
     assert any(isinstance(o[0], str) and o[0].startswith("starting tiny-sd") for o in out[:-1]) or len(out) == 1
     status, pics, history, last_img = out[-1]
@@ -136,17 +140,17 @@ def test_generate_then_edit_then_edit_again(clients):
 
     # edit without a mask: image-to-image (the responder answers blue)
     editor = {"background": last_img, "layers": [], "composite": last_img}
-    status, pics, history, edited = last(h.edit_image(client, admin, "tiny-sd", editor, "make it blue",
+    status, pics, history, edited = last(images.edit_image(client, admin, "tiny-sd", editor, "make it blue",
                                                       steps=4, seed=2, n=1, history=history, poll=0.2))[-1]
     assert "edited" in status and edited.getpixel((0, 0)) == (0, 0, 200)
     assert len(history) == 3
 
     # edit again with a painted layer: a mask is sent (the responder answers red)
-    again = h.edit_again(edited)
+    again = images.edit_again(edited)
     layer = Image.new("RGBA", again.size, (0, 0, 0, 0))
     layer.paste((255, 176, 0, 255), (0, 0, 16, 16))
     editor = {"background": again, "layers": [layer], "composite": again}
-    status, pics, history, inpainted = last(h.edit_image(client, admin, "tiny-sd", editor, "paint it red",
+    status, pics, history, inpainted = last(images.edit_image(client, admin, "tiny-sd", editor, "paint it red",
                                                          history=history, poll=0.2))[-1]
     assert "inpainted" in status and inpainted.getpixel((0, 0)) == (200, 0, 0)
     assert len(history) == 4
@@ -155,49 +159,57 @@ def test_generate_then_edit_then_edit_again(clients):
 def test_mask_is_transparent_where_painted():
     layer = Image.new("RGBA", (8, 8), (0, 0, 0, 0))
     layer.putpixel((2, 3), (255, 0, 0, 255))
-    mask = h.mask_from_layers([layer], (8, 8))
+    mask = images.mask_from_layers([layer], (8, 8))
     assert mask.getpixel((2, 3))[3] == 0 and mask.getpixel((0, 0))[3] == 255
-    assert h.mask_from_layers([Image.new("RGBA", (8, 8), (0, 0, 0, 0))], (8, 8)) is None
+    assert images.mask_from_layers([Image.new("RGBA", (8, 8), (0, 0, 0, 0))], (8, 8)) is None
 
 
 def test_image_errors_are_actionable(clients):
     client, admin = clients
     with pytest.raises(gr.Error, match="write a prompt"):
-        last(h.generate_images(client, admin, "tiny-sd", " "))
+        last(images.generate_images(client, admin, "tiny-sd", " "))
     with pytest.raises(gr.Error, match=r"text model: use /v1/chat"):
-        last(h.generate_images(client, admin, "echo", "x", size="64x64", poll=0.2))
+        last(images.generate_images(client, admin, "echo", "x", size="64x64", poll=0.2))
     with pytest.raises(gr.Error, match="upload an image"):
-        last(h.edit_image(client, admin, "tiny-sd", {"background": None, "layers": [], "composite": None}, "x"))
+        last(images.edit_image(client, admin, "tiny-sd", {"background": None, "layers": [], "composite": None}, "x"))
     with pytest.raises(gr.Error, match="generate or edit an image first"):
-        h.edit_again(None)
+        images.edit_again(None)
 
 
-def test_noise_note_for_the_demo_model():
+def test_notes_are_the_registry_descriptions():
+    args = {"command": ["x", "{port}"]}
     reg = Registry.model_validate({"models": {
-        "tiny-sd": {"type": "image", "engine": "command", "command": ["x", "{port}"]},
-        "sd-demo": {"type": "image", "engine": "diffusers", "source": "{state_dir}/models/tiny-sd"},
+        "tiny-sd": {"type": "image", "engine": "command", "args": args, "description": "pure noise"},
+        "chat": {"type": "text", "engine": "command", "args": args, "description": "a chat model"},
         "real": {"type": "image", "engine": "diffusers", "source": "Qwen/Qwen-Image-Edit"}}})
-    notes = image_notes(reg)
-    assert set(notes) == {"tiny-sd", "sd-demo"} and "noise" in notes["sd-demo"]
-    assert h.image_note("real", notes) == "" and "random weights" in h.image_note("tiny-sd", {})
+    notes = model_notes(reg)
+    assert notes == {"tiny-sd": "pure noise", "chat": "a chat model"}
+    assert common.model_note("tiny-sd", notes) == "pure noise" and common.model_note("chat", notes) == "a chat model"
+    assert common.model_note("real", notes) == "" and common.model_note(None, notes) == ""
+    assert common.model_note("tiny-sd", None) == "", "no note comes from a model's name"
+    assert common.note_update("real", notes).visible is False and common.note_update("chat", notes).visible is True
+
+    # the demo registry says its random-weights pipeline makes noise: that is the note the Image tab shows
+    demo = model_notes(load_registry(ROOT / "models.demo.toml"))
+    assert "RANDOM weights" in demo["tiny-sd"] and "noise" in demo["tiny-sd"] and "smollm2" in demo
 
 
 def test_models_table_budget_load_unload_and_failed_logs(clients, hub):
     _, admin = clients
-    rows, budget, logs = h.refresh_models(admin)
+    rows, budget, logs = models_tab.refresh_models(admin)
     assert [r[0] for r in rows] == ["echo", "tiny-sd", "broken"]
     assert {r[1] for r in rows} == {"stopped"} and rows[0][5] == "4 GB"
     assert "0 / 10 GB" in budget and "no failed model" in logs
 
-    statuses = last(h.load_model(admin, "echo", poll=0.2))
+    statuses = last(models_tab.load_model(admin, "echo", poll=0.2))
     assert statuses[0].startswith("starting echo... ") and statuses[-1] == "echo: ready"
-    rows, budget, _ = h.refresh_models(admin, "echo")
+    rows, budget, _ = models_tab.refresh_models(admin, "echo")
     assert rows[0][1] == "ready" and "4 / 10 GB (40%)" in budget and 'aria-valuenow="4"' in budget
-    assert h.unload_model(admin, "echo") == "echo: stopped"
+    assert models_tab.unload_model(admin, "echo") == "echo: stopped"
 
     with pytest.raises(gr.Error, match="broken"):
-        last(h.load_model(admin, "broken", poll=0.2))
-    rows, _, logs = h.refresh_models(admin)
+        last(models_tab.load_model(admin, "broken", poll=0.2))
+    rows, _, logs = models_tab.refresh_models(admin)
     assert rows[2][1] == "failed"
     assert logs.startswith("broken failed:") and "CUDA out of memory (simulated start failure)" in logs
 
@@ -206,7 +218,8 @@ def test_build_ui_against_a_hub(clients, hub):
     client, admin = clients
     demo = build_ui(client, admin)
     ids = {c.elem_id for c in demo.blocks.values() if getattr(c, "elem_id", None)}
-    assert {"hub-chat", "hub-results", "hub-editor", "hub-models", "hub-budget", "hub-logs"} <= ids
+    assert {"hub-chat", "hub-chat-note", "hub-results", "hub-editor", "hub-image-note", "hub-models", "hub-budget",
+            "hub-logs"} <= ids
 
 
 def test_web_app_asks_for_the_key_when_the_hub_has_one(hub_factory):

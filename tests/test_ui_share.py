@@ -21,6 +21,7 @@ api_key_env = "HUB_SHARE_TEST_KEY"
 [models.echo]
 type = "text"
 engine = "command"
+[models.echo.args]
 command = {command}
 """
 

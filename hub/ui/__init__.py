@@ -17,14 +17,10 @@ from fastapi import FastAPI
 from hub.config import Registry
 from hub.errors import AuthError
 
-NOISE_NOTE = ("**demo model:** `{model}` is a tiny Stable Diffusion pipeline with random weights: "
-              "its images are noise, not a bug. Register a real checkpoint for real pictures.")
 
-
-def image_notes(registry: Registry) -> dict[str, str]:
-    """Notes shown when an image model is picked: the demo pipeline (tiny-sd) makes noise from random weights."""
-    return {mid: NOISE_NOTE.format(model=mid) for mid, m in registry.models.items()
-            if m.type == "image" and ("tiny-sd" in mid or "tiny-sd" in (m.source or ""))}
+def model_notes(registry: Registry) -> dict[str, str]:
+    """The note shown when a model is picked: each model's `description` from the registry (none without one)."""
+    return {mid: m.description for mid, m in registry.models.items() if m.description}
 
 
 def key_auth(key: str) -> Callable[[str, str], bool]:
@@ -40,7 +36,7 @@ def _blocks(registry: Registry):
     from hub.ui.clients import make_clients
 
     client, admin = make_clients(registry.url, registry.api_key())
-    return build_ui(client, admin, image_notes(registry))
+    return build_ui(client, admin, model_notes(registry))
 
 
 def mount_ui(app: FastAPI, registry: Registry) -> None:

@@ -1,0 +1,107 @@
+"""What the web app's tabs share: errors as gr.Error, the waiting status line, the model pickers and their notes.
+
+Every handler streams: while a blocking call runs (a cold model starting, an image being made) it yields a status
+line with the elapsed time, polling /hub/models for the model's state. Errors become gr.Error in the handlers only.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Generator
+from typing import Any, TypeVar
+
+import gradio as gr
+import openai
+
+from hub.ui.clients import Admin, AdminError, error_message
+
+T = TypeVar("T")
+POLL_S = 0.5
+
+
+# ---- errors and waiting ----
+
+def ui_error(err: BaseException, hub: str = "the hub") -> gr.Error:
+    """A gr.Error with an actionable message for anything the clients raise."""
+    if isinstance(err, gr.Error):
+        return err
+    if isinstance(err, openai.APIStatusError):
+        return gr.Error(error_message(err.body, err.message))
+    if isinstance(err, openai.APITimeoutError):
+        return gr.Error(f"{hub} did not answer in time: see the Models tab or `hub logs <model>`")
+    if isinstance(err, openai.APIConnectionError):
+        return gr.Error(f"cannot reach {hub}: is `hub serve` running?")
+    if isinstance(err, AdminError):
+        return gr.Error(str(err))
+    return gr.Error(f"{type(err).__name__}: {err}")
+
+
+def status_line(model: str, state: str | None, elapsed: float, doing: str) -> str:
+    """What a person sees while waiting: the model starting, stopping (swap) or busy, with the seconds so far."""
+    if state in ("stopped", "starting", "failed"):
+        return f"starting {model}... {elapsed:.0f}s"
+    if state == "stopping":
+        return f"waiting for {model} to stop before it starts again... {elapsed:.0f}s"
+    return f"{doing} {model}... {elapsed:.0f}s"
+
+
+def wait_for(call: Callable[[], T], admin: Admin, model: str, doing: str,
+             poll: float = POLL_S) -> Generator[str, None, T]:
+    """Run `call` in a thread; yield status lines until it returns; return its value (or raise its error).
+
+    If the consumer closes this generator early (Stop), a result that arrives later is closed (streams) and dropped.
+    """
+    box: dict[str, Any] = {}
+    done = threading.Event()
+    abandoned = threading.Event()
+
+    def work() -> None:
+        try:
+            box["value"] = call()
+        except BaseException as err:
+            box["error"] = err
+        finally:
+            done.set()
+            if abandoned.is_set() and hasattr(box.get("value"), "close"):
+                box["value"].close()
+
+    threading.Thread(target=work, name=f"ui-wait-{model}", daemon=True).start()
+    t0 = time.monotonic()
+    try:
+        while not done.wait(poll):
+            yield status_line(model, admin.state(model), time.monotonic() - t0, doing)
+    except GeneratorExit:
+        abandoned.set()
+        if done.is_set() and hasattr(box.get("value"), "close"):
+            box["value"].close()
+        raise
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+# ---- pickers ----
+
+def model_choices(client: openai.OpenAI) -> dict[str, list[str]]:
+    """Registered model ids by type ("text", "image") from /v1/models."""
+    try:
+        models = client.models.list().data
+    except openai.OpenAIError as err:
+        raise ui_error(err) from None
+    out: dict[str, list[str]] = {"text": [], "image": []}
+    for m in models:
+        kind = getattr(m, "type", None) or (m.model_extra or {}).get("type") or "text"
+        out.setdefault(kind, []).append(m.id)
+    return out
+
+
+def model_note(model: str | None, notes: dict[str, str] | None = None) -> str:
+    """The note shown under a model picker: that model's registry `description` ("" for none)."""
+    return (notes or {}).get(model or "", "")
+
+
+def note_update(model: str | None, notes: dict[str, str] | None = None) -> Any:
+    """The picker's note for `model`, hidden when the model has no description."""
+    text = model_note(model, notes)
+    return gr.Markdown(text, visible=bool(text))

@@ -1,0 +1,235 @@
+"""The Image tab: generate, edit (inpaint where painted), edit the last result again, this session's history, and the
+picked model's note."""
+
+from __future__ import annotations
+
+import base64
+import io
+import time
+from collections.abc import Callable, Generator, Iterator
+from typing import Any, NamedTuple
+
+import gradio as gr
+import httpx
+import openai
+from PIL import Image, ImageChops
+
+from hub.ui.clients import Admin, AdminError
+from hub.ui.common import POLL_S, note_update, ui_error, wait_for
+
+SIZES = ["64x64", "256x256", "512x512", "768x768", "1024x1024", "1024x768", "768x1024"]
+HISTORY_MAX = 48
+
+Picture = tuple[Image.Image, str]
+ImageOut = tuple[str, Any, Any, Any]  # status, results gallery, session history, last result
+
+
+class ImageTab(NamedTuple):
+    """What the app fills in on page load: the image-model picker and the note under it."""
+
+    model: gr.Dropdown
+    note: gr.Markdown
+
+
+def build(client: openai.OpenAI, admin: Admin, notes: dict[str, str] | None = None) -> ImageTab:
+    """The Image tab's components and events (inside the app's Blocks)."""
+    history = gr.State([])
+    last = gr.State(None)
+    with gr.Tab("Image", id="image"), gr.Row(equal_height=False):
+        with gr.Column(scale=1, min_width=280):
+            model = gr.Dropdown(label="image model", choices=[], elem_id="hub-image-model")
+            note = gr.Markdown("", visible=False, elem_classes=["hub-note"], elem_id="hub-image-note")
+            prompt = gr.Textbox(label="prompt", lines=3, elem_id="hub-prompt")
+            negative = gr.Textbox(label="negative prompt", lines=1)
+            with gr.Row():
+                size = gr.Dropdown(SIZES, value="512x512", label="size", allow_custom_value=True, min_width=110)
+                n = gr.Slider(1, 4, value=1, step=1, label="n", min_width=110)
+            with gr.Row():
+                steps = gr.Slider(1, 100, value=20, step=1, label="steps", min_width=110)
+                guidance = gr.Slider(0.0, 20.0, value=7.0, step=0.5, label="guidance", min_width=110)
+            seed = gr.Number(-1, label="seed (-1: random)", precision=0)
+            generate = gr.Button("generate", variant="primary", elem_id="hub-generate")
+        with gr.Column(scale=2, min_width=280):
+            status = gr.Markdown("", elem_classes=["hub-status"], elem_id="hub-image-status")
+            results = gr.Gallery(label="results", columns=2, height=360, format="png", object_fit="contain",
+                                 buttons=["download", "fullscreen"], elem_id="hub-results")
+            with gr.Accordion("edit", open=True):
+                editor = gr.ImageEditor(label="image to edit (paint to mask: only painted parts change)",
+                                        type="pil", image_mode="RGBA", height=360, elem_id="hub-editor",
+                                        brush=gr.Brush(colors=["#ffb000"], color_mode="fixed"), format="png")
+                instruction = gr.Textbox(label="instruction", placeholder="e.g. make the sky red",
+                                         elem_id="hub-instruction")
+                with gr.Row():
+                    edit = gr.Button("edit", variant="primary", elem_id="hub-edit", min_width=90)
+                    again = gr.Button("edit again (use last result)", elem_id="hub-edit-again", min_width=90)
+            session = gr.Gallery(label="this session's images", columns=4, height=200, format="png",
+                                 buttons=["download", "fullscreen"], elem_id="hub-history")
+
+    model.change(lambda m: note_update(m, notes), model, note)
+
+    def gen(picked, p, neg, sz, st, gd, sd, count, hist) -> Iterator[ImageOut]:
+        yield from generate_images(client, admin, picked, p, neg, sz, st, gd, sd, count, hist)
+
+    def edt(picked, ed, instr, st, sd, count, hist) -> Iterator[ImageOut]:
+        yield from edit_image(client, admin, picked, ed, instr, st, sd, count, hist)
+
+    outs = [status, results, history, last]
+    generate.click(gen, [model, prompt, negative, size, steps, guidance, seed, n, history], outs,
+                   concurrency_limit=2).then(lambda hist: hist, history, session, queue=False)
+    edit.click(edt, [model, editor, instruction, steps, seed, n, history], outs,
+               concurrency_limit=2).then(lambda hist: hist, history, session, queue=False)
+    again.click(edit_again, last, editor, queue=False)
+    return ImageTab(model, note)
+
+
+# ---- handlers ----
+
+def _decode(item: Any, client: openai.OpenAI) -> Image.Image:
+    if getattr(item, "b64_json", None):
+        return Image.open(io.BytesIO(base64.b64decode(item.b64_json))).convert("RGB")
+    if getattr(item, "url", None):
+        headers = {"authorization": f"Bearer {client.api_key}"} if client.api_key else {}
+        r = httpx.get(item.url, headers=headers, timeout=60)
+        r.raise_for_status()
+        return Image.open(io.BytesIO(r.content)).convert("RGB")
+    raise gr.Error("the image model answered without image data: see `hub logs <model>`")
+
+
+def _png(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _extras(negative: str, steps: float | None, guidance: float | None, seed: float | None) -> dict[str, Any]:
+    """The Diffusers engine's extensions of the Images API, sent as the openai client's extra_body."""
+    extra: dict[str, Any] = {}
+    if negative and negative.strip():
+        extra["negative_prompt"] = negative.strip()
+    if steps:
+        extra["num_inference_steps"] = int(steps)
+    if guidance is not None:
+        extra["guidance_scale"] = float(guidance)
+    if seed is not None and seed >= 0:
+        extra["seed"] = int(seed)
+    return extra
+
+
+def _remember(history: list[Picture] | None, new: list[Picture]) -> list[Picture]:
+    return [*new, *(history or [])][:HISTORY_MAX]
+
+
+def generate_images(client: openai.OpenAI, admin: Admin, model: str | None, prompt: str, negative: str = "",
+                    size: str = "512x512", steps: float | None = None, guidance: float | None = None,
+                    seed: float | None = None, n: float = 1, history: list[Picture] | None = None,
+                    poll: float = POLL_S) -> Iterator[ImageOut]:
+    """Generate images; yields (status, results, history, last result), with progress lines while waiting."""
+    if not model:
+        raise gr.Error("pick an image model first (register one with type = \"image\" in models.toml)")
+    if not prompt or not prompt.strip():
+        raise gr.Error("write a prompt first")
+
+    def send():
+        return client.images.generate(model=model, prompt=prompt.strip(), n=int(n), size=size,
+                                      response_format="b64_json", extra_body=_extras(negative, steps, guidance, seed))
+
+    images, took = yield from _images_call(send, client, admin, model, "generating with", poll)
+    caption = prompt.strip()[:80]
+    pics = [(img, caption) for img in images]
+    done = f"{len(images)} image(s) from {model} in {took:.1f}s"
+    yield done, pics, _remember(history, pics), images[0]
+
+
+def _images_call(send: Callable[[], Any], client: openai.OpenAI, admin: Admin, model: str, doing: str,
+                 poll: float) -> Generator[tuple[Any, ...], None, tuple[list[Image.Image], float]]:
+    """Run an images request, yielding (status, skip, skip, skip) rows while it waits; returns the images and the
+    seconds it took."""
+    t0 = time.monotonic()
+    try:
+        waiting = wait_for(send, admin, model, doing, poll)
+        while True:
+            try:
+                status = next(waiting)
+            except StopIteration as stop:
+                resp = stop.value
+                break
+            yield status, gr.skip(), gr.skip(), gr.skip()
+        images = [_decode(d, client) for d in resp.data or []]
+    except (openai.OpenAIError, AdminError, httpx.HTTPError) as err:
+        raise ui_error(err) from None
+    if not images:
+        raise gr.Error(f"{model} returned no images: see `hub logs {model}`")
+    return images, time.monotonic() - t0
+
+
+def mask_from_layers(layers: list[Any] | None, size: tuple[int, int]) -> Image.Image | None:
+    """An OpenAI-style mask from the editor's painted layers: transparent where painted (edit there), else opaque.
+
+    None when nothing was painted (the edit then applies to the whole image).
+    """
+    painted = None
+    for layer in layers or []:
+        if layer is None:
+            continue
+        layer = layer if isinstance(layer, Image.Image) else Image.open(layer)
+        alpha = layer.convert("RGBA").getchannel("A")
+        if alpha.size != size:
+            alpha = alpha.resize(size)
+        painted = alpha if painted is None else ImageChops.lighter(painted, alpha)
+    if painted is None or painted.getbbox() is None:
+        return None
+    keep = painted.point(lambda a: 0 if a > 0 else 255)
+    mask = Image.new("RGBA", size, (0, 0, 0, 255))
+    mask.putalpha(keep)
+    return mask
+
+
+def _editor_image(value: Any) -> tuple[Image.Image | None, list[Any]]:
+    """The background image and painted layers of a gr.ImageEditor value (or a plain image)."""
+    if value is None:
+        return None, []
+    if isinstance(value, Image.Image):
+        return value, []
+    if isinstance(value, dict):
+        bg = value.get("background")
+        if bg is None:
+            bg = value.get("composite")
+        if bg is not None and not isinstance(bg, Image.Image):
+            bg = Image.open(bg)
+        return bg, list(value.get("layers") or [])
+    return Image.open(value), []
+
+
+def edit_image(client: openai.OpenAI, admin: Admin, model: str | None, editor: Any, instruction: str,
+               steps: float | None = None, seed: float | None = None, n: float = 1,
+               history: list[Picture] | None = None, poll: float = POLL_S) -> Iterator[ImageOut]:
+    """Edit the uploaded image (inpaint where the mask is painted); yields (status, results, history, last)."""
+    if not model:
+        raise gr.Error("pick an image model first")
+    image, layers = _editor_image(editor)
+    if image is None:
+        raise gr.Error("upload an image to edit first (or press 'edit again' after generating one)")
+    if not instruction or not instruction.strip():
+        raise gr.Error("write an instruction first, e.g. 'make the sky red'")
+    image = image.convert("RGB")
+    mask = mask_from_layers(layers, image.size)
+    files: dict[str, Any] = {"image": ("image.png", _png(image), "image/png")}
+    if mask is not None:
+        files["mask"] = ("mask.png", _png(mask), "image/png")
+
+    def send():
+        return client.images.edit(model=model, prompt=instruction.strip(), n=int(n), response_format="b64_json",
+                                  extra_body=_extras("", steps, None, seed), **files)
+
+    images, took = yield from _images_call(send, client, admin, model, "editing with", poll)
+    what = "inpainted" if mask is not None else "edited"
+    pics = [(img, f"{what}: {instruction.strip()[:70]}") for img in images]
+    done = f"{len(images)} image(s) {what} by {model} in {took:.1f}s"
+    yield done, pics, _remember(history, pics), images[0]
+
+
+def edit_again(last: Image.Image | None) -> Image.Image:
+    """The last result as the editor's next input."""
+    if last is None:
+        raise gr.Error("nothing to edit yet: generate or edit an image first")
+    return last
