@@ -132,7 +132,7 @@ def test_engine_flags_parse_with_the_installed_vllm(tmp_path):
         "args": {"dtype": "bfloat16", "max_model_len": 2048, "quantization": "awq", "tensor_parallel_size": 2,
                  "gpu_memory_utilization": 0.5, "enforce_eager": True, "enable_sleep_mode": True,
                  "trust_remote_code": True, "extra_args": ["--seed", "7"]}}}}, tmp_path / "models.toml")
-    argv = VllmEngine().server_args(LaunchContext("m", reg.models["m"], reg, "process", 8123),
+    argv = VllmEngine().server_args(LaunchContext("m", reg.models["m"], reg, 8123),
                                     VllmEngine().args(reg.models["m"]), 0.5)
     script = (
         "import json, sys\n"
