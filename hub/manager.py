@@ -27,7 +27,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
 
 import httpx
 
@@ -242,37 +241,6 @@ class Manager:
             self.memory_of(s) for s in self.slots.values()
             if s.cfg.host == host and s.engine.managed and s.state in HOLDS_MEMORY
         )
-
-    def snapshot(self) -> list[dict[str, Any]]:
-        """Every model's public state, for GET /hub/models."""
-        out = []
-        for s in self.slots.values():
-            out.append({
-                "id": s.id,
-                "type": s.cfg.type,
-                "engine": s.cfg.engine,
-                "runtime": self.registry.runtime_of(s.id) if s.engine.managed else "external",
-                "host": s.cfg.host,
-                "state": s.state.value,
-                "memory_gb": s.cfg.memory_gb,
-                "budget_gb": self.memory_of(s),
-                "measured_gb": m.peak_gb if (m := self.ledger.get(s.id)) else None,
-                "measured_device": m.device if m else None,
-                "pinned": s.cfg.pinned,
-                "ttl": self.registry.ttl_of(s.id),
-                "in_flight": s.in_flight,
-                "last_used": s.last_used or None,
-                "reason": s.reason,
-                "starts": s.starts,
-                "ready_seconds": (s.ready_at - s.started_at) if s.ready_at and s.started_at else None,
-                **({"process": s.handle.info} if s.handle else {}),
-            })
-        return out
-
-    def budgets(self) -> list[dict[str, Any]]:
-        """Budget and use per host."""
-        hosts = ["local", *self.registry.hosts]
-        return [{"host": h, "budget_gb": self.registry.budget_of(h), "used_gb": self.used_gb(h)} for h in hosts]
 
     # ---- internals ----
 

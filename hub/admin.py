@@ -1,0 +1,95 @@
+"""The /hub admin API: list the models with their state and budget, load and unload them, record measured memory
+peaks, read engine logs. hub/client.py is its client (the `hub` CLI and the web app).
+
+GET /hub/models answers {"object": "list", "data": [model entries], "budgets": [per host], "time": now}; the
+entries and budgets are built here from the manager's slots, and the CLI, the web app and the benchmarks read them.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import PlainTextResponse
+
+from hub.ledger import MemoryReport
+from hub.manager import Manager, Slot
+
+
+def model_entry(manager: Manager, s: Slot) -> dict[str, Any]:
+    """One model's public state, as listed by GET /hub/models and answered by load, unload and memory."""
+    registry = manager.registry
+    return {
+        "id": s.id,
+        "type": s.cfg.type,
+        "engine": s.cfg.engine,
+        "runtime": registry.runtime_of(s.id) if s.engine.managed else "external",
+        "host": s.cfg.host,
+        "state": s.state.value,
+        "memory_gb": s.cfg.memory_gb,
+        "budget_gb": manager.memory_of(s),
+        "measured_gb": m.peak_gb if (m := manager.ledger.get(s.id)) else None,
+        "measured_device": m.device if m else None,
+        "pinned": s.cfg.pinned,
+        "ttl": registry.ttl_of(s.id),
+        "in_flight": s.in_flight,
+        "last_used": s.last_used or None,
+        "reason": s.reason,
+        "starts": s.starts,
+        "ready_seconds": (s.ready_at - s.started_at) if s.ready_at and s.started_at else None,
+        **({"process": s.handle.info} if s.handle else {}),
+    }
+
+
+def model_entries(manager: Manager) -> list[dict[str, Any]]:
+    """Every registered model's entry, in registry order."""
+    return [model_entry(manager, s) for s in manager.slots.values()]
+
+
+def budgets(manager: Manager) -> list[dict[str, Any]]:
+    """Budget and use per host: the local one first, then the registry's remote hosts."""
+    registry = manager.registry
+    hosts = ["local", *registry.hosts]
+    return [{"host": h, "budget_gb": registry.budget_of(h), "used_gb": manager.used_gb(h)} for h in hosts]
+
+
+def listing(manager: Manager) -> dict[str, Any]:
+    """The body of GET /hub/models."""
+    return {"object": "list", "data": model_entries(manager), "budgets": budgets(manager), "time": time.time()}
+
+
+def manager_of(request: Request) -> Manager:
+    """The manager of the app serving the request (create_app keeps it in app.state)."""
+    return request.app.state.manager
+
+
+router = APIRouter()
+
+
+@router.get("/hub/models")
+async def hub_models(manager: Manager = Depends(manager_of)) -> dict[str, Any]:
+    return listing(manager)
+
+
+@router.post("/hub/models/{model_id}/load")
+async def hub_load(model_id: str, manager: Manager = Depends(manager_of)) -> dict[str, Any]:
+    return model_entry(manager, await manager.load(model_id))
+
+
+@router.post("/hub/models/{model_id}/unload")
+async def hub_unload(model_id: str, manager: Manager = Depends(manager_of)) -> dict[str, Any]:
+    return model_entry(manager, await manager.unload(model_id))
+
+
+@router.post("/hub/models/{model_id}/memory")
+async def hub_memory(model_id: str, report: MemoryReport, manager: Manager = Depends(manager_of)) -> dict[str, Any]:
+    """Keep a measured peak (benchmarks/memory.py) in the memory ledger; it budgets undeclared models."""
+    s = manager.slot(model_id)
+    manager.ledger.record(model_id, report.peak_gb, report.device, report.source)
+    return model_entry(manager, s)
+
+
+@router.get("/hub/models/{model_id}/logs")
+async def hub_logs(model_id: str, tail: int = 200, manager: Manager = Depends(manager_of)) -> PlainTextResponse:
+    return PlainTextResponse(manager.logs(model_id, max(1, min(tail, 10000))))
