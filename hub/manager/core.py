@@ -1,21 +1,6 @@
-"""The model manager: the lifecycle of every model, the memory budget, idle unloading and crash handling.
+"""Slot, Lease and Manager: the orchestration of starts, stops, leases, the memory budget and crashes.
 
-States and their transitions (one `Slot` per registered model):
-
-    stopped ──start──> starting ──ready──> ready ──stop (unload, idle ttl, eviction, shutdown)──> stopping ──> stopped
-    failed  ──start──> starting                     ready ──engine exits──> failed (reason kept, next request restarts)
-                       starting ──exits / times out / cannot launch──> failed
-
-Rules:
-- Single flight: one start task per model; every request for a cold model awaits that same task, for at most
-  start_timeout.
-- Budget: a model counts at its declared memory_gb, else at its measured peak plus a margin (hub/ledger.py, written
-  by benchmarks/memory.py), else 0. A start first takes its host's budget lock, then stops least-recently-used
-  idle unpinned models until the new one fits. A busy model is never stopped: the start waits up to drain_timeout
-  for it to go idle, then fails with MemoryBusy naming it.
-  Starting, ready and stopping models all count as using memory.
-- A request holds a Lease while it is served (streams included): leased models are busy.
-- Unmanaged engines (`openai`) are always ready and never started or stopped.
+The rules are in the package's docstring (hub/manager/__init__.py); the states and their moves in states.py.
 """
 
 from __future__ import annotations
@@ -26,7 +11,6 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from enum import StrEnum
 
 import httpx
 
@@ -42,6 +26,7 @@ from hub.errors import (
     StartTimeout,
 )
 from hub.ledger import Ledger, ledger_memory_of
+from hub.manager.states import HOLDS_MEMORY, State, move
 from hub.runtimes import Handle, Runtime, make_runtime
 
 log = logging.getLogger("hub.manager")
@@ -52,19 +37,6 @@ def _retrieve(task: asyncio.Task) -> None:
     """Mark a start task's exception as seen: its waiters (if any) got it already."""
     if not task.cancelled():
         task.exception()
-
-
-class State(StrEnum):
-    """A model's lifecycle state."""
-
-    STOPPED = "stopped"
-    STARTING = "starting"
-    READY = "ready"
-    STOPPING = "stopping"
-    FAILED = "failed"
-
-
-HOLDS_MEMORY = (State.STARTING, State.READY, State.STOPPING)
 
 
 @dataclass(eq=False)
@@ -90,8 +62,13 @@ class Slot:
 
     def __post_init__(self) -> None:
         self.idle.set()
-        if not self.engine.managed:
+        if not self.engine.managed:  # the initial state, not a move: an unmanaged engine is ready and stays so
             self.state = State.READY
+
+    @property
+    def managed(self) -> bool:
+        """Whether the hub starts and stops this model's engine (an `openai` upstream it does not)."""
+        return self.engine.managed
 
 
 @dataclass
@@ -278,20 +255,25 @@ class Manager:
         try:
             async with self._budget_lock(s.cfg.host):
                 await self._make_room(s)
-                s.state, s.reason, s.started_at, s.ready_at = State.STARTING, None, time.time(), None
+                move(s, State.STARTING, None)
+                s.started_at, s.ready_at = time.time(), None
             s.starts += 1
             await self._launch_and_wait(s)
-            s.state, s.ready_at, s.last_used = State.READY, time.time(), time.time()
+            move(s, State.READY, None)
+            s.ready_at = s.last_used = time.time()
             s.watch_task = asyncio.create_task(self._watch(s), name=f"watch-{s.id}")
             log.info("%s ready after %.1fs", s.id, s.ready_at - (s.started_at or s.ready_at))
         except (MemoryBusy, StartFailed, StartTimeout):
             raise
         except asyncio.CancelledError:
-            await self._discard(s, "start cancelled")
-            s.state = State.STOPPED
+            await self._discard(s, "start cancelled")  # an adopted engine too, if it was cancelled before starting
+            if s.state == State.STARTING:
+                move(s, State.STOPPED, "start cancelled")
             raise
         except Exception as err:  # a bug in an engine or runtime must not leave the model "starting" forever
             log.exception("starting %s", s.id)
+            if s.state != State.STARTING:  # it struck before the launch (making room): nothing to undo
+                raise StartFailed(f"model {s.id!r} failed to start: internal error: {err!r}") from err
             await self._fail(s, f"internal error: {err!r}")
         finally:
             s.start_task = None
@@ -315,7 +297,7 @@ class Manager:
                 await self._fail(s, f"the engine {why} before it was ready")
             if time.monotonic() > deadline:
                 await self._discard(s, "start timeout")
-                s.state, s.reason = State.FAILED, f"not ready within start_timeout ({timeout:g}s)"
+                move(s, State.FAILED, f"not ready within start_timeout ({timeout:g}s)")
                 raise StartTimeout(
                     f"model {s.id!r} was not ready within start_timeout ({timeout:g}s) and was stopped; "
                     f"raise [hub] start_timeout or see `hub logs {s.id}`",
@@ -325,10 +307,11 @@ class Manager:
             delay = min(delay * 1.5, 1.0)
 
     async def _fail(self, s: Slot, reason: str, with_log: bool = True) -> None:
-        """Mark the model failed, release its engine, and raise StartFailed with the reason and its log's tail."""
+        """Release a starting model's engine, mark the model failed, and raise StartFailed with the reason and the
+        tail of its log."""
         tail = self.runtime(s).logs(s.id, LOG_TAIL_LINES) if with_log else ""
         await self._discard(s, reason)
-        s.state, s.reason = State.FAILED, reason
+        move(s, State.FAILED, reason)
         msg = f"model {s.id!r} failed to start: {reason}"
         if tail.strip():
             msg += f"\n--- last lines of its log (`hub logs {s.id}`) ---\n{tail.rstrip()}"
@@ -345,25 +328,32 @@ class Manager:
                 await self.runtime(s).stop(handle, self.registry.hub.stop_timeout)
 
     async def _stop(self, s: Slot, why: str) -> None:
-        """Stop a ready (or failed) model's engine; concurrent calls share one stop."""
-        if not s.engine.managed:
-            return
+        """Stop a ready (or failed) model's engine and wait until it is gone; concurrent calls share one stop."""
+        if task := self._begin_stop(s, why):
+            await asyncio.shield(task)
+
+    def _begin_stop(self, s: Slot, why: str) -> asyncio.Task | None:
+        """Move a ready model (or a failed one that still has an engine) to stopping right away, so that no request
+        leases it any more, and return the task that stops its engine: the one in progress, if any. None when
+        there is nothing to stop."""
+        if not s.managed:
+            return None
         if s.stop_task:
-            await asyncio.shield(s.stop_task)
-            return
+            return s.stop_task
         if s.state not in (State.READY, State.FAILED) or (s.state == State.FAILED and not s.handle):
-            return
+            return None
+        move(s, State.STOPPING, why)
+        log.info("stopping %s: %s", s.id, why)
 
         async def run() -> None:
-            s.state = State.STOPPING
-            log.info("stopping %s: %s", s.id, why)
             try:
                 await self._discard(s, why)
             finally:
-                s.state, s.reason, s.stop_task = State.STOPPED, why, None
+                move(s, State.STOPPED, why)
+                s.stop_task = None
 
         s.stop_task = asyncio.create_task(run(), name=f"stop-{s.id}")
-        await asyncio.shield(s.stop_task)
+        return s.stop_task
 
     async def _watch(self, s: Slot) -> None:
         """Notice an engine that exits while ready: the model becomes failed and keeps the reason."""
@@ -373,7 +363,7 @@ class Manager:
         why = await self.runtime(s).wait_exit(handle)
         if s.handle is handle and s.state == State.READY:
             s.handle, s.watch_task = None, None
-            s.state, s.reason = State.FAILED, f"the engine {why} unexpectedly"
+            move(s, State.FAILED, f"the engine {why} unexpectedly")
             log.warning("%s: %s", s.id, s.reason)
             with contextlib.suppress(Exception):
                 await self.runtime(s).stop(handle, self.registry.hub.stop_timeout)
