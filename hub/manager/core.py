@@ -26,6 +26,7 @@ from hub.errors import (
     StartTimeout,
 )
 from hub.ledger import Ledger, ledger_memory_of
+from hub.manager.planner import AwaitStops, Candidate, Evict, Fits, Impossible, Peer, Release, WaitForBusy, plan
 from hub.manager.states import HOLDS_MEMORY, State, move
 from hub.runtimes import Handle, Runtime, make_runtime
 
@@ -371,51 +372,44 @@ class Manager:
     def _budget_lock(self, host: str) -> asyncio.Lock:
         return self._budget_locks.setdefault(host, asyncio.Lock())
 
+    def _peer(self, o: Slot) -> Peer:
+        """How the eviction planner sees another model."""
+        return Peer(o.id, o.state, self.memory_of(o), o.cfg.pinned, o.in_flight, o.last_used,
+                    stopping=o.stop_task is not None,
+                    failed_with_handle=o.state == State.FAILED and o.handle is not None)
+
     async def _make_room(self, s: Slot) -> None:
-        """Stop LRU idle unpinned models on s's host until s fits its budget; busy ones are waited for."""
+        """Until s fits its host's budget, do what the planner says: wait for stops in progress, stop least recently
+        used idle unpinned models, release failed engines, wait up to drain_timeout for busy ones, or give up."""
         host = s.cfg.host
-        budget = self.registry.budget_of(host)
-        if budget is None:
-            return
-        need = self.memory_of(s)
+        candidate = Candidate(s.id, self.memory_of(s), host, self.registry.budget_of(host))
         deadline = time.monotonic() + self.registry.hub.drain_timeout
-        while self.used_gb(host) + need > budget:
-            others = [o for o in self.slots.values() if o is not s and o.cfg.host == host and o.engine.managed]
-            stopping = [o.stop_task for o in others if o.stop_task]
-            if stopping:
-                await asyncio.gather(*(asyncio.shield(t) for t in stopping), return_exceptions=True)
-                continue
-            victims = sorted((o for o in others if o.state == State.READY and not o.cfg.pinned),
-                             key=lambda o: o.last_used)
-            idle = [o for o in victims if o.in_flight == 0]
-            if idle:
-                await self._stop(idle[0], f"evicted to make room for {s.id!r}")
-                continue
-            if failed := [o for o in others if o.state == State.FAILED and o.handle]:
-                await self._stop(failed[0], "released after failure")
-                continue
-            if not victims:
-                holders = [o for o in others if o.state in HOLDS_MEMORY]
-                names = ", ".join(f"{o.id!r} ({o.state.value}{', pinned' if o.cfg.pinned else ''}, "
-                                  f"{self.memory_of(o):g} GB)" for o in holders)
-                raise MemoryBusy(
-                    f"model {s.id!r} needs {need:g} GB but host {host!r} has {budget - self.used_gb(host):g} of "
-                    f"{budget:g} GB free and nothing can be unloaded: {names or 'no other model holds memory'}"
-                )
-            remaining = deadline - time.monotonic()
-            busy = victims[0]
-            if remaining <= 0:
-                raise MemoryBusy(
-                    f"model {s.id!r} needs {need:g} GB of host {host!r}'s {budget:g} GB budget, but model "
-                    f"{busy.id!r} is busy ({busy.in_flight} request(s) in flight); retry when it is idle",
-                    headers={"Retry-After": "5"},
-                )
-            waits = [asyncio.create_task(o.idle.wait()) for o in victims]
-            try:
-                await asyncio.wait(waits, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                for w in waits:
-                    w.cancel()
+        while True:
+            others = [o for o in self.slots.values() if o is not s and o.cfg.host == host and o.managed]
+            match decision := plan(candidate, [self._peer(o) for o in others]):
+                case Fits():
+                    return
+                case AwaitStops(ids):
+                    stops = [t for i in ids if (t := self.slots[i].stop_task)]
+                    await asyncio.gather(*(asyncio.shield(t) for t in stops), return_exceptions=True)
+                case Evict(ids):
+                    # every victim moves to stopping now, before any request can lease it; their engines stop together
+                    stops = [self._begin_stop(self.slots[i], f"evicted to make room for {s.id!r}") for i in ids]
+                    await asyncio.gather(*(asyncio.shield(t) for t in stops if t))
+                case Release(mid):
+                    await self._stop(self.slots[mid], "released after failure")
+                case Impossible():
+                    raise decision.error()
+                case WaitForBusy(busy=busy):
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise decision.timeout_error()
+                    waits = [asyncio.create_task(self.slots[p.id].idle.wait()) for p in busy]
+                    try:
+                        await asyncio.wait(waits, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
+                    finally:
+                        for w in waits:
+                            w.cancel()
 
     async def _ttl_loop(self) -> None:
         """Every second: stop ready models idle for longer than their ttl."""
