@@ -1,72 +1,95 @@
-"""A client for the hub's /hub admin API, shared by the `hub` CLI and the web app."""
+"""The /hub admin API: list the models with their state and budget, load and unload them, record measured memory
+peaks, read engine logs. hub/client.py is its client (the `hub` CLI and the web app).
+
+GET /hub/models answers {"object": "list", "data": [model entries], "budgets": [per host], "time": now}; the
+entries and budgets are built here from the manager's slots, and the CLI, the web app and the benchmarks read them.
+"""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
-import httpx
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import PlainTextResponse
+
+from hub.ledger import MemoryReport
+from hub.manager import Manager, Slot
 
 
-class AdminError(Exception):
-    """An /hub admin call failed; the message says what to do next."""
+def model_entry(manager: Manager, s: Slot) -> dict[str, Any]:
+    """One model's public state, as listed by GET /hub/models and answered by load, unload and memory."""
+    registry = manager.registry
+    return {
+        "id": s.id,
+        "type": s.cfg.type,
+        "engine": s.cfg.engine,
+        "runtime": registry.runtime_of(s.id) if s.engine.managed else "external",
+        "host": s.cfg.host,
+        "state": s.state.value,
+        "memory_gb": s.cfg.memory_gb,
+        "budget_gb": manager.memory_of(s),
+        "measured_gb": m.peak_gb if (m := manager.ledger.get(s.id)) else None,
+        "measured_device": m.device if m else None,
+        "pinned": s.cfg.pinned,
+        "ttl": registry.ttl_of(s.id),
+        "in_flight": s.in_flight,
+        "last_used": s.last_used or None,
+        "reason": s.reason,
+        "starts": s.starts,
+        "ready_seconds": (s.ready_at - s.started_at) if s.ready_at and s.started_at else None,
+        **({"process": s.handle.info} if s.handle else {}),
+    }
 
 
-def error_message(body: Any, fallback: str) -> str:
-    """The message of an OpenAI-shaped error body (or of its inner error object), else `fallback`."""
-    if isinstance(body, dict):
-        inner = body.get("error", body)
-        if isinstance(inner, dict) and isinstance(inner.get("message"), str):
-            return inner["message"]
-    return fallback
+def model_entries(manager: Manager) -> list[dict[str, Any]]:
+    """Every registered model's entry, in registry order."""
+    return [model_entry(manager, s) for s in manager.slots.values()]
 
 
-class Admin:
-    """GET /hub/models, POST /hub/models/{id}/load|unload and GET /hub/models/{id}/logs of one hub."""
+def budgets(manager: Manager) -> list[dict[str, Any]]:
+    """Budget and use per host: the local one first, then the registry's remote hosts."""
+    registry = manager.registry
+    hosts = ["local", *registry.hosts]
+    return [{"host": h, "budget_gb": registry.budget_of(h), "used_gb": manager.used_gb(h)} for h in hosts]
 
-    def __init__(self, base_url: str, api_key: str | None = None, timeout: float = 30.0) -> None:
-        self.base_url = base_url.rstrip("/")
-        headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
-        self.http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout)
 
-    def _call(self, method: str, path: str, timeout: float | None = None) -> httpx.Response:
-        try:
-            r = self.http.request(method, path, timeout=timeout or self.http.timeout)
-        except httpx.ConnectError:
-            raise AdminError(f"cannot reach the hub at {self.base_url}: is `hub serve` running?") from None
-        except httpx.TimeoutException:
-            raise AdminError(f"the hub did not answer {method} {path} in time: see `hub ps` and `hub logs`") from None
-        if r.status_code >= 400:
-            try:
-                body = r.json()
-            except ValueError:
-                body = None
-            raise AdminError(error_message(body, f"{method} {path}: HTTP {r.status_code} {r.text.strip()[:200]}"))
-        return r
+def listing(manager: Manager) -> dict[str, Any]:
+    """The body of GET /hub/models."""
+    return {"object": "list", "data": model_entries(manager), "budgets": budgets(manager), "time": time.time()}
 
-    def models(self) -> dict[str, Any]:
-        """The admin listing: {"data": [model entries], "budgets": [...], "time": now}."""
-        return self._call("GET", "/hub/models").json()
 
-    def state(self, model_id: str) -> str | None:
-        """The model's lifecycle state, or None when the hub cannot tell (it is never an error to ask)."""
-        try:
-            entries = self.models()["data"]
-        except (AdminError, KeyError, ValueError):
-            return None
-        return next((m["state"] for m in entries if m["id"] == model_id), None)
+def manager_of(request: Request) -> Manager:
+    """The manager of the app serving the request (create_app keeps it in app.state)."""
+    return request.app.state.manager
 
-    def load(self, model_id: str, timeout: float = 900.0) -> dict[str, Any]:
-        """Start a model and wait until it is ready (or failed)."""
-        return self._call("POST", f"/hub/models/{model_id}/load", timeout=timeout).json()
 
-    def unload(self, model_id: str, timeout: float = 120.0) -> dict[str, Any]:
-        """Stop a model."""
-        return self._call("POST", f"/hub/models/{model_id}/unload", timeout=timeout).json()
+router = APIRouter()
 
-    def logs(self, model_id: str, tail: int = 60) -> str:
-        """The tail of a model's engine log."""
-        return self._call("GET", f"/hub/models/{model_id}/logs?tail={tail}").text
 
-    def close(self) -> None:
-        """Close the pooled connection."""
-        self.http.close()
+@router.get("/hub/models")
+async def hub_models(manager: Manager = Depends(manager_of)) -> dict[str, Any]:
+    return listing(manager)
+
+
+@router.post("/hub/models/{model_id}/load")
+async def hub_load(model_id: str, manager: Manager = Depends(manager_of)) -> dict[str, Any]:
+    return model_entry(manager, await manager.load(model_id))
+
+
+@router.post("/hub/models/{model_id}/unload")
+async def hub_unload(model_id: str, manager: Manager = Depends(manager_of)) -> dict[str, Any]:
+    return model_entry(manager, await manager.unload(model_id))
+
+
+@router.post("/hub/models/{model_id}/memory")
+async def hub_memory(model_id: str, report: MemoryReport, manager: Manager = Depends(manager_of)) -> dict[str, Any]:
+    """Keep a measured peak (benchmarks/memory.py) in the memory ledger; it budgets undeclared models."""
+    s = manager.slot(model_id)
+    manager.ledger.record(model_id, report.peak_gb, report.device, report.source)
+    return model_entry(manager, s)
+
+
+@router.get("/hub/models/{model_id}/logs")
+async def hub_logs(model_id: str, tail: int = 200, manager: Manager = Depends(manager_of)) -> PlainTextResponse:
+    return PlainTextResponse(manager.logs(model_id, max(1, min(tail, 10000))))

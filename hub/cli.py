@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from hub.admin import Admin, AdminError
+from hub.client import Admin, AdminError
 from hub.config import CLIENT_URL_ENV, Registry, client_api_key, client_url
 from hub.errors import ConfigError, HubError
 from hub.registry import load_registry

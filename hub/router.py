@@ -1,4 +1,4 @@
-"""The HTTP surface: OpenAI-compatible /v1 routes, the /hub admin routes, /health, and the web app at /.
+"""The HTTP surface: OpenAI-compatible /v1 routes, /health, the /hub admin routes (hub/admin.py), and the web app at /.
 
 Requests are routed by the registry's model type; bodies are passed to the engine as received (never re-encoded)
 and streams are passed on chunk by chunk. Every HubError becomes an OpenAI-shaped error here and only here.
@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import secrets
-import time
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -16,14 +15,14 @@ import aiohttp
 import httpx
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from hub.admin import router as admin_router
 from hub.config import Registry
 from hub.errors import AuthError, HubError, RequestError, UpstreamError, WrongModelType
-from hub.ledger import MemoryReport
 from hub.manager import Lease, Manager
 
 # Headers that describe one hop of a connection, not the message: never passed on.
@@ -283,35 +282,9 @@ def create_app(registry: Registry, manager: Manager | None = None, ui: bool = Tr
         r = await proxy.client.get(f"{s.handle.base_url}/files/{name}")
         return Response(r.content, r.status_code, media_type=r.headers.get("content-type"))
 
-    # ---- admin ----
+    # ---- admin (hub/admin.py): before the web app, which is mounted at / and would shadow it ----
 
-    @app.get("/hub/models")
-    async def hub_models() -> dict[str, Any]:
-        return {"object": "list", "data": manager.snapshot(), "budgets": manager.budgets(), "time": time.time()}
-
-    def entry(model_id: str) -> dict[str, Any]:
-        return next(m for m in manager.snapshot() if m["id"] == model_id)
-
-    @app.post("/hub/models/{model_id}/load")
-    async def hub_load(model_id: str) -> dict[str, Any]:
-        await manager.load(model_id)
-        return entry(model_id)
-
-    @app.post("/hub/models/{model_id}/unload")
-    async def hub_unload(model_id: str) -> dict[str, Any]:
-        await manager.unload(model_id)
-        return entry(model_id)
-
-    @app.post("/hub/models/{model_id}/memory")
-    async def hub_memory(model_id: str, report: MemoryReport) -> dict[str, Any]:
-        """Keep a measured peak (benchmarks/memory.py) in the memory ledger; it budgets undeclared models."""
-        manager.slot(model_id)
-        manager.ledger.record(model_id, report.peak_gb, report.device, report.source)
-        return entry(model_id)
-
-    @app.get("/hub/models/{model_id}/logs")
-    async def hub_logs(model_id: str, tail: int = 200) -> PlainTextResponse:
-        return PlainTextResponse(manager.logs(model_id, max(1, min(tail, 10000))))
+    app.include_router(admin_router)
 
     if ui:
         from hub.ui import mount_ui

@@ -11,6 +11,7 @@ import pytest
 
 from benchmarks.metrics import RequestRecord, added_latency, percentile, summarize_text
 from benchmarks.results import write_csv
+from hub.admin import model_entries
 from hub.ledger import MEASURED_MARGIN, Ledger, budgeted_gb, ledger_memory_of
 from hub.manager import Manager
 from hub.registry import parse_registry
@@ -130,7 +131,7 @@ def test_manager_budgets_undeclared_models_from_the_ledger(tmp_path, monkeypatch
     Ledger.of(reg).record("declared", 9.0, "cuda:0")
     assert mgr.memory_of(mgr.slots["measured"]) == pytest.approx(4.0 * (1 + MEASURED_MARGIN))
     assert mgr.memory_of(mgr.slots["declared"]) == 3.0, "a declared memory_gb wins over a measurement"
-    snap = {m["id"]: m for m in mgr.snapshot()}
+    snap = {m["id"]: m for m in model_entries(mgr)}
     assert snap["measured"]["measured_gb"] == 4.0 and snap["measured"]["measured_device"] == "cuda:0"
     assert snap["declared"]["measured_gb"] == 9.0 and snap["declared"]["budget_gb"] == 3.0
     fn = ledger_memory_of(Ledger.of(reg), margin=0.5)

@@ -180,3 +180,13 @@ async def test_ttl_stops_idle_models_but_not_pinned_or_busy() -> None:
     assert states(mgr) == {"a": "stopped", "b": "ready", "p": "ready"}
     await busy
     await mgr.shutdown()
+
+
+async def test_budget_evicts_as_many_lru_idle_models_as_needed_together() -> None:
+    mgr, rt = make({"a": 3, "b": 3, "c": 3, "big": 7}, budget=10)
+    for mid in ("a", "b", "c", "a"):
+        await use(mgr, mid)
+    await use(mgr, "big")  # b then c are the least recently used; 3 + 7 fits
+    assert states(mgr) == {"a": "ready", "b": "stopped", "c": "stopped", "big": "ready"}
+    assert sorted(rt.stopped) == ["b", "c"] and mgr.slots["b"].reason == "evicted to make room for 'big'"
+    await mgr.shutdown()

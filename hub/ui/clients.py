@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import openai
 
-from hub.admin import Admin, AdminError, error_message
+from hub.client import Admin, AdminError, error_message
 
 __all__ = ["Admin", "AdminError", "error_message", "make_clients"]
 

@@ -1,21 +1,6 @@
-"""The model manager: the lifecycle of every model, the memory budget, idle unloading and crash handling.
+"""Slot, Lease and Manager: the orchestration of starts, stops, leases, the memory budget and crashes.
 
-States and their transitions (one `Slot` per registered model):
-
-    stopped ──start──> starting ──ready──> ready ──stop (unload, idle ttl, eviction, shutdown)──> stopping ──> stopped
-    failed  ──start──> starting                     ready ──engine exits──> failed (reason kept, next request restarts)
-                       starting ──exits / times out / cannot launch──> failed
-
-Rules:
-- Single flight: one start task per model; every request for a cold model awaits that same task, for at most
-  start_timeout.
-- Budget: a model counts at its declared memory_gb, else at its measured peak plus a margin (hub/ledger.py, written
-  by benchmarks/memory.py), else 0. A start first takes its host's budget lock, then stops least-recently-used
-  idle unpinned models until the new one fits. A busy model is never stopped: the start waits up to drain_timeout
-  for it to go idle, then fails with MemoryBusy naming it.
-  Starting, ready and stopping models all count as using memory.
-- A request holds a Lease while it is served (streams included): leased models are busy.
-- Unmanaged engines (`openai`) are always ready and never started or stopped.
+The rules are in the package's docstring (hub/manager/__init__.py); the states and their moves in states.py.
 """
 
 from __future__ import annotations
@@ -26,8 +11,6 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from enum import StrEnum
-from typing import Any
 
 import httpx
 
@@ -43,6 +26,8 @@ from hub.errors import (
     StartTimeout,
 )
 from hub.ledger import Ledger, ledger_memory_of
+from hub.manager.planner import AwaitStops, Candidate, Evict, Fits, Impossible, Peer, Release, WaitForBusy, plan
+from hub.manager.states import HOLDS_MEMORY, State, move
 from hub.runtimes import Handle, Runtime, make_runtime
 
 log = logging.getLogger("hub.manager")
@@ -53,19 +38,6 @@ def _retrieve(task: asyncio.Task) -> None:
     """Mark a start task's exception as seen: its waiters (if any) got it already."""
     if not task.cancelled():
         task.exception()
-
-
-class State(StrEnum):
-    """A model's lifecycle state."""
-
-    STOPPED = "stopped"
-    STARTING = "starting"
-    READY = "ready"
-    STOPPING = "stopping"
-    FAILED = "failed"
-
-
-HOLDS_MEMORY = (State.STARTING, State.READY, State.STOPPING)
 
 
 @dataclass(eq=False)
@@ -91,8 +63,13 @@ class Slot:
 
     def __post_init__(self) -> None:
         self.idle.set()
-        if not self.engine.managed:
+        if not self.engine.managed:  # the initial state, not a move: an unmanaged engine is ready and stays so
             self.state = State.READY
+
+    @property
+    def managed(self) -> bool:
+        """Whether the hub starts and stops this model's engine (an `openai` upstream it does not)."""
+        return self.engine.managed
 
 
 @dataclass
@@ -243,37 +220,6 @@ class Manager:
             if s.cfg.host == host and s.engine.managed and s.state in HOLDS_MEMORY
         )
 
-    def snapshot(self) -> list[dict[str, Any]]:
-        """Every model's public state, for GET /hub/models."""
-        out = []
-        for s in self.slots.values():
-            out.append({
-                "id": s.id,
-                "type": s.cfg.type,
-                "engine": s.cfg.engine,
-                "runtime": self.registry.runtime_of(s.id) if s.engine.managed else "external",
-                "host": s.cfg.host,
-                "state": s.state.value,
-                "memory_gb": s.cfg.memory_gb,
-                "budget_gb": self.memory_of(s),
-                "measured_gb": m.peak_gb if (m := self.ledger.get(s.id)) else None,
-                "measured_device": m.device if m else None,
-                "pinned": s.cfg.pinned,
-                "ttl": self.registry.ttl_of(s.id),
-                "in_flight": s.in_flight,
-                "last_used": s.last_used or None,
-                "reason": s.reason,
-                "starts": s.starts,
-                "ready_seconds": (s.ready_at - s.started_at) if s.ready_at and s.started_at else None,
-                **({"process": s.handle.info} if s.handle else {}),
-            })
-        return out
-
-    def budgets(self) -> list[dict[str, Any]]:
-        """Budget and use per host."""
-        hosts = ["local", *self.registry.hosts]
-        return [{"host": h, "budget_gb": self.registry.budget_of(h), "used_gb": self.used_gb(h)} for h in hosts]
-
     # ---- internals ----
 
     def runtime(self, s: Slot) -> Runtime:
@@ -310,20 +256,25 @@ class Manager:
         try:
             async with self._budget_lock(s.cfg.host):
                 await self._make_room(s)
-                s.state, s.reason, s.started_at, s.ready_at = State.STARTING, None, time.time(), None
+                move(s, State.STARTING, None)
+                s.started_at, s.ready_at = time.time(), None
             s.starts += 1
             await self._launch_and_wait(s)
-            s.state, s.ready_at, s.last_used = State.READY, time.time(), time.time()
+            move(s, State.READY, None)
+            s.ready_at = s.last_used = time.time()
             s.watch_task = asyncio.create_task(self._watch(s), name=f"watch-{s.id}")
             log.info("%s ready after %.1fs", s.id, s.ready_at - (s.started_at or s.ready_at))
         except (MemoryBusy, StartFailed, StartTimeout):
             raise
         except asyncio.CancelledError:
-            await self._discard(s, "start cancelled")
-            s.state = State.STOPPED
+            await self._discard(s, "start cancelled")  # an adopted engine too, if it was cancelled before starting
+            if s.state == State.STARTING:
+                move(s, State.STOPPED, "start cancelled")
             raise
         except Exception as err:  # a bug in an engine or runtime must not leave the model "starting" forever
             log.exception("starting %s", s.id)
+            if s.state != State.STARTING:  # it struck before the launch (making room): nothing to undo
+                raise StartFailed(f"model {s.id!r} failed to start: internal error: {err!r}") from err
             await self._fail(s, f"internal error: {err!r}")
         finally:
             s.start_task = None
@@ -347,7 +298,7 @@ class Manager:
                 await self._fail(s, f"the engine {why} before it was ready")
             if time.monotonic() > deadline:
                 await self._discard(s, "start timeout")
-                s.state, s.reason = State.FAILED, f"not ready within start_timeout ({timeout:g}s)"
+                move(s, State.FAILED, f"not ready within start_timeout ({timeout:g}s)")
                 raise StartTimeout(
                     f"model {s.id!r} was not ready within start_timeout ({timeout:g}s) and was stopped; "
                     f"raise [hub] start_timeout or see `hub logs {s.id}`",
@@ -357,10 +308,11 @@ class Manager:
             delay = min(delay * 1.5, 1.0)
 
     async def _fail(self, s: Slot, reason: str, with_log: bool = True) -> None:
-        """Mark the model failed, release its engine, and raise StartFailed with the reason and its log's tail."""
+        """Release a starting model's engine, mark the model failed, and raise StartFailed with the reason and the
+        tail of its log."""
         tail = self.runtime(s).logs(s.id, LOG_TAIL_LINES) if with_log else ""
         await self._discard(s, reason)
-        s.state, s.reason = State.FAILED, reason
+        move(s, State.FAILED, reason)
         msg = f"model {s.id!r} failed to start: {reason}"
         if tail.strip():
             msg += f"\n--- last lines of its log (`hub logs {s.id}`) ---\n{tail.rstrip()}"
@@ -377,25 +329,32 @@ class Manager:
                 await self.runtime(s).stop(handle, self.registry.hub.stop_timeout)
 
     async def _stop(self, s: Slot, why: str) -> None:
-        """Stop a ready (or failed) model's engine; concurrent calls share one stop."""
-        if not s.engine.managed:
-            return
+        """Stop a ready (or failed) model's engine and wait until it is gone; concurrent calls share one stop."""
+        if task := self._begin_stop(s, why):
+            await asyncio.shield(task)
+
+    def _begin_stop(self, s: Slot, why: str) -> asyncio.Task | None:
+        """Move a ready model (or a failed one that still has an engine) to stopping right away, so that no request
+        leases it any more, and return the task that stops its engine: the one in progress, if any. None when
+        there is nothing to stop."""
+        if not s.managed:
+            return None
         if s.stop_task:
-            await asyncio.shield(s.stop_task)
-            return
+            return s.stop_task
         if s.state not in (State.READY, State.FAILED) or (s.state == State.FAILED and not s.handle):
-            return
+            return None
+        move(s, State.STOPPING, why)
+        log.info("stopping %s: %s", s.id, why)
 
         async def run() -> None:
-            s.state = State.STOPPING
-            log.info("stopping %s: %s", s.id, why)
             try:
                 await self._discard(s, why)
             finally:
-                s.state, s.reason, s.stop_task = State.STOPPED, why, None
+                move(s, State.STOPPED, why)
+                s.stop_task = None
 
         s.stop_task = asyncio.create_task(run(), name=f"stop-{s.id}")
-        await asyncio.shield(s.stop_task)
+        return s.stop_task
 
     async def _watch(self, s: Slot) -> None:
         """Notice an engine that exits while ready: the model becomes failed and keeps the reason."""
@@ -405,7 +364,7 @@ class Manager:
         why = await self.runtime(s).wait_exit(handle)
         if s.handle is handle and s.state == State.READY:
             s.handle, s.watch_task = None, None
-            s.state, s.reason = State.FAILED, f"the engine {why} unexpectedly"
+            move(s, State.FAILED, f"the engine {why} unexpectedly")
             log.warning("%s: %s", s.id, s.reason)
             with contextlib.suppress(Exception):
                 await self.runtime(s).stop(handle, self.registry.hub.stop_timeout)
@@ -413,51 +372,44 @@ class Manager:
     def _budget_lock(self, host: str) -> asyncio.Lock:
         return self._budget_locks.setdefault(host, asyncio.Lock())
 
+    def _peer(self, o: Slot) -> Peer:
+        """How the eviction planner sees another model."""
+        return Peer(o.id, o.state, self.memory_of(o), o.cfg.pinned, o.in_flight, o.last_used,
+                    stopping=o.stop_task is not None,
+                    failed_with_handle=o.state == State.FAILED and o.handle is not None)
+
     async def _make_room(self, s: Slot) -> None:
-        """Stop LRU idle unpinned models on s's host until s fits its budget; busy ones are waited for."""
+        """Until s fits its host's budget, do what the planner says: wait for stops in progress, stop least recently
+        used idle unpinned models, release failed engines, wait up to drain_timeout for busy ones, or give up."""
         host = s.cfg.host
-        budget = self.registry.budget_of(host)
-        if budget is None:
-            return
-        need = self.memory_of(s)
+        candidate = Candidate(s.id, self.memory_of(s), host, self.registry.budget_of(host))
         deadline = time.monotonic() + self.registry.hub.drain_timeout
-        while self.used_gb(host) + need > budget:
-            others = [o for o in self.slots.values() if o is not s and o.cfg.host == host and o.engine.managed]
-            stopping = [o.stop_task for o in others if o.stop_task]
-            if stopping:
-                await asyncio.gather(*(asyncio.shield(t) for t in stopping), return_exceptions=True)
-                continue
-            victims = sorted((o for o in others if o.state == State.READY and not o.cfg.pinned),
-                             key=lambda o: o.last_used)
-            idle = [o for o in victims if o.in_flight == 0]
-            if idle:
-                await self._stop(idle[0], f"evicted to make room for {s.id!r}")
-                continue
-            if failed := [o for o in others if o.state == State.FAILED and o.handle]:
-                await self._stop(failed[0], "released after failure")
-                continue
-            if not victims:
-                holders = [o for o in others if o.state in HOLDS_MEMORY]
-                names = ", ".join(f"{o.id!r} ({o.state.value}{', pinned' if o.cfg.pinned else ''}, "
-                                  f"{self.memory_of(o):g} GB)" for o in holders)
-                raise MemoryBusy(
-                    f"model {s.id!r} needs {need:g} GB but host {host!r} has {budget - self.used_gb(host):g} of "
-                    f"{budget:g} GB free and nothing can be unloaded: {names or 'no other model holds memory'}"
-                )
-            remaining = deadline - time.monotonic()
-            busy = victims[0]
-            if remaining <= 0:
-                raise MemoryBusy(
-                    f"model {s.id!r} needs {need:g} GB of host {host!r}'s {budget:g} GB budget, but model "
-                    f"{busy.id!r} is busy ({busy.in_flight} request(s) in flight); retry when it is idle",
-                    headers={"Retry-After": "5"},
-                )
-            waits = [asyncio.create_task(o.idle.wait()) for o in victims]
-            try:
-                await asyncio.wait(waits, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                for w in waits:
-                    w.cancel()
+        while True:
+            others = [o for o in self.slots.values() if o is not s and o.cfg.host == host and o.managed]
+            match decision := plan(candidate, [self._peer(o) for o in others]):
+                case Fits():
+                    return
+                case AwaitStops(ids):
+                    stops = [t for i in ids if (t := self.slots[i].stop_task)]
+                    await asyncio.gather(*(asyncio.shield(t) for t in stops), return_exceptions=True)
+                case Evict(ids):
+                    # every victim moves to stopping now, before any request can lease it; their engines stop together
+                    stops = [self._begin_stop(self.slots[i], f"evicted to make room for {s.id!r}") for i in ids]
+                    await asyncio.gather(*(asyncio.shield(t) for t in stops if t))
+                case Release(mid):
+                    await self._stop(self.slots[mid], "released after failure")
+                case Impossible():
+                    raise decision.error()
+                case WaitForBusy(busy=busy):
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise decision.timeout_error()
+                    waits = [asyncio.create_task(self.slots[p.id].idle.wait()) for p in busy]
+                    try:
+                        await asyncio.wait(waits, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
+                    finally:
+                        for w in waits:
+                            w.cancel()
 
     async def _ttl_loop(self) -> None:
         """Every second: stop ready models idle for longer than their ttl."""

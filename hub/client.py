@@ -1,0 +1,72 @@
+"""A client for the hub's /hub admin API, shared by the `hub` CLI and the web app."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+
+class AdminError(Exception):
+    """An /hub admin call failed; the message says what to do next."""
+
+
+def error_message(body: Any, fallback: str) -> str:
+    """The message of an OpenAI-shaped error body (or of its inner error object), else `fallback`."""
+    if isinstance(body, dict):
+        inner = body.get("error", body)
+        if isinstance(inner, dict) and isinstance(inner.get("message"), str):
+            return inner["message"]
+    return fallback
+
+
+class Admin:
+    """GET /hub/models, POST /hub/models/{id}/load|unload and GET /hub/models/{id}/logs of one hub."""
+
+    def __init__(self, base_url: str, api_key: str | None = None, timeout: float = 30.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
+        self.http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout)
+
+    def _call(self, method: str, path: str, timeout: float | None = None) -> httpx.Response:
+        try:
+            r = self.http.request(method, path, timeout=timeout or self.http.timeout)
+        except httpx.ConnectError:
+            raise AdminError(f"cannot reach the hub at {self.base_url}: is `hub serve` running?") from None
+        except httpx.TimeoutException:
+            raise AdminError(f"the hub did not answer {method} {path} in time: see `hub ps` and `hub logs`") from None
+        if r.status_code >= 400:
+            try:
+                body = r.json()
+            except ValueError:
+                body = None
+            raise AdminError(error_message(body, f"{method} {path}: HTTP {r.status_code} {r.text.strip()[:200]}"))
+        return r
+
+    def models(self) -> dict[str, Any]:
+        """The admin listing: {"data": [model entries], "budgets": [...], "time": now}."""
+        return self._call("GET", "/hub/models").json()
+
+    def state(self, model_id: str) -> str | None:
+        """The model's lifecycle state, or None when the hub cannot tell (it is never an error to ask)."""
+        try:
+            entries = self.models()["data"]
+        except (AdminError, KeyError, ValueError):
+            return None
+        return next((m["state"] for m in entries if m["id"] == model_id), None)
+
+    def load(self, model_id: str, timeout: float = 900.0) -> dict[str, Any]:
+        """Start a model and wait until it is ready (or failed)."""
+        return self._call("POST", f"/hub/models/{model_id}/load", timeout=timeout).json()
+
+    def unload(self, model_id: str, timeout: float = 120.0) -> dict[str, Any]:
+        """Stop a model."""
+        return self._call("POST", f"/hub/models/{model_id}/unload", timeout=timeout).json()
+
+    def logs(self, model_id: str, tail: int = 60) -> str:
+        """The tail of a model's engine log."""
+        return self._call("GET", f"/hub/models/{model_id}/logs?tail={tail}").text
+
+    def close(self) -> None:
+        """Close the pooled connection."""
+        self.http.close()

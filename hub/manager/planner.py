@@ -1,0 +1,148 @@
+"""The eviction planner: what to do so that a model about to start fits its host's memory budget.
+
+Pure: it sees plain values (a `Candidate` and a `Peer` per other managed model on the host) and returns one
+decision; Manager._make_room carries it out (under the host's budget lock) and asks again until the answer is
+`Fits` or an error. In order:
+
+1. no budget on the host, or the model fits beside what the others hold:       Fits
+2. some other model is being stopped already: its memory is about to be freed:  AwaitStops
+3. ready, idle, unpinned models: the least recently used ones, as few as fit:   Evict
+4. a failed model that still has an engine:                                    Release
+5. ready unpinned models, all busy: their requests will end (drain_timeout):    WaitForBusy
+6. only pinned or starting models hold the memory:                             Impossible
+
+A model counts against the budget while it is starting, ready or stopping (states.HOLDS_MEMORY). Pinned models
+are never chosen; busy ones are only waited for.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from hub.errors import MemoryBusy
+from hub.manager.states import HOLDS_MEMORY, State
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """The model that is about to start."""
+
+    id: str
+    need_gb: float
+    host: str
+    budget_gb: float | None  # None: the host has no budget
+
+
+@dataclass(frozen=True)
+class Peer:
+    """Another managed model on the candidate's host, as the planner sees it."""
+
+    id: str
+    state: State
+    memory_gb: float
+    pinned: bool = False
+    in_flight: int = 0
+    last_used: float = 0.0
+    stopping: bool = False  # a stop is in progress
+    failed_with_handle: bool = False  # failed, but its engine was not released
+
+
+@dataclass(frozen=True)
+class Fits:
+    """Start it: the budget has room."""
+
+
+@dataclass(frozen=True)
+class AwaitStops:
+    """Wait for the stops in progress of these models, then ask again."""
+
+    ids: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Evict:
+    """Stop these idle models, least recently used first: the fewest that make room, or all of them when even
+    that is not enough (then ask again)."""
+
+    ids: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Release:
+    """Stop the engine this failed model still holds, then ask again."""
+
+    id: str
+
+
+@dataclass(frozen=True)
+class WaitForBusy:
+    """Wait until one of these busy models (least recently used first) is idle, at most until the drain deadline;
+    past it, fail with `timeout_error()`."""
+
+    model: str
+    need_gb: float
+    host: str
+    budget_gb: float
+    busy: tuple[Peer, ...]
+
+    def timeout_error(self) -> MemoryBusy:
+        """MemoryBusy naming the least recently used busy model."""
+        first = self.busy[0]
+        return MemoryBusy(
+            f"model {self.model!r} needs {self.need_gb:g} GB of host {self.host!r}'s {self.budget_gb:g} GB budget, "
+            f"but model {first.id!r} is busy ({first.in_flight} request(s) in flight); retry when it is idle",
+            headers={"Retry-After": "5"},
+        )
+
+
+@dataclass(frozen=True)
+class Impossible:
+    """Nothing can be stopped or waited for: fail with `error()`."""
+
+    model: str
+    need_gb: float
+    host: str
+    budget_gb: float
+    free_gb: float
+    holders: tuple[Peer, ...]  # the models holding memory
+
+    def error(self) -> MemoryBusy:
+        """MemoryBusy naming every model that holds memory, with its state, pin and size."""
+        names = ", ".join(f"{p.id!r} ({p.state.value}{', pinned' if p.pinned else ''}, {p.memory_gb:g} GB)"
+                          for p in self.holders)
+        return MemoryBusy(
+            f"model {self.model!r} needs {self.need_gb:g} GB but host {self.host!r} has {self.free_gb:g} of "
+            f"{self.budget_gb:g} GB free and nothing can be unloaded: {names or 'no other model holds memory'}"
+        )
+
+
+Decision = Fits | AwaitStops | Evict | Release | WaitForBusy | Impossible
+
+
+def used_gb(peers: Sequence[Peer]) -> float:
+    """The GB that these models hold (those starting, ready or stopping)."""
+    return sum(p.memory_gb for p in peers if p.state in HOLDS_MEMORY)
+
+
+def plan(candidate: Candidate, peers: Sequence[Peer]) -> Decision:
+    """The next step towards fitting `candidate` beside `peers` (the other managed models on its host)."""
+    budget, need = candidate.budget_gb, candidate.need_gb
+    if budget is None or used_gb(peers) + need <= budget:
+        return Fits()
+    if stopping := [p.id for p in peers if p.stopping]:
+        return AwaitStops(tuple(stopping))
+    victims = sorted((p for p in peers if p.state == State.READY and not p.pinned), key=lambda p: p.last_used)
+    if idle := [p for p in victims if p.in_flight == 0]:
+        chosen: list[str] = []
+        for p in idle:
+            chosen.append(p.id)
+            if used_gb([q for q in peers if q.id not in chosen]) + need <= budget:
+                break
+        return Evict(tuple(chosen))
+    if failed := [p for p in peers if p.failed_with_handle]:
+        return Release(failed[0].id)
+    if not victims:
+        holders = tuple(p for p in peers if p.state in HOLDS_MEMORY)
+        return Impossible(candidate.id, need, candidate.host, budget, budget - used_gb(peers), holders)
+    return WaitForBusy(candidate.id, need, candidate.host, budget, tuple(victims))

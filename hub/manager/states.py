@@ -1,0 +1,84 @@
+"""A model's lifecycle states and the one table of the moves allowed between them.
+
+    stopped ──start──> starting ──answers──> ready ──stop──> stopping ──gone──> stopped
+       ^                │  │  ^                │                ^
+       └───cancelled────┘  │  │ next request   │ engine exits   │ release (it still
+          exits, times out,│  │ (restart)      │                │ has a handle)
+          cannot launch    v  │                │                │
+                          failed <─────────────┘                │
+                            └───────────────────────────────────┘
+
+- starting:  the start task made room in the budget and launches the engine, then waits for it to answer.
+- stop:      an unload, the idle ttl, an eviction or the hub's shutdown; it waits for the engine to exit.
+- cancelled: the start task was cancelled (hub shutdown) after it had begun launching.
+- failed:    keeps the reason; the next request starts the model again.
+
+Every change of a managed model's state goes through `move`, which raises InvalidTransition (a bug in the hub,
+never an HTTP error) for a move the table does not list. A model starts stopped; an unmanaged engine (`openai`)
+starts ready and never moves.
+"""
+
+from __future__ import annotations
+
+import logging
+from enum import StrEnum
+from typing import Protocol
+
+log = logging.getLogger("hub.manager")
+
+
+class State(StrEnum):
+    """A model's lifecycle state; the values are what GET /hub/models and /v1/models show."""
+
+    STOPPED = "stopped"
+    STARTING = "starting"
+    READY = "ready"
+    STOPPING = "stopping"
+    FAILED = "failed"
+
+
+TRANSITIONS: dict[State, frozenset[State]] = {
+    State.STOPPED: frozenset({State.STARTING}),
+    State.STARTING: frozenset({State.READY, State.FAILED, State.STOPPED}),
+    State.READY: frozenset({State.STOPPING, State.FAILED}),
+    State.STOPPING: frozenset({State.STOPPED}),
+    State.FAILED: frozenset({State.STARTING, State.STOPPING}),
+}
+"""The allowed next states of each state: the diagram above, and nothing else."""
+
+HOLDS_MEMORY = frozenset({State.STARTING, State.READY, State.STOPPING})
+"""The states in which a model counts against its host's memory budget."""
+
+
+class InvalidTransition(RuntimeError):
+    """A state change that the table does not allow: a bug in the hub, not something a request did."""
+
+    def __init__(self, model: str, from_: State, to: State, managed: bool = True) -> None:
+        self.model, self.from_, self.to = model, from_, to
+        if not managed:
+            why = "its engine is not managed by the hub, so it is always ready and never changes state"
+        else:
+            allowed = ", ".join(sorted(TRANSITIONS[from_])) or "nothing"
+            why = f"from {from_} it may only move to {allowed}"
+        super().__init__(f"model {model!r}: invalid state change {from_} -> {to}: {why}")
+
+
+class Movable(Protocol):
+    """What `move` needs of a model (hub.manager.Slot is one)."""
+
+    id: str
+    state: State
+    reason: str | None
+
+    @property
+    def managed(self) -> bool: ...
+
+
+def move(slot: Movable, to: State, reason: str | None) -> None:
+    """Change a model's state to `to` and its reason (None, or why it is in that state), or raise
+    InvalidTransition when the table does not allow it."""
+    from_ = slot.state
+    if not slot.managed or to not in TRANSITIONS[from_]:
+        raise InvalidTransition(slot.id, from_, to, slot.managed)
+    slot.state, slot.reason = to, reason
+    log.debug("%s: %s -> %s%s", slot.id, from_, to, f" ({reason})" if reason else "")
