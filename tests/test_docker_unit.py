@@ -15,13 +15,8 @@ from hub.engines.base import LaunchContext
 from hub.engines.vllm import DEFAULT_IMAGE as VLLM_IMAGE
 from hub.errors import ConfigError, RuntimeFailure
 from hub.registry import parse_registry
-from hub.runtimes.docker import (
-    DockerRuntime,
-    config_hash,
-    container_config,
-    container_name,
-    explain_api_error,
-)
+from hub.runtimes.container import config_hash, container_config, container_name
+from hub.runtimes.docker import DockerRuntime, explain_api_error
 
 # vLLM's documented line (docs.vllm.ai, "Using Docker"):
 #   docker run --runtime nvidia --gpus all -v ~/.cache/huggingface:/root/.cache/huggingface \

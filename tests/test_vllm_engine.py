@@ -12,7 +12,7 @@ from hub.engines.base import LaunchContext, LaunchSpec
 from hub.engines.vllm import VllmEngine, gpu_memory_utilization
 from hub.errors import ConfigError, RuntimeFailure
 from hub.registry import parse_registry
-from hub.runtimes.docker import container_command
+from hub.runtimes.container import container_command
 from hub.runtimes.process import ProcessRuntime
 
 # Flags of vLLM's OpenAI-compatible server (`vllm serve --help`, docs "Engine Arguments" and "OpenAI-Compatible

@@ -2,19 +2,12 @@
 `[hosts.<name>]` one), driven through the docker SDK. The SDK blocks, so every call runs in a worker thread.
 
 Rules:
-- Labels: `hub=1`, `hub.model=<id>`, `hub.port=<engine port>`, `hub.config-hash=<hash of the container's
-  settings>`. A container named `hub-<id>` without `hub=1` is not the hub's: start refuses to touch it.
+- The container itself (command, mounts, GPUs, labels) is `hub/runtimes/container.py`'s pure `container_config`.
+  A container named `hub-<id>` without the label `hub=1` is not the hub's: start refuses to touch it.
 - Network: `publish` (default) publishes the engine's port on the host's `publish_address` (127.0.0.1 unless
   configured); `host` runs the container in the host's network. Either way the hub reaches the engine at the
   host's `address` and the port the manager chose.
-- Command: the spec's command line (when it has one) replaces the image's entrypoint's arguments; then the listen
-  address (0.0.0.0, inside the container) with the spec's bind flag, then the spec's arguments.
-- Mounts (decided here and nowhere else): the Hugging Face cache (`hf_cache`, a path on the Docker host) at
-  /root/.cache/huggingface, and the spec's model_path (a local model folder) read-only at the same path. HF_TOKEN
-  is passed when set.
-- GPUs: `gpus = "all"` or a list of ids become device requests under the NVIDIA runtime; a host without that
-  runtime is an error, never a silent CPU run. A spec asking for shared memory gets ipc=host; every container
-  gets an init process.
+- GPUs: a host without the NVIDIA runtime is an error for a spec that asks for GPUs, never a silent CPU run.
 - Stop: `docker stop` (SIGTERM through the init process, SIGKILL after the grace period), then remove. The
   container's log is kept first in `<state_dir>/logs/<model>.log`, so `hub logs` still works afterwards.
 - Restart safety: at hub start, `adopt` takes over a running container of the model whose config hash matches;
@@ -25,39 +18,29 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import json
 import logging
 import math
 import os
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, TypeVar
 
 import requests
 from docker.errors import APIError, DockerException, NotFound
-from docker.types import DeviceRequest
 
 import docker
-from hub.config import HostConfig, Registry
+from hub.config import Registry
 from hub.engines.base import LaunchSpec
 from hub.errors import RuntimeFailure
 from hub.runtimes.base import Handle, Runtime, local_gpu_memory_gb
-from hub.runtimes.process import tail_file
+from hub.runtimes.container import LABEL, container_config, container_name
+from hub.runtimes.logs import tail_file
 
 log = logging.getLogger("hub.docker")
 T = TypeVar("T")
 
-HF_CACHE_IN_CONTAINER = "/root/.cache/huggingface"
-LABEL = "hub"
 POLL_SECONDS = 1.0
 CONNECTION_ERRORS = (DockerException, requests.RequestException)
-
-
-def container_name(model_id: str) -> str:
-    """The name of a model's container (docker names allow the model id's characters except ':')."""
-    return "hub-" + model_id.replace(":", "-")
 
 
 def build_hint(image: str) -> str:
@@ -66,58 +49,6 @@ def build_hint(image: str) -> str:
         return f"build it with `hub build` (docker/diffusers/Dockerfile) or load it there (docker save {image} | " \
                f"docker -H HOST load)"
     return f"pull it on that host: `docker pull {image}`"
-
-
-def container_config(model_id: str, spec: LaunchSpec, port: int, host: HostConfig,
-                     hf_token: str | None = None) -> dict[str, Any]:
-    """The keyword arguments of `containers.create` for a model: image, command, labels, env, mounts, GPUs,
-    ipc, init and network. Pure, so it is unit-tested against vLLM's documented `docker run` line."""
-    if not spec.image:
-        raise RuntimeFailure(f"model {model_id!r} has no image for the docker runtime: set `image = \"...\"` in its "
-                             "table (engines vllm and diffusers have one)")
-    env = {"PYTHONUNBUFFERED": "1", **spec.environ}
-    if hf_token:
-        env["HF_TOKEN"] = hf_token
-    volumes: dict[str, dict[str, str]] = {
-        str(Path(host.hf_cache).expanduser()): {"bind": HF_CACHE_IN_CONTAINER, "mode": "rw"},
-    }
-    if spec.model_path:
-        volumes[spec.model_path] = {"bind": spec.model_path, "mode": "ro"}
-    kw: dict[str, Any] = {
-        "image": spec.image,
-        "command": container_command(spec),
-        "name": container_name(model_id),
-        "environment": env,
-        "volumes": volumes,
-        "init": True,
-    }
-    if spec.gpus:
-        kw["runtime"] = "nvidia"  # --runtime nvidia --gpus all | --gpus '"device=0,1"'
-        req = (DeviceRequest(count=-1, capabilities=[["gpu"]]) if spec.gpus == "all"
-               else DeviceRequest(device_ids=[str(i) for i in spec.gpus], capabilities=[["gpu"]]))
-        kw["device_requests"] = [req]
-    if spec.shared_memory:
-        kw["ipc_mode"] = "host"
-    if host.network == "host":
-        kw["network_mode"] = "host"
-    else:
-        kw["ports"] = {f"{port}/tcp": (host.publish_address, port)}
-    kw["labels"] = {LABEL: "1", "hub.model": model_id, "hub.port": str(port), "hub.config-hash": config_hash(kw)}
-    return kw
-
-
-def container_command(spec: LaunchSpec) -> list[str]:
-    """The container's command: the spec's command line, if any, then the listen address and the arguments."""
-    bind = [spec.bind_flag, "0.0.0.0"] if spec.bind_flag else []
-    return [*(spec.command or []), *bind, *spec.args]
-
-
-def config_hash(kw: dict[str, Any]) -> str:
-    """A short hash of a container's settings (the HF token's value left out), to tell whether a running container
-    still matches the registry."""
-    data = {k: v for k, v in kw.items() if k != "labels"}
-    data["environment"] = {k: ("set" if k == "HF_TOKEN" else v) for k, v in kw.get("environment", {}).items()}
-    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def explain_api_error(model_id: str, host: str, err: APIError) -> str:

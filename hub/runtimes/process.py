@@ -13,12 +13,12 @@ import os
 import signal
 import sys
 import time
-from collections import deque
 from pathlib import Path
 
 from hub.engines.base import LaunchSpec
 from hub.errors import RuntimeFailure
 from hub.runtimes.base import Handle, Runtime, local_gpu_memory_gb
+from hub.runtimes.logs import tail_file
 
 _PR_SET_PDEATHSIG = 1
 
@@ -27,15 +27,6 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
     if sys.platform.startswith("linux"):
         with contextlib.suppress(Exception):
             ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
-def tail_file(path: Path, lines: int) -> str:
-    """The last `lines` lines of a text file ("" if it does not exist)."""
-    try:
-        with path.open(errors="replace") as f:
-            return "".join(deque(f, maxlen=lines))
-    except FileNotFoundError:
-        return ""
 
 
 class ProcessRuntime(Runtime):
