@@ -18,6 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match, Mount
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from hub.admin import router as admin_router
@@ -29,6 +30,7 @@ from hub.manager import Lease, Manager
 HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "content-length", "content-encoding", "host",
                "authorization", "te", "trailer", "upgrade", "proxy-authorization", "proxy-connection"}
 
+API_PREFIXES = ("/v1", "/hub", "/files")  # never the web app's: unknown paths here get OpenAI-shaped errors
 TEXT_ENDPOINTS = "/v1/chat/completions or /v1/completions"
 IMAGE_ENDPOINTS = "/v1/images/generations or /v1/images/edits"
 
@@ -215,13 +217,18 @@ def create_app(registry: Registry, manager: Manager | None = None, ui: bool = Tr
     async def health() -> dict[str, str]:
         return {"status": "ok"}
 
+    def model_object(s: Any) -> dict[str, Any]:
+        """The OpenAI model object of a registered model, with the hub's own fields."""
+        return {"id": s.id, "object": "model", "created": 0, "owned_by": "hub", "type": s.cfg.type,
+                "engine": s.cfg.engine, "state": s.state.value, "description": s.cfg.description}
+
     @app.get("/v1/models")
     async def list_models() -> dict[str, Any]:
-        return {"object": "list", "data": [
-            {"id": s.id, "object": "model", "created": 0, "owned_by": "hub", "type": s.cfg.type,
-             "engine": s.cfg.engine, "state": s.state.value, "description": s.cfg.description}
-            for s in manager.slots.values()
-        ]}
+        return {"object": "list", "data": [model_object(s) for s in manager.slots.values()]}
+
+    @app.get("/v1/models/{model_id:path}")
+    async def retrieve_model(model_id: str) -> dict[str, Any]:
+        return model_object(manager.slot(model_id))
 
     async def text_route(request: Request, path: str, field: str, what: str) -> Response:
         raw = await request.body()
@@ -285,6 +292,27 @@ def create_app(registry: Registry, manager: Manager | None = None, ui: bool = Tr
     # ---- admin (hub/admin.py): before the web app, which is mounted at / and would shadow it ----
 
     app.include_router(admin_router)
+
+    # ---- anything else under the API's prefixes: an OpenAI-shaped 404 or 405, never the web app's page ----
+
+    async def not_served(request: Request) -> JSONResponse:
+        routes = [r for r in app.router.routes
+                  if not isinstance(r, Mount) and getattr(r, "endpoint", None) is not not_served]
+        allowed = [m for m in every_method if m != request.method
+                   and any(r.matches({**request.scope, "method": m})[0] == Match.FULL for r in routes)]
+        path = request.url.path
+        if allowed:
+            msg = f"{request.method} {path} is not allowed: use {' or '.join(allowed)}"
+            return JSONResponse(error_body(msg, "invalid_request_error", None, "method_not_allowed"), 405,
+                                headers={"Allow": ", ".join(allowed)})
+        msg = (f"{request.method} {path}: the hub serves no such endpoint; see GET /v1/models for the models and "
+               "the README's endpoint table for what each kind serves")
+        return JSONResponse(error_body(msg, "invalid_request_error", None, "not_found"), 404)
+
+    every_method = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
+    for prefix in API_PREFIXES:
+        app.add_api_route(prefix, not_served, methods=every_method, include_in_schema=False)
+        app.add_api_route(prefix + "/{rest:path}", not_served, methods=every_method, include_in_schema=False)
 
     if ui:
         from hub.ui import mount_ui

@@ -1,0 +1,66 @@
+"""The API's own surface through a real `hub serve` with the web app mounted at /: model retrieval, and
+OpenAI-shaped 404/405 for every path and method under /v1, /hub and /files that the hub does not serve (the web
+app must never answer there)."""
+
+from __future__ import annotations
+
+import httpx
+import openai
+import pytest
+
+from tests.test_router import client, image_model, text_model
+
+
+@pytest.fixture
+def ui_hub(hub_factory):
+    return hub_factory(text_model("echo", more='description = "a test echo"') + image_model("pix"), ui=True)
+
+
+def test_models_retrieve(ui_hub) -> None:
+    m = client(ui_hub).models.retrieve("echo")
+    assert (m.id, m.object, m.owned_by) == ("echo", "model", "hub")
+    raw = httpx.get(ui_hub.v1 + "/models/echo", timeout=10).json()
+    assert raw["type"] == "text" and raw["state"] == "stopped" and raw["description"] == "a test echo"
+    with pytest.raises(openai.NotFoundError) as err:
+        client(ui_hub).models.retrieve("nope")
+    body = err.value.response.json()["error"]
+    assert body["code"] == "model_not_found" and "available: echo, pix" in body["message"]
+
+
+def assert_openai_error(r: httpx.Response, status: int) -> dict:
+    assert r.status_code == status, (r.request.method, r.request.url.path, r.status_code, r.text[:300])
+    assert r.headers["content-type"].startswith("application/json"), r.text[:300]
+    err = r.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"} and err["message"]
+    return err
+
+
+UNKNOWN = ["/v1", "/v1/", "/v1/nothing", "/v1/chat", "/v1/chat/completions/extra", "/v1/engines/x/completions",
+           "/v1/files", "/v1/batches", "/v1/fine_tuning/jobs", "/v1/assistants", "/hub", "/hub/", "/hub/nothing",
+           "/hub/models/echo/restart", "/files", "/files/pix"]
+WRONG_METHODS = [
+    ("GET", "/v1/chat/completions", "POST"),
+    ("PUT", "/v1/completions", "POST"),
+    ("GET", "/v1/images/generations", "POST"),
+    ("DELETE", "/v1/images/edits", "POST"),
+    ("POST", "/v1/models", "GET"),
+    ("DELETE", "/v1/models/echo", "GET"),
+    ("POST", "/hub/models", "GET"),
+    ("GET", "/hub/models/echo/load", "POST"),
+    ("POST", "/files/pix/abc.png", "GET"),
+]
+
+
+def test_unknown_paths_and_wrong_methods_get_openai_errors(ui_hub) -> None:
+    for path in UNKNOWN:
+        for method in ("GET", "POST", "DELETE"):
+            r = httpx.request(method, ui_hub.url + path, timeout=10)
+            err = assert_openai_error(r, 404)
+            assert err["code"] == "not_found" and path.rstrip("/") in err["message"]
+    for method, path, allowed in WRONG_METHODS:
+        r = httpx.request(method, ui_hub.url + path, timeout=10)
+        err = assert_openai_error(r, 405)
+        assert err["code"] == "method_not_allowed" and allowed in r.headers["allow"] and allowed in err["message"]
+    # the web app still serves its own paths
+    r = httpx.get(ui_hub.url + "/", timeout=30)
+    assert r.status_code == 200 and "<html" in r.text.lower()
