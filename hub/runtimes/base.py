@@ -9,6 +9,7 @@ import subprocess
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Any
 
 from hub.engines.base import LaunchSpec
@@ -25,9 +26,11 @@ class Handle:
     info: dict[str, Any] = field(default_factory=dict)  # shown in /hub/models (pid, container, host)
 
 
+@cache
 def local_gpu_memory_gb() -> dict[int, float]:
-    """Total memory in GB of each GPU of this machine by index, from nvidia-smi ({} without one). Blocks for as long
-    as nvidia-smi takes (at most 30 s)."""
+    """Total memory in GB of each GPU of this machine by index, from nvidia-smi ({} without one). Asked once per
+    process (a machine's GPUs do not change while the hub runs); the first call blocks for as long as nvidia-smi
+    takes (at most 30 s)."""
     smi = shutil.which("nvidia-smi")
     if not smi:
         return {}
