@@ -1,6 +1,7 @@
 """The registry (`models.toml`): parsed once into pydantic models; every default lives here and nowhere else.
 
-A leaf: it imports nothing of the hub but its errors. Pydantic checks shapes and types (`extra="forbid"`: an unknown
+A leaf: it imports nothing of the hub but its errors and the route table (hub/endpoints.py: the kinds of model and
+the tasks they serve, pure data). Pydantic checks shapes and types (`extra="forbid"`: an unknown
 key is an error) and `Registry.problems()` checks what needs the whole file (hosts that exist, models that fit their
 budget). What each engine accepts is that engine's business: `hub/registry.py` loads a file, then asks every
 engine for its own checks. Every check reports "key.path: message (valid: ...)" lines, collected into one
@@ -20,6 +21,8 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+
+from hub.endpoints import KINDS, TASKS
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
@@ -47,7 +50,8 @@ def parse_duration(value: Any) -> float:
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 RuntimeName = Literal["process", "docker"]
-ModelType = Literal["text", "image"]
+ModelType = Literal[KINDS]  # type: ignore[valid-type]
+Task = Literal[TASKS]  # type: ignore[valid-type]
 
 
 class _Strict(BaseModel):
@@ -97,6 +101,7 @@ class ModelConfig(_Strict):
     args: dict[str, Any] = Field(default_factory=dict, description="the engine's own keys (see each engine)")
     env: dict[str, str] = Field(default_factory=dict)
     description: str | None = Field(None, description="a note for people: shown by the web app and /v1/models")
+    tasks: list[Task] | None = Field(None, description="what the model serves, where its kind's tasks do not fit")
     # docker runtime
     image: str | None = None
     gpus: Literal["all"] | list[int] | None = None

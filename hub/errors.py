@@ -5,7 +5,9 @@
     ├── RequestError (400)         the request is malformed (bad JSON, a missing or wrong field)
     │   └── WrongModelType (400)   a text request for an image model or the other way round; names the endpoint
     ├── AuthError (401)            API key missing or wrong
-    ├── ModelNotFound (404)        no such model in the registry; lists the ones that exist
+    ├── NotFound (404)             no such thing: a path the hub does not serve, a response it did not relay
+    │   └── ModelNotFound (404)    no such model in the registry; lists the ones that exist
+    ├── MethodNotAllowed (405)     the path is served, not with this method; carries Allow
     ├── UpstreamError (502)        the engine broke off or crashed while serving a request
     └── ModelUnavailable (503)     the model cannot serve now
         ├── StartFailed (503)      the engine failed to start; carries the reason and the tail of its log
@@ -65,12 +67,30 @@ class AuthError(HubError):
     code = "invalid_api_key"
 
 
-class ModelNotFound(HubError):
-    """No model of that id is registered."""
+class NotFound(HubError):
+    """No such thing here: a path the hub does not serve, a response it did not relay."""
 
     status = 404
     type = "invalid_request_error"
+    code = "not_found"
+
+
+class ModelNotFound(NotFound):
+    """No model of that id is registered."""
+
     code = "model_not_found"
+
+
+class MethodNotAllowed(HubError):
+    """The path is served, but not with this method."""
+
+    status = 405
+    type = "invalid_request_error"
+    code = "method_not_allowed"
+
+    def __init__(self, method: str, path: str, allowed: list[str]) -> None:
+        super().__init__(f"{method} {path} is not allowed: use {' or '.join(allowed)}",
+                         headers={"Allow": ", ".join(allowed)})
 
 
 class UpstreamError(HubError):

@@ -2,8 +2,10 @@
 
 Run: python tests/responder.py --port PORT [--model NAME] [--delay S] [--start-delay S] [--fail-start]
 It answers chat and completions by echoing (deterministically, so tests can assert on the text), streams SSE
-chunks, makes real PNG images for generations and edits, and has endpoints to crash it (/test/crash) and to
-count requests (/test/stats). Only the standard library and uvicorn/starlette (the hub's own environment).
+chunks, makes real PNG images for generations and edits, hears audio uploads (it reports their size and digest)
+and speaks (a real WAV of silence), keeps the responses it makes, echoes what it got on every other endpoint of the
+hub's route table, and has endpoints to crash it (/test/crash) and to count requests (/test/stats). Only the
+standard library and uvicorn/starlette (the hub's own environment).
 """
 
 from __future__ import annotations
@@ -11,11 +13,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import hashlib
+import io
 import json
 import os
 import struct
 import sys
 import time
+import wave
 import zlib
 
 from starlette.applications import Starlette
@@ -118,6 +123,65 @@ def make_app(opts: argparse.Namespace) -> Starlette:
         resp.headers["x-test-images"] = ",".join(str(x) for x in names)
         return resp
 
+    async def audio_in(request: Request) -> Response:
+        stats["requests"] += 1
+        async with request.form() as form:
+            upload = form.get("file")
+            if upload is None or isinstance(upload, str):
+                return JSONResponse({"error": {"message": "file is required", "type": "invalid_request_error",
+                                               "param": "file", "code": None}}, status_code=400)
+            data = await upload.read()
+            fields = {k: v for k, v in form.items() if isinstance(v, str)}
+        return JSONResponse({"text": f"heard {len(data)} bytes", "sha256": hashlib.sha256(data).hexdigest(),
+                             "filename": upload.filename, "content_type": upload.content_type, "fields": fields,
+                             "path": request.url.path})
+
+    async def speech(request: Request) -> Response:
+        stats["requests"] += 1
+        body = await request.json()
+        buf = io.BytesIO()
+        with wave.open(buf, "wb") as w:
+            w.setnchannels(1)
+            w.setsampwidth(2)
+            w.setframerate(8000)
+            w.writeframes(b"\x00\x00" * 80 * len(str(body.get("input", ""))))
+        return Response(buf.getvalue(), media_type="audio/wav")
+
+    responses: dict[str, dict] = {}
+
+    async def create_response(request: Request) -> Response:
+        stats["requests"] += 1
+        body = await request.json()
+        rid = f"resp_{len(responses) + 1}_{os.getpid()}"
+        obj = {"id": rid, "object": "response", "created_at": int(time.time()), "model": body["model"],
+               "status": "completed", "output_text": f"echo: {body.get('input')}"}
+        responses[rid] = obj
+        if body.get("stream"):
+            async def events():
+                for kind in ("response.created", "response.completed"):
+                    yield f"event: {kind}\ndata: {json.dumps({'type': kind, 'response': obj})}\n\n"
+                    await asyncio.sleep(opts.chunk_delay)
+            return StreamingResponse(events(), media_type="text/event-stream")
+        return JSONResponse(obj)
+
+    async def response_by_id(request: Request) -> Response:
+        rid = request.path_params["rid"]
+        if rid not in responses:
+            return JSONResponse({"error": {"message": f"no response {rid}", "type": "invalid_request_error",
+                                           "param": None, "code": None}}, status_code=404)
+        if request.method == "DELETE":
+            responses.pop(rid)
+            return JSONResponse({"id": rid, "object": "response", "deleted": True})
+        if request.url.path.endswith("/cancel"):
+            responses[rid]["status"] = "cancelled"
+        return JSONResponse(responses[rid])
+
+    async def echo(request: Request) -> Response:
+        stats["requests"] += 1
+        body = await request.json()
+        return JSONResponse({"path": request.url.path, "query": request.url.query, "model": body.get("model"),
+                             "object": "echo"})
+
     async def crash(request: Request) -> Response:
         os._exit(3)
 
@@ -129,6 +193,15 @@ def make_app(opts: argparse.Namespace) -> Starlette:
         Route("/v1/chat/completions", chat, methods=["POST"]), Route("/v1/completions", chat, methods=["POST"]),
         Route("/v1/images/generations", generations, methods=["POST"]),
         Route("/v1/images/edits", edits, methods=["POST"]),
+        Route("/v1/audio/transcriptions", audio_in, methods=["POST"]),
+        Route("/v1/audio/translations", audio_in, methods=["POST"]),
+        Route("/v1/audio/speech", speech, methods=["POST"]),
+        Route("/v1/responses", create_response, methods=["POST"]),
+        Route("/v1/responses/{rid}", response_by_id, methods=["GET", "DELETE"]),
+        Route("/v1/responses/{rid}/cancel", response_by_id, methods=["POST"]),
+        *(Route(p, echo, methods=["POST"]) for p in (
+            "/v1/messages", "/v1/messages/count_tokens", "/v1/embeddings", "/v1/score", "/score", "/v1/rerank",
+            "/rerank", "/v2/rerank", "/tokenize", "/detokenize")),
         Route("/test/crash", crash, methods=["POST"]), Route("/test/stats", stats_route),
     ])
 

@@ -37,7 +37,8 @@ def assert_openai_error(r: httpx.Response, status: int) -> dict:
 
 UNKNOWN = ["/v1", "/v1/", "/v1/nothing", "/v1/chat", "/v1/chat/completions/extra", "/v1/engines/x/completions",
            "/v1/files", "/v1/batches", "/v1/fine_tuning/jobs", "/v1/assistants", "/hub", "/hub/", "/hub/nothing",
-           "/hub/models/echo/restart", "/files", "/files/pix"]
+           "/hub/models/echo/restart", "/files", "/files/pix", "/v2", "/v2/nothing", "/v1/audio",
+           "/v1/responses/resp_1/x/y", "/v1/embeddings/x", "/v1/audio/speech/x"]
 WRONG_METHODS = [
     ("GET", "/v1/chat/completions", "POST"),
     ("PUT", "/v1/completions", "POST"),
@@ -48,6 +49,13 @@ WRONG_METHODS = [
     ("POST", "/hub/models", "GET"),
     ("GET", "/hub/models/echo/load", "POST"),
     ("POST", "/files/pix/abc.png", "GET"),
+    ("GET", "/v1/responses", "POST"),
+    ("PATCH", "/v1/responses/resp_1", "GET"),
+    ("GET", "/v1/responses/resp_1/cancel", "POST"),
+    ("GET", "/v1/embeddings", "POST"),
+    ("GET", "/v1/audio/transcriptions", "POST"),
+    ("GET", "/v2/rerank", "POST"),
+    ("GET", "/tokenize", "POST"),
 ]
 
 
@@ -61,6 +69,12 @@ def test_unknown_paths_and_wrong_methods_get_openai_errors(ui_hub) -> None:
         r = httpx.request(method, ui_hub.url + path, timeout=10)
         err = assert_openai_error(r, 405)
         assert err["code"] == "method_not_allowed" and allowed in r.headers["allow"] and allowed in err["message"]
+    # Anthropic's clients get Anthropic's shape
+    for method, path, status in [("GET", "/v1/messages", 405), ("POST", "/v1/messages/batches", 404),
+                                 ("GET", "/v1/messages/count_tokens", 405)]:
+        r = httpx.request(method, ui_hub.url + path, timeout=10)
+        assert r.status_code == status and r.json()["type"] == "error", (path, r.text)
+        assert r.json()["error"]["type"] == ("not_found_error" if status == 404 else "invalid_request_error")
     # the web app still serves its own paths
     r = httpx.get(ui_hub.url + "/", timeout=30)
     assert r.status_code == 200 and "<html" in r.text.lower()

@@ -59,7 +59,7 @@ def test_unknown_type_and_key_and_bad_duration() -> None:
     text = "\n".join(out)
     assert "hub.idle_ttl: 'soon' is not a duration" in text
     assert "hub.colour: unknown key (valid: host, port," in text
-    assert "models.a.type: unknown type 'video' (valid: 'text', 'image')" in text
+    assert "models.a.type: unknown type 'video' (valid: 'text', 'image', 'embedding', 'rerank'," in text
     assert "models.a.size: unknown key (valid: type, engine, source" in text
 
 

@@ -102,10 +102,14 @@ class Engine:
     managed: ClassVar[bool] = True
     Args: ClassVar[type[BaseModel]] = NoArgs
     needs_source: ClassVar[bool] = False
+    kinds: ClassVar[tuple[str, ...] | None] = None  # the model types it can serve (None: any)
 
     def problems(self, model: ModelConfig) -> list[str]:
         """Problems with this model's engine keys, as "key: message" relative to the model's table."""
         out = []
+        if self.kinds is not None and model.type not in self.kinds:
+            out.append(f"type: engine {self.name!r} does not serve {model.type!r} models "
+                       f"(valid: {', '.join(self.kinds)})")
         if self.needs_source and not model.source:
             out.append(f"source: engine {self.name!r} needs a source (a local folder or a hub repo id)")
         try:
@@ -117,6 +121,11 @@ class Engine:
     def args(self, model: ModelConfig) -> Any:
         """The validated `args` table."""
         return self.Args.model_validate(model.args)
+
+    def refusal(self, model: ModelConfig, task: str, body: dict[str, Any]) -> str | None:
+        """Why this model cannot take a request the route table would send it (None: it can). Called before the
+        model is started, so that a request the engine would refuse does not cost a cold start."""
+        return None
 
     def launch(self, ctx: LaunchContext) -> LaunchSpec:
         """The LaunchSpec that runs this model, listening on `ctx.port`."""

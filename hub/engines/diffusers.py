@@ -25,6 +25,7 @@ class DiffusersEngine(Engine):
     name: ClassVar[str] = "diffusers"
     Args: ClassVar[type[BaseModel]] = DiffusersArgs
     needs_source: ClassVar[bool] = True
+    kinds: ClassVar[tuple[str, ...] | None] = ("image",)
 
     def launch(self, ctx: LaunchContext) -> LaunchSpec:
         a = self.args(ctx.model)

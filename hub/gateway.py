@@ -1,0 +1,425 @@
+"""The model-routed endpoints (the route table of hub/endpoints.py) as a plain ASGI app in front of FastAPI.
+
+One generic path serves every endpoint: read the body, find the model it names, check that the model serves the
+endpoint, acquire the model (the manager starts it if needed), pass the body on as received and the answer back as
+it arrives. Streams go straight from the engine's socket to ASGI `send`; a client that leaves closes the engine's
+response, so the engine stops generating. Everything else (/v1/models, /files, /hub, the web app) goes to the app
+behind. Every HubError becomes an error body here, in the client's dialect: OpenAI's shape everywhere, Anthropic's
+on /v1/messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import secrets
+from collections import OrderedDict
+from typing import Any
+
+import aiohttp
+from starlette.datastructures import Headers
+from starlette.requests import Request
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from hub.endpoints import (
+    BY_ID_METHODS,
+    BY_PATH,
+    RESPONSE_BY_ID,
+    ROOT_PATHS,
+    Dialect,
+    Endpoint,
+    dialect_of,
+    endpoints_of,
+    tasks_of,
+)
+from hub.errors import (
+    AuthError,
+    HubError,
+    MethodNotAllowed,
+    NotFound,
+    RequestError,
+    UpstreamError,
+    WrongModelType,
+)
+from hub.manager import Lease, Manager
+
+# Headers that describe one hop of a connection, not the message: never passed on.
+HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "content-length", "content-encoding", "host",
+               "authorization", "te", "trailer", "upgrade", "proxy-authorization", "proxy-connection"}
+ANTHROPIC_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+                   404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error", 503: "overloaded_error"}
+RESPONSE_ID = re.compile(rb'"id"\s*:\s*"([^"]{1,200})"')
+SNIFF_BYTES = 65536  # how far into a Responses stream its id is looked for
+REMEMBERED_RESPONSES = 10000
+
+
+# ---- error shapes (the API boundary) ----
+
+def error_body(message: str, type_: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
+    """The OpenAI error shape."""
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+def anthropic_error_body(message: str, status: int) -> dict[str, Any]:
+    """Anthropic's error shape."""
+    kind = ANTHROPIC_TYPES.get(status, "invalid_request_error" if status < 500 else "api_error")
+    return {"type": "error", "error": {"type": kind, "message": message}}
+
+
+def shaped_error(err: HubError, dialect: Dialect = "openai") -> dict[str, Any]:
+    """A HubError's body in the client's dialect."""
+    if dialect == "anthropic":
+        return anthropic_error_body(err.message, err.status)
+    return error_body(err.message, err.type, err.param, err.code)
+
+
+async def send_json(send: Send, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
+    """A whole JSON response over ASGI."""
+    data = json.dumps(body).encode()
+    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]
+    raw += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": data})
+
+
+async def send_error(send: Send, err: HubError, dialect: Dialect = "openai") -> None:
+    """A HubError as a response in the client's dialect, with its status and headers."""
+    await send_json(send, err.status, shaped_error(err, dialect), err.headers)
+
+
+class ApiKeyMiddleware:
+    """Requires the hub's API key on /v1, /hub and the table's other paths: `Authorization: Bearer <key>` (OpenAI
+    clients, Claude Code's ANTHROPIC_AUTH_TOKEN) or `x-api-key: <key>` (the anthropic SDK, ANTHROPIC_API_KEY)."""
+
+    def __init__(self, app: ASGIApp, key: str, env_name: str) -> None:
+        self.app, self.key, self.env_name = app, key.encode(), env_name
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if (scope["type"] == "http" and scope["method"] != "OPTIONS"
+                and (path.startswith(("/v1/", "/hub/", "/v2/")) or path in ROOT_PATHS)):
+            headers = Headers(scope=scope)
+            given = headers.get("authorization", "")
+            token = given[7:] if given[:7].lower() == "bearer " else headers.get("x-api-key", "")
+            if not secrets.compare_digest(token.encode(), self.key):
+                why = "missing" if not (given or "x-api-key" in headers) else "wrong"
+                err = AuthError(f"API key {why}: send 'Authorization: Bearer <key>' (or 'x-api-key: <key>') with the "
+                                f"key in ${self.env_name}")
+                await send_error(send, err, dialect_of(path))
+                return
+        await self.app(scope, receive, send)
+
+
+class ResponseBook:
+    """Which model made each response the hub relayed (bounded: the oldest are forgotten first)."""
+
+    def __init__(self, size: int = REMEMBERED_RESPONSES) -> None:
+        self.size, self.ids = size, OrderedDict[str, str]()
+
+    def remember(self, response_id: str, model: str) -> None:
+        self.ids[response_id] = model
+        self.ids.move_to_end(response_id)
+        while len(self.ids) > self.size:
+            self.ids.popitem(last=False)
+
+    def model_of(self, response_id: str) -> str | None:
+        return self.ids.get(response_id)
+
+    def forget(self, response_id: str) -> None:
+        self.ids.pop(response_id, None)
+
+
+class ClientGone(Exception):
+    """The client disconnected before its request body arrived."""
+
+
+async def read_body(receive: Receive) -> bytes:
+    """The whole request body."""
+    chunks = []
+    while True:
+        msg = await receive()
+        if msg["type"] == "http.disconnect":
+            raise ClientGone
+        chunks.append(msg.get("body", b""))
+        if not msg.get("more_body"):
+            return b"".join(chunks)
+
+
+def base_url(scope: Scope) -> str:
+    """The URL the client called the hub at (for links the client follows back, such as image files)."""
+    host = Headers(scope=scope).get("host")
+    if not host:
+        server = scope.get("server") or ("localhost", 80)
+        host = f"{server[0]}:{server[1]}"
+    return f"{scope.get('scheme', 'http')}://{host}{scope.get('root_path', '')}"
+
+
+class Gateway:
+    """Serves the route table; passes every other request to `app`."""
+
+    def __init__(self, manager: Manager, app: ASGIApp | None = None) -> None:
+        self.manager, self.app = manager, app
+        self.responses = ResponseBook()
+        self._session: aiohttp.ClientSession | None = None
+
+    def session(self) -> aiohttp.ClientSession:
+        """The pooled session to the engines (made on first use: it belongs to the running loop). aiohttp rather
+        than httpx on the hot path: about 1 ms less CPU per request."""
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=60),
+                timeout=aiohttp.ClientTimeout(total=None, connect=10.0, sock_read=None),
+                skip_auto_headers=("User-Agent", "Accept-Encoding"),  # engines answer uncompressed
+            )
+        return self._session
+
+    def wrap(self, app: ASGIApp) -> Gateway:
+        """Put this gateway in front of `app` (a middleware factory: `fastapi_app.add_middleware(gw.wrap)`)."""
+        self.app = app
+        return self
+
+    async def close(self) -> None:
+        """Close the pooled session."""
+        if self._session is not None:
+            await self._session.close()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope["path"]
+        ep = BY_PATH.get(path)
+        by_id = None if ep or not path.startswith("/v1/responses/") else RESPONSE_BY_ID.match(path)
+        if ep is None and by_id is None:
+            await self.app(scope, receive, send)
+            return
+        dialect = ep.dialect if ep else "openai"
+        method = scope["method"]
+        allowed = [ep.method] if ep else list(BY_ID_METHODS[by_id.group(2) or ""])
+        try:
+            if method not in allowed:
+                raise MethodNotAllowed(method, path, allowed)
+            if ep:
+                await self.serve(scope, receive, send, ep)
+            else:
+                await self.serve_by_id(scope, receive, send, by_id.group(1))
+        except HubError as err:
+            await send_error(send, err, dialect)
+        except ClientGone:
+            return
+
+    # ---- the two ways in ----
+
+    async def serve(self, scope: Scope, receive: Receive, send: Send, ep: Endpoint) -> None:
+        """A request that names its model in its body."""
+        raw = await read_body(receive)
+        content_type = Headers(scope=scope).get("content-type", "")
+        if ep.body == "multipart":
+            model, stream = await self.read_form(scope, raw, content_type, ep)
+            body = None
+        else:
+            body = json_object(raw)
+            model = body.get("model")
+            if not isinstance(model, str) or not model:
+                raise RequestError(f"missing required parameter 'model' (the id of a registered model that serves "
+                                   f"{ep.paths[0]}; see GET /v1/models)", param="model")
+            for f in ep.required:
+                value = body.get(f.name)
+                if value is None:
+                    raise RequestError(f"missing required parameter '{f.name}' ({f.what})", param=f.name)
+                if not isinstance(value, f.types) or isinstance(value, bool):
+                    raise RequestError(f"'{f.name}' must be {f.what}", param=f.name)
+            stream = body.get("stream") is True
+        slot = self.check_task(model, ep, scope["path"])
+        if body is not None and (why := slot.engine.refusal(slot.cfg, ep.task, body)):
+            raise RequestError(why)
+        extra = {"x-hub-files-url": f"{base_url(scope)}/files/{model}"} if ep.files else {}
+        await self.forward(scope, receive, send, model, ep.method, ep.upstream or scope["path"], raw, body,
+                           content_type, stream, ep, extra)
+
+    async def serve_by_id(self, scope: Scope, receive: Receive, send: Send, response_id: str) -> None:
+        """GET, DELETE, cancel and input_items of a response: sent to the model that made it, if still running."""
+        model = self.responses.model_of(response_id)
+        if model is None:
+            raise NotFound(f"no response {response_id!r} was made through this hub (or it was made so long ago "
+                                "that the hub forgot which model made it)", param="response_id")
+        slot = self.manager.slot(model)
+        if not slot.handle and slot.engine.managed:
+            self.responses.forget(response_id)
+            raise NotFound(f"response {response_id!r} is gone: model {model!r}, which kept it in memory, "
+                                "has stopped since", param="response_id")
+        ep = BY_PATH["/v1/responses"]
+        await self.forward(scope, receive, send, model, scope["method"], scope["path"], b"", None, "", False, ep, {})
+        if scope["method"] == "DELETE":
+            self.responses.forget(response_id)
+
+    # ---- checks ----
+
+    async def read_form(self, scope: Scope, raw: bytes, content_type: str, ep: Endpoint) -> tuple[str, bool]:
+        """`model` and `stream` of a multipart body, after checking its required fields."""
+        if not content_type.startswith("multipart/form-data"):
+            names = ", ".join(f.name for f in ep.required)
+            raise RequestError(f"{ep.paths[0]} takes multipart/form-data with model, {names} and the other fields")
+
+        async def replay() -> Message:
+            return {"type": "http.request", "body": raw, "more_body": False}
+
+        try:
+            form = await Request(scope, replay).form()
+        except Exception as err:  # python-multipart raises several types for malformed bodies
+            raise RequestError(f"the multipart body cannot be parsed: {err}") from None
+        try:
+            model = form.get("model")
+            if not isinstance(model, str) or not model:
+                raise RequestError(f"missing required parameter 'model' (the id of a registered model that serves "
+                                   f"{ep.paths[0]})", param="model")
+            for f in ep.required:
+                if f.name not in form and f"{f.name}[]" not in form:
+                    raise RequestError(f"missing required parameter '{f.name}' ({f.what})", param=f.name)
+            return model, str(form.get("stream", "")).lower() == "true"
+        finally:
+            await form.close()
+
+    def check_task(self, model: str, ep: Endpoint, path: str) -> Any:
+        """The model's slot; WrongModelType naming what the model serves and which models serve `path`."""
+        slot = self.manager.slot(model)
+        if ep.task in tasks_of(slot.cfg.type, slot.cfg.tasks):
+            return slot
+        serves = endpoints_of(slot.cfg.type, slot.cfg.tasks)
+        others = [s.id for s in self.manager.slots.values() if ep.task in tasks_of(s.cfg.type, s.cfg.tasks)]
+        article = "an" if slot.cfg.type[0] in "aeiou" else "a"
+        where = (f"registered models that serve it: {', '.join(others)}" if others
+                 else "no registered model serves it")
+        raise WrongModelType(f"model {model!r} is {article} {slot.cfg.type} model: use {' or '.join(serves)} "
+                             f"(it does not serve {path}; {where})", param="model")
+
+    # ---- forwarding ----
+
+    async def forward(self, scope: Scope, receive: Receive, send: Send, model: str, method: str, path: str, raw: bytes,
+                      body: dict[str, Any] | None, content_type: str, stream: bool, ep: Endpoint,
+                      extra: dict[str, str]) -> None:
+        """Acquire the model, send the request to its engine, and pass the answer (or stream) back."""
+        lease = await self.manager.acquire(model)
+        try:
+            up = lease.upstream
+            if body is not None and up.model and up.model != model:
+                raw = json.dumps({**body, "model": up.model}).encode()
+            headers = {"content-type": content_type} if content_type else {}
+            if up.api_key:
+                headers["authorization"] = f"Bearer {up.api_key}"
+            query = scope.get("query_string", b"")
+            url = up.base_url + path + (f"?{query.decode('latin-1')}" if query else "")
+            try:
+                resp = await self.session().request(method, url, data=raw or None, headers=headers)
+            except (aiohttp.ClientError, TimeoutError) as err:
+                raise upstream_error(lease, err) from None
+        except BaseException:
+            lease.release()
+            raise
+        out = [(k.lower(), v) for k, v in resp.raw_headers if k.decode("latin-1").lower() not in HOP_HEADERS]
+        out += [(k.encode(), v.encode()) for k, v in extra.items()]
+        if stream and resp.status == 200:
+            await self.relay(receive, send, resp, lease, out, ep, model)
+            return
+        try:
+            data = await resp.read()
+        except (aiohttp.ClientError, TimeoutError) as err:
+            raise upstream_error(lease, err) from None
+        finally:
+            resp.release()
+            lease.release()
+        found = ep.task == "responses" and resp.status == 200 and method == "POST" and RESPONSE_ID.search(data)
+        if found:
+            self.responses.remember(found.group(1).decode(), model)
+        if ep.dialect == "anthropic" and resp.status >= 400:
+            data, out = anthropic_shaped(data, resp.status, out)
+        out.append((b"content-length", str(len(data)).encode()))
+        await send({"type": "http.response.start", "status": resp.status, "headers": out})
+        await send({"type": "http.response.body", "body": data})
+
+    async def relay(self, receive: Receive, send: Send, resp: aiohttp.ClientResponse, lease: Lease,
+                    headers: list[tuple[bytes, bytes]], ep: Endpoint, model: str) -> None:
+        """Pass the engine's stream on as it arrives. A broken stream ends with an error event in the client's
+        dialect; a client that leaves closes the engine's response."""
+        sniff = b"" if ep.task == "responses" else None
+        loop = asyncio.get_running_loop()
+        watcher = loop.create_task(self._watch_disconnect(receive, resp))
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            try:
+                async for chunk in resp.content.iter_any():
+                    if sniff is not None:
+                        sniff += chunk
+                        if m := RESPONSE_ID.search(sniff):
+                            self.responses.remember(m.group(1).decode(), model)
+                            sniff = None
+                        elif len(sniff) > SNIFF_BYTES:
+                            sniff = None
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            except (aiohttp.ClientError, TimeoutError) as err:
+                if not watcher.done():
+                    await send({"type": "http.response.body", "body": stream_error(upstream_error(lease, err), ep),
+                                "more_body": True})
+            await send({"type": "http.response.body", "body": b""})
+        finally:
+            watcher.cancel()
+            resp.release()
+            lease.release()
+
+    @staticmethod
+    async def _watch_disconnect(receive: Receive, resp: aiohttp.ClientResponse) -> None:
+        """Close the engine's response when the client disconnects (its stream then stops at the engine)."""
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        resp.close()
+
+
+def json_object(raw: bytes) -> dict[str, Any]:
+    """A JSON request body, which must be an object."""
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as err:
+        raise RequestError(f"the request body is not valid JSON: {err}") from None
+    if not isinstance(body, dict):
+        raise RequestError("the request body must be a JSON object")
+    return body
+
+
+def upstream_error(lease: Lease, err: Exception) -> UpstreamError:
+    """The error a client gets when the engine broke off its request."""
+    s = lease.slot
+    detail = f" ({s.reason})" if s.reason else ""
+    return UpstreamError(
+        f"model {s.id!r}: the engine broke off the request: {type(err).__name__}: {err or 'no detail'}{detail}; "
+        f"see `hub logs {s.id}`"
+    )
+
+
+def stream_error(err: HubError, ep: Endpoint) -> bytes:
+    """The last event of a broken stream, as the client's SDK reads an error: Anthropic's `error` event, the
+    Responses API's `error` event, or a chunk carrying an OpenAI error."""
+    if ep.dialect == "anthropic":
+        return f"event: error\ndata: {json.dumps(anthropic_error_body(err.message, err.status))}\n\n".encode()
+    body = error_body(err.message, err.type, None, err.code)
+    if ep.task == "responses":
+        event = {"type": "error", "code": err.code, "message": err.message, "param": None, **body}
+        return f"event: error\ndata: {json.dumps(event)}\n\n".encode()
+    return f"data: {json.dumps(body)}\n\n".encode()
+
+
+def anthropic_shaped(data: bytes, status: int, headers: list[tuple[bytes, bytes]]
+                     ) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+    """An engine's error on /v1/messages in Anthropic's shape (vLLM answers there in OpenAI's)."""
+    try:
+        body = json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        body = None
+    if isinstance(body, dict) and body.get("type") == "error":
+        return data, headers
+    message = data.decode("utf-8", "replace")[:2000] or f"the engine answered {status}"
+    if isinstance(body, dict):
+        err = body.get("error")
+        message = str(err.get("message") if isinstance(err, dict) else err or body.get("detail") or body)
+    out = [(k, v) for k, v in headers if k != b"content-type"] + [(b"content-type", b"application/json")]
+    return json.dumps(anthropic_error_body(message, status)).encode(), out
