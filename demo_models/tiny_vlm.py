@@ -1,0 +1,158 @@
+"""Write a tiny randomly initialised vision-language model (Idefics3 layout, about 0.4 MB) for demos and tests.
+
+    python -m demo_models.tiny_vlm OUTDIR
+
+It is built from configs, not downloaded: a 2-layer SigLIP-style vision tower (32 px tiles, 8 px patches), the
+pixel-shuffle connector and a 2-layer Llama, with a byte-level tokenizer and a ChatML chat template. An image is
+resized to at most 64 px, cut into up to 2x2 tiles of 32 px plus one global view, 4 image tokens each. Its answers
+are GIBBERISH from random weights, but an OpenAI chat request with an `image_url` part takes the real path through
+vLLM (image decoding, preprocessing and tiling, placeholder expansion, vision tower, language model). Seeded, so the
+same weights come out every time. Idempotent: a finished folder holds a marker file and is left alone; work happens
+in a temporary folder renamed into place at the end. Runs in the vllm engine environment (torch, transformers, PIL).
+
+Why Idefics3 and not LLaVA: vLLM's llava module imports its pixtral module, which imports a transformers image
+processor that needs torchvision, which the CPU engine environment does not have; Idefics3 (the SmolVLM layout) and
+its PIL image processor need none. vLLM accepts several images per request by default; serve with
+`--limit-mm-per-prompt '{"image": 1}'` to cap it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+SEED = 0
+MARKER = ".hub-converted.json"
+TILE = 32  # px: the vision tower's image size; larger images are cut into tiles of this size
+MAX_SIDE = 64  # px: images are first resized so that their longer side is this
+PATCH = 8  # px
+SCALE = 2  # pixel shuffle: SCALE x SCALE patch features become one token
+IMAGE_SEQ_LEN = (TILE // PATCH) ** 2 // SCALE**2  # tokens per tile
+GRID = [f"<row_{i + 1}_col_{j + 1}>" for i in range(6) for j in range(6)]  # tile tags, as in Idefics3/SmolVLM
+SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<image>", "<fake_token_around_image>", "<global-img>",
+            "<end_of_utterance>", *GRID]  # ids 256.. (after the 256 byte tokens)
+NOTE = "Random weights: every answer this model gives is gibberish. It exists to exercise image chat cheaply.\n"
+
+# ChatML; a message's content may be a string or a list of parts ({"type": "text"} / {"type": "image"}): each
+# image part becomes one <image> token, which the processor expands into tile tags and IMAGE_SEQ_LEN tokens a tile.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' }}"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' or part['type'] == 'image_url' %}{{ '<image>' }}"
+    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}"
+    "{{ '<|im_end|>\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+class ConvertError(Exception):
+    """The build cannot run; the message says what to do."""
+
+
+def _byte_unicode() -> list[str]:
+    """The byte-to-unicode table of byte-level BPE (GPT-2): one printable character per byte."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return [chr(c) for _, c in sorted(zip(bs, cs, strict=True))]
+
+
+def make_tokenizer():
+    """A byte-level tokenizer (one token per byte, no merges) with the ChatML and image special tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {c: i for i, c in enumerate(_byte_unicode())}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens(SPECIALS)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                                   unk_token="<|endoftext|>", chat_template=CHAT_TEMPLATE, model_max_length=2048)
+
+
+def build(outdir: Path) -> None:
+    """Build the model, its processor and tokenizer with fixed seeds and save them to `outdir`."""
+    try:
+        import torch
+        from transformers import (
+            GenerationConfig,
+            Idefics3Config,
+            Idefics3ForConditionalGeneration,
+            Idefics3ImageProcessorPil,
+            Idefics3Processor,
+            Idefics3VisionConfig,
+            LlamaConfig,
+        )
+    except ImportError as err:
+        raise ConvertError(f"{err}: run this in the vllm engine environment (`hub engines setup vllm`)") from err
+
+    tokenizer = make_tokenizer()
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIALS}
+    vision = Idefics3VisionConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
+                                  image_size=TILE, patch_size=PATCH)
+    text = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                       num_attention_heads=2, num_key_value_heads=1, head_dim=32,  # vLLM CPU attention: head >= 32
+                       max_position_embeddings=2048, tie_word_embeddings=True, bos_token_id=ids["<|im_start|>"],
+                       eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"])
+    config = Idefics3Config(vision_config=vision, text_config=text, image_token_id=ids["<image>"], scale_factor=SCALE,
+                            pad_token_id=ids["<|endoftext|>"], tie_word_embeddings=True)
+    torch.manual_seed(SEED)
+    model = Idefics3ForConditionalGeneration(config).to(torch.bfloat16)
+    model.generation_config = GenerationConfig(bos_token_id=text.bos_token_id, eos_token_id=text.eos_token_id,
+                                               pad_token_id=text.pad_token_id)
+    model.save_pretrained(outdir, safe_serialization=True)
+    image_processor = Idefics3ImageProcessorPil(size={"longest_edge": MAX_SIDE}, max_image_size={"longest_edge": TILE},
+                                                do_image_splitting=True)
+    processor = Idefics3Processor(image_processor=image_processor, tokenizer=tokenizer, image_seq_len=IMAGE_SEQ_LEN,
+                                  chat_template=CHAT_TEMPLATE)
+    processor.save_pretrained(outdir)
+    (outdir / "README.md").write_text(NOTE)
+    for f in outdir.iterdir():
+        f.chmod(0o644)  # safetensors writes 0600; engines in containers may run as another user
+    (outdir / MARKER).write_text(json.dumps({"source": f"random (seed {SEED})", "dtype": "bfloat16"}, indent=2) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Write the model to OUTDIR unless it is already there."""
+    p = argparse.ArgumentParser(prog="python -m demo_models.tiny_vlm", description=__doc__.splitlines()[0])
+    p.add_argument("outdir", type=Path, help=f"folder to write (skipped if it already holds {MARKER})")
+    out: Path = p.parse_args(argv).outdir.resolve()
+    if (out / MARKER).exists():
+        print(f"{out}: already there, left as it is")
+        return 0
+    if out.exists() and any(out.iterdir()):
+        print(f"tiny_vlm: {out} exists but holds no finished model: remove it and run again", file=sys.stderr)
+        return 1
+    out.parent.mkdir(parents=True, exist_ok=True)
+    part = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
+        build(part)
+        part.chmod(0o755)  # mkdtemp makes it 0700
+        if out.exists():
+            out.rmdir()  # empty, checked above
+        part.rename(out)
+    except ConvertError as err:
+        print(f"tiny_vlm: {err}", file=sys.stderr)
+        return 1
+    finally:
+        shutil.rmtree(part, ignore_errors=True)
+    print(f"{out}: tiny random vision-language model written (its answers are gibberish)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
