@@ -20,9 +20,12 @@ from hub.runtimes.process import ProcessRuntime
 VLLM_FLAGS = {
     "--host", "--port", "--model", "--served-model-name", "--dtype", "--max-model-len", "--quantization",
     "--tensor-parallel-size", "--gpu-memory-utilization", "--enforce-eager", "--enable-sleep-mode",
-    "--trust-remote-code",
+    "--trust-remote-code", "--enable-auto-tool-choice", "--tool-call-parser", "--runner", "--convert",
+    "--chat-template",
 }
-VALUE_FLAGS = VLLM_FLAGS - {"--enforce-eager", "--enable-sleep-mode", "--trust-remote-code"}
+SWITCHES = {"--enforce-eager", "--enable-sleep-mode", "--trust-remote-code", "--enable-auto-tool-choice"}
+VALUE_FLAGS = VLLM_FLAGS - SWITCHES
+TOOLS = {"--enable-auto-tool-choice": None, "--tool-call-parser": "hermes"}  # a text model of no known family
 
 
 def ctx_for(model: dict, tmp_path: Path, gpus: dict[int, float] | None = None) -> LaunchContext:
@@ -72,7 +75,7 @@ def test_process_argv_uses_the_engine_env_python_and_every_registry_arg(tmp_path
     assert f == {"--host": "127.0.0.1", "--model": str(tmp_path / "state" / "models" / "x"),
                  "--served-model-name": "m", "--port": "8123", "--dtype": "bfloat16", "--max-model-len": "2048",
                  "--quantization": "awq", "--tensor-parallel-size": "2", "--enforce-eager": None,
-                 "--enable-sleep-mode": None, "--trust-remote-code": None}
+                 "--enable-sleep-mode": None, "--trust-remote-code": None, **TOOLS}
     assert spec.served_name == "m" and spec.health_path == "/health"
     assert env["VLLM_CPU_KVCACHE_SPACE"] == "3"
     assert env["VLLM_SERVER_DEV_MODE"] == "1"  # sleep mode's endpoints need it
@@ -83,7 +86,7 @@ def test_minimal_model_gets_only_what_it_needs(tmp_path):
     spec = VllmEngine().launch(ctx_for({"type": "text", "engine": "vllm", "source": "org/repo"}, tmp_path))
     argv, env = process_argv(spec, tmp_path)
     assert flags(argv[3:]) == {"--host": "127.0.0.1", "--model": "org/repo", "--served-model-name": "m",
-                               "--port": "8123", "--dtype": "auto"}
+                               "--port": "8123", "--dtype": "auto", **TOOLS}
     assert "VLLM_CPU_KVCACHE_SPACE" not in env and spec.model_path is None  # a hub repo id: nothing to mount
 
 
@@ -153,6 +156,60 @@ def test_bad_args_are_config_errors_naming_the_key(args, fragment):
     with pytest.raises(ConfigError) as err:
         parse_registry({"models": {"m": {"type": "text", "engine": "vllm", "source": "x", "args": args}}})
     assert fragment in str(err.value.message)
+
+
+@pytest.mark.parametrize(("source", "parser"), [
+    ("meta-llama/Meta-Llama-3-8B-Instruct", "llama3_json"),
+    ("Qwen/Qwen2.5-14B-Instruct-AWQ", "hermes"),
+    ("Qwen/Qwen3-Coder-30B-A3B-Instruct", "qwen3_coder"),
+    ("mistralai/Mistral-7B-Instruct-v0.3", "mistral"),
+    ("openai/gpt-oss-20b", "openai"),
+    ("deepseek-ai/DeepSeek-V3.1", "deepseek_v31"),
+    ("org/some-model", "hermes"),  # no known family: hermes tags, or plain text
+])
+def test_tool_calling_is_on_with_the_family_parser(tmp_path, source, parser):
+    spec = VllmEngine().launch(ctx_for({"type": "text", "engine": "vllm", "source": source}, tmp_path))
+    f = flags(spec.args)
+    assert f["--tool-call-parser"] == parser and "--enable-auto-tool-choice" in f
+
+
+def test_tool_parser_from_a_local_folder_config_and_response_template(tmp_path):
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"model_type": "mistral", "architectures": ["MistralForCausalLM"]}')
+    model = {"type": "text", "engine": "vllm", "source": str(folder)}
+    assert flags(VllmEngine().launch(ctx_for(model, tmp_path)).args)["--tool-call-parser"] == "mistral"
+    (folder / "tokenizer_config.json").write_text('{"response_template": {"fields": {}}}')
+    assert flags(VllmEngine().launch(ctx_for(model, tmp_path)).args)["--tool-call-parser"] == "hf"
+    # set by hand, or off
+    f = flags(VllmEngine().launch(ctx_for({**model, "args": {"tool_call_parser": "pythonic"}}, tmp_path)).args)
+    assert f["--tool-call-parser"] == "pythonic"
+    off = {**model, "args": {"tool_call_parser": "none"}}
+    assert "--enable-auto-tool-choice" not in flags(VllmEngine().launch(ctx_for(off, tmp_path)).args)
+    cfg = ctx_for(off, tmp_path).model
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {}}}]
+    why = VllmEngine().refusal(cfg, "chat", {"tools": tools})
+    assert why and "args.tool_call_parser" in why
+    assert VllmEngine().refusal(cfg, "chat", {"tools": tools, "tool_choice": "none"}) is None
+    assert VllmEngine().refusal(ctx_for(model, tmp_path).model, "chat", {"tools": tools}) is None
+
+
+def test_kind_picks_the_runner(tmp_path):
+    def f(model: dict) -> dict:
+        return flags(VllmEngine().launch(ctx_for({"engine": "vllm", "source": "org/x", **model}, tmp_path)).args)
+
+    emb = f({"type": "embedding"})
+    assert emb["--runner"] == "pooling" and "--tool-call-parser" not in emb
+    assert f({"type": "rerank", "args": {"convert": "classify"}})["--convert"] == "classify"
+    assert "--runner" not in f({"type": "transcription"}) and "--tool-call-parser" not in f({"type": "transcription"})
+    with pytest.raises(ConfigError, match="does not serve 'image' models"):
+        parse_registry({"models": {"m": {"type": "image", "engine": "vllm", "source": "x"}}})
+
+
+def test_chat_template_file_goes_inline(tmp_path):
+    (tmp_path / "tools.jinja").write_text("{{ messages }}")
+    model = {"type": "text", "engine": "vllm", "source": "org/x", "args": {"chat_template": "tools.jinja"}}
+    assert flags(VllmEngine().launch(ctx_for(model, tmp_path)).args)["--chat-template"] == "{{ messages }}"
 
 
 def test_demo_registry_is_valid_and_commented():

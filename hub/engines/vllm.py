@@ -7,6 +7,14 @@ Rules that are not obvious:
   gives `memory_gb` and not `gpu_memory_utilization`, the fraction is derived from memory_gb and the memory of the
   GPU the engine runs on, which the runtime reports for the engine's host (none known: nothing is derived).
   Without a GPU (vLLM-CPU) nothing is derived; `kv_cache_space_gb` sets VLLM_CPU_KVCACHE_SPACE instead.
+- A model's kind picks vLLM's runner: text and transcription models generate, embedding and rerank models run the
+  pooling runner (`convert` turns a generative checkpoint into an embedder or classifier where one is needed).
+- Tool calling is on for text models, so that clients which send `tools` (Open WebUI, agents, the openai SDK's
+  tool_choice auto) work: auto tool choice with the tool-call parser of the model's family. vLLM cannot guess a
+  family, except for checkpoints that ship a response template (its "hf" parser); otherwise the parser is derived
+  from the model's name and config (TOOL_PARSERS), and "hermes" where nothing matches: its <tool_call> tags are
+  what most open models emit, and a model that never emits them answers with plain text. `tool_call_parser = "none"`
+  turns tool calling off; the hub then refuses `tools` with a 400 naming that key.
 - The server is `python -m vllm.entrypoints.openai.api_server` from the vllm engine environment: the `vllm` console
   script fails in a vllm-cpu environment (its distribution is not named `vllm`). In a container it is the image's
   entrypoint. vLLM's workers share tensors through /dev/shm: the spec asks for the host's shared memory.
@@ -14,8 +22,10 @@ Rules that are not obvious:
 
 from __future__ import annotations
 
+import json
 import math
-from typing import ClassVar, Literal
+from pathlib import Path
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -23,6 +33,23 @@ from hub.engines.base import Engine, LaunchContext, LaunchSpec
 
 DEFAULT_IMAGE = "vllm/vllm-openai:v0.32.0"
 MAX_GPU_FRACTION = 0.95  # leave the rest for CUDA context and other processes
+RUNNERS = {"text": "generate", "transcription": "generate", "embedding": "pooling", "rerank": "pooling"}
+NO_TOOLS = "none"
+FALLBACK_PARSER = "hermes"
+# vLLM's tool-call parser by model family: the first fragment found in the model's name, source or config wins.
+TOOL_PARSERS: tuple[tuple[str, str], ...] = (
+    ("qwen3-coder", "qwen3_coder"), ("qwen3_coder", "qwen3_coder"), ("qwen", "hermes"), ("qwq", "hermes"),
+    ("hermes", "hermes"), ("llama-4", "llama4_pythonic"), ("llama4", "llama4_pythonic"),
+    ("llama-3", "llama3_json"), ("llama3", "llama3_json"), ("mistral", "mistral"), ("mixtral", "mistral"),
+    ("ministral", "mistral"), ("devstral", "mistral"), ("magistral", "mistral"),
+    ("deepseek-v3.1", "deepseek_v31"), ("deepseek-v3", "deepseek_v3"), ("deepseek-r1", "deepseek_v3"),
+    ("deepseek_v3", "deepseek_v3"), ("gpt-oss", "openai"), ("gpt_oss", "openai"), ("granite-4", "granite4"),
+    ("granite", "granite"), ("kimi-k2", "kimi_k2"), ("glm-4.7", "glm47"), ("glm-4.5", "glm45"),
+    ("glm-4.6", "glm45"), ("internlm", "internlm"), ("jamba", "jamba"), ("phi-4-mini", "phi4_mini_json"),
+    ("minimax-m2", "minimax_m2"), ("xlam", "xlam"), ("functiongemma", "functiongemma"), ("gemma-4", "gemma4"),
+    ("olmo-3", "olmo3"), ("hunyuan-a13b", "hunyuan_a13b"), ("seed-oss", "seed_oss"), ("ernie-4.5", "ernie45"),
+    ("lfm2", "lfm2"), ("longcat", "longcat"), ("apertus", "apertus"),
+)
 
 
 class VllmArgs(BaseModel):
@@ -39,7 +66,42 @@ class VllmArgs(BaseModel):
     enable_sleep_mode: bool = False
     trust_remote_code: bool = False
     kv_cache_space_gb: int | None = Field(None, ge=1)  # vLLM-CPU only: VLLM_CPU_KVCACHE_SPACE (whole GB)
+    tool_call_parser: str | None = None  # None: derived from the model (text models); "none": no tool calling
+    chat_template: str | None = None  # a Jinja file (or a path in the engine's image) replacing the model's own
+    runner: Literal["generate", "pooling"] | None = None  # None: from the model's type
+    convert: Literal["none", "embed", "classify"] | None = None  # None: vLLM decides from the checkpoint
     extra_args: list[str] = Field(default_factory=list)
+
+
+def model_facts(source: str) -> str:
+    """What names a model's family: its source, plus model_type and architectures from its config where the source
+    is a local folder (lowercased)."""
+    facts = [source]
+    config = Path(source) / "config.json"
+    if config.is_file():
+        try:
+            data = json.loads(config.read_text())
+            facts += [str(data.get("model_type", "")), *map(str, data.get("architectures") or [])]
+        except (OSError, ValueError):
+            pass
+    return " ".join(facts).lower()
+
+
+def has_response_template(source: str) -> bool:
+    """Whether a local checkpoint ships a response template, which vLLM's "hf" parser reads tool calls with."""
+    config = Path(source) / "tokenizer_config.json"
+    try:
+        return config.is_file() and "response_template" in json.loads(config.read_text())
+    except (OSError, ValueError):
+        return False
+
+
+def tool_parser(model_id: str, source: str) -> str:
+    """The tool-call parser of a model's family (FALLBACK_PARSER where no family is known)."""
+    if has_response_template(source):
+        return "hf"
+    facts = f"{model_id.lower()} {model_facts(source)}"
+    return next((parser for fragment, parser in TOOL_PARSERS if fragment in facts), FALLBACK_PARSER)
 
 
 def gpu_memory_utilization(memory_gb: float, total_gb: float) -> float:
@@ -57,6 +119,7 @@ class VllmEngine(Engine):
     name: ClassVar[str] = "vllm"
     Args: ClassVar[type[BaseModel]] = VllmArgs
     needs_source: ClassVar[bool] = True
+    kinds: ClassVar[tuple[str, ...] | None] = tuple(RUNNERS)
 
     def memory_fraction(self, ctx: LaunchContext, a: VllmArgs) -> float | None:
         """--gpu-memory-utilization: as given, else derived from memory_gb (per GPU) and the GPU's memory."""
@@ -85,7 +148,28 @@ class VllmEngine(Engine):
             argv.append("--enable-sleep-mode")
         if a.trust_remote_code:
             argv.append("--trust-remote-code")
+        runner = a.runner or RUNNERS.get(ctx.model.type)
+        if runner == "pooling" or a.runner:
+            argv += ["--runner", runner]
+        if a.convert:
+            argv += ["--convert", a.convert]
+        if runner == "generate" and ctx.model.type == "text" and a.tool_call_parser != NO_TOOLS:
+            argv += ["--enable-auto-tool-choice",
+                     "--tool-call-parser", a.tool_call_parser or tool_parser(ctx.model_id, ctx.source())]
+        if a.chat_template:  # passed inline when the file is here: a container cannot see the hub's files
+            path = ctx.registry.resolve_path(a.chat_template)
+            argv += ["--chat-template", path.read_text() if path.is_file() else a.chat_template]
         return argv + list(a.extra_args)
+
+    def refusal(self, model: Any, task: str, body: dict[str, Any]) -> str | None:
+        """A request with tools to a model whose tool calling is off: say which key turns it on."""
+        if task not in ("chat", "responses") or not body.get("tools") or body.get("tool_choice") == "none":
+            return None
+        if self.args(model).tool_call_parser == NO_TOOLS:
+            return ("this model has tool calling off (args.tool_call_parser = \"none\"): set args.tool_call_parser "
+                    "to its family's parser (hermes, llama3_json, mistral, ...) or leave it out to derive it, or "
+                    "send the request without tools")
+        return None
 
     def launch(self, ctx: LaunchContext) -> LaunchSpec:
         a: VllmArgs = self.args(ctx.model)
