@@ -42,11 +42,22 @@ def png(width: int, height: int, rgb: tuple[int, int, int]) -> bytes:
 def make_app(opts: argparse.Namespace) -> Starlette:
     stats = {"requests": 0, "pid": os.getpid()}
 
+    def images_in(parts: list) -> list[str]:
+        """Each image_url part as "<mime> <bytes>", decoded from its data: URI."""
+        out = []
+        for p in parts:
+            if isinstance(p, dict) and p.get("type") == "image_url":
+                head, _, data = p["image_url"]["url"].partition(";base64,")
+                out.append(f"{head.removeprefix('data:')} {len(base64.b64decode(data, validate=True))} bytes")
+        return out
+
     def reply_text(body: dict) -> str:
         if "messages" in body:
             last = body["messages"][-1].get("content", "") if body["messages"] else ""
             if isinstance(last, list):
-                last = " ".join(p.get("text", "") for p in last if isinstance(p, dict))
+                seen = images_in(last)
+                last = " ".join(p.get("text", "") for p in last if isinstance(p, dict) and p.get("type") == "text")
+                last += "".join(f" [{s}]" for s in seen)
             return f"echo: {last}"
         prompt = body.get("prompt", "")
         return f"echo: {prompt if isinstance(prompt, str) else prompt[0]}"
@@ -60,6 +71,10 @@ def make_app(opts: argparse.Namespace) -> Starlette:
     async def chat(request: Request) -> Response:
         stats["requests"] += 1
         body = await request.json()
+        parts = [p for m in body.get("messages", []) if isinstance(m.get("content"), list) for p in m["content"]]
+        if opts.text_only and images_in(parts):
+            return JSONResponse({"error": {"message": f"{body['model']} is not a multimodal model",
+                                           "type": "BadRequestError", "param": None, "code": 400}}, status_code=400)
         if body.get("max_tokens") == -1:
             return JSONResponse({"error": {"message": "max_tokens must be positive", "type": "invalid_request_error",
                                            "param": "max_tokens", "code": None}}, status_code=400)
@@ -213,6 +228,7 @@ def main() -> None:
     p.add_argument("--delay", type=float, default=0.0, help="seconds before each answer")
     p.add_argument("--chunk-delay", type=float, default=0.01, help="seconds between stream chunks")
     p.add_argument("--start-delay", type=float, default=0.0, help="seconds before listening")
+    p.add_argument("--text-only", action="store_true", help="refuse image parts, as vLLM does for text models")
     p.add_argument("--fail-start", action="store_true", help="print an error and exit 1 instead of serving")
     opts = p.parse_args()
     print(f"responder: model {opts.model} on port {opts.port}", flush=True)

@@ -107,6 +107,30 @@ def test_chat_errors_are_actionable(clients):
     assert "hub logs" in str(err.value) or "CUDA out of memory" in str(err.value)
 
 
+def test_chat_sends_attached_images_as_data_uris(hub_factory, tmp_path):
+    blind = f'[models.blind]\ntype = "text"\nengine = "command"\ncommand = {responder_command("--text-only")}\n'
+    h = hub_factory(REGISTRY.replace("[models.broken]", blind + "\n[models.broken]"), env={"HUB_UI_TEST_KEY": KEY})
+    client, admin = make_clients(h.url, KEY)
+    pic = tmp_path / "pic.png"
+    pic.write_bytes(png_of(Image.new("RGB", (8, 6), "red")))
+    box, history = chat.add_user_message({"text": "what is this?", "files": [str(pic)]}, [])
+    assert box is None and history[-1]["content"] == ["what is this?", {"path": str(pic)}]
+    final = last(chat.chat_reply(client, admin, "echo", history, poll=0.2))[-1][-1]
+    assert final["content"] == f"echo: what is this? [image/png {pic.stat().st_size} bytes]"
+    # the same history as Gradio hands it back (normalised parts), with an image alone in a second turn
+    turn2 = [{"role": "user", "content": [{"type": "text", "text": "what is this?"},
+                                          {"type": "file", "file": {"path": str(pic)}}]},
+             {"role": "assistant", "content": [{"type": "text", "text": final["content"]}]},
+             {"role": "user", "content": [{"type": "file", "file": {"path": str(pic)}}]}]
+    again = last(chat.chat_reply(client, admin, "echo", turn2, poll=0.2))[-1][-1]["content"]
+    assert again == f"echo:  [image/png {pic.stat().st_size} bytes]"
+    with pytest.raises(gr.Error, match=r"blind refused the images: blind is not a multimodal model \(pick a model"):
+        last(chat.chat_reply(client, admin, "blind", history, poll=0.2))
+    assert last(chat.chat_reply(client, admin, "blind", [{"role": "user", "content": "hi"}], poll=0.2))
+    with pytest.raises(gr.Error, match="not an image"):
+        chat.openai_content([{"path": str(tmp_path / "notes.txt")}])
+
+
 def test_stop_closes_the_stream(clients, hub):
     client, admin = clients
     last(models_tab.load_model(admin, "echo", poll=0.2))

@@ -22,7 +22,7 @@ def build_ui(client: openai.OpenAI, admin: Admin, notes: dict[str, str] | None =
     `notes` maps model ids to a note shown when that model is picked: its registry `description`.
     """
     with gr.Blocks(title="hub", analytics_enabled=False, fill_width=True) as demo:
-        gr.Markdown("# hub\none endpoint for text and image models: chat, images, models", elem_id="hub-title")
+        gr.Markdown("# hub\none endpoint for every model: chat, images, models", elem_id="hub-title")
         chat_tab = chat.build(client, admin, notes)
         image_tab = images.build(client, admin, notes)
         admin_model = models.build(demo, admin)
@@ -30,7 +30,7 @@ def build_ui(client: openai.OpenAI, admin: Admin, notes: dict[str, str] | None =
         def init() -> tuple[Any, ...]:
             kinds = model_choices(client)
             text, image = kinds.get("text", []), kinds.get("image", [])
-            every = text + image
+            every = [m for ids in kinds.values() for m in ids]  # every kind, embedding and audio models too
             first_text, first_image = text[0] if text else None, image[0] if image else None
             return (gr.Dropdown(choices=text, value=first_text),
                     gr.Dropdown(choices=image, value=first_image),

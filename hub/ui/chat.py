@@ -1,8 +1,12 @@
-"""The Chat tab: a streamed conversation with a text model, its picker (with the model's note) and the settings."""
+"""The Chat tab: a streamed conversation with a text model, its picker (with the model's note) and the settings.
+Images attached to a message go to the model as OpenAI `image_url` parts holding data URIs."""
 
 from __future__ import annotations
 
+import base64
+import mimetypes
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import gradio as gr
@@ -28,8 +32,10 @@ def build(client: openai.OpenAI, admin: Admin, notes: dict[str, str] | None = No
             chatbot = gr.Chatbot(label="chat", height=460, elem_id="hub-chat", buttons=["copy"],
                                  feedback_options=None, placeholder="pick a model, type below, press Enter")
             with gr.Row():
-                message = gr.Textbox(placeholder="message (Enter sends)", show_label=False, scale=5,
-                                     min_width=180, elem_id="hub-message", autofocus=True)
+                message = gr.MultimodalTextbox(placeholder="message (Enter sends); attach images with the clip",
+                                               show_label=False, scale=5, min_width=180, elem_id="hub-message",
+                                               autofocus=True, file_types=["image"], file_count="multiple",
+                                               submit_btn=False)
                 send = gr.Button("send", variant="primary", scale=1, min_width=70, elem_id="hub-send")
             with gr.Row():
                 stop = gr.Button("stop", variant="stop", min_width=70, elem_id="hub-stop")
@@ -50,7 +56,7 @@ def build(client: openai.OpenAI, admin: Admin, notes: dict[str, str] | None = No
     ev1 = message.submit(add_user_message, [message, chatbot], [message, chatbot], queue=False).then(**chat_args)
     ev2 = send.click(add_user_message, [message, chatbot], [message, chatbot], queue=False).then(**chat_args)
     stop.click(None, None, None, cancels=[ev1, ev2])
-    clear.click(lambda: ([], ""), None, [chatbot, message], cancels=[ev1, ev2])
+    clear.click(lambda: ([], None), None, [chatbot, message], cancels=[ev1, ev2])
     return ChatTab(model, note)
 
 
@@ -67,11 +73,43 @@ def _text(content: Any) -> str:
     return ""
 
 
-def add_user_message(message: str, history: list[Msg] | None) -> tuple[str, list[Msg]]:
-    """Append the typed message to the history and clear the box."""
-    if not message or not message.strip():
+def add_user_message(message: str | dict[str, Any] | None, history: list[Msg] | None) -> tuple[None, list[Msg]]:
+    """Append the typed message (text, or the multimodal box's {"text", "files"}) to the history; clear the box."""
+    if isinstance(message, dict):
+        text, files = str(message.get("text") or ""), [str(f) for f in message.get("files") or []]
+    else:
+        text, files = message or "", []
+    if not text.strip() and not files:
         raise gr.Error("type a message first")
-    return "", [*(history or []), {"role": "user", "content": message}]
+    content: Any = [*([text] if text.strip() else []), *({"path": f} for f in files)] if files else text
+    return None, [*(history or []), {"role": "user", "content": content}]
+
+
+def _files(content: Any) -> list[str]:
+    """Paths of the files in a chat message's content (Gradio's parts)."""
+    if isinstance(content, dict):
+        f = content.get("file") if content.get("type") == "file" else content
+        return [str(f["path"])] if isinstance(f, dict) and f.get("path") else []
+    if isinstance(content, list | tuple):
+        return [p for part in content for p in _files(part)]
+    return []
+
+
+def data_uri(path: str) -> str:
+    """An image file as a data: URI."""
+    mime = mimetypes.guess_type(path)[0] or "image/png"
+    if not mime.startswith("image/"):
+        raise gr.Error(f"{Path(path).name} is not an image: only images can be attached")
+    return f"data:{mime};base64,{base64.b64encode(Path(path).read_bytes()).decode()}"
+
+
+def openai_content(content: Any) -> str | list[dict[str, Any]]:
+    """A chat message's content for the API: plain text, or text and image_url parts when it carries images."""
+    text, files = _text(content), _files(content)
+    if not files:
+        return text
+    parts: list[dict[str, Any]] = [{"type": "text", "text": text}] if text else []
+    return parts + [{"type": "image_url", "image_url": {"url": data_uri(f)}} for f in files]
 
 
 def chat_reply(client: openai.OpenAI, admin: Admin, model: str | None, history: list[Msg] | None,
@@ -84,8 +122,10 @@ def chat_reply(client: openai.OpenAI, admin: Admin, model: str | None, history: 
     if not history or history[-1]["role"] != "user":
         raise gr.Error("type a message first")
     messages = [{"role": "system", "content": system.strip()}] if system and system.strip() else []
-    messages += [{"role": m["role"], "content": _text(m["content"])} for m in history
+    messages += [{"role": m["role"], "content": openai_content(m["content"]) if m["role"] == "user"
+                  else _text(m["content"])} for m in history
                  if m["role"] in ("user", "assistant") and not (m.get("metadata") or {}).get("title")]
+    with_images = any(isinstance(m["content"], list) for m in messages)
     reply: Msg = {"role": "assistant", "content": ""}
     history.append(reply)
 
@@ -113,6 +153,11 @@ def chat_reply(client: openai.OpenAI, admin: Admin, model: str | None, history: 
         if not reply["content"]:
             reply["content"] = "(the model returned no text)"
         yield history
+    except openai.BadRequestError as err:
+        if not with_images:
+            raise ui_error(err) from None
+        raise gr.Error(f"{model} refused the images: {ui_error(err).message} (pick a model that takes images, such "
+                       "as a vision-language model, or clear the chat and send text only)") from None
     except (openai.OpenAIError, AdminError) as err:
         raise ui_error(err) from None
     finally:

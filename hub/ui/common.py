@@ -84,7 +84,7 @@ def wait_for(call: Callable[[], T], admin: Admin, model: str, doing: str,
 # ---- pickers ----
 
 def model_choices(client: openai.OpenAI) -> dict[str, list[str]]:
-    """Registered model ids by type ("text", "image") from /v1/models."""
+    """Registered model ids by type ("text", "image", "embedding", ...) from /v1/models."""
     try:
         models = client.models.list().data
     except openai.OpenAIError as err:
