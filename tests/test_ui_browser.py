@@ -92,7 +92,7 @@ def tab(page, name: str) -> None:
     page.get_by_role("tab", name=name).click()
 
 
-def test_chat_image_edit_models_in_a_browser(browser, hub_factory):
+def test_chat_image_edit_models_in_a_browser(browser, hub_factory, tmp_path):
     hub = hub_factory(REGISTRY, ui=True)
     page, errors = open_app(browser, hub.url + "/", 1280, 900)
     page.locator("#hub-chat-note").get_by_text(ECHO).wait_for()
@@ -117,6 +117,20 @@ def test_chat_image_edit_models_in_a_browser(browser, hub_factory):
     box.press("Enter")
     page.get_by_text("echo: and again").wait_for()
     assert page.locator("#hub-chat").get_by_text("echo: hello from a real browser over the hub").count() == 1
+
+    # an attached image goes to the model as an image_url part (the responder reports what it decoded)
+    from PIL import Image
+
+    pic = tmp_path / "cat.png"
+    Image.new("RGB", (16, 12), "orange").save(pic)
+    page.locator("#hub-message input[type=file]").set_input_files(str(pic))
+    page.locator("#hub-message").get_by_role("img").first.wait_for()
+    box.fill("what is in this picture?")
+    shot(page, "03b-chat-attachment")
+    box.press("Enter")
+    page.get_by_text(f"echo: what is in this picture? [image/png {pic.stat().st_size} bytes]").wait_for()
+    page.locator("#hub-chat img").first.wait_for()  # the picture shows in the conversation
+    shot(page, "03c-chat-image-reply")
 
     # image: the picked model's note (its registry description), generate -> gallery
     tab(page, "Image")
