@@ -1,6 +1,7 @@
 """`hub demo prepare`: make the demo models of models.demo.toml under `<state_dir>/models/`, each by a converter
 module run in its engine's environment (`python -m demo_models.smollm2 OUTDIR` in the vllm environment,
-`python -m demo_models.tiny_sd OUTDIR` in the diffusers environment). The converters are idempotent themselves."""
+`python -m demo_models.tiny_sd OUTDIR` in the diffusers environment, and so on). The converters are idempotent
+themselves."""
 
 from __future__ import annotations
 
@@ -25,6 +26,8 @@ class DemoModel:
 DEMO_MODELS = (
     DemoModel("smollm2-135m-instruct", "vllm", "demo_models.smollm2"),
     DemoModel("tiny-sd", "diffusers", "demo_models.tiny_sd"),
+    DemoModel("all-minilm-l6-v2", "vllm", "demo_models.minilm"),
+    DemoModel("tiny-vlm", "vllm", "demo_models.tiny_vlm"),
 )
 
 

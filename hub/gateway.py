@@ -332,8 +332,8 @@ class Gateway:
         found = ep.task == "responses" and resp.status == 200 and method == "POST" and RESPONSE_ID.search(data)
         if found:
             self.responses.remember(found.group(1).decode(), model)
-        if ep.dialect == "anthropic" and resp.status >= 400:
-            data, out = anthropic_shaped(data, resp.status, out)
+        if resp.status >= 400:
+            data, out = error_in_dialect(data, resp.status, out, ep.dialect)
         out.append((b"content-length", str(len(data)).encode()))
         await send({"type": "http.response.start", "status": resp.status, "headers": out})
         await send({"type": "http.response.body", "body": data})
@@ -408,18 +408,25 @@ def stream_error(err: HubError, ep: Endpoint) -> bytes:
     return f"data: {json.dumps(body)}\n\n".encode()
 
 
-def anthropic_shaped(data: bytes, status: int, headers: list[tuple[bytes, bytes]]
+def error_in_dialect(data: bytes, status: int, headers: list[tuple[bytes, bytes]], dialect: Dialect
                      ) -> tuple[bytes, list[tuple[bytes, bytes]]]:
-    """An engine's error on /v1/messages in Anthropic's shape (vLLM answers there in OpenAI's)."""
+    """An engine's error in the client's dialect: vLLM answers /v1/messages in OpenAI's shape, and a path or method
+    it does not serve with Starlette's {"detail": ...}."""
     try:
         body = json.loads(data)
     except (ValueError, UnicodeDecodeError):
         body = None
-    if isinstance(body, dict) and body.get("type") == "error":
+    if isinstance(body, dict) and (body.get("type") == "error" if dialect == "anthropic"
+                                   else isinstance(body.get("error"), dict)):
         return data, headers
-    message = data.decode("utf-8", "replace")[:2000] or f"the engine answered {status}"
+    message = data.decode("utf-8", "replace")[:2000].strip() or f"the engine answered {status}"
     if isinstance(body, dict):
         err = body.get("error")
         message = str(err.get("message") if isinstance(err, dict) else err or body.get("detail") or body)
+    if dialect == "anthropic":
+        shaped = anthropic_error_body(message, status)
+    else:
+        shaped = error_body(f"the engine answered: {message}", "invalid_request_error" if status < 500
+                            else "server_error", None, str(status))
     out = [(k, v) for k, v in headers if k != b"content-type"] + [(b"content-type", b"application/json")]
-    return json.dumps(anthropic_error_body(message, status)).encode(), out
+    return json.dumps(shaped).encode(), out

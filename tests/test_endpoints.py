@@ -135,6 +135,8 @@ def test_responses_are_found_again_by_id(hub) -> None:
     with pytest.raises(openai.NotFoundError) as err:
         c.responses.retrieve(made.id)
     assert "made through this hub" in err.value.response.json()["error"]["message"]
+    r = httpx.get(hub.v1 + f"/responses/{streamed}/input_items", timeout=10)  # the responder has no such route
+    assert r.status_code == 404 and r.json()["error"]["message"] == "the engine answered: Not Found"
     r = httpx.get(hub.v1 + "/responses/resp_unknown/input_items", timeout=10)
     assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
     r = httpx.put(hub.v1 + f"/responses/{streamed}", timeout=10)

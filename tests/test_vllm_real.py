@@ -109,6 +109,82 @@ def test_models_lists_the_registry_id(client: OpenAI):
     assert MODEL in [m.id for m in client.models.list().data]
 
 
+# ---- every endpoint a text model serves, with the official clients (before the model is stopped below) ----
+
+WEATHER = {"type": "function", "function": {
+    "name": "get_weather", "description": "the weather in a city", "strict": True,
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"],
+                   "additionalProperties": False}}}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("choice", ["omitted", "auto", "none", "required", "named"])
+def test_chat_with_tools_answers_with_tool_calls_or_text(client: OpenAI, choice: str, stream: bool):
+    kw = {} if choice == "omitted" else {"tool_choice": {"type": "function", "function": {"name": "get_weather"}}
+                                          if choice == "named" else choice}
+    messages = [{"role": "user", "content": "What is the weather in Paris?"}]
+    r = client.chat.completions.create(model=MODEL, messages=messages, tools=[WEATHER], max_tokens=60,
+                                       temperature=0, stream=stream, **kw)
+    if stream:
+        chunks = [c for c in r if c.choices]
+        text = "".join(c.choices[0].delta.content or "" for c in chunks)
+        calls = [t for c in chunks for t in c.choices[0].delta.tool_calls or []]
+    else:
+        text, calls = r.choices[0].message.content or "", r.choices[0].message.tool_calls or []
+    assert text or calls, "neither text nor tool calls"
+    if choice in ("required", "named") and calls:
+        assert calls[0].function.name == "get_weather"
+        if not stream:
+            assert json.loads(calls[0].function.arguments)["city"]  # strict: the arguments follow the schema
+
+
+def test_responses_plain_streamed_and_retrieved(client: OpenAI):
+    made = client.responses.create(model=MODEL, input="Say hello.", max_output_tokens=16)
+    assert made.id and made.output_text
+    assert client.responses.retrieve(made.id).id == made.id  # vLLM keeps it: store_responses in the demo
+    events = list(client.responses.create(model=MODEL, input="Count to three.", max_output_tokens=16, stream=True))
+    kinds = [e.type for e in events]
+    assert kinds[0] == "response.created" and kinds[-1] == "response.completed"
+    assert "response.output_text.delta" in kinds
+    deltas = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    assert deltas and deltas == events[-1].response.output_text
+    assert client.responses.retrieve(events[0].response.id).output_text == deltas
+    import httpx
+
+    r = httpx.delete(f"{client.base_url}responses/{made.id}", timeout=30)  # vLLM has no DELETE: its 405 in our shape
+    assert r.status_code == 405 and r.json()["error"]["message"].startswith("the engine answered")
+
+
+def test_anthropic_messages_plain_streamed_and_counted(hub: HubProcess):
+    import anthropic
+    import httpx
+
+    a = anthropic.Anthropic(base_url=hub.url, api_key="unused", max_retries=0, timeout=300)
+    msg = a.messages.create(model=MODEL, max_tokens=24, messages=[{"role": "user", "content": "Say hello."}])
+    assert msg.type == "message" and msg.content[0].text and msg.usage.output_tokens > 0
+    with a.messages.stream(model=MODEL, max_tokens=24, messages=[{"role": "user", "content": "Say hi."}]) as s:
+        text = "".join(s.text_stream)
+        final = s.get_final_message()
+    assert text and final.content[0].text == text
+    count = a.messages.count_tokens(model=MODEL, messages=[{"role": "user", "content": "Say hello."}])
+    assert count.input_tokens > 0
+    # vLLM's own validation error (OpenAI-shaped there) reaches an Anthropic client in Anthropic's shape
+    r = httpx.post(hub.url + "/v1/messages", json={"model": MODEL, "messages": [{"role": "user", "content": "x"}]},
+                   timeout=60)
+    assert r.status_code == 400 and r.json()["type"] == "error"
+    assert "max_tokens" in r.json()["error"]["message"]
+
+
+def test_text_only_model_refuses_an_image_clearly(client: OpenAI):
+    import openai
+
+    png = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR4nGP4z8AAAAMBAQDJ/pLvAAAAAElFTkSuQmCC"
+    content = [{"type": "text", "text": "what is this?"},
+               {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{png}"}}]
+    with pytest.raises(openai.BadRequestError, match="not a multimodal model"):
+        client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": content}], max_tokens=8)
+
+
 def test_hub_down_stops_the_engine(hub: HubProcess):
     pids = hub.engine_pids()
     assert pids and hub.models()[MODEL]["state"] == "ready"
@@ -131,7 +207,8 @@ def test_engine_flags_parse_with_the_installed_vllm(tmp_path):
         "type": "text", "engine": "vllm", "source": "org/repo", "memory_gb": 1,
         "args": {"dtype": "bfloat16", "max_model_len": 2048, "quantization": "awq", "tensor_parallel_size": 2,
                  "gpu_memory_utilization": 0.5, "enforce_eager": True, "enable_sleep_mode": True,
-                 "trust_remote_code": True, "extra_args": ["--seed", "7"]}}}}, tmp_path / "models.toml")
+                 "trust_remote_code": True, "tool_call_parser": "hermes", "runner": "generate", "convert": "none",
+                 "chat_template": "{{ messages }}", "extra_args": ["--seed", "7"]}}}}, tmp_path / "models.toml")
     argv = VllmEngine().server_args(LaunchContext("m", reg.models["m"], reg, 8123),
                                     VllmEngine().args(reg.models["m"]), 0.5)
     script = (
@@ -153,6 +230,8 @@ def test_engine_flags_parse_with_the_installed_vllm(tmp_path):
     assert ns["tensor_parallel_size"] == 2 and ns["gpu_memory_utilization"] == 0.5
     assert ns["enforce_eager"] is True and ns["enable_sleep_mode"] is True and ns["trust_remote_code"] is True
     assert ns["seed"] == 7
+    assert ns["enable_auto_tool_choice"] is True and ns["tool_call_parser"] == "hermes"
+    assert ns["runner"] == "generate" and ns["convert"] == "none" and ns["chat_template"] == "{{ messages }}"
 
 
 

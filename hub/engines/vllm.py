@@ -68,6 +68,7 @@ class VllmArgs(BaseModel):
     kv_cache_space_gb: int | None = Field(None, ge=1)  # vLLM-CPU only: VLLM_CPU_KVCACHE_SPACE (whole GB)
     tool_call_parser: str | None = None  # None: derived from the model (text models); "none": no tool calling
     chat_template: str | None = None  # a Jinja file (or a path in the engine's image) replacing the model's own
+    store_responses: bool = False  # keep Responses API results for GET by id (vLLM never frees them)
     runner: Literal["generate", "pooling"] | None = None  # None: from the model's type
     convert: Literal["none", "embed", "classify"] | None = None  # None: vLLM decides from the checkpoint
     extra_args: list[str] = Field(default_factory=list)
@@ -176,6 +177,8 @@ class VllmEngine(Engine):
         env = dict(ctx.model.env)
         if a.kv_cache_space_gb:
             env["VLLM_CPU_KVCACHE_SPACE"] = str(a.kv_cache_space_gb)
+        if a.store_responses:
+            env["VLLM_ENABLE_RESPONSES_API_STORE"] = "1"  # vLLM's in-memory store: GET, cancel, previous_response_id
         if a.enable_sleep_mode:
             env.setdefault("VLLM_SERVER_DEV_MODE", "1")  # vLLM exposes /sleep and /wake_up only in dev mode
         return LaunchSpec(
