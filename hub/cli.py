@@ -32,7 +32,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     for mid, m in reg.models.items():
         mem = f"{m.memory_gb:g} GB" if m.memory_gb is not None else "memory measured"
         where = "external" if m.engine == "openai" else f"{reg.runtime_of(mid)}@{m.host}"
-        print(f"  {mid:<24} {m.type:<6} {m.engine:<10} {where:<16} {mem}")
+        print(f"  {mid:<24} {m.type:<13} {m.engine:<10} {where:<16} {mem}")
     budget = reg.hub.memory_budget_gb
     print(f"  budget: {f'{budget:g} GB' if budget else 'unlimited'}; state dir: {reg.state_dir}")
     return 0

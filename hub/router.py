@@ -17,7 +17,7 @@ from starlette.routing import Match, Mount
 
 from hub.admin import router as admin_router
 from hub.config import Registry
-from hub.endpoints import dialect_of, endpoints_of
+from hub.endpoints import ENDPOINTS, dialect_of, endpoints_of
 from hub.errors import HubError, MethodNotAllowed, NotFound, RequestError
 from hub.gateway import ApiKeyMiddleware, Gateway, error_body, shaped_error
 from hub.manager import Manager
@@ -101,6 +101,20 @@ def create_app(registry: Registry, manager: Manager | None = None, ui: bool = Tr
             raise NotFound(f"image {name!r} is gone: model {model!r} is not running")
         r = await files_client.get(f"{s.handle.base_url}/files/{name}")
         return Response(r.content, r.status_code, media_type=r.headers.get("content-type"))
+
+    # ---- the gateway's endpoints, listed in the API docs (/hub/docs) only: the gateway answers them first ----
+
+    async def served_by_the_gateway() -> None:
+        raise NotFound("served by the gateway")  # pragma: no cover - the gateway takes these paths first
+
+    by_id = [("/v1/responses/{response_id}", "GET", "a response, from the model that made it"),
+             ("/v1/responses/{response_id}", "DELETE", "delete a response at the model that made it"),
+             ("/v1/responses/{response_id}/cancel", "POST", "cancel a response at the model that made it")]
+    documented = [(p, ep.method, f"{ep.task}: forwarded to a model that serves it ({ep.body} body)")
+                  for ep in ENDPOINTS for p in ep.paths]
+    for path, method, summary in documented + by_id:
+        app.add_api_route(path, served_by_the_gateway, methods=[method], tags=["models"], summary=summary,
+                          operation_id=f"{method.lower()}{path.replace('/', '_').replace('{', '').replace('}', '')}")
 
     # ---- admin (hub/admin.py): before the web app, which is mounted at / and would shadow it ----
 
