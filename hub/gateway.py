@@ -299,13 +299,14 @@ class Gateway:
     async def forward(self, scope: Scope, receive: Receive, send: Send, model: str, method: str, path: str, raw: bytes,
                       body: dict[str, Any] | None, content_type: str, stream: bool, ep: Endpoint,
                       extra: dict[str, str]) -> None:
-        """Acquire the model, send the request to its engine, and pass the answer (or stream) back."""
+        """Acquire the model, send the request to its engine (with the `extra` headers), and pass the answer (or
+        stream) back."""
         lease = await self.manager.acquire(model)
         try:
             up = lease.upstream
             if body is not None and up.model and up.model != model:
                 raw = json.dumps({**body, "model": up.model}).encode()
-            headers = {"content-type": content_type} if content_type else {}
+            headers = {"content-type": content_type, **extra} if content_type else dict(extra)
             if up.api_key:
                 headers["authorization"] = f"Bearer {up.api_key}"
             query = scope.get("query_string", b"")
@@ -318,7 +319,6 @@ class Gateway:
             lease.release()
             raise
         out = [(k.lower(), v) for k, v in resp.raw_headers if k.decode("latin-1").lower() not in HOP_HEADERS]
-        out += [(k.encode(), v.encode()) for k, v in extra.items()]
         if stream and resp.status == 200:
             await self.relay(receive, send, resp, lease, out, ep, model)
             return

@@ -32,10 +32,10 @@ def hub_error_response(err: HubError, path: str = "") -> JSONResponse:
 
 def model_object(s: Any) -> dict[str, Any]:
     """The OpenAI model object of a registered model, with the hub's own fields: its kind (`type`), the endpoints
-    it serves, its engine, state and note."""
+    it serves, its engine, state and note, and what its engine tells clients (an image model's defaults and limits)."""
     return {"id": s.id, "object": "model", "created": 0, "owned_by": "hub", "type": s.cfg.type,
             "endpoints": endpoints_of(s.cfg.type, s.cfg.tasks), "engine": s.cfg.engine, "state": s.state.value,
-            "description": s.cfg.description}
+            "description": s.cfg.description, **s.engine.describe(s.cfg)}
 
 
 def create_app(registry: Registry, manager: Manager | None = None, ui: bool = True) -> FastAPI:

@@ -112,17 +112,42 @@ def make_app(opts: argparse.Namespace) -> Starlette:
         return JSONResponse({"id": rid, "object": "text_completion", "created": created, "model": body["model"],
                              "choices": [{"index": 0, "text": text, "finish_reason": "stop"}], "usage": usage})
 
-    def images_response(n: int, size: str, colour: tuple[int, int, int]) -> Response:
+    def images_response(n: int, size: str, colour: tuple[int, int, int], stream: dict | None = None) -> Response:
+        """The images, or (stream = the request's fields) OpenAI's streaming events with previews and the image
+        server's progress comments, one step every --step-delay seconds."""
         w, h = (int(x) for x in size.split("x"))
-        data = [{"b64_json": base64.b64encode(png(w, h, colour)).decode()} for _ in range(n)]
-        return JSONResponse({"created": int(time.time()), "data": data})
+        if stream is None:
+            data = [{"b64_json": base64.b64encode(png(w, h, colour)).decode()} for _ in range(n)]
+            return JSONResponse({"created": int(time.time()), "data": data})
+        kind = "image_edit" if stream.get("edit") else "image_generation"
+        steps, previews = int(stream.get("num_inference_steps") or 4), int(stream.get("partial_images") or 0)
+        at = {round(steps * (i + 1) / (previews + 1)) for i in range(previews)}
+
+        async def events():
+            t0, shown = time.monotonic(), 0
+            for step in range(1, steps + 1):
+                await asyncio.sleep(opts.step_delay)
+                elapsed = round(time.monotonic() - t0, 3)
+                yield f": progress {json.dumps({'step': step, 'steps': steps, 'elapsed': elapsed})}\n\n"
+                if step in at:
+                    grey = png(w, h, (40 * (shown + 1), 40 * (shown + 1), 40 * (shown + 1)))
+                    event = {"type": f"{kind}.partial_image", "b64_json": base64.b64encode(grey).decode(),
+                             "partial_image_index": shown, "size": size, "output_format": "png"}
+                    shown += 1
+                    yield f"event: {event['type']}\ndata: {json.dumps(event)}\n\n"
+            for i in range(n):
+                event = {"type": f"{kind}.completed", "b64_json": base64.b64encode(png(w, h, colour)).decode(),
+                         "size": size, "output_format": "png", "index": i}
+                yield f"event: {event['type']}\ndata: {json.dumps(event)}\n\n"
+        return StreamingResponse(events(), media_type="text/event-stream")
 
     async def generations(request: Request) -> Response:
         stats["requests"] += 1
         body = await request.json()
         if opts.delay:
             await asyncio.sleep(opts.delay)
-        return images_response(int(body.get("n") or 1), body.get("size") or "64x64", (0, 200, 0))
+        return images_response(int(body.get("n") or 1), body.get("size") or "64x64", (0, 200, 0),
+                               body if body.get("stream") else None)
 
     async def edits(request: Request) -> Response:
         stats["requests"] += 1
@@ -134,7 +159,9 @@ def make_app(opts: argparse.Namespace) -> Starlette:
             names = [getattr(i, "filename", "") for i in images]
             mask = form.get("mask")
             n, size = int(form.get("n") or 1), str(form.get("size") or "64x64")
-        resp = images_response(n, size, (200, 0, 0) if mask is not None else (0, 0, 200))
+            fields = {k: v for k, v in form.items() if isinstance(v, str)}
+        stream = {**fields, "edit": True} if fields.get("stream") == "true" else None
+        resp = images_response(n, size, (200, 0, 0) if mask is not None else (0, 0, 200), stream)
         resp.headers["x-test-images"] = ",".join(str(x) for x in names)
         return resp
 
@@ -228,6 +255,7 @@ def main() -> None:
     p.add_argument("--delay", type=float, default=0.0, help="seconds before each answer")
     p.add_argument("--chunk-delay", type=float, default=0.01, help="seconds between stream chunks")
     p.add_argument("--start-delay", type=float, default=0.0, help="seconds before listening")
+    p.add_argument("--step-delay", type=float, default=0.05, help="seconds per step of a streamed image")
     p.add_argument("--text-only", action="store_true", help="refuse image parts, as vLLM does for text models")
     p.add_argument("--fail-start", action="store_true", help="print an error and exit 1 instead of serving")
     opts = p.parse_args()

@@ -180,6 +180,39 @@ def test_generate_then_edit_then_edit_again(clients):
     assert len(history) == 4
 
 
+def test_generate_streams_previews_and_steps_then_stop_ends_it(clients, hub):
+    client, admin = clients
+    out = last(images.generate_images(client, admin, "tiny-sd", "a square", size="64x64", steps=6, poll=0.2))
+    steps = [o[0] for o in out if isinstance(o[0], str) and ": step " in o[0]]
+    assert steps[0].startswith("generating with tiny-sd: step 1/6") and "s left" in steps[0]
+    assert steps[-1].startswith("generating with tiny-sd: step 6/6")
+    previews = [o[1] for o in out if isinstance(o[1], list)][:-1]
+    assert len(previews) == 2 and previews[0][0][1] == "preview 1" and previews[0][0][0].size == (64, 64)
+    assert out[-1][0].startswith("1 image(s) from tiny-sd") and out[-1][1][0][0].getpixel((0, 0)) == (0, 200, 0)
+    # an edit streams too
+    editor = {"background": Image.new("RGB", (32, 32)), "layers": [], "composite": None}
+    out = last(images.edit_image(client, admin, "tiny-sd", editor, "blue", steps=3, poll=0.2))
+    assert any(isinstance(o[0], str) and o[0].startswith("editing with tiny-sd: step 3/3") for o in out)
+    # stop: closing the handler closes the stream at the hub
+    gen = images.generate_images(client, admin, "tiny-sd", "slow", size="64x64", steps=400, poll=0.2)
+    while ": step " not in str(next(gen)[0]):
+        pass
+    assert hub.models(AUTH)["tiny-sd"]["in_flight"] == 1
+    gen.close()
+    deadline = time.monotonic() + 3
+    while hub.models(AUTH)["tiny-sd"]["in_flight"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert hub.models(AUTH)["tiny-sd"]["in_flight"] == 0
+
+
+def test_form_starts_from_the_models_defaults():
+    size, steps, n = images.form_defaults({"default_size": "128x128", "default_steps": 4, "max_size": 512,
+                                           "max_n": 2})
+    assert size.value == "128x128" and size.choices[0] == ("128x128", "128x128")
+    assert all(max(int(x) for x in c[0].split("x")) <= 512 for c in size.choices)
+    assert steps.value == 4 and n.maximum == 2
+
+
 def test_mask_is_transparent_where_painted():
     layer = Image.new("RGBA", (8, 8), (0, 0, 0, 0))
     layer.putpixel((2, 3), (255, 0, 0, 255))

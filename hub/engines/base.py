@@ -122,6 +122,10 @@ class Engine:
         """The validated `args` table."""
         return self.Args.model_validate(model.args)
 
+    def describe(self, model: ModelConfig) -> dict[str, Any]:
+        """Extra fields of the model's /v1/models entry that clients build forms from (defaults and limits)."""
+        return {}
+
     def refusal(self, model: ModelConfig, task: str, body: dict[str, Any]) -> str | None:
         """Why this model cannot take a request the route table would send it (None: it can). Called before the
         model is started, so that a request the engine would refuse does not cost a cold start."""

@@ -4,7 +4,7 @@ engine environment or the image built from docker/diffusers/Dockerfile."""
 from __future__ import annotations
 
 import json
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from pydantic import BaseModel
 
@@ -12,6 +12,9 @@ from hub.engines.base import Engine, LaunchContext, LaunchSpec
 from imageserver.api import ServerOptions
 
 DEFAULT_IMAGE = "hub-diffusers:latest"
+# the options a client builds its form from (the web app's Image tab): defaults, then limits
+PUBLIC_OPTIONS = ("default_size", "default_steps", "default_guidance", "quality_steps", "max_size", "max_n",
+                  "max_batch", "max_input_images", "max_prompt_chars")
 
 
 class DiffusersArgs(ServerOptions):
@@ -26,6 +29,11 @@ class DiffusersEngine(Engine):
     Args: ClassVar[type[BaseModel]] = DiffusersArgs
     needs_source: ClassVar[bool] = True
     kinds: ClassVar[tuple[str, ...] | None] = ("image",)
+
+    def describe(self, model: Any) -> dict[str, Any]:
+        """The image options a form needs, as {"image": {...}} (those this version of the server has)."""
+        a = self.args(model)
+        return {"image": {k: getattr(a, k) for k in PUBLIC_OPTIONS if getattr(a, k, None) is not None}}
 
     def launch(self, ctx: LaunchContext) -> LaunchSpec:
         a = self.args(ctx.model)

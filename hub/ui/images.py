@@ -1,9 +1,9 @@
 """The Image tab: generate, edit (inpaint where painted), edit the last result again, this session's history, and the
-picked model's note."""
+picked model's note. Requests stream: previews and the step counter show while the model works, and stop ends the
+job at the engine. The form starts from the picked model's own defaults and limits (its /v1/models entry)."""
 
 from __future__ import annotations
 
-import base64
 import io
 import time
 from collections.abc import Callable, Generator, Iterator
@@ -16,8 +16,10 @@ from PIL import Image, ImageChops
 
 from hub.ui.clients import Admin, AdminError
 from hub.ui.common import POLL_S, note_update, ui_error, wait_for
+from hub.ui.imagestream import ImageStream, open_stream, step_line
 
-SIZES = ["64x64", "256x256", "512x512", "768x768", "1024x1024", "1024x768", "768x1024"]
+SIZES = ["64x64", "128x128", "256x256", "512x512", "768x768", "1024x1024", "1024x768", "768x1024"]
+FALLBACK = {"default_size": "512x512", "default_steps": 20, "max_size": 2048, "max_n": 4}  # engines that say nothing
 HISTORY_MAX = 48
 
 Picture = tuple[Image.Image, str]
@@ -48,7 +50,9 @@ def build(client: openai.OpenAI, admin: Admin, notes: dict[str, str] | None = No
                 steps = gr.Slider(1, 100, value=20, step=1, label="steps", min_width=110)
                 guidance = gr.Slider(0.0, 20.0, value=7.0, step=0.5, label="guidance", min_width=110)
             seed = gr.Number(-1, label="seed (-1: random)", precision=0)
-            generate = gr.Button("generate", variant="primary", elem_id="hub-generate")
+            with gr.Row():
+                generate = gr.Button("generate", variant="primary", elem_id="hub-generate", min_width=90)
+                stop = gr.Button("stop", variant="stop", elem_id="hub-image-stop", min_width=70)
         with gr.Column(scale=2, min_width=280):
             status = gr.Markdown("", elem_classes=["hub-status"], elem_id="hub-image-status")
             results = gr.Gallery(label="results", columns=2, height=360, format="png", object_fit="contain",
@@ -66,6 +70,7 @@ def build(client: openai.OpenAI, admin: Admin, notes: dict[str, str] | None = No
                                  buttons=["download", "fullscreen"], elem_id="hub-history")
 
     model.change(lambda m: note_update(m, notes), model, note)
+    model.change(lambda m: form_defaults(image_options(client, m)), model, [size, steps, n], queue=False)
 
     def gen(picked, p, neg, sz, st, gd, sd, count, hist) -> Iterator[ImageOut]:
         yield from generate_images(client, admin, picked, p, neg, sz, st, gd, sd, count, hist)
@@ -74,26 +79,41 @@ def build(client: openai.OpenAI, admin: Admin, notes: dict[str, str] | None = No
         yield from edit_image(client, admin, picked, ed, instr, st, sd, count, hist)
 
     outs = [status, results, history, last]
-    generate.click(gen, [model, prompt, negative, size, steps, guidance, seed, n, history], outs,
-                   concurrency_limit=2).then(lambda hist: hist, history, session, queue=False)
-    edit.click(edt, [model, editor, instruction, steps, seed, n, history], outs,
-               concurrency_limit=2).then(lambda hist: hist, history, session, queue=False)
+    ev1 = generate.click(gen, [model, prompt, negative, size, steps, guidance, seed, n, history], outs,
+                         concurrency_limit=2)
+    ev1.then(lambda hist: hist, history, session, queue=False)
+    ev2 = edit.click(edt, [model, editor, instruction, steps, seed, n, history], outs, concurrency_limit=2)
+    ev2.then(lambda hist: hist, history, session, queue=False)
+    stop.click(lambda: "stopped", None, status, cancels=[ev1, ev2], queue=False)
     again.click(edit_again, last, editor, queue=False)
     return ImageTab(model, note)
 
 
+# ---- the form ----
+
+def image_options(client: openai.OpenAI, model: str | None) -> dict[str, Any]:
+    """An image model's defaults and limits from its /v1/models entry (the engine's `image` field), else FALLBACK."""
+    if not model:
+        return dict(FALLBACK)
+    try:
+        extra = client.models.retrieve(model).model_extra or {}
+    except openai.OpenAIError:
+        return dict(FALLBACK)
+    return {**FALLBACK, **(extra.get("image") or {})}
+
+
+def form_defaults(opts: dict[str, Any]) -> tuple[Any, Any, Any]:
+    """The size picker (sizes within the model's max_size, its default first), steps and n for a model."""
+    limit = int(opts["max_size"])
+    fits = [s for s in SIZES if max(int(x) for x in s.split("x")) <= limit]
+    default = str(opts["default_size"])
+    sizes = [default, *(s for s in fits if s != default)]
+    return (gr.Dropdown(choices=sizes, value=default),
+            gr.Slider(value=int(opts["default_steps"])),
+            gr.Slider(maximum=max(1, int(opts["max_n"])), value=1))
+
+
 # ---- handlers ----
-
-def _decode(item: Any, client: openai.OpenAI) -> Image.Image:
-    if getattr(item, "b64_json", None):
-        return Image.open(io.BytesIO(base64.b64decode(item.b64_json))).convert("RGB")
-    if getattr(item, "url", None):
-        headers = {"authorization": f"Bearer {client.api_key}"} if client.api_key else {}
-        r = httpx.get(item.url, headers=headers, timeout=60)
-        r.raise_for_status()
-        return Image.open(io.BytesIO(r.content)).convert("RGB")
-    raise gr.Error("the image model answered without image data: see `hub logs <model>`")
-
 
 def _png(img: Image.Image) -> bytes:
     buf = io.BytesIO()
@@ -129,34 +149,48 @@ def generate_images(client: openai.OpenAI, admin: Admin, model: str | None, prom
     if not prompt or not prompt.strip():
         raise gr.Error("write a prompt first")
 
-    def send():
-        return client.images.generate(model=model, prompt=prompt.strip(), n=int(n), size=size,
-                                      response_format="b64_json", extra_body=_extras(negative, steps, guidance, seed))
+    body = {"model": model, "prompt": prompt.strip(), "n": int(n), "size": size, "response_format": "b64_json",
+            **_extras(negative, steps, guidance, seed)}
 
-    images, took = yield from _images_call(send, client, admin, model, "generating with", poll)
+    def send() -> ImageStream:
+        return open_stream(client, "/images/generations", json_body=body)
+
+    images, took = yield from _images_call(send, admin, model, "generating with", poll)
     caption = prompt.strip()[:80]
     pics = [(img, caption) for img in images]
     done = f"{len(images)} image(s) from {model} in {took:.1f}s"
     yield done, pics, _remember(history, pics), images[0]
 
 
-def _images_call(send: Callable[[], Any], client: openai.OpenAI, admin: Admin, model: str, doing: str,
+def _images_call(send: Callable[[], ImageStream], admin: Admin, model: str, doing: str,
                  poll: float) -> Generator[tuple[Any, ...], None, tuple[list[Image.Image], float]]:
-    """Run an images request, yielding (status, skip, skip, skip) rows while it waits; returns the images and the
-    seconds it took."""
+    """Run a streamed images request: yield (status, previews, skip, skip) rows while the model starts and works;
+    return the images and the seconds it took. Closing this generator (stop) closes the stream, which stops the
+    job at the engine."""
     t0 = time.monotonic()
+    stream = None
     try:
         waiting = wait_for(send, admin, model, doing, poll)
         while True:
             try:
                 status = next(waiting)
             except StopIteration as stop:
-                resp = stop.value
+                stream = stop.value
                 break
             yield status, gr.skip(), gr.skip(), gr.skip()
-        images = [_decode(d, client) for d in resp.data or []]
+        previews = 0
+        for p in stream:
+            if p.step is not None:
+                yield step_line(model, doing, p), gr.skip(), gr.skip(), gr.skip()
+            elif p.preview is not None:
+                previews += 1
+                yield gr.skip(), [(p.preview, f"preview {previews}")], gr.skip(), gr.skip()
+        images = stream.images
     except (openai.OpenAIError, AdminError, httpx.HTTPError) as err:
         raise ui_error(err) from None
+    finally:
+        if stream is not None:
+            stream.close()
     if not images:
         raise gr.Error(f"{model} returned no images: see `hub logs {model}`")
     return images, time.monotonic() - t0
@@ -216,12 +250,13 @@ def edit_image(client: openai.OpenAI, admin: Admin, model: str | None, editor: A
     files: dict[str, Any] = {"image": ("image.png", _png(image), "image/png")}
     if mask is not None:
         files["mask"] = ("mask.png", _png(mask), "image/png")
+    fields = {"model": model, "prompt": instruction.strip(), "n": str(int(n)), "response_format": "b64_json",
+              **{k: str(v) for k, v in _extras("", steps, None, seed).items()}}
 
-    def send():
-        return client.images.edit(model=model, prompt=instruction.strip(), n=int(n), response_format="b64_json",
-                                  extra_body=_extras("", steps, None, seed), **files)
+    def send() -> ImageStream:
+        return open_stream(client, "/images/edits", fields=fields, files=files)
 
-    images, took = yield from _images_call(send, client, admin, model, "editing with", poll)
+    images, took = yield from _images_call(send, admin, model, "editing with", poll)
     what = "inpainted" if mask is not None else "edited"
     pics = [(img, f"{what}: {instruction.strip()[:70]}") for img in images]
     done = f"{len(images)} image(s) {what} by {model} in {took:.1f}s"
