@@ -49,6 +49,16 @@ engine = "command"
 [models.broken.args]
 command = {responder_command("--fail-start")}
 """
+# Records what the Image tab's status line and results gallery show while an image streams in.
+WATCH_IMAGE = """() => {
+  window.__steps = []; window.__previews = 0;
+  const status = document.querySelector('#hub-image-status');
+  const results = document.querySelector('#hub-results');
+  new MutationObserver(() => window.__steps.push(status.innerText.trim()))
+    .observe(status, {subtree: true, childList: true, characterData: true});
+  new MutationObserver(() => { if (/preview \\d/.test(results.innerText)) window.__previews += 1; })
+    .observe(results, {subtree: true, childList: true, characterData: true});
+}"""
 # Records every text the last chat bubble shows, so the test can see the reply grow (streaming), not just its end.
 WATCH_CHAT = """() => {
   window.__seen = [];
@@ -139,8 +149,12 @@ def test_chat_image_edit_models_in_a_browser(browser, hub_factory, tmp_path):
     note.get_by_text("RANDOM weights").wait_for()
     assert note.inner_text().strip() == NOISE and "noise" in NOISE
     page.locator("#hub-prompt textarea").fill("a green square on a terminal")
+    page.evaluate(WATCH_IMAGE)
     page.locator("#hub-generate").click()
     page.get_by_text("1 image(s) from tiny-sd").wait_for()
+    steps = [t for t in page.evaluate("window.__steps") if ": step " in t]
+    assert len(set(steps)) >= 3 and "step 1/" in steps[0], steps  # the counter moved
+    assert page.evaluate("window.__previews") >= 1, "no preview showed before the image"
     page.locator("#hub-results img").first.wait_for()
     shot(page, "04-image-generated")
 
