@@ -98,6 +98,8 @@ def make_app(opts: argparse.Namespace) -> Starlette:
                                "choices": [{"index": 0, "text": piece, "finish_reason": None}]}
                     yield f"data: {json.dumps(obj)}\n\n"
                     await asyncio.sleep(opts.chunk_delay)
+                    if opts.die_mid_stream and i == 1:
+                        os._exit(3)  # the connection closes without the chunked terminator
                 end = {"index": 0, "finish_reason": "stop", **({"delta": {}} if is_chat else {"text": ""})}
                 obj = {"id": rid, "object": "chat.completion.chunk" if is_chat else "text_completion",
                        "created": created, "model": body["model"], "choices": [end]}
@@ -203,6 +205,8 @@ def make_app(opts: argparse.Namespace) -> Starlette:
                 for kind in ("response.created", "response.completed"):
                     yield f"event: {kind}\ndata: {json.dumps({'type': kind, 'response': obj})}\n\n"
                     await asyncio.sleep(opts.chunk_delay)
+                    if opts.die_mid_stream:
+                        os._exit(3)
             return StreamingResponse(events(), media_type="text/event-stream")
         return JSONResponse(obj)
 
@@ -255,6 +259,7 @@ def main() -> None:
     p.add_argument("--delay", type=float, default=0.0, help="seconds before each answer")
     p.add_argument("--chunk-delay", type=float, default=0.01, help="seconds between stream chunks")
     p.add_argument("--start-delay", type=float, default=0.0, help="seconds before listening")
+    p.add_argument("--die-mid-stream", action="store_true", help="exit in the middle of every stream")
     p.add_argument("--step-delay", type=float, default=0.05, help="seconds per step of a streamed image")
     p.add_argument("--text-only", action="store_true", help="refuse image parts, as vLLM does for text models")
     p.add_argument("--fail-start", action="store_true", help="print an error and exit 1 instead of serving")

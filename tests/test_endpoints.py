@@ -174,3 +174,20 @@ def test_api_key_by_bearer_or_x_api_key(hub_factory) -> None:
     r = httpx.post(h.url + "/tokenize", json={"model": "echo", "prompt": "x"},
                    headers={"authorization": "Bearer sekrit"}, timeout=30)
     assert r.status_code == 200
+
+
+@pytest.mark.parametrize("endpoint", ["chat", "responses"])
+def test_engine_dying_mid_stream_ends_the_stream_with_an_error(hub_factory, endpoint) -> None:
+    h = hub_factory(model("dying", "text").replace(responder_command(), responder_command("--die-mid-stream")))
+    c = client(h)
+    got: list = []
+    with pytest.raises(openai.APIError) as err:
+        if endpoint == "chat":
+            for chunk in c.chat.completions.create(model="dying", messages=[{"role": "user", "content": "a b c d"}],
+                                                   stream=True):
+                got.append(chunk)
+        else:
+            for event in c.responses.create(model="dying", input="x", stream=True):
+                got.append(event)
+    assert got, "the stream should have started before the engine died"
+    assert "engine broke off" in str(err.value.message)
