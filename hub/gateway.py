@@ -43,6 +43,7 @@ from hub.errors import (
     WrongModelType,
 )
 from hub.manager import Lease, Manager
+from hub.metrics import Exchange, Metrics
 
 # Headers that describe one hop of a connection, not the message: never passed on.
 HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "content-length", "content-encoding", "host",
@@ -98,7 +99,7 @@ class ApiKeyMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
         if (scope["type"] == "http" and scope["method"] != "OPTIONS"
-                and (path.startswith(("/v1/", "/hub/", "/v2/")) or path in ROOT_PATHS)):
+                and (path.startswith(("/v1/", "/hub/", "/v2/")) or path in ROOT_PATHS or path == "/metrics")):
             headers = Headers(scope=scope)
             given = headers.get("authorization", "")
             token = given[7:] if given[:7].lower() == "bearer " else headers.get("x-api-key", "")
@@ -158,8 +159,8 @@ def base_url(scope: Scope) -> str:
 class Gateway:
     """Serves the route table; passes every other request to `app`."""
 
-    def __init__(self, manager: Manager, app: ASGIApp | None = None) -> None:
-        self.manager, self.app = manager, app
+    def __init__(self, manager: Manager, app: ASGIApp | None = None, metrics: Metrics | None = None) -> None:
+        self.manager, self.app, self.metrics = manager, app, metrics
         self.responses = ResponseBook()
         self._session: aiohttp.ClientSession | None = None
 
@@ -197,21 +198,27 @@ class Gateway:
         dialect = ep.dialect if ep else "openai"
         method = scope["method"]
         allowed = [ep.method] if ep else list(BY_ID_METHODS[by_id.group(2) or ""])
+        x = Exchange(path if ep else "/v1/responses/{id}" + (by_id.group(2) or ""))
+        if self.metrics:
+            send = x.wrap(send)
         try:
             if method not in allowed:
                 raise MethodNotAllowed(method, path, allowed)
             if ep:
-                await self.serve(scope, receive, send, ep)
+                await self.serve(scope, receive, send, ep, x)
             else:
-                await self.serve_by_id(scope, receive, send, by_id.group(1))
+                await self.serve_by_id(scope, receive, send, by_id.group(1), x)
         except HubError as err:
             await send_error(send, err, dialect)
         except ClientGone:
-            return
+            x.status = 499  # nginx's "client closed request"
+        finally:
+            if self.metrics:
+                self.metrics.done(x)
 
     # ---- the two ways in ----
 
-    async def serve(self, scope: Scope, receive: Receive, send: Send, ep: Endpoint) -> None:
+    async def serve(self, scope: Scope, receive: Receive, send: Send, ep: Endpoint, x: Exchange) -> None:
         """A request that names its model in its body."""
         raw = await read_body(receive)
         content_type = Headers(scope=scope).get("content-type", "")
@@ -231,6 +238,7 @@ class Gateway:
                 if not isinstance(value, f.types) or isinstance(value, bool):
                     raise RequestError(f"'{f.name}' must be {f.what}", param=f.name)
             stream = body.get("stream") is True
+        x.model = model
         slot = self.check_task(model, ep, scope["path"])
         if body is not None and (why := slot.engine.refusal(slot.cfg, ep.task, body)):
             raise RequestError(why)
@@ -238,12 +246,13 @@ class Gateway:
         await self.forward(scope, receive, send, model, ep.method, ep.upstream or scope["path"], raw, body,
                            content_type, stream, ep, extra)
 
-    async def serve_by_id(self, scope: Scope, receive: Receive, send: Send, response_id: str) -> None:
+    async def serve_by_id(self, scope: Scope, receive: Receive, send: Send, response_id: str, x: Exchange) -> None:
         """GET, DELETE, cancel and input_items of a response: sent to the model that made it, if still running."""
         model = self.responses.model_of(response_id)
         if model is None:
             raise NotFound(f"no response {response_id!r} was made through this hub (or it was made so long ago "
                                 "that the hub forgot which model made it)", param="response_id")
+        x.model = model
         slot = self.manager.slot(model)
         if not slot.handle and slot.engine.managed:
             self.responses.forget(response_id)

@@ -21,6 +21,7 @@ from hub.endpoints import ENDPOINTS, dialect_of, endpoints_of
 from hub.errors import HubError, MethodNotAllowed, NotFound, RequestError
 from hub.gateway import ApiKeyMiddleware, Gateway, error_body, shaped_error
 from hub.manager import Manager
+from hub.metrics import CONTENT_TYPE, Metrics
 
 API_PREFIXES = ("/v1", "/v2", "/hub", "/files")  # never the web app's: unknown paths here get API errors
 
@@ -41,7 +42,8 @@ def model_object(s: Any) -> dict[str, Any]:
 def create_app(registry: Registry, manager: Manager | None = None, ui: bool = True) -> FastAPI:
     """The hub's ASGI app: the gateway in front, /v1/models, /files, the admin API and (if `ui`) the web app at /."""
     manager = manager or Manager(registry)
-    gateway = Gateway(manager)
+    metrics = Metrics(manager)
+    gateway = Gateway(manager, metrics=metrics)
     files_client = httpx.AsyncClient(timeout=httpx.Timeout(connect=10.0, read=60.0, write=60.0, pool=None))
     api_key = registry.api_key()
 
@@ -84,6 +86,10 @@ def create_app(registry: Registry, manager: Manager | None = None, ui: bool = Tr
     @app.get("/health")
     async def health() -> dict[str, str]:
         return {"status": "ok"}
+
+    @app.get("/metrics", include_in_schema=False)
+    async def prometheus() -> Response:
+        return Response(metrics.exposition(), media_type=CONTENT_TYPE)
 
     @app.get("/v1/models")
     async def list_models() -> dict[str, Any]:

@@ -14,8 +14,8 @@
 - failed:    keeps the reason; the next request starts the model again.
 
 Every change of a managed model's state goes through `move`, which raises InvalidTransition (a bug in the hub,
-never an HTTP error) for a move the table does not list. A model starts stopped; an unmanaged engine (`openai`)
-starts ready and never moves.
+never an HTTP error) for a move the table does not list, and tells the slot's `observer` (the metrics) of each
+move. A model starts stopped; an unmanaged engine (`openai`) starts ready and never moves.
 """
 
 from __future__ import annotations
@@ -81,4 +81,6 @@ def move(slot: Movable, to: State, reason: str | None) -> None:
     if not slot.managed or to not in TRANSITIONS[from_]:
         raise InvalidTransition(slot.id, from_, to, slot.managed)
     slot.state, slot.reason = to, reason
+    if observer := getattr(slot, "observer", None):
+        observer(slot, from_, to, reason)
     log.debug("%s: %s -> %s%s", slot.id, from_, to, f" ({reason})" if reason else "")

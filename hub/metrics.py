@@ -1,0 +1,148 @@
+"""Prometheus metrics (GET /metrics, prometheus_client's text format) and one structured log line per request.
+
+Request metrics are recorded by the gateway as each exchange ends; model metrics (state, requests in flight and
+queued, starts) are read from the manager when Prometheus scrapes, so they are never stale and cost nothing between
+scrapes. Each hub app has its own registry (tests run several in one process).
+
+    hub_requests_total{model,endpoint,status}          counter
+    hub_request_first_byte_seconds{model,endpoint}     histogram: time to the answer's first body byte
+    hub_request_seconds{model,endpoint}                histogram: time to the answer's end (streams included)
+    hub_tokens_total{model,kind}                       counter: prompt / completion tokens where the engine reports
+                                                       usage (plain answers; streams that end with a usage event)
+    hub_model_state{model,state}                       1 for the model's current state, 0 for the others
+    hub_model_in_flight{model}, hub_model_queued{model}  gauges
+    hub_model_starts_total{model}                      counter: engine starts
+    hub_model_events_total{model,event}                counter: the moves of each model (ready, evicted,
+                                                       stopping, stopped, failed, starting)
+    hub_model_start_seconds{model}                     histogram: launch to ready
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from hub.manager.states import State
+
+log = logging.getLogger("hub.requests")
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+START_BUCKETS = (0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 1200)
+# usage fields of OpenAI (prompt/completion) and Anthropic/Responses (input/output) answers
+USAGE = re.compile(rb'"(prompt_tokens|completion_tokens|input_tokens|output_tokens)"\s*:\s*(\d+)')
+TOKEN_KIND = {b"prompt_tokens": "prompt", b"input_tokens": "prompt", b"completion_tokens": "completion",
+              b"output_tokens": "completion"}
+
+
+@dataclass
+class Exchange:
+    """One request through the gateway, as it is measured."""
+
+    endpoint: str
+    t0: float = field(default_factory=time.perf_counter)
+    model: str | None = None
+    status: int | None = None
+    first_byte: float | None = None
+    tail: bytes = b""  # the answer's last bytes, where usage is reported
+
+    def wrap(self, send: Any) -> Any:
+        """`send`, noting the status and the first body byte."""
+        async def measured(msg: dict[str, Any]) -> None:
+            if msg["type"] == "http.response.start":
+                self.status = msg["status"]
+            elif msg.get("body"):
+                if self.first_byte is None:
+                    self.first_byte = time.perf_counter()
+                self.tail = msg["body"][-4096:]
+            await send(msg)
+        return measured
+
+
+class Metrics:
+    """The hub's metrics: its own registry, the request metrics, and a collector over the manager."""
+
+    def __init__(self, manager: Any) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        labels = ("model", "endpoint")
+        self.requests = Counter("hub_requests", "Requests by model, endpoint and status",
+                                [*labels, "status"], registry=self.registry)
+        self.first_byte = Histogram("hub_request_first_byte_seconds", "Time to the first byte of the answer",
+                                    labels, buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.total = Histogram("hub_request_seconds", "Time to the end of the answer (streams included)",
+                               labels, buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.tokens = Counter("hub_tokens", "Tokens the engines reported in usage", ["model", "kind"],
+                              registry=self.registry)
+        self.events = Counter("hub_model_events", "Model lifecycle events", ["model", "event"],
+                              registry=self.registry)
+        self.start_seconds = Histogram("hub_model_start_seconds", "Engine start: launch to ready", ["model"],
+                                       buckets=START_BUCKETS, registry=self.registry)
+        self.registry.register(ManagerCollector(manager))
+        for s in manager.slots.values():
+            s.observer = self.on_move
+
+    def done(self, x: Exchange) -> None:
+        """Record a finished exchange and log it as one JSON line."""
+        now = time.perf_counter()
+        model, status = x.model or "-", x.status or 0
+        self.requests.labels(model, x.endpoint, str(status)).inc()
+        if x.first_byte is not None:
+            self.first_byte.labels(model, x.endpoint).observe(x.first_byte - x.t0)
+        self.total.labels(model, x.endpoint).observe(now - x.t0)
+        tokens = {}
+        if status == 200 and b'_tokens"' in x.tail:
+            for name, value in USAGE.findall(x.tail):
+                tokens[TOKEN_KIND[name]] = int(value)  # the last report wins (streams repeat cumulative usage)
+            for kind, n in tokens.items():
+                self.tokens.labels(model, kind).inc(n)
+        if log.isEnabledFor(logging.INFO):
+            log.info(json.dumps({"model": x.model, "endpoint": x.endpoint, "status": status,
+                                 "first_byte_ms": round((x.first_byte - x.t0) * 1000, 1) if x.first_byte else None,
+                                 "total_ms": round((now - x.t0) * 1000, 1), **tokens}))
+
+    def on_move(self, slot: Any, from_: State, to: State, reason: str | None) -> None:
+        """A model changed state (hub.manager.states.move calls this as the slot's observer): count the events."""
+        if to == State.READY and from_ == State.STARTING:
+            if slot.started_at:
+                self.start_seconds.labels(slot.id).observe(max(0.0, time.time() - slot.started_at))
+            event = "ready"
+        elif to == State.STOPPING:
+            event = "evicted" if (reason or "").startswith("evicted") else "stopping"
+        else:
+            event = to.value
+        self.events.labels(slot.id, event).inc()
+
+    def exposition(self) -> bytes:
+        """The text format Prometheus scrapes."""
+        return generate_latest(self.registry)
+
+
+class ManagerCollector:
+    """Model gauges read from the manager at scrape time."""
+
+    def __init__(self, manager: Any) -> None:
+        self.manager = manager
+
+    def describe(self) -> list[Metric]:
+        return []  # collected fresh on every scrape
+
+    def collect(self) -> Iterator[Metric]:
+        slots = list(self.manager.slots.values())
+        state = GaugeMetricFamily("hub_model_state", "1 for the model's current state", labels=["model", "state"])
+        in_flight = GaugeMetricFamily("hub_model_in_flight", "Requests the engine is serving", labels=["model"])
+        queued = GaugeMetricFamily("hub_model_queued", "Requests waiting for the model", labels=["model"])
+        starts = CounterMetricFamily("hub_model_starts", "Engine starts", labels=["model"])
+        for s in slots:
+            for st in State:
+                state.add_metric([s.id, st.value], 1.0 if s.state == st else 0.0)
+            in_flight.add_metric([s.id], float(s.in_flight))
+            queued.add_metric([s.id], float(getattr(s, "queued", 0)))
+            starts.add_metric([s.id], float(s.starts))
+        yield from (state, in_flight, queued, starts)
