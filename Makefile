@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 HUB := $(VENV)/bin/hub
 
-.PHONY: demo test test-setup setup engines demo-models system docker litellm lint
+.PHONY: demo test test-setup setup engines demo-models system docker litellm vllm-router lint
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -41,9 +41,13 @@ docker: system
 litellm: setup
 	$(VENV)/bin/python -m benchmarks.router_overhead --setup-litellm
 
+# vllm-router (Rust, from the package registry) in its own environment, the other peer of that comparison.
+vllm-router: setup
+	$(VENV)/bin/python -m benchmarks.router_overhead --setup-vllm-router
+
 # The slow set-up steps are independent: run them side by side.
 test-setup: setup
-	$(MAKE) --no-print-directory -j3 demo-models docker litellm
+	$(MAKE) --no-print-directory -j4 demo-models docker litellm vllm-router
 
 test: lint test-setup
 	HUB_STRICT=1 $(VENV)/bin/pytest -ra --durations=15

@@ -1,222 +1,228 @@
-"""Router overhead: the same small non-streaming chat request direct to an engine, through the hub, and through
-LiteLLM's proxy, in one run; p50/p99 added milliseconds per concurrency level, and the ratio hub/LiteLLM.
+"""Router overhead: the same small chat request direct to an engine, through the hub and through its peers (a bare
+ASGI pass-through, vllm-router, LiteLLM's proxy), in one run; non-streaming and streaming, at several concurrency
+levels; the milliseconds each hop adds and the requests/s each sustains.
 
-    python -m benchmarks.router_overhead --setup-litellm     # once: LiteLLM's proxy in <envs_dir>/litellm
-    python -m benchmarks.router_overhead [--requests 600] [--concurrency 1 16] [--no-litellm] [--out FILE.csv]
+    python -m benchmarks.router_overhead --setup-litellm --setup-vllm-router   # once: the peers' environments
+    python -m benchmarks.router_overhead [--requests N] [--concurrency 1 16 64] [--no-litellm] [--no-vllm-router]
+                                         [--no-bare] [--no-pin] [--out FILE.csv]
 
-The engine is the project's test responder (tests/responder.py), started by a `hub serve` of this script as a
-`command` engine; the direct and LiteLLM paths go to that same engine process. Targets are measured in interleaved
-rounds (direct, hub, litellm, direct, ...) so that drift on a shared machine hits them alike. Added latency is a
-percentile through the proxy minus the same percentile direct. LiteLLM lives in its own virtual environment (never
-the hub's); it runs with its bundled model cost map (no network) and without a database.
+The engine is the project's test responder (tests/responder.py, streaming with no delay between chunks), started by
+a `hub serve` of this script as a `command` engine; every target goes to that same engine process. A peer whose
+environment is missing is skipped with the reason printed. Servers and cores: benchmarks/peers.py; the load
+generator: benchmarks/loadgen.py.
+
+How it is counted: targets are measured in interleaved rounds (direct, hub, bare, vllm-router, litellm, direct, ...)
+so that drift on a shared machine hits them alike. Each round gives each target its percentiles and its requests/s;
+a row holds the median over rounds. Added time is the median over rounds of (target - direct in the same round).
+Plain requests are timed to the whole answer; streams to the first chunk and to the end.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
-import json
-import os
-import subprocess
+import math
+import statistics
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
-
-from benchmarks.measure import chat_once
-from benchmarks.metrics import added_latency, percentile
+from benchmarks import loadgen
+from benchmarks.metrics import percentile
+from benchmarks.peers import (
+    MODEL,
+    PEERS,
+    STARTERS,
+    Cores,
+    Server,
+    affinity,
+    litellm_python,
+    missing,
+    plan_cores,
+    setup_litellm,
+    setup_vllm_router,
+    started_hub,
+    vllm_router_exe,
+)
 from benchmarks.results import write_csv
 from benchmarks.scenarios import RouterOverheadScenario
-from hub.procs import free_port, stop_process, wait_http
 
-ROOT = Path(__file__).resolve().parent.parent
-RESPONDER = ROOT / "tests" / "responder.py"
-MODEL = "bench"
-TARGETS_P50_MS, TARGETS_P99_MS = 1.0, 5.0  # the hub's targets at concurrency 1
+__all__ = ["litellm_python", "report", "run_router_overhead", "vllm_router_exe"]
 
-
-def envs_dir() -> Path:
-    """Where engine (and tool) environments live: HUB_ENVS_DIR, else .hub/envs at the repo root."""
-    return Path(os.environ.get("HUB_ENVS_DIR") or ROOT / ".hub" / "envs")
+PROMPT = "one two three four five six seven"  # the responder echoes it: a stream of 8 text chunks
+# The issue's targets for the hub on a 2-core machine (ms, req/s, ratios of added time).
+TARGET_ADDED_P50_MS = {1: 0.5, 16: 2.5, 64: 8.0}
+TARGET_ADDED_FIRST_MS = {1: 1.0}
+TARGET_REQ_S = {64: 1800.0}
+TARGET_X = {"bare": 1.3, "vllm-router": 3.0}
 
 
-def litellm_python() -> Path:
-    """The Python of LiteLLM's own environment."""
-    return envs_dir() / "litellm" / "bin" / "python"
+def _med(xs: list[float]) -> float:
+    xs = [x for x in xs if not math.isnan(x)]
+    return statistics.median(xs) if xs else math.nan
 
 
-def setup_litellm() -> Path:
-    """Make <envs_dir>/litellm with `litellm[proxy]` (idempotent)."""
-    env = envs_dir() / "litellm"
-    py = env / "bin" / "python"
-    if not py.exists():
-        subprocess.run([sys.executable, "-m", "venv", str(env)], check=True)
-    probe = subprocess.run([str(py), "-c", "import litellm.proxy.proxy_server"], capture_output=True,
-                           env={**os.environ, **LITELLM_ENV})
-    if probe.returncode != 0:
-        subprocess.run([str(py), "-m", "pip", "install", "-q", "litellm[proxy]"], check=True)
-    return py
+def _round_stats(b: loadgen.Burst) -> dict[str, float]:
+    """One round of one target: percentiles in ms, requests/s and the generator's CPU per request."""
+    out = {"p50_ms": percentile(b.total, 50) * 1000, "p99_ms": percentile(b.total, 99) * 1000,
+           "req_s": b.requests_per_s, "gen_cpu_us": b.cpu_s / len(b.total) * 1e6}
+    if b.first:
+        out["first_p50_ms"] = percentile(b.first, 50) * 1000
+        out["first_p99_ms"] = percentile(b.first, 99) * 1000
+    return out
 
 
-# LiteLLM must not reach the network: bundled cost map, no telemetry. Like the hub here, it runs without an API
-# key (loopback only), so that neither side pays for authentication.
-LITELLM_ENV = {"LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_TELEMETRY": "False",
-               "LITELLM_LOG": "ERROR", "DISABLE_SCHEMA_UPDATE": "True",
-               "LITELLM_DANGEROUSLY_PERMIT_WEAK_OR_UNSET_MASTER_KEY": "true"}
+async def _measure(targets: list[Server], sc: RouterOverheadScenario) -> dict[tuple[int, str, str], list]:
+    """{(concurrency, mode, target): one Burst per round}, measured in interleaved rounds."""
+    out: dict[tuple[int, str, str], list] = defaultdict(list)
+    for c in sc.concurrency:
+        per_round = max(-(-sc.requests // sc.rounds), 2 * c)  # enough for a steady state at c
+        sessions = {t.name: loadgen.session(c) for t in targets}
+        try:
+            for mode in sc.modes:
+                body = loadgen.chat_body(MODEL, PROMPT, mode == "stream")
+                for t in targets:  # warm-up: connections, caches, lazy imports
+                    await loadgen.burst(sessions[t.name], t.v1 + "/chat/completions", body, mode,
+                                        max(sc.warmup, c), c)
+                for _ in range(sc.rounds):
+                    for t in targets:
+                        out[(c, mode, t.name)].append(await loadgen.burst(
+                            sessions[t.name], t.v1 + "/chat/completions", body, mode, per_round, c))
+        finally:
+            for s in sessions.values():
+                await s.close()
+    return out
 
 
-@contextlib.contextmanager
-def started_hub(tmp: Path) -> Iterator[tuple[str, str]]:
-    """A `hub serve` with the test responder as a `command` engine; yields (hub /v1 URL, engine /v1 URL)."""
-    port = free_port()
-    cmd = [sys.executable, str(RESPONDER), "--port", "{port}", "--model", MODEL, "--chunk-delay", "0"]
-    cfg = tmp / "models.toml"
-    cfg.write_text(
-        f'[hub]\nport = {port}\nstate_dir = {json.dumps(str(tmp / "state"))}\n\n'
-        f'[models.{MODEL}]\ntype = "text"\nengine = "command"\n'
-        f'command = {json.dumps(cmd)}\nhealth = "/health"\n'
-    )
-    log = tmp / "hub.log"
-    proc = subprocess.Popen([sys.executable, "-m", "hub.cli", "serve", "--config", str(cfg), "--no-ui"],
-                            stdout=log.open("w"), stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True,
-                            env={**os.environ, "HUB_STATE_DIR": str(tmp / "state")})
-    try:
-        root = f"http://127.0.0.1:{port}"
-        wait_http(root + "/health", proc, 60, log)
-        entry = httpx.post(f"{root}/hub/models/{MODEL}/load", timeout=60).json()
-        yield root + "/v1", f"http://127.0.0.1:{entry['process']['port']}/v1"
-    finally:
-        stop_process(proc)
-
-
-@contextlib.contextmanager
-def started_litellm(tmp: Path, engine_v1: str) -> Iterator[str]:
-    """LiteLLM's proxy from its own environment, routing model `bench` to the engine; yields its /v1 URL."""
-    py = litellm_python()
-    if not py.exists():
-        raise RuntimeError(f"LiteLLM's environment is missing ({py.parent.parent}): run "
-                           "`python -m benchmarks.router_overhead --setup-litellm`, or pass --no-litellm")
-    port = free_port()
-    cfg = tmp / "litellm.yaml"
-    cfg.write_text(
-        "model_list:\n"
-        f"  - model_name: {MODEL}\n"
-        "    litellm_params:\n"
-        f"      model: openai/{MODEL}\n"
-        f"      api_base: {engine_v1}\n"
-        "      api_key: none\n"
-        "litellm_settings:\n"
-        "  telemetry: false\n"
-        "  turn_off_message_logging: true\n"
-    )
-    log = tmp / "litellm.log"
-    exe = py.parent / "litellm"
-    proc = subprocess.Popen([str(exe), "--config", str(cfg), "--host", "127.0.0.1", "--port", str(port)],
-                            stdout=log.open("w"), stderr=subprocess.STDOUT, cwd=tmp, start_new_session=True,
-                            env={**os.environ, **LITELLM_ENV})
-    try:
-        wait_http(f"http://127.0.0.1:{port}/health/liveliness", proc, 180, log)
-        yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        stop_process(proc)
-
-
-async def _measure(targets: dict[str, str], sc: RouterOverheadScenario, c: int) -> dict[str, list[float]]:
-    """Latencies (seconds) per target at concurrency c, measured in interleaved rounds."""
-    lat: dict[str, list[float]] = {name: [] for name in targets}
-    limits = httpx.Limits(max_connections=c, max_keepalive_connections=c)
-    clients = {name: httpx.AsyncClient(timeout=60, limits=limits) for name in targets}
-    try:
-        for name, url in targets.items():  # warm-up: connections, caches, lazy imports
-            await asyncio.gather(*(chat_once(clients[name], url, MODEL) for _ in range(max(sc.warmup, c))))
-        per_round = -(-sc.requests // sc.rounds)
-        for _ in range(sc.rounds):
-            for name, url in targets.items():
-                sem = asyncio.Semaphore(c)
-
-                async def one(client: httpx.AsyncClient = clients[name], url: str = url,
-                              sem: asyncio.Semaphore = sem) -> float:
-                    async with sem:
-                        return await chat_once(client, url, MODEL)
-
-                lat[name].extend(await asyncio.gather(*(one() for _ in range(per_round))))
-    finally:
-        for cl in clients.values():
-            await cl.aclose()
-    return lat
-
-
-def run_router_overhead(sc: RouterOverheadScenario) -> list[dict[str, Any]]:
-    """One row per (concurrency, target): p50/p99 latency and added ms against direct; LiteLLM rows carry the
-    ratio of the hub's added latency to LiteLLM's."""
+def _rows(sc: RouterOverheadScenario, bursts: dict[tuple[int, str, str], list], targets: list[Server],
+          cores: dict[str, str], gen_cores: str) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
-    with tempfile.TemporaryDirectory(prefix="hub-overhead-") as d:
-        tmp = Path(d)
-        with started_hub(tmp) as (hub_v1, engine_v1), contextlib.ExitStack() as stack:
-            targets = {"direct": engine_v1, "hub": hub_v1}
-            if sc.litellm:
-                targets["litellm"] = stack.enter_context(started_litellm(tmp, engine_v1))
-            for c in sc.concurrency:
-                lat = asyncio.run(_measure(targets, sc, c))
-                added = {name: added_latency(lat["direct"], lat[name]) for name in targets if name != "direct"}
-                for name, xs in lat.items():
-                    row: dict[str, Any] = {"scenario": sc.name, "concurrency": c, "target": name,
-                                           "requests": len(xs), "p50_ms": percentile(xs, 50) * 1000,
-                                           "p99_ms": percentile(xs, 99) * 1000}
-                    if name != "direct":
-                        row["added_p50_ms"] = added[name]["added_p50_ms"]
-                        row["added_p99_ms"] = added[name]["added_p99_ms"]
-                    rows.append(row)
-                if "litellm" in added:
-                    for q in (50, 99):
-                        h, ll = added["hub"][f"added_p{q}_ms"], added["litellm"][f"added_p{q}_ms"]
-                        rows.append({"scenario": sc.name, "concurrency": c, "target": f"ratio_hub_litellm_p{q}",
-                                     "requests": None, "ratio": h / ll if ll > 0 else float("nan")})
+    for c in sc.concurrency:
+        for mode in sc.modes:
+            stats = {t.name: [_round_stats(b) for b in bursts[(c, mode, t.name)]] for t in targets}
+            direct = stats["direct"]
+            level: dict[str, dict[str, Any]] = {}
+            for t in targets:
+                rs = stats[t.name]
+                row: dict[str, Any] = {"scenario": sc.name, "mode": mode, "concurrency": c, "target": t.name,
+                                       "requests": sum(len(b.total) for b in bursts[(c, mode, t.name)]),
+                                       "rounds": len(rs)}
+                keys = ["p50_ms", "p99_ms"] + (["first_p50_ms", "first_p99_ms"] if mode == "stream" else [])
+                for k in keys:
+                    row[k] = _med([r[k] for r in rs])
+                    if t.name != "direct":
+                        row[f"added_{k}"] = _med([r[k] - d[k] for r, d in zip(rs, direct, strict=True)])
+                row["req_s"] = _med([r["req_s"] for r in rs])
+                row["gen_cpu_us"] = _med([r["gen_cpu_us"] for r in rs])
+                row["cores"], row["gen_cores"] = cores[t.name], gen_cores
+                level[t.name] = row
+                rows.append(row)
+            if "hub" in level:
+                main = "added_first_p50_ms" if mode == "stream" else "added_p50_ms"
+                for peer in PEERS:
+                    if peer in level:
+                        theirs = level[peer][main]
+                        level["hub"][f"x_{peer.replace('-', '_')}"] = (
+                            level["hub"][main] / theirs if theirs > 0 else math.nan)
     return rows
 
 
+def run_router_overhead(sc: RouterOverheadScenario, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+    """One row per (concurrency, mode, target): latency percentiles, added ms over direct, requests/s; the hub's
+    rows carry the ratio of its added time to each peer's (x_bare, x_vllm_router, x_litellm)."""
+    plan: Cores = plan_cores(sc.pin)
+    with tempfile.TemporaryDirectory(prefix="hub-overhead-") as d, contextlib.ExitStack() as stack:
+        tmp = Path(d)
+        hub, direct = stack.enter_context(started_hub(tmp, plan))
+        targets = [direct, hub]
+        for peer in sc.peers:
+            if why := missing(peer):
+                log(f"router_overhead: skipping {peer}: {why}")
+                continue
+            targets.append(stack.enter_context(STARTERS[peer](tmp, direct.v1, plan)))
+        cores = {t.name: affinity(t.pid) for t in targets}
+        gen = ",".join(map(str, sorted(plan.load))) if plan.load else affinity(0)
+        log("router_overhead: cores: " + ", ".join(f"{n} {c}" for n, c in cores.items())
+            + f", load generator {gen}" + ("" if plan.proxy else " (not pinned)"))
+        bursts = loadgen.run_in_thread(lambda: _measure(targets, sc), plan.load)
+        return _rows(sc, bursts, targets, cores, gen)
+
+
+def _f(x: Any, width: int = 7, digits: int = 2) -> str:
+    return f"{'':>{width}}" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:>{width}.{digits}f}"
+
+
 def report(rows: list[dict[str, Any]]) -> str:
-    """A plain-text table of the rows, with the targets' verdict at concurrency 1."""
-    lines = [f"{'c':>3} {'target':<10} {'n':>5} {'p50 ms':>8} {'p99 ms':>8} {'+p50 ms':>8} {'+p99 ms':>8}"]
-    ratios = []
+    """A plain-text table of the rows, the hub's ratios to its peers and the issue's targets as pass/fail lines."""
+    lines = [f"{'mode':<6} {'c':>3} {'target':<12} {'n':>5} {'p50':>7} {'p99':>7} {'+p50':>7} {'+p99':>7} "
+             f"{'first':>7} {'+first':>7} {'req/s':>7} {'x bare':>7} {'x vr':>7} {'x llm':>7}  cores"]
     for r in rows:
-        if r["target"].startswith("ratio"):
-            ratios.append(f"c={r['concurrency']}: added {r['target'][-3:]} hub/litellm = {r['ratio']:.2f}")
-            continue
-        add50 = f"{r['added_p50_ms']:8.2f}" if "added_p50_ms" in r else f"{'':8}"
-        add99 = f"{r['added_p99_ms']:8.2f}" if "added_p99_ms" in r else f"{'':8}"
-        lines.append(f"{r['concurrency']:>3} {r['target']:<10} {r['requests']:>5} {r['p50_ms']:8.2f} "
-                     f"{r['p99_ms']:8.2f} {add50} {add99}")
-    lines.extend(ratios)
-    hub1 = next((r for r in rows if r["target"] == "hub" and r["concurrency"] == 1), None)
-    if hub1:
-        ok = hub1["added_p50_ms"] <= TARGETS_P50_MS and hub1["added_p99_ms"] <= TARGETS_P99_MS
-        lines.append(f"hub at c=1: added p50 {hub1['added_p50_ms']:.2f} ms (target <= {TARGETS_P50_MS:g}), "
-                     f"p99 {hub1['added_p99_ms']:.2f} ms (target <= {TARGETS_P99_MS:g}): "
-                     f"{'met' if ok else 'MISSED'}")
+        lines.append(f"{r['mode']:<6} {r['concurrency']:>3} {r['target']:<12} {r['requests']:>5} {_f(r['p50_ms'])} "
+                     f"{_f(r['p99_ms'])} {_f(r.get('added_p50_ms'))} {_f(r.get('added_p99_ms'))} "
+                     f"{_f(r.get('first_p50_ms'))} {_f(r.get('added_first_p50_ms'))} {_f(r['req_s'], 7, 0)} "
+                     f"{_f(r.get('x_bare'))} {_f(r.get('x_vllm_router'))} {_f(r.get('x_litellm'))}  {r['cores']}")
+    lines.append("ms; +: added over direct (median over rounds); first: first stream chunk; x: the hub's added p50 "
+                 "(streams: added first chunk) over the peer's")
+    hub = {(r["mode"], r["concurrency"]): r for r in rows if r["target"] == "hub"}
+    direct = {(r["mode"], r["concurrency"]): r for r in rows if r["target"] == "direct"}
+    if (d := direct.get(("plain", max(c for _, c in direct)))) is not None:
+        lines.append(f"load generator: {d['req_s']:.0f} req/s direct at c={d['concurrency']} with "
+                     f"{d['gen_cpu_us']:.0f} us of its CPU per request on core(s) {d['gen_cores']}, shared with the "
+                     "engine; a proxy near that rate is held back by the load side, not by itself")
+
+    def verdict(name: str, value: float, ok: bool) -> None:
+        if math.isnan(value):
+            lines.append(f"n/a   {name}: the peer's added time is within noise (<= 0)")
+        else:
+            lines.append(f"{'PASS' if ok else 'FAIL'}  {name}: {value:.2f}")
+
+    for c, limit in TARGET_ADDED_P50_MS.items():
+        if (r := hub.get(("plain", c))) is not None:
+            verdict(f"hub added p50 at c={c} <= {limit:g} ms", r["added_p50_ms"], r["added_p50_ms"] <= limit)
+    for c, limit in TARGET_ADDED_FIRST_MS.items():
+        if (r := hub.get(("stream", c))) is not None:
+            verdict(f"hub added first chunk p50 at c={c} <= {limit:g} ms", r["added_first_p50_ms"],
+                    r["added_first_p50_ms"] <= limit)
+    for c, limit in TARGET_REQ_S.items():
+        if (r := hub.get(("plain", c))) is not None:
+            verdict(f"hub req/s at c={c} >= {limit:g}", r["req_s"], r["req_s"] >= limit)
+    for peer, limit in TARGET_X.items():
+        for (mode, c), r in hub.items():
+            x = r.get(f"x_{peer.replace('-', '_')}")
+            if mode == "plain" and x is not None:
+                verdict(f"hub added p50 within {limit:g}x of {peer} at c={c}", x, x <= limit)
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Command line of the router-overhead benchmark."""
     p = argparse.ArgumentParser(prog="python -m benchmarks.router_overhead", description=__doc__.splitlines()[0])
-    p.add_argument("--requests", type=int, default=600, help="requests per target and concurrency level")
-    p.add_argument("--concurrency", type=int, nargs="+", default=[1, 16])
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--warmup", type=int, default=50)
-    p.add_argument("--no-litellm", action="store_true", help="measure direct and hub only")
+    defaults = RouterOverheadScenario(name="router-overhead")
+    p.add_argument("--requests", type=int, default=defaults.requests,
+                   help="requests per target, concurrency level and mode, split across rounds")
+    p.add_argument("--concurrency", type=int, nargs="+", default=defaults.concurrency)
+    p.add_argument("--modes", nargs="+", choices=["plain", "stream"], default=defaults.modes)
+    p.add_argument("--rounds", type=int, default=defaults.rounds)
+    p.add_argument("--warmup", type=int, default=defaults.warmup)
+    for peer in PEERS:
+        p.add_argument(f"--no-{peer}", action="store_true", help=f"leave {peer} out")
+    p.add_argument("--no-pin", action="store_true", help="leave every process on every core")
     p.add_argument("--setup-litellm", action="store_true", help="make LiteLLM's environment and exit")
+    p.add_argument("--setup-vllm-router", action="store_true", help="make vllm-router's environment and exit")
     p.add_argument("--out", default="artifacts/benchmarks/router_overhead.csv")
     a = p.parse_args(argv)
-    if a.setup_litellm:
-        print(f"LiteLLM's proxy is ready: {setup_litellm()}")
+    if a.setup_litellm or a.setup_vllm_router:
+        if a.setup_litellm:
+            print(f"LiteLLM's proxy is ready: {setup_litellm()}")
+        if a.setup_vllm_router:
+            print(f"vllm-router is ready: {setup_vllm_router()}")
         return 0
+    peers = [peer for peer in PEERS if not getattr(a, f"no_{peer.replace('-', '_')}")]
     sc = RouterOverheadScenario(name="router-overhead", requests=a.requests, concurrency=a.concurrency,
-                                rounds=a.rounds, warmup=a.warmup, litellm=not a.no_litellm)
+                                modes=a.modes, rounds=a.rounds, warmup=a.warmup, peers=peers, pin=not a.no_pin)
     try:
         rows = run_router_overhead(sc)
     except RuntimeError as err:

@@ -84,14 +84,19 @@ class SwapScenario(_Scenario):
 
 
 class RouterOverheadScenario(_Scenario):
-    """The same small non-streaming chat direct to a test engine, through the hub and through LiteLLM's proxy."""
+    """The same small chat, plain and streamed, direct to a test engine, through the hub and through its peers."""
 
     kind: Literal["router_overhead"] = "router_overhead"
-    requests: int = Field(600, ge=1, description="requests per target and concurrency level")
-    concurrency: list[Annotated[int, Field(ge=1)]] = [1, 16]
-    rounds: int = Field(3, ge=1, description="targets are measured in interleaved rounds, so drift hits all alike")
-    warmup: int = Field(50, ge=0)
-    litellm: bool = True
+    requests: int = Field(1000, ge=1, description="requests per target, concurrency level and mode, split across "
+                          "rounds (at least 2x the concurrency per round)")
+    concurrency: list[Annotated[int, Field(ge=1)]] = [1, 16, 64]
+    modes: list[Literal["plain", "stream"]] = ["plain", "stream"]
+    rounds: int = Field(5, ge=1, description="targets are measured in interleaved rounds, so drift hits all alike")
+    warmup: int = Field(50, ge=0, description="requests per target before each level and mode, not counted")
+    peers: list[Literal["bare", "vllm-router", "litellm"]] = Field(
+        ["bare", "vllm-router", "litellm"], description="measured next to direct and the hub; one whose "
+        "environment is missing is skipped")
+    pin: bool = Field(True, description="proxies on one core, the engine and the load generator on the others")
 
 
 Scenario = Annotated[

@@ -1,9 +1,11 @@
 """The benchmarks against a real hub whose engines are the test responder (`command` engines), and the
-router-overhead script (direct, hub, and LiteLLM's proxy when its environment exists)."""
+router-overhead script (direct, hub, the bare pass-through, and vllm-router and LiteLLM's proxy when their
+environments exist)."""
 
 from __future__ import annotations
 
 import math
+import os
 
 import pytest
 
@@ -11,7 +13,7 @@ from benchmarks.images import run_images
 from benchmarks.lifecycle import run_cold_start, run_swap
 from benchmarks.measure import HubClient
 from benchmarks.memory import measure_memory
-from benchmarks.router_overhead import litellm_python, report, run_router_overhead
+from benchmarks.router_overhead import litellm_python, report, run_router_overhead, vllm_router_exe
 from benchmarks.run import main as run_main
 from benchmarks.run import run_scenario
 from benchmarks.scenarios import (
@@ -96,28 +98,69 @@ def test_cold_start_is_slower_than_warm(hub_factory) -> None:
     assert rows[1]["starts"] == 2, "each repetition starts the model again"
 
 
-def test_router_overhead_direct_and_hub() -> None:
-    sc = RouterOverheadScenario(name="ro", requests=40, concurrency=[1, 4], rounds=2, warmup=5, litellm=False)
-    rows = run_router_overhead(sc)
-    assert [(r["concurrency"], r["target"]) for r in rows] == [(1, "direct"), (1, "hub"), (4, "direct"), (4, "hub")]
+def _router_overhead(peers: list[str], concurrency: list[int]) -> tuple[list[dict], dict]:
+    sc = RouterOverheadScenario(name="ro", requests=20, concurrency=concurrency, rounds=2, warmup=4, peers=peers)
+    rows = run_router_overhead(sc, log=lambda _: None)
+    return rows, {(r["mode"], r["concurrency"], r["target"]): r for r in rows}
+
+
+def test_router_overhead_direct_hub_and_bare() -> None:
+    rows, by = _router_overhead(["bare"], [1, 4])
+    assert [(r["concurrency"], r["mode"], r["target"]) for r in rows] == [
+        (c, m, t) for c in (1, 4) for m in ("plain", "stream") for t in ("direct", "hub", "bare")]
     for r in rows:
-        assert r["requests"] == 40 and 0 < r["p50_ms"] <= r["p99_ms"]
-    hub1 = rows[1]
-    assert hub1["added_p50_ms"] == pytest.approx(hub1["p50_ms"] - rows[0]["p50_ms"])
-    assert "hub at c=1: added p50" in report(rows)
+        assert r["requests"] == 20 and r["rounds"] == 2
+        assert 0 < r["p50_ms"] <= r["p99_ms"] and r["req_s"] > 0 and r["gen_cpu_us"] > 0
+    for c in (1, 4):
+        assert "first_p50_ms" not in by[("plain", c, "hub")]
+        stream = by[("stream", c, "hub")]
+        assert 0 < stream["first_p50_ms"] <= stream["p50_ms"], "the first chunk comes before the end"
+        assert math.isfinite(stream["added_first_p50_ms"])
+        hub, bare = by[("plain", c, "hub")], by[("plain", c, "bare")]
+        assert math.isfinite(hub["added_p50_ms"]) and "x_bare" in hub and "x_bare" not in bare
+        if bare["added_p50_ms"] > 0:
+            assert hub["x_bare"] == pytest.approx(hub["added_p50_ms"] / bare["added_p50_ms"])
+    if len(os.sched_getaffinity(0)) >= 2:
+        assert by[("plain", 1, "hub")]["cores"] != by[("plain", 1, "direct")]["cores"], "proxies apart from the engine"
+        assert by[("plain", 1, "hub")]["cores"] == by[("plain", 1, "bare")]["cores"]
+    text = report(rows)
+    assert "hub added p50 at c=1 <= 0.5 ms" in text and "within 1.3x of bare at c=4" in text
+    assert "hub added first chunk p50 at c=1" in text
+
+
+def test_router_overhead_with_vllm_router() -> None:
+    require(vllm_router_exe().exists(), "vllm-router's environment is missing: python -m benchmarks.router_overhead "
+                                        "--setup-vllm-router")
+    rows, by = _router_overhead(["vllm-router"], [2])
+    assert [r["target"] for r in rows] == ["direct", "hub", "vllm-router"] * 2
+    for mode in ("plain", "stream"):
+        vr = by[(mode, 2, "vllm-router")]
+        assert vr["requests"] == 20 and vr["p50_ms"] > 0 and vr["req_s"] > 0
+        assert "x_vllm_router" in by[(mode, 2, "hub")]
+    assert by[("stream", 2, "vllm-router")]["first_p50_ms"] > 0
+    assert "within 3x of vllm-router at c=2" in report(rows)
 
 
 def test_router_overhead_with_litellm() -> None:
     require(litellm_python().exists(), "LiteLLM's environment is missing: python -m benchmarks.router_overhead "
                                        "--setup-litellm")
-    sc = RouterOverheadScenario(name="ro", requests=30, concurrency=[1], rounds=1, warmup=5, litellm=True)
-    rows = run_router_overhead(sc)
-    targets = [r["target"] for r in rows]
-    assert targets == ["direct", "hub", "litellm", "ratio_hub_litellm_p50", "ratio_hub_litellm_p99"]
-    lite = rows[2]
-    assert lite["requests"] == 30 and lite["p50_ms"] > 0
-    ratio = rows[3]["ratio"]
-    assert math.isnan(ratio) or ratio == pytest.approx(rows[1]["added_p50_ms"] / lite["added_p50_ms"])
+    rows, by = _router_overhead(["litellm"], [1])
+    assert [r["target"] for r in rows] == ["direct", "hub", "litellm"] * 2
+    lite, hub = by[("plain", 1, "litellm")], by[("plain", 1, "hub")]
+    assert lite["requests"] == 20 and lite["p50_ms"] > 0
+    ratio = hub["x_litellm"]
+    assert math.isnan(ratio) or ratio == pytest.approx(hub["added_p50_ms"] / lite["added_p50_ms"])
+    assert by[("stream", 1, "litellm")]["first_p50_ms"] > 0
+
+
+def test_router_overhead_skips_a_missing_peer(monkeypatch) -> None:
+    monkeypatch.setenv("HUB_ENVS_DIR", "/nonexistent")
+    said: list[str] = []
+    sc = RouterOverheadScenario(name="ro", requests=4, concurrency=[1], modes=["plain"], rounds=1, warmup=1,
+                                peers=["litellm"])
+    rows = run_router_overhead(sc, log=said.append)
+    assert [r["target"] for r in rows] == ["direct", "hub"]
+    assert any("skipping litellm: its environment is missing" in s and "--setup-litellm" in s for s in said)
 
 
 def test_runner_lists_runs_and_rejects_unknown_names(hub_factory, capsys) -> None:
