@@ -50,10 +50,11 @@ class Burst:
     @property
     def requests_per_s(self) -> float:
         """Completions per second while `concurrency` requests were in flight: from the first completion to the
-        one that let the last request go out (the ramp-down after it is left out); the whole burst if short."""
+        one that let the last request go out (the ramp-down after it is left out); the whole burst when that
+        window holds fewer than `concurrency` completions."""
         d, c = sorted(self.done), self.concurrency
         k = len(d) - c - 1  # completions after d[0] with c still in flight
-        if k >= 1 and d[k] > d[0]:
+        if k >= c and d[k] > d[0]:
             return k / (d[k] - d[0])
         span = d[-1] - self.start if d else 0.0
         return len(d) / span if span > 0 else math.nan

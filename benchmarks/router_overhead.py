@@ -79,7 +79,7 @@ async def _measure(targets: list[Server], sc: RouterOverheadScenario) -> dict[tu
     """{(concurrency, mode, target): one Burst per round}, measured in interleaved rounds."""
     out: dict[tuple[int, str, str], list] = defaultdict(list)
     for c in sc.concurrency:
-        per_round = max(-(-sc.requests // sc.rounds), 2 * c)  # enough for a steady state at c
+        per_round = max(-(-sc.requests // sc.rounds), 3 * c)  # enough for a steady state at c
         sessions = {t.name: loadgen.session(c) for t in targets}
         try:
             for mode in sc.modes:

@@ -88,7 +88,7 @@ class RouterOverheadScenario(_Scenario):
 
     kind: Literal["router_overhead"] = "router_overhead"
     requests: int = Field(1000, ge=1, description="requests per target, concurrency level and mode, split across "
-                          "rounds (at least 2x the concurrency per round)")
+                          "rounds (at least 3x the concurrency per round)")
     concurrency: list[Annotated[int, Field(ge=1)]] = [1, 16, 64]
     modes: list[Literal["plain", "stream"]] = ["plain", "stream"]
     rounds: int = Field(5, ge=1, description="targets are measured in interleaved rounds, so drift hits all alike")

@@ -18,6 +18,10 @@ from nbclient import NotebookClient
 from tests.conftest import DEMO_MODELS, ENVS_DIR, ROOT, require, responder_command
 
 NOTEBOOKS = ("latency", "vram")
+# The router-overhead part of the latency notebook, short: direct, the hub and the bare pass-through (the peers in
+# their own environments have their own tests in test_benchmarks.py).
+ROUTER_SHORT = {"BENCH_ROUTER_REQUESTS": "12", "BENCH_ROUTER_ROUNDS": "2", "BENCH_ROUTER_CONCURRENCY": "1,4",
+                "BENCH_ROUTER_PEERS": "bare"}
 ARTIFACTS = ROOT / "artifacts" / "notebooks"
 
 
@@ -48,14 +52,17 @@ def test_notebooks_against_test_engines(hub_factory, tmp_path, monkeypatch) -> N
     env = {"HUB_URL": hub.v1, "BENCH_TEXT_MODEL": "echo", "BENCH_IMAGE_MODEL": "pix", "BENCH_CONCURRENCY": "1,2",
            "BENCH_REPETITIONS": "2", "BENCH_IMAGE_SIZES": "16x16,32x32", "BENCH_IMAGE_STEPS": "1,2",
            "BENCH_IMAGE_N": "1,2", "BENCH_MODELS": "echo,pix", "BENCH_SWAP": "echo,pix",
-           "BENCH_OUT": str(tmp_path / "out")}
+           "BENCH_OUT": str(tmp_path / "out"), **ROUTER_SHORT}
     lat = execute("latency", "test-engines", env, monkeypatch, timeout=300)
-    assert outputs(lat, "image/png") >= 3, "latency percentiles, tokens/s and seconds per image are plotted"
-    assert outputs(lat, "text/html") >= 2, "the text and image tables are shown"
+    assert outputs(lat, "image/png") >= 4, "latency percentiles, tokens/s, seconds per image, router overhead"
+    assert outputs(lat, "text/html") >= 3, "the text, image and router-overhead tables are shown"
     vram = execute("vram", "test-engines", env, monkeypatch, timeout=300)
     assert outputs(vram, "image/png") >= 2
     assert {p.name for p in (tmp_path / "out").iterdir()} == {
-        "text.csv", "text_requests.csv", "images.csv", "memory.csv", "cold_start.csv", "swap.csv"}
+        "text.csv", "text_requests.csv", "images.csv", "memory.csv", "cold_start.csv", "swap.csv",
+        "router_overhead.csv"}
+    router = (tmp_path / "out" / "router_overhead.csv").read_text().splitlines()
+    assert len(router) == 1 + 2 * 2 * 3, "direct, hub and bare, plain and streamed, at two levels"
     swap = (tmp_path / "out" / "swap.csv").read_text().splitlines()
     assert "True" in swap[1].split(","), "under a 1 GB budget, loading pix evicted echo"
     assert hub.models()["echo"]["measured_gb"] is not None, "the vram notebook filled the memory ledger"
@@ -87,7 +94,7 @@ def test_notebooks_against_the_demo_engines(hub_factory, tmp_path, monkeypatch) 
            "BENCH_CONCURRENCY": "1,2", "BENCH_REPETITIONS": "2", "BENCH_MAX_TOKENS": "16",
            "BENCH_IMAGE_SIZES": "64x64", "BENCH_IMAGE_STEPS": "2", "BENCH_IMAGE_N": "1,2",
            "BENCH_MODELS": f"{text_model},{image_model}", "BENCH_SWAP": f"{text_model},{image_model}",
-           "BENCH_OUT": str(tmp_path / "out")}
+           "BENCH_OUT": str(tmp_path / "out"), **ROUTER_SHORT}
     lat = execute("latency", "demo", env, monkeypatch)
     assert outputs(lat, "image/png") >= 3
     vram = execute("vram", "demo", env, monkeypatch)
