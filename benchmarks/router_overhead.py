@@ -169,9 +169,10 @@ def report(rows: list[dict[str, Any]]) -> str:
     hub = {(r["mode"], r["concurrency"]): r for r in rows if r["target"] == "hub"}
     direct = {(r["mode"], r["concurrency"]): r for r in rows if r["target"] == "direct"}
     if (d := direct.get(("plain", max(c for _, c in direct)))) is not None:
-        lines.append(f"load generator: {d['req_s']:.0f} req/s direct at c={d['concurrency']} with "
-                     f"{d['gen_cpu_us']:.0f} us of its CPU per request on core(s) {d['gen_cores']}, shared with the "
-                     "engine; a proxy near that rate is held back by the load side, not by itself")
+        lines.append(f"load generator: {d['req_s']:.0f} req/s direct at c={d['concurrency']} on core(s) "
+                     f"{d['gen_cores']}, shared with the engine, at {d['gen_cpu_us']:.0f} us of its own CPU per "
+                     f"request (alone: about {1e6 / d['gen_cpu_us']:.0f} req/s); a proxy near the direct rate is "
+                     "held back by the load side, not by itself")
 
     def verdict(name: str, value: float, ok: bool) -> None:
         if math.isnan(value):
