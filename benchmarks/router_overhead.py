@@ -176,7 +176,7 @@ def report(rows: list[dict[str, Any]]) -> str:
 
     def verdict(name: str, value: float, ok: bool) -> None:
         if math.isnan(value):
-            lines.append(f"n/a   {name}: the peer's added time is within noise (<= 0)")
+            lines.append(f"n/a   {name}: the peer's added time is <= 0 (noise, or direct held back by the load side)")
         else:
             lines.append(f"{'PASS' if ok else 'FAIL'}  {name}: {value:.2f}")
 
