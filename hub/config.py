@@ -72,6 +72,12 @@ class HubSettings(_Strict):
     api_key_env: str | None = None
     state_dir: str = ".hub"
     keep_running: bool = False
+    # limits on what a client may send (answered 413, 431 or 400 before an engine is asked)
+    max_body_mb: float = Field(32, gt=0)
+    max_upload_mb: float = Field(64, gt=0)
+    max_json_depth: int = Field(64, ge=2, le=512)
+    max_header_kb: float = Field(64, gt=0)
+    max_headers: int = Field(100, ge=8)
 
 
 class HostConfig(_Strict):

@@ -8,6 +8,8 @@
     ├── NotFound (404)             no such thing: a path the hub does not serve, a response it did not relay
     │   └── ModelNotFound (404)    no such model in the registry; lists the ones that exist
     ├── MethodNotAllowed (405)     the path is served, not with this method; carries Allow
+    ├── PayloadTooLarge (413)      the body is over the hub's limit for its kind; closes the connection
+    ├── HeadersTooLarge (431)      the request line and headers are over the hub's limits (sent by `hub serve`)
     ├── UpstreamError (502)        the engine broke off or crashed while serving a request
     └── ModelUnavailable (503)     the model cannot serve now
         ├── StartFailed (503)      the engine failed to start; carries the reason and the tail of its log
@@ -91,6 +93,27 @@ class MethodNotAllowed(HubError):
     def __init__(self, method: str, path: str, allowed: list[str]) -> None:
         super().__init__(f"{method} {path} is not allowed: use {' or '.join(allowed)}",
                          headers={"Allow": ", ".join(allowed)})
+
+
+class PayloadTooLarge(HubError):
+    """The request body is larger than the hub takes for that kind of body ([hub] max_body_mb, max_upload_mb)."""
+
+    status = 413
+    type = "invalid_request_error"
+    code = "request_too_large"
+
+    def __init__(self, message: str) -> None:
+        # the rest of the body is not read: the connection cannot carry another request
+        super().__init__(message, headers={"Connection": "close"})
+
+
+class HeadersTooLarge(HubError):
+    """The request line and headers are longer, or the headers more, than the hub takes ([hub] max_header_kb,
+    max_headers)."""
+
+    status = 431
+    type = "invalid_request_error"
+    code = "headers_too_large"
 
 
 class UpstreamError(HubError):
