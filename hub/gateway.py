@@ -6,12 +6,20 @@ it arrives. Streams go straight from the engine's socket to ASGI `send`; a clien
 response, so the engine stops generating. Everything else (/v1/models, /files, /hub, the web app) goes to the app
 behind. Every HubError becomes an error body here, in the client's dialect: OpenAI's shape everywhere, Anthropic's
 on /v1/messages.
+
+Limits ([hub] in the registry), checked before any engine is asked: a body over max_body_mb (JSON) or max_upload_mb
+(multipart) gets a 413, from its Content-Length before it is read, else as soon as the bytes read pass the limit;
+a JSON body must be UTF-8 without lone surrogate escapes, without NaN or Infinity, and nested at most
+max_json_depth deep (400 each). The checks that cost time scale with the body and start only when a cheap scan
+says they might fail (a byte count, a memchr). The /hub admin API's JSON bodies get the same checks and finite
+numbers. The request head's limits (431) are `hub serve`'s (hub/cli.py): the server reads the head.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import math
 import re
 import secrets
 from collections import OrderedDict
@@ -38,6 +46,7 @@ from hub.errors import (
     HubError,
     MethodNotAllowed,
     NotFound,
+    PayloadTooLarge,
     RequestError,
     UpstreamError,
     WrongModelType,
@@ -53,6 +62,8 @@ ANTHROPIC_TYPES = {400: "invalid_request_error", 401: "authentication_error", 40
 RESPONSE_ID = re.compile(rb'"id"\s*:\s*"([^"]{1,200})"')
 SNIFF_BYTES = 65536  # how far into a Responses stream its id is looked for
 REMEMBERED_RESPONSES = 10000
+MB = 1024 * 1024
+ADMIN_PREFIX = "/hub/"  # the hub's own JSON API: bodies bounded and checked here too
 
 
 # ---- error shapes (the API boundary) ----
@@ -135,14 +146,36 @@ class ClientGone(Exception):
     """The client disconnected before its request body arrived."""
 
 
-async def read_body(receive: Receive) -> bytes:
-    """The whole request body."""
+class BodyLimit:
+    """The most bytes a kind of body may have, and the [hub] key that sets it (for the 413's message)."""
+
+    def __init__(self, mb: float, key: str, what: str) -> None:
+        self.bytes, self.mb, self.key, self.what = int(mb * MB), mb, key, what
+
+    def error(self) -> PayloadTooLarge:
+        return PayloadTooLarge(f"the request body is larger than {self.mb:g} MB, the hub's limit for {self.what} "
+                               f"([hub] {self.key} in the registry): send less, or raise the limit")
+
+    def check_length(self, headers: Headers) -> None:
+        """PayloadTooLarge from Content-Length, before a byte of the body is read."""
+        length = headers.get("content-length")
+        if length and length.isdigit() and int(length) > self.bytes:
+            raise self.error()
+
+
+async def read_body(receive: Receive, limit: BodyLimit | None = None) -> bytes:
+    """The whole request body; PayloadTooLarge as soon as it passes `limit` (a chunked body has no length)."""
     chunks = []
+    size = 0
     while True:
         msg = await receive()
         if msg["type"] == "http.disconnect":
             raise ClientGone
-        chunks.append(msg.get("body", b""))
+        chunk = msg.get("body", b"")
+        size += len(chunk)
+        if limit is not None and size > limit.bytes:
+            raise limit.error()
+        chunks.append(chunk)
         if not msg.get("more_body"):
             return b"".join(chunks)
 
@@ -161,6 +194,10 @@ class Gateway:
 
     def __init__(self, manager: Manager, app: ASGIApp | None = None, metrics: Metrics | None = None) -> None:
         self.manager, self.app, self.metrics = manager, app, metrics
+        hub = manager.registry.hub
+        self.json_limit = BodyLimit(hub.max_body_mb, "max_body_mb", "JSON bodies")
+        self.upload_limit = BodyLimit(hub.max_upload_mb, "max_upload_mb", "multipart uploads")
+        self.max_depth = hub.max_json_depth
         self.responses = ResponseBook()
         self._session: aiohttp.ClientSession | None = None
 
@@ -193,6 +230,14 @@ class Gateway:
         ep = BY_PATH.get(path)
         by_id = None if ep or not path.startswith("/v1/responses/") else RESPONSE_BY_ID.match(path)
         if ep is None and by_id is None:
+            if path.startswith(ADMIN_PREFIX) and scope["method"] in ("POST", "PUT", "PATCH"):
+                try:
+                    receive = await self.admin_body(scope, receive)
+                except HubError as err:
+                    await send_error(send, err)
+                    return
+                except ClientGone:
+                    return
             await self.app(scope, receive, send)
             return
         dialect = ep.dialect if ep else "openai"
@@ -220,13 +265,16 @@ class Gateway:
 
     async def serve(self, scope: Scope, receive: Receive, send: Send, ep: Endpoint, x: Exchange) -> None:
         """A request that names its model in its body."""
-        raw = await read_body(receive)
-        content_type = Headers(scope=scope).get("content-type", "")
+        headers = Headers(scope=scope)
+        limit = self.upload_limit if ep.body == "multipart" else self.json_limit
+        limit.check_length(headers)
+        raw = await read_body(receive, limit)
+        content_type = headers.get("content-type", "")
         if ep.body == "multipart":
             model, stream = await self.read_form(scope, raw, content_type, ep)
             body = None
         else:
-            body = json_object(raw)
+            body = json_object(raw, self.max_depth)
             model = body.get("model")
             if not isinstance(model, str) or not model:
                 raise RequestError(f"missing required parameter 'model' (the id of a registered model that serves "
@@ -237,7 +285,9 @@ class Gateway:
                     raise RequestError(f"missing required parameter '{f.name}' ({f.what})", param=f.name)
                 if not isinstance(value, f.types) or isinstance(value, bool):
                     raise RequestError(f"'{f.name}' must be {f.what}", param=f.name)
-            stream = body.get("stream") is True
+            stream = body.get("stream", False)
+            if stream is not True and stream is not False and stream is not None:
+                raise RequestError("'stream' must be true or false", param="stream")
         x.model = model
         slot = self.check_task(model, ep, scope["path"])
         if body is not None and (why := slot.engine.refusal(slot.cfg, ep.task, body)):
@@ -265,6 +315,24 @@ class Gateway:
 
     # ---- checks ----
 
+    async def admin_body(self, scope: Scope, receive: Receive) -> Receive:
+        """The /hub admin API's body, bounded and checked as strict JSON (finite numbers: a measured peak of
+        Infinity would be kept and break every later listing); a `receive` that replays it."""
+        self.json_limit.check_length(Headers(scope=scope))
+        raw = await read_body(receive, self.json_limit)
+        if raw.strip():
+            json_object(raw, self.max_depth, finite=True)
+        sent = False
+
+        async def replay() -> Message:
+            nonlocal sent
+            if sent:
+                return await receive()
+            sent = True
+            return {"type": "http.request", "body": raw, "more_body": False}
+
+        return replay
+
     async def read_form(self, scope: Scope, raw: bytes, content_type: str, ep: Endpoint) -> tuple[str, bool]:
         """`model` and `stream` of a multipart body, after checking its required fields."""
         if not content_type.startswith("multipart/form-data"):
@@ -286,7 +354,10 @@ class Gateway:
             for f in ep.required:
                 if f.name not in form and f"{f.name}[]" not in form:
                     raise RequestError(f"missing required parameter '{f.name}' ({f.what})", param=f.name)
-            return model, str(form.get("stream", "")).lower() == "true"
+            stream = form.get("stream")
+            if stream is not None and (not isinstance(stream, str) or stream.lower() not in ("true", "false")):
+                raise RequestError("'stream' must be true or false", param="stream")
+            return model, stream is not None and stream.lower() == "true"
         finally:
             await form.close()
 
@@ -384,15 +455,103 @@ class Gateway:
         resp.close()
 
 
-def json_object(raw: bytes) -> dict[str, Any]:
-    """A JSON request body, which must be an object."""
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON (send a number or null)")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if value in (math.inf, -math.inf):
+        raise ValueError(f"the number {text[:40]} is out of range")
+    return value
+
+
+_DECODER = json.JSONDecoder(parse_constant=_no_constant)  # the default decoder but for NaN and Infinity
+_STRICT_DECODER = json.JSONDecoder(parse_constant=_no_constant, parse_float=_finite)
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_CONTAINERS = {dict, list}
+
+
+def json_object(raw: bytes, max_depth: int = 64, finite: bool = False) -> dict[str, Any]:
+    """A JSON request body: a UTF-8 object without NaN, Infinity or lone surrogates, nested at most `max_depth`
+    deep (`finite`: no number out of a double's range either); RequestError naming the problem otherwise."""
+    if not raw.strip():
+        raise RequestError("the request body is empty: send a JSON object (with 'model' and the endpoint's fields)")
     try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as err:
+        text = raw.decode()
+    except UnicodeDecodeError as err:
+        raise RequestError(f"the request body is not valid UTF-8 (byte {err.start}: {err.reason}): JSON is sent "
+                           "as UTF-8") from None
+    try:
+        body = (_STRICT_DECODER if finite else _DECODER).decode(text)
+    except RecursionError:  # the C parser's own bound, far deeper than max_depth
+        raise RequestError(depth_message(max_depth)) from None
+    except ValueError as err:
         raise RequestError(f"the request body is not valid JSON: {err}") from None
     if not isinstance(body, dict):
-        raise RequestError("the request body must be a JSON object")
+        raise RequestError(f"the request body must be a JSON object, not {json_type(body)}")
+    # A body nested deeper than max_depth has more brackets than that: count them before walking it.
+    if more_brackets_than(raw, max_depth) and nested_deeper(body, max_depth):
+        raise RequestError(depth_message(max_depth))
+    # A lone surrogate comes only from a \ud800-\udfff escape: look for a backslash (memchr) before anything else.
+    if raw.find(b"\\") >= 0 and _SURROGATE_ESCAPE.search(raw) and lone_surrogate(body):
+        raise RequestError("the request body holds a lone surrogate escape (\\ud800 to \\udfff without its pair): "
+                           "strings must be valid Unicode")
     return body
+
+
+def depth_message(max_depth: int) -> str:
+    return (f"the JSON body is nested more than {max_depth} levels deep, the hub's limit ([hub] max_json_depth in "
+            "the registry)")
+
+
+def json_type(value: Any) -> str:
+    """The JSON name of a parsed value's type."""
+    return {list: "an array", str: "a string", bool: "a boolean", int: "a number", float: "a number",
+            type(None): "null", dict: "an object"}.get(type(value), type(value).__name__)
+
+
+def more_brackets_than(raw: bytes, n: int) -> bool:
+    """Whether `raw` has more than `n` opening brackets: counted in C where the body is small, else found one by
+    one with memchr (a large body is mostly long strings: an image, an audio clip), stopping after n + 1."""
+    if len(raw) < 8192:
+        return raw.count(b"{") + raw.count(b"[") > n
+    seen = 0
+    for bracket in (b"{", b"["):
+        i = raw.find(bracket)
+        while i >= 0:
+            seen += 1
+            if seen > n:
+                return True
+            i = raw.find(bracket, i + 1)
+    return False
+
+
+def nested_deeper(body: Any, max_depth: int) -> bool:
+    """Whether `body` nests containers more than `max_depth` deep (breadth first, one level at a time)."""
+    level = [body]
+    for _ in range(max_depth):
+        level = [v for o in level for v in (o.values() if type(o) is dict else o) if type(v) in _CONTAINERS]
+        if not level:
+            return False
+    return True
+
+
+def lone_surrogate(body: Any) -> bool:
+    """Whether a key or string in `body` holds a lone surrogate (a valid pair was decoded into one character)."""
+    stack = [body]
+    while stack:
+        o = stack.pop()
+        if type(o) is str:
+            if _SURROGATE.search(o):
+                return True
+        elif type(o) is dict:
+            stack.extend(o)
+            stack.extend(o.values())
+        elif type(o) is list:
+            stack.extend(o)
+    return False
 
 
 def upstream_error(lease: Lease, err: Exception) -> UpstreamError:
@@ -423,7 +582,7 @@ def error_in_dialect(data: bytes, status: int, headers: list[tuple[bytes, bytes]
     it does not serve with Starlette's {"detail": ...}."""
     try:
         body = json.loads(data)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         body = None
     if isinstance(body, dict) and (body.get("type") == "error" if dialect == "anthropic"
                                    else isinstance(body.get("error"), dict)):
