@@ -5,6 +5,7 @@ nowhere else; unknown paths and wrong methods under the API's prefixes get API e
 
 from __future__ import annotations
 
+import re
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -17,13 +18,16 @@ from starlette.routing import Match, Mount
 
 from hub.admin import router as admin_router
 from hub.config import Registry
-from hub.endpoints import ENDPOINTS, dialect_of, endpoints_of
-from hub.errors import HubError, MethodNotAllowed, NotFound, RequestError
+from hub.endpoints import ENDPOINTS, dialect_of, endpoints_of, tasks_of
+from hub.errors import HubError, MethodNotAllowed, NotFound, RequestError, UpstreamError
 from hub.gateway import ApiKeyMiddleware, Gateway, error_body, shaped_error
 from hub.manager import Manager
 from hub.metrics import CONTENT_TYPE, Metrics
 
 API_PREFIXES = ("/v1", "/v2", "/hub", "/files")  # never the web app's: unknown paths here get API errors
+# The names the image server gives its files (imageserver/files.py: secrets.token_urlsafe, then the format's
+# extension); anything else is refused before an engine is asked. tests/test_hostile.py checks that they agree.
+FILE_NAME = re.compile(r"[A-Za-z0-9_-]{16,128}\.(?:png|jpe?g|webp)")
 
 
 def hub_error_response(err: HubError, path: str = "") -> JSONResponse:
@@ -103,10 +107,25 @@ def create_app(registry: Registry, manager: Manager | None = None, ui: bool = Tr
     async def image_file(model: str, name: str) -> Response:
         """Images made with response_format=url: unguessable names, served by the engine that made them."""
         s = manager.slot(model)
+        if "images" not in tasks_of(s.cfg.type, s.cfg.tasks):
+            raise NotFound(f"model {model!r} makes no files: /files/<model>/<name> serves the images an image model "
+                           "made with response_format=url", param="model")
+        shown = name if len(name) <= 80 else name[:80] + "..."
+        if not FILE_NAME.fullmatch(name):
+            raise NotFound(f"no image {shown!r}: image names are the ones an image model's answer gave (letters, "
+                           "digits, - and _, then .png, .jpeg or .webp)", param="name")
+        gone = f"image {shown!r} is gone"
         if not s.handle:
-            raise NotFound(f"image {name!r} is gone: model {model!r} is not running")
-        r = await files_client.get(f"{s.handle.base_url}/files/{name}")
-        return Response(r.content, r.status_code, media_type=r.headers.get("content-type"))
+            raise NotFound(f"{gone}: model {model!r} is not running (its images went with it): generate it again")
+        try:
+            r = await files_client.get(f"{s.handle.base_url}/files/{name}")
+        except httpx.HTTPError as err:
+            raise UpstreamError(f"model {model!r} did not answer for image {shown!r}: {type(err).__name__}: {err}; see "
+                                f"`hub logs {model}`") from None
+        if r.status_code != 200:  # the engine's own 404 (or worse) is not passed on
+            raise NotFound(f"{gone}: images are kept for a limited time and count by the model that made them: "
+                           "generate it again")
+        return Response(r.content, 200, media_type=r.headers.get("content-type"))
 
     # ---- the gateway's endpoints, listed in the API docs (/hub/docs) only: the gateway answers them first ----
 
