@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from hub.client import Admin, AdminError
-from hub.config import CLIENT_URL_ENV, Registry, client_api_key, client_url
+from hub.config import CLIENT_URL_ENV, HubSettings, Registry, client_api_key, client_url
 from hub.errors import ConfigError, HubError
 from hub.registry import load_registry
 
@@ -69,11 +69,80 @@ def cmd_serve(args: argparse.Namespace) -> int:
     print(f"hub: serving {len(reg.models)} model(s) on http://{host}:{port} (API /v1, admin /hub, web app /)",
           flush=True)
     try:
-        uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)
+        uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5,
+                    **server_options(reg.hub))
     finally:
         if close_share:
             close_share()
     return 0
+
+
+def server_options(hub: HubSettings) -> dict[str, Any]:
+    """uvicorn's HTTP options for the [hub] limits on a request's head (its request line and headers): uvicorn's
+    httptools protocol, bounded; where httptools is missing, h11's own bound on the head (a plain 400 then)."""
+    max_bytes = int(hub.max_header_kb * 1024)
+    try:
+        return {"http": bounded_http_protocol(max_bytes, hub.max_headers)}
+    except ImportError:
+        return {"http": "h11", "h11_max_incomplete_event_size": max_bytes}
+
+
+def bounded_http_protocol(max_bytes: int, max_headers: int) -> type:
+    """uvicorn's httptools protocol that answers 431 (an OpenAI-shaped error, Anthropic's on /v1/messages) and
+    closes the connection when a request's head passes `max_bytes` or `max_headers`. httptools itself has no
+    bound: it would keep a 1 GB header in memory. The bytes are counted as they arrive, while a head is open (a
+    head that ends within a chunk costs nothing more), so memory stays bounded whatever the client sends."""
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    from hub.endpoints import dialect_of
+    from hub.errors import HeadersTooLarge
+    from hub.gateway import shaped_error
+
+    too_big = (f"the request line and headers are larger than {max_bytes / 1024:g} KB, the hub's limit ([hub] "
+               "max_header_kb in the registry)")
+    too_many = f"the request has more than {max_headers} headers, the hub's limit ([hub] max_headers in the registry)"
+
+    class BoundedHttpToolsProtocol(HttpToolsProtocol):
+        in_head = False
+        head_bytes = 0
+        refused: HeadersTooLarge | None = None
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            self.in_head, self.head_bytes = True, 0
+
+        def on_header(self, name: bytes, value: bytes) -> None:
+            if len(self.headers) >= max_headers:
+                self.refused = HeadersTooLarge(too_many)
+                raise self.refused  # stops the parser; uvicorn answers through send_400_response
+            super().on_header(name, value)
+
+        def on_headers_complete(self) -> None:
+            self.in_head = False
+            super().on_headers_complete()
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            if self.in_head and not self.transport.is_closing():
+                self.head_bytes += len(data)
+                if self.head_bytes > max_bytes:
+                    self.refused = HeadersTooLarge(too_big)
+                    self.send_400_response(too_big)
+
+        def send_400_response(self, msg: str) -> None:
+            if self.refused is None:
+                super().send_400_response(msg)
+                return
+            path = self.url.split(b"?", 1)[0].decode("latin-1")
+            body = json.dumps(shaped_error(self.refused, dialect_of(path))).encode()
+            head = [b"HTTP/1.1 431 Request Header Fields Too Large\r\n"]
+            head += [name + b": " + value + b"\r\n" for name, value in self.server_state.default_headers]
+            head += [b"content-type: application/json\r\n", b"content-length: %d\r\n" % len(body),
+                     b"connection: close\r\n\r\n"]
+            self.transport.write(b"".join(head) + body)
+            self.transport.close()
+
+    return BoundedHttpToolsProtocol
 
 
 def _check_bindable(host: str, port: int) -> None:
