@@ -8,7 +8,7 @@
     ├── NotFound (404)             no such thing: a path the hub does not serve, a response it did not relay
     │   └── ModelNotFound (404)    no such model in the registry; lists the ones that exist
     ├── MethodNotAllowed (405)     the path is served, not with this method; carries Allow
-    ├── PayloadTooLarge (413)      the body is over the hub's limit for its kind; closes the connection
+    ├── PayloadTooLarge (413)      the body is over the hub's limit for its kind
     ├── HeadersTooLarge (431)      the request line and headers are over the hub's limits (sent by `hub serve`)
     ├── UpstreamError (502)        the engine broke off or crashed while serving a request
     └── ModelUnavailable (503)     the model cannot serve now
@@ -101,10 +101,6 @@ class PayloadTooLarge(HubError):
     status = 413
     type = "invalid_request_error"
     code = "request_too_large"
-
-    def __init__(self, message: str) -> None:
-        # the rest of the body is not read: the connection cannot carry another request
-        super().__init__(message, headers={"Connection": "close"})
 
 
 class HeadersTooLarge(HubError):

@@ -8,7 +8,8 @@ behind. Every HubError becomes an error body here, in the client's dialect: Open
 on /v1/messages.
 
 Limits ([hub] in the registry), checked before any engine is asked: a body over max_body_mb (JSON) or max_upload_mb
-(multipart) gets a 413, from its Content-Length before it is read, else as soon as the bytes read pass the limit;
+(multipart) gets a 413, from its Content-Length before it is read, else as soon as the bytes read pass the limit
+(uvicorn discards the rest as it arrives: the connection stays usable and the client reads its 413);
 a JSON body must be UTF-8 without lone surrogate escapes, without NaN or Infinity, and nested at most
 max_json_depth deep (400 each). The checks that cost time scale with the body and start only when a cheap scan
 says they might fail (a byte count, a memchr). The /hub admin API's JSON bodies get the same checks and finite
