@@ -77,14 +77,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+CLIENT_KEEPALIVE_S = 75  # longer than clients keep an idle connection (httpx, so the openai SDK: 5 s)
+
+
 def server_options(hub: HubSettings) -> dict[str, Any]:
-    """uvicorn's HTTP options for the [hub] limits on a request's head (its request line and headers): uvicorn's
-    httptools protocol, bounded; where httptools is missing, h11's own bound on the head (a plain 400 then)."""
+    """uvicorn's HTTP options: the [hub] limits on a request's head (its request line and headers) with uvicorn's
+    httptools protocol, bounded (where httptools is missing, h11's own bound on the head: a plain 400 then); and a
+    keep-alive longer than the clients', so that a client never reuses a connection the hub is closing that moment
+    (uvicorn's 5 s equals httpx's: under load a request now and then failed with a read error)."""
     max_bytes = int(hub.max_header_kb * 1024)
+    options: dict[str, Any] = {"timeout_keep_alive": CLIENT_KEEPALIVE_S}
     try:
-        return {"http": bounded_http_protocol(max_bytes, hub.max_headers)}
+        return {**options, "http": bounded_http_protocol(max_bytes, hub.max_headers)}
     except ImportError:
-        return {"http": "h11", "h11_max_incomplete_event_size": max_bytes}
+        return {**options, "http": "h11", "h11_max_incomplete_event_size": max_bytes}
 
 
 def bounded_http_protocol(max_bytes: int, max_headers: int) -> type:
