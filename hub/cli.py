@@ -93,11 +93,18 @@ def server_options(hub: HubSettings) -> dict[str, Any]:
         return {**options, "http": "h11", "h11_max_incomplete_event_size": max_bytes}
 
 
+READ_SLACK = 1024 * 1024  # more than one read of the event loop's transports (256 KB): see bounded_http_protocol
+
+
 def bounded_http_protocol(max_bytes: int, max_headers: int) -> type:
     """uvicorn's httptools protocol that answers 431 (an OpenAI-shaped error, Anthropic's on /v1/messages) and
     closes the connection when a request's head passes `max_bytes` or `max_headers`. httptools itself has no
-    bound: it would keep a 1 GB header in memory. The bytes are counted as they arrive, while a head is open (a
-    head that ends within a chunk costs nothing more), so memory stays bounded whatever the client sends."""
+    bound: it would keep a 1 GB header in memory.
+
+    The head is measured exactly as the parser hands it over (the URL in pieces, each header whole). A header is
+    handed over only once it ends, so the raw bytes that arrive while a head is open are counted too, against
+    max_bytes plus READ_SLACK: a read may also hold the end of the previous request on the connection (pipelined),
+    and that must not count; memory stays bounded whatever the client sends."""
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
     from hub.endpoints import dialect_of
@@ -110,17 +117,31 @@ def bounded_http_protocol(max_bytes: int, max_headers: int) -> type:
 
     class BoundedHttpToolsProtocol(HttpToolsProtocol):
         in_head = False
-        head_bytes = 0
+        head_bytes = 0  # of the open head, as parsed
+        raw_bytes = 0  # read while it was open
         refused: HeadersTooLarge | None = None
+
+        def refuse(self, message: str) -> None:
+            """Stop the parser: uvicorn catches the error and answers through send_400_response."""
+            self.refused = HeadersTooLarge(message)
+            raise self.refused
 
         def on_message_begin(self) -> None:
             super().on_message_begin()
-            self.in_head, self.head_bytes = True, 0
+            self.in_head, self.head_bytes, self.raw_bytes = True, 0, 0
+
+        def on_url(self, url: bytes) -> None:
+            self.head_bytes += len(url)
+            if self.head_bytes > max_bytes:
+                self.refuse(too_big)
+            super().on_url(url)
 
         def on_header(self, name: bytes, value: bytes) -> None:
+            self.head_bytes += len(name) + len(value) + 4
+            if self.head_bytes > max_bytes:
+                self.refuse(too_big)
             if len(self.headers) >= max_headers:
-                self.refused = HeadersTooLarge(too_many)
-                raise self.refused  # stops the parser; uvicorn answers through send_400_response
+                self.refuse(too_many)
             super().on_header(name, value)
 
         def on_headers_complete(self) -> None:
@@ -130,8 +151,8 @@ def bounded_http_protocol(max_bytes: int, max_headers: int) -> type:
         def data_received(self, data: bytes) -> None:
             super().data_received(data)
             if self.in_head and not self.transport.is_closing():
-                self.head_bytes += len(data)
-                if self.head_bytes > max_bytes:
+                self.raw_bytes += len(data)
+                if self.raw_bytes > max_bytes + READ_SLACK:
                     self.refused = HeadersTooLarge(too_big)
                     self.send_400_response(too_big)
 

@@ -384,6 +384,8 @@ def head_cases() -> list[Case]:
     return [
         Case("header 1MB", "GET", "/v1/models", 431, "max_header_kb",
              raw=req("/v1/models", b"X-Big: " + b"a" * (1 << 20) + b"\r\n")),
+        Case("header 8MB", "GET", "/v1/models", 431, "max_header_kb",  # refused while it still arrives
+             raw=req("/v1/models", b"X-Endless: " + b"a" * (8 << 20) + b"\r\n")),
         Case("headers 20000", "GET", "/v1/models", 431, "max_headers", raw=req("/v1/models", many)),
         Case("headers 101", "POST", "/v1/chat/completions", 431, "max_headers",
              raw=req("/v1/chat/completions", b"".join(b"X-H%d: v\r\n" % i for i in range(100)), b"POST")),
@@ -578,6 +580,21 @@ def test_just_under_the_limits_is_served(hub, http) -> None:
     emoji = b'{"model": "echo", "messages": [{"role": "user", "content": "\\ud83d\\ude00 \\\\ud800"}]}'
     r = http.post("/v1/chat/completions", content=emoji, headers={"content-type": "application/json"})
     assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == "echo: \U0001F600 \\ud800"
+
+
+def test_head_limit_is_per_request_on_a_kept_alive_connection(hub) -> None:
+    """Three requests of 40 KB heads on one connection, one after another and then pipelined: each is served."""
+    req = b"GET /v1/models HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"p" * 40_000 + b"\r\n\r\n"
+    u = urlsplit(hub.url)
+    with socket.create_connection((u.hostname, u.port), timeout=30) as s:
+        for batch in (1, 1, 3):
+            s.sendall(req * batch)
+            data = b""
+            while data.count(b"HTTP/1.1 ") < batch or not data.endswith(b"]}"):
+                got = s.recv(65536)
+                assert got, data[-300:]
+                data += got
+            assert data.count(b"HTTP/1.1 200 OK") == batch, data[:300]
 
 
 def test_hostile_file_names_reach_the_engine_intact(hub, http) -> None:
