@@ -2,8 +2,8 @@
 
     python -m benchmarks.run [--hub URL] [--only NAME ...] [--out DIR] [--list]
 
-Without --only, every scenario of DEMO_SCENARIOS (benchmarks/scenarios.py) runs. The router-overhead scenario starts
-its own hub: use `python -m benchmarks.router_overhead` for it.
+Without --only, every scenario of DEMO_SCENARIOS (benchmarks/scenarios.py) runs. The router-overhead and load
+scenarios start their own hub: use `python -m benchmarks.router_overhead` and `python -m benchmarks.load` for them.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import httpx
 
 from benchmarks.images import run_images
 from benchmarks.lifecycle import run_cold_start, run_swap
+from benchmarks.load import run_load
 from benchmarks.measure import HubClient
 from benchmarks.memory import measure_memory
 from benchmarks.results import write_csv
@@ -25,6 +26,7 @@ from benchmarks.scenarios import (
     DEMO_SCENARIOS,
     ColdStartScenario,
     ImageScenario,
+    LoadScenario,
     MemoryScenario,
     RouterOverheadScenario,
     Scenario,
@@ -48,6 +50,8 @@ def run_scenario(hub: HubClient, sc: Scenario) -> list[dict[str, Any]]:
         return run_swap(hub, sc)
     if isinstance(sc, RouterOverheadScenario):
         return run_router_overhead(sc)
+    if isinstance(sc, LoadScenario):
+        return run_load(sc)
     raise TypeError(f"unknown scenario {sc!r}")
 
 

@@ -99,8 +99,18 @@ class RouterOverheadScenario(_Scenario):
     pin: bool = Field(True, description="proxies on one core, the engine and the load generator on the others")
 
 
+class LoadScenario(_Scenario):
+    """Many concurrent streams to a test engine, through the hub and direct: errors, the hub's RSS, added latency."""
+
+    kind: Literal["load"] = "load"
+    streams: int = Field(200, ge=1, description="concurrent streams per round")
+    rounds: int = Field(3, ge=1, description="measured rounds per target, targets alternating")
+    pin: bool = Field(True, description="the hub on one core, the engine and the load generator on the others")
+
+
 Scenario = Annotated[
-    TextScenario | ImageScenario | MemoryScenario | ColdStartScenario | SwapScenario | RouterOverheadScenario,
+    TextScenario | ImageScenario | MemoryScenario | ColdStartScenario | SwapScenario | RouterOverheadScenario
+    | LoadScenario,
     Field(discriminator="kind"),
 ]
 
