@@ -4,6 +4,7 @@ environments exist)."""
 
 from __future__ import annotations
 
+import csv
 import math
 import os
 
@@ -11,6 +12,7 @@ import pytest
 
 from benchmarks.images import run_images
 from benchmarks.lifecycle import run_cold_start, run_swap
+from benchmarks.load import main as load_main
 from benchmarks.measure import HubClient
 from benchmarks.memory import measure_memory
 from benchmarks.router_overhead import litellm_python, report, run_router_overhead, vllm_router_exe
@@ -126,6 +128,22 @@ def test_router_overhead_direct_hub_and_bare() -> None:
     text = report(rows)
     assert "hub added p50 at c=1 <= 0.5 ms" in text and "within 1.3x of bare at c=4" in text
     assert "hub added first chunk p50 at c=1" in text
+
+
+def test_load_benchmark_small(tmp_path, capsys) -> None:
+    out = tmp_path / "load.csv"
+    assert load_main(["--streams", "12", "--rounds", "2", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "errors: 0" in printed and "hub adds at 12 streams" in printed
+    with out.open() as f:
+        direct, hub = list(csv.DictReader(f))
+    assert (direct["target"], hub["target"]) == ("direct", "hub")
+    for r in (direct, hub):
+        assert int(r["requests"]) == 24 and int(r["errors"]) == 0
+        assert 0 < float(r["ttft_ms_p50"]) <= float(r["e2el_ms_p50"]), "the first chunk comes before the end"
+    before, peak, after = (float(hub[f"hub_rss_{k}_mb"]) for k in ("before", "peak", "after"))
+    assert 20 < before <= peak and after <= peak
+    assert float(hub["added_e2el_p50_ms"]) == pytest.approx(float(hub["e2el_ms_p50"]) - float(direct["e2el_ms_p50"]))
 
 
 def test_router_overhead_with_vllm_router() -> None:
