@@ -307,6 +307,7 @@ def surface_cases() -> list[Case]:
     memory = "/hub/models/echo/memory"
     long = "x" * 5000
     return [
+        Case("metrics post", "POST", "/metrics", 405, "method not allowed"),
         Case("models post", "POST", "/v1/models", 405, "use GET"),
         Case("models delete one", "DELETE", "/v1/models/echo", 405, "use GET"),
         Case("models unknown", "GET", "/v1/models/nope", 404, "does not exist"),
@@ -632,5 +633,7 @@ def test_afterwards_every_engine_serves_and_none_restarted(hub, http) -> None:
         assert got.status_code == 200 and got.content[:8] == b"\x89PNG\r\n\x1a\n"
     elif STRICT:
         pytest.fail("HUB_STRICT=1: the corpus ran without the real image model")
+    labels = set(re.findall(r'model="([^"]*)"', http.get("/metrics").text))
+    assert labels and labels <= {*hub.before, "-"}, f"metrics labelled by ids no model has: {labels - set(hub.before)}"
     log = hub.log.read_text()
     assert "Traceback" not in log and "Exception in ASGI application" not in log, log[-3000:]
