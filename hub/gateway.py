@@ -250,8 +250,9 @@ class Gateway:
             stream = body.get("stream", False)
             if stream is not True and stream is not False and stream is not None:
                 raise RequestError("'stream' must be true or false", param="stream")
+        if model in self.manager.slots:  # a registered id only: a label per made-up id would grow without bound
+            x.model = model
         slot = self.check_task(model, ep, scope["path"])
-        x.model = model  # a registered id only: a label per id a client makes up would grow the metrics unbounded
         if body is not None and (why := slot.engine.refusal(slot.cfg, ep.task, body)):
             raise RequestError(why)
         extra = {"x-hub-files-url": f"{base_url(scope)}/files/{model}"} if ep.files else {}
