@@ -2,8 +2,8 @@
 
     python -m benchmarks.run [--hub URL] [--only NAME ...] [--out DIR] [--list]
 
-Without --only, every scenario of DEMO_SCENARIOS (benchmarks/scenarios.py) runs. The router-overhead scenario starts
-its own hub: use `python -m benchmarks.router_overhead` for it.
+Without --only, every scenario of DEMO_SCENARIOS (benchmarks/scenarios.py) runs. The router-overhead and contention
+scenarios start their own hubs: use `python -m benchmarks.router_overhead` and `python -m benchmarks.contention`.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 
+from benchmarks.contention import run_contention
 from benchmarks.images import run_images
 from benchmarks.lifecycle import run_cold_start, run_swap
 from benchmarks.measure import HubClient
@@ -24,6 +25,7 @@ from benchmarks.router_overhead import run_router_overhead
 from benchmarks.scenarios import (
     DEMO_SCENARIOS,
     ColdStartScenario,
+    ContentionScenario,
     ImageScenario,
     MemoryScenario,
     RouterOverheadScenario,
@@ -48,6 +50,8 @@ def run_scenario(hub: HubClient, sc: Scenario) -> list[dict[str, Any]]:
         return run_swap(hub, sc)
     if isinstance(sc, RouterOverheadScenario):
         return run_router_overhead(sc)
+    if isinstance(sc, ContentionScenario):
+        return run_contention(sc)
     raise TypeError(f"unknown scenario {sc!r}")
 
 
