@@ -262,3 +262,16 @@ async def test_placement_prefers_a_host_holding_the_image_and_skips_unreachable_
     await use(mgr, "a")
     assert rt.placed == [("a", "h2")]
     await mgr.shutdown()
+
+
+async def test_a_start_nobody_waits_for_any_more_gives_up_before_it_evicts() -> None:
+    mgr, rt = make({"a": 6, "b": 6}, budget=10, max_run=0, min_residency=0)
+    holder = asyncio.create_task(use(mgr, "a", hold=0.5))
+    await until(lambda: mgr.slots["a"].in_flight == 1)
+    waiter = asyncio.create_task(mgr.acquire("b"))
+    await until(lambda: mgr.slots["b"].blocked_on == {"a"})
+    waiter.cancel()  # its client left
+    await holder
+    await until(lambda: mgr.slots["b"].start_task is None)
+    assert rt.started == ["a"] and states(mgr) == {"a": "ready", "b": "stopped"}, "a was not evicted for nobody"
+    await mgr.shutdown()

@@ -20,7 +20,6 @@ from hub.config import HubSettings, Limits, ModelConfig, Registry
 from hub.engines import get_engine
 from hub.engines.base import Engine, LaunchContext, LaunchSpec
 from hub.errors import (
-    MemoryBusy,
     ModelNotFound,
     ModelUnavailable,
     RuntimeFailure,
@@ -88,6 +87,7 @@ class Slot:
     ready_since: float | None = None  # time.monotonic() of becoming ready (min_residency)
     blocked_on: frozenset[str] = frozenset()  # while its start waits for memory: the models it waits for
     blocked_since: float | None = None  # time.monotonic() since when its start waits
+    loading: int = 0  # admin loads waiting for its start (they keep a start going that no request waits for)
 
     def __post_init__(self) -> None:
         self.idle.set()
@@ -197,12 +197,16 @@ class Manager(Queues):
     async def load(self, model_id: str) -> Slot:
         """Start a model (if it is not running) and wait until it is ready; no request slot is taken."""
         s = self.slot(model_id)
-        for _ in range(3):  # a model stopped between its start and our turn is started again
-            if s.state == State.READY:
-                return s
-            if s.state == State.STOPPING and s.stop_task:
-                await asyncio.shield(s.stop_task)
-            await asyncio.shield(s.start_task or self._begin_start(s))
+        s.loading += 1
+        try:
+            for _ in range(3):  # a model stopped between its start and our turn is started again
+                if s.state == State.READY:
+                    return s
+                if s.state == State.STOPPING and s.stop_task:
+                    await asyncio.shield(s.stop_task)
+                await asyncio.shield(s.start_task or self._begin_start(s))
+        finally:
+            s.loading -= 1
         if s.state == State.READY:
             return s
         raise ModelUnavailable(f"model {model_id!r} keeps stopping right after it starts ({s.reason}); "
@@ -281,7 +285,7 @@ class Manager(Queues):
             s.watch_task = asyncio.create_task(self._watch(s), name=f"watch-{s.id}")
             log.info("%s ready after %.1fs on host %s", s.id, s.ready_at - (s.started_at or s.ready_at), s.host)
             self._pump()
-        except (MemoryBusy, StartFailed, StartTimeout):
+        except ModelUnavailable:  # MemoryBusy, StartFailed, StartTimeout, or nobody waits any more: said already
             raise
         except asyncio.CancelledError:
             await self._discard(s, "start cancelled")  # an adopted engine too, if it was cancelled before starting
@@ -465,7 +469,12 @@ class Manager(Queues):
 
     async def _wait_for_peers(self, s: Slot, decision: WaitForBusy, began: float) -> None:
         """Wait (outside the budget lock) until a busy model is idle, a starting one is ready, or a second has
-        passed; with none starting, MemoryBusy once the busy ones have admitted nothing for drain_timeout."""
+        passed; with none starting, MemoryBusy once the busy ones have admitted nothing for drain_timeout. A start
+        that nobody waits for any more (its requests left, no load, not an adopted engine) gives up here, before
+        it evicts anything."""
+        if not (s.queue or s.loading or s.handle):
+            log.info("%s: start given up while waiting for memory: no request waits for it any more", s.id)
+            raise ModelUnavailable(f"model {s.id!r}: start given up, no request waits for it any more")
         if not s.blocked_on:
             s.blocked_since = time.monotonic()
         s.blocked_on = frozenset(p.id for p in (*decision.busy, *decision.starting))
