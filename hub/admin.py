@@ -35,7 +35,7 @@ def model_entry(manager: Manager, s: Slot) -> dict[str, Any]:
         "pinned": s.cfg.pinned,
         "ttl": registry.ttl_of(s.id),
         "in_flight": s.in_flight,
-        "queued": len(s.queue),
+        "queued": s.queued,
         "max_concurrency": s.limits.max_concurrency or None,
         "max_queue": s.limits.max_queue,
         "last_used": s.last_used or None,

@@ -100,8 +100,13 @@ class Slot:
         wait when no request waits (a load); None when its start does not wait."""
         if not self.blocked_on:
             return None
-        return min(self.queue[0].arrival if self.queue else self.blocked_since or time.monotonic(),
-                   self.blocked_since or time.monotonic())
+        since = self.blocked_since or time.monotonic()
+        return min(self.queue[0].arrival, since) if self.queue else since
+
+    @property
+    def queued(self) -> int:
+        """Requests waiting for it."""
+        return len(self.queue)
 
     @property
     def managed(self) -> bool:
@@ -397,7 +402,7 @@ class Manager(Queues):
 
     def _peer(self, o: Slot) -> Peer:
         """How the planners see another model."""
-        return Peer(o.id, o.state, self.memory_of(o), o.cfg.pinned, o.in_flight, len(o.queue), o.last_used,
+        return Peer(o.id, o.state, self.memory_of(o), o.cfg.pinned, o.in_flight, o.queued, o.last_used,
                     stopping=o.stop_task is not None,
                     failed_with_handle=o.state == State.FAILED and o.handle is not None)
 
