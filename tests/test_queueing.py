@@ -74,13 +74,13 @@ async def test_a_request_whose_client_left_leaves_the_queue() -> None:
     held = await mgr.acquire("a")
     gone = asyncio.Event()
     cancelled = asyncio.create_task(mgr.acquire("a"))
-    left = asyncio.create_task(mgr.acquire("a", abandoned=gone))
+    left = asyncio.create_task(mgr.acquire("a", abandoned=gone.wait))
     stays = asyncio.create_task(mgr.acquire("a"))
     await until(lambda: len(s.queue) == 3)
     cancelled.cancel()  # what a server does to a request's task when its client disconnects
     await until(lambda: len(s.queue) == 2)
     assert cancelled.cancelled()
-    gone.set()  # what the gateway sets when it sees http.disconnect
+    gone.set()  # as the gateway's abandoned() returns when ASGI receive() gives http.disconnect
     with pytest.raises(ClientLeft):
         await left
     assert len(s.queue) == 1

@@ -9,7 +9,7 @@ Rules:
 - A request holds a Lease while it is served (streams included): leased models are busy. `acquire` gives one at
   once when the model is ready, under max_concurrency and nobody queues before it; else the request waits in the
   model's queue (FIFO) for at most max_wait, start included, or gets 429 when max_queue wait already. A request
-  whose task is cancelled (or whose `abandoned` event is set) leaves the queue. hub/manager/queue.py.
+  whose task is cancelled (or whose `abandoned()` returns: the client left) leaves the queue. hub/manager/queue.py.
 - Requests wait rather than fail while memory is busy: a model whose start must wait for another model (busy, or
   still starting) waits for it; the models it waits for are contended and serve in runs (the run rule in queue.py:
   arrival order, except that a model keeps taking new requests for max_run after the wait began and for

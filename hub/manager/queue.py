@@ -22,7 +22,7 @@ Bounds: a request waits at most max_wait from its arrival, its model's start inc
 Retry-After). Before that, between two models: the other model's start (start_timeout), its run
 (max(max_run, min_residency) from the wait's start), the drain of its requests in flight (drain_timeout counted
 from its last admitted request, else MemoryBusy), and this model's own start. A request whose awaiting task is
-cancelled, or whose `abandoned` event is set (the client left), leaves the queue at once (ClientLeft).
+cancelled, or whose `abandoned` awaitable returns (the client left), leaves the queue at once (ClientLeft).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -107,10 +107,12 @@ class Queues:
     def _begin_start(self, s: Slot) -> asyncio.Task:  # pragma: no cover - the Manager's
         raise NotImplementedError
 
-    async def acquire(self, model_id: str, abandoned: asyncio.Event | None = None) -> Lease:
+    async def acquire(self, model_id: str, abandoned: Callable[[], Awaitable[object]] | None = None) -> Lease:
         """Wait until the model can serve one more request (starting it if needed, at most max_wait) and hold it.
-        Raises TooManyRequests when its queue is full, WaitTimeout past max_wait, ClientLeft once `abandoned` is
-        set, and the start's error when its start fails. Cancelling the caller takes the request off the queue."""
+        Raises TooManyRequests when its queue is full, WaitTimeout past max_wait, the start's error when its start
+        fails, and ClientLeft once `abandoned()` returns: a coroutine function that returns when the client has
+        gone (the gateway's reads ASGI `receive` until http.disconnect), called only if the request has to wait.
+        Cancelling the caller takes the request off the queue too."""
         s = self.slot(model_id)
         now = time.monotonic()
         if not s.queue and self._may_serve(s, now, now):
@@ -135,10 +137,10 @@ class Queues:
                 s.queue.remove(w)
                 self._pump()
 
-    async def _await_turn(self, s: Slot, w: Waiter, abandoned: asyncio.Event | None) -> Lease:
-        """Wait for w's lease (or its start's error) until max_wait or until `abandoned` is set."""
+    async def _await_turn(self, s: Slot, w: Waiter, abandoned: Callable[[], Awaitable[object]] | None) -> Lease:
+        """Wait for w's lease (or its start's error) until max_wait or until `abandoned()` returns."""
         left = w.arrival + s.limits.max_wait - time.monotonic()
-        gone = asyncio.ensure_future(abandoned.wait()) if abandoned else None
+        gone = asyncio.ensure_future(abandoned()) if abandoned else None
         try:
             done, _ = await asyncio.wait([w.future, *([gone] if gone else [])], timeout=max(0.0, left),
                                          return_when=asyncio.FIRST_COMPLETED)
