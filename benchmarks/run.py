@@ -2,8 +2,9 @@
 
     python -m benchmarks.run [--hub URL] [--only NAME ...] [--out DIR] [--list]
 
-Without --only, every scenario of DEMO_SCENARIOS (benchmarks/scenarios.py) runs. The router-overhead and load
-scenarios start their own hub: use `python -m benchmarks.router_overhead` and `python -m benchmarks.load` for them.
+Without --only, every scenario of DEMO_SCENARIOS (benchmarks/scenarios.py) runs. The router-overhead, load and
+contention scenarios start their own hubs: use `python -m benchmarks.router_overhead`, `python -m benchmarks.load`
+and `python -m benchmarks.contention` for them.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 
 import httpx
 
+from benchmarks.contention import run_contention
 from benchmarks.images import run_images
 from benchmarks.lifecycle import run_cold_start, run_swap
 from benchmarks.load import run_load
@@ -25,6 +27,7 @@ from benchmarks.router_overhead import run_router_overhead
 from benchmarks.scenarios import (
     DEMO_SCENARIOS,
     ColdStartScenario,
+    ContentionScenario,
     ImageScenario,
     LoadScenario,
     MemoryScenario,
@@ -52,6 +55,8 @@ def run_scenario(hub: HubClient, sc: Scenario) -> list[dict[str, Any]]:
         return run_router_overhead(sc)
     if isinstance(sc, LoadScenario):
         return run_load(sc)
+    if isinstance(sc, ContentionScenario):
+        return run_contention(sc)
     raise TypeError(f"unknown scenario {sc!r}")
 
 

@@ -108,9 +108,22 @@ class LoadScenario(_Scenario):
     pin: bool = Field(True, description="the hub on one core, the engine and the load generator on the others")
 
 
+class ContentionScenario(_Scenario):
+    """Two responder models that do not fit together, called alternately by several clients: starts (swaps), total
+    time and failures with the anti-thrash policy on and off (strict arrival order)."""
+
+    kind: Literal["contention"] = "contention"
+    clients: int = Field(4, ge=1)
+    requests: int = Field(8, ge=1, description="requests per client, alternating between the two models")
+    start_delay: float = Field(2.0, ge=0, description="the engines' artificial start delay (seconds)")
+    delay: float = Field(0.2, ge=0, description="the engines' answer time (seconds)")
+    max_run: float | None = Field(None, ge=0, description="max_run with the policy on (None: the hub's default)")
+    min_residency: float | None = Field(None, ge=0, description="min_residency with the policy on (None: default)")
+
+
 Scenario = Annotated[
     TextScenario | ImageScenario | MemoryScenario | ColdStartScenario | SwapScenario | RouterOverheadScenario
-    | LoadScenario,
+    | LoadScenario | ContentionScenario,
     Field(discriminator="kind"),
 ]
 

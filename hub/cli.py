@@ -31,7 +31,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     print(f"{args.config}: ok, {len(reg.models)} model(s)")
     for mid, m in reg.models.items():
         mem = f"{m.memory_gb:g} GB" if m.memory_gb is not None else "memory measured"
-        where = "external" if m.engine == "openai" else f"{reg.runtime_of(mid)}@{m.host}"
+        where = "external" if m.engine == "openai" else f"{reg.runtime_of(mid)}@{','.join(m.hosts)}"
         print(f"  {mid:<24} {m.type:<13} {m.engine:<10} {where:<16} {mem}")
     budget = reg.hub.memory_budget_gb
     print(f"  budget: {f'{budget:g} GB' if budget else 'unlimited'}; state dir: {reg.state_dir}")
@@ -215,11 +215,13 @@ def cmd_ps(args: argparse.Namespace) -> int:
         print(json.dumps(data, indent=2))
         return 0
     now = data.get("time", 0)
-    print(f"{'MODEL':<24} {'TYPE':<6} {'ENGINE':<10} {'RUNTIME':<9} {'STATE':<9} {'MEMORY':<16} LAST USED")
+    print(f"{'MODEL':<24} {'TYPE':<6} {'ENGINE':<10} {'RUNTIME':<9} {'STATE':<9} {'RUN/WAIT':<9} {'MEMORY':<16} "
+          "LAST USED")
     for m in data["data"]:
         declared = f"{m['memory_gb']:g}" if m.get("memory_gb") is not None else "-"
         measured = f"{m['measured_gb']:.2f}" if m.get("measured_gb") is not None else "-"
-        print(f"{m['id']:<24} {m['type']:<6} {m['engine']:<10} {m['runtime']:<9} {m['state']:<9} "
+        requests = f"{m.get('in_flight', 0)}/{m.get('queued', 0)}"
+        print(f"{m['id']:<24} {m['type']:<6} {m['engine']:<10} {m['runtime']:<9} {m['state']:<9} {requests:<9} "
               f"{declared + ' / ' + measured + ' GB':<16} {_fmt_time(m.get('last_used'), now)}")
         if m["state"] == "failed" and m.get("reason"):
             print(f"  └ {m['reason']}")

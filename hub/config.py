@@ -17,10 +17,11 @@ from __future__ import annotations
 import logging
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from hub.endpoints import KINDS, TASKS
 
@@ -78,6 +79,14 @@ class HubSettings(_Strict):
     max_json_depth: int = Field(64, ge=2, le=512)
     max_header_kb: float = Field(64, gt=0)
     max_headers: int = Field(100, ge=8)
+    # scheduling (hub/manager/queue.py): every model's, unless the model sets its own
+    max_concurrency: int = Field(0, ge=0, description="requests forwarded to one engine at once (0: no limit)")
+    max_queue: int = Field(512, ge=1, description="requests waiting for one model; more get 429")
+    max_wait: Duration = Field(900.0, description="longest wait of a request for its model, start included")
+    max_run: Duration = Field(60.0, description="how long a model keeps taking new requests once another model's "
+                                                "request waits for its memory")
+    min_residency: Duration = Field(30.0, description="how long a model that became ready keeps taking its new "
+                                                      "requests before it yields (unless it is idle)")
 
 
 class HostConfig(_Strict):
@@ -101,9 +110,14 @@ class ModelConfig(_Strict):
     source: str | None = None
     memory_gb: float | None = Field(None, ge=0)
     runtime: RuntimeName | None = None
-    host: str = "local"
+    host: str | list[str] = Field("local", description="a host, or several: a cold start picks one (placement)")
     ttl: Duration | None = None
     pinned: bool = False
+    max_concurrency: int | None = Field(None, ge=0)
+    max_queue: int | None = Field(None, ge=1)
+    max_wait: Duration | None = None
+    max_run: Duration | None = None
+    min_residency: Duration | None = None
     args: dict[str, Any] = Field(default_factory=dict, description="the engine's own keys (see each engine)")
     env: dict[str, str] = Field(default_factory=dict)
     description: str | None = Field(None, description="a note for people: shown by the web app and /v1/models")
@@ -111,6 +125,21 @@ class ModelConfig(_Strict):
     # docker runtime
     image: str | None = None
     gpus: Literal["all"] | list[int] | None = None
+
+    @field_validator("host")
+    @classmethod
+    def _some_hosts(cls, value: str | list[str]) -> str | list[str]:
+        if isinstance(value, list):
+            if not value:
+                raise ValueError("name at least one host (or leave host out: \"local\")")
+            if len(set(value)) != len(value):
+                raise ValueError(f"a host is named twice in {value}")
+        return value
+
+    @property
+    def hosts(self) -> list[str]:
+        """The hosts the model may run on, in the registry's order."""
+        return [self.host] if isinstance(self.host, str) else list(self.host)
 
     @model_validator(mode="before")
     @classmethod
@@ -130,6 +159,23 @@ class ModelConfig(_Strict):
                 log.warning("registry: %s belongs in the model's args table now (read as args.%s)", key, key)
         data["args"] = args
         return data
+
+
+@dataclass(frozen=True)
+class Limits:
+    """A model's scheduling keys, its own or else [hub]'s (Registry.limits_of)."""
+
+    max_concurrency: int  # 0: no limit
+    max_queue: int
+    max_wait: float
+    max_run: float
+    min_residency: float
+
+    @classmethod
+    def of(cls, hub: HubSettings, model: ModelConfig | None = None) -> Limits:
+        """Each of the model's own keys, else the [hub] one."""
+        own = {k: v for k in cls.__dataclass_fields__ if model and (v := getattr(model, k)) is not None}
+        return cls(**{k: own.get(k, getattr(hub, k)) for k in cls.__dataclass_fields__})
 
 
 class Registry(_Strict):
@@ -189,6 +235,10 @@ class Registry(_Strict):
         ttl = self.models[model_id].ttl
         return self.hub.idle_ttl if ttl is None else ttl
 
+    def limits_of(self, model_id: str) -> Limits:
+        """A model's scheduling limits: each of its own keys, else [hub]'s."""
+        return Limits.of(self.hub, self.models[model_id])
+
     def budget_of(self, host: str) -> float | None:
         """The memory budget in GB of a host (None: unlimited)."""
         if host != "local" and host in self.hosts:
@@ -214,15 +264,17 @@ class Registry(_Strict):
                 out.append("hosts.local.memory_budget_gb: the local host's budget is [hub] memory_budget_gb")
         for mid, m in self.models.items():
             at = f"models.{mid}"
-            if m.host != "local" and m.host not in self.hosts:
-                valid = ", ".join(["local", *self.hosts])
-                out.append(f"{at}.host: unknown host {m.host!r} (valid: {valid})")
-            budget = self.budget_of(m.host)
-            if budget is not None and m.memory_gb is not None and m.memory_gb > budget:
-                out.append(
-                    f"{at}.memory_gb: {m.memory_gb:g} GB is more than the budget of host {m.host!r} "
-                    f"({budget:g} GB): raise memory_budget_gb or lower memory_gb"
-                )
+            for host in m.hosts:
+                if host != "local" and host not in self.hosts:
+                    valid = ", ".join(["local", *self.hosts])
+                    out.append(f"{at}.host: unknown host {host!r} (valid: {valid})")
+                    continue
+                budget = self.budget_of(host)
+                if budget is not None and m.memory_gb is not None and m.memory_gb > budget:
+                    out.append(
+                        f"{at}.memory_gb: {m.memory_gb:g} GB is more than the budget of host {host!r} "
+                        f"({budget:g} GB): raise memory_budget_gb or lower memory_gb"
+                    )
         return out
 
 

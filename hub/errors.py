@@ -10,11 +10,14 @@
     ├── MethodNotAllowed (405)     the path is served, not with this method; carries Allow
     ├── PayloadTooLarge (413)      the body is over the hub's limit for its kind
     ├── HeadersTooLarge (431)      the request line and headers are over the hub's limits (sent by `hub serve`)
+    ├── TooManyRequests (429)      the model's queue is full (max_concurrency, max_queue); carries Retry-After
+    ├── ClientLeft (499)           the client left while its request waited for its model; nobody reads the answer
     ├── UpstreamError (502)        the engine broke off or crashed while serving a request
     └── ModelUnavailable (503)     the model cannot serve now
         ├── StartFailed (503)      the engine failed to start; carries the reason and the tail of its log
         ├── StartTimeout (503)     the engine was not ready within start_timeout; carries Retry-After
-        └── MemoryBusy (503)       the budget cannot be freed because the models holding it are busy
+        ├── MemoryBusy (503)       the budget cannot be freed because the models holding it are busy
+        └── WaitTimeout (503)      the request waited max_wait for its model and gave up; carries Retry-After
     RuntimeFailure                 a runtime (process, docker) could not do what was asked; the manager turns it
                                    into StartFailed, the CLI into a one-line message
 """
@@ -110,6 +113,20 @@ class HeadersTooLarge(HubError):
     status = 431
     type = "invalid_request_error"
     code = "headers_too_large"
+class TooManyRequests(HubError):
+    """The model has max_concurrency requests in flight and max_queue waiting: come back after Retry-After."""
+
+    status = 429
+    type = "requests"
+    code = "queue_full"
+
+
+class ClientLeft(HubError):
+    """The client went away while its request waited for its model (the request left the queue)."""
+
+    status = 499  # nginx's "client closed request": never sent, there is nobody to read it
+    type = "invalid_request_error"
+    code = "client_closed_request"
 
 
 class UpstreamError(HubError):
@@ -144,6 +161,12 @@ class MemoryBusy(ModelUnavailable):
     """The memory budget cannot be freed: the models holding it have requests in flight."""
 
     code = "memory_busy"
+
+
+class WaitTimeout(ModelUnavailable):
+    """The request waited max_wait for its model (a start, another model's run, a free place) and gave up."""
+
+    code = "queue_timeout"
 
 
 class RuntimeFailure(Exception):

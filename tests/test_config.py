@@ -148,3 +148,26 @@ def test_one_place_for_the_hubs_url_and_key(monkeypatch) -> None:
     monkeypatch.setenv("HUB_URL", "http://box:8000/v1/")
     monkeypatch.setenv("HUB_API_KEY", "client-key")
     assert client_url(keyed) == "http://box:8000" and client_api_key(keyed) == "client-key"
+
+
+def test_scheduling_limits_and_host_lists() -> None:
+    cmd = {"type": "text", "engine": "command", "args": {"command": ["x", "{port}"]}}
+    reg = parse_registry({"hub": {"max_run": "2m", "max_queue": 8},
+                          "hosts": {"gpu": {"docker": "tcp://gpu:2375", "memory_budget_gb": 4}},
+                          "models": {"a": {**cmd, "max_queue": 2, "min_residency": "5s", "host": ["local", "gpu"]},
+                                     "b": cmd}})
+    a, b = reg.limits_of("a"), reg.limits_of("b")
+    assert (a.max_queue, a.max_run, a.min_residency) == (2, 120, 5), "its own keys, else [hub]'s"
+    assert (b.max_queue, b.max_run, b.min_residency) == (8, 120, HubSettings().min_residency)
+    assert reg.models["a"].hosts == ["local", "gpu"] and reg.models["b"].hosts == ["local"]
+    text = "\n".join(problems({"models": {"e": {**cmd, "host": []}, "d": {**cmd, "host": ["local", "local"]},
+                                          "q": {**cmd, "max_queue": 0}}}))
+    assert "models.e.host: name at least one host" in text
+    assert "models.d.host: a host is named twice in ['local', 'local']" in text
+    assert "models.q.max_queue: Input should be greater than or equal to 1" in text
+    out = problems({"hosts": {"gpu": {"docker": "tcp://gpu:2375", "memory_budget_gb": 4}},
+                    "models": {"u": {**cmd, "host": ["local", "nowhere"]},
+                               "big": {**cmd, "host": ["local", "gpu"], "memory_gb": 6}}})
+    assert out == ["models.u.host: unknown host 'nowhere' (valid: local, gpu)",
+                   "models.big.memory_gb: 6 GB is more than the budget of host 'gpu' (4 GB): raise memory_budget_gb "
+                   "or lower memory_gb"]

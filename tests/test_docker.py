@@ -241,3 +241,45 @@ def test_hub_build_builds_the_engine_image(local):
     r = subprocess.run([sys.executable, "-m", "hub.cli", "build", "--config", "no-such-registry.toml", "--host",
                         "gpu-pc"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 1 and "unknown host 'gpu-pc' (valid: local)" in r.stderr
+
+
+def test_placement_across_two_daemons(local, remote, hub_factory, tmp_path):
+    """A model allowed on both hosts starts where it fits, prefers a host that has its image, and evicts on the
+    host whose models were used least recently when it fits nowhere; it runs on one host at a time."""
+    tag = "hub-responder:placement-only-remote"
+    remote.images.get(RESPONDER_IMAGE).tag(tag)
+    try:
+        hosts = (f'[hosts.remote]\ndocker = "{REMOTE}"\nnetwork = "host"\nhf_cache = "{tmp_path / "hf2"}"\n'
+                 "memory_budget_gb = 1\n")
+        both = 'host = ["local", "remote"]\nmemory_gb = 1\n'
+        models = "".join(responder_model(m).replace('host = "local"\n', both) for m in ("one", "two", "four"))
+        models += responder_model("three").replace('host = "local"\n', 'host = ["local", "remote"]\n') \
+            .replace(RESPONDER_IMAGE, tag)
+        hub = hub_factory(registry(tmp_path, models, hub="memory_budget_gb = 1", hosts=hosts))
+        client = OpenAI(base_url=hub.v1, api_key="none")
+
+        def ask(mid: str) -> dict:
+            reply = client.chat.completions.create(model=mid, messages=[{"role": "user", "content": mid}])
+            assert reply.choices[0].message.content == f"echo: {mid}"
+            return hub.models()[mid]
+
+        assert ask("one")["host"] == "local", "both have room and the image: the first listed"
+        assert ask("two")["host"] == "remote", "local is full: remote has room, nothing is evicted"
+        assert local.containers.get("hub-one").status == "running"
+        assert remote.containers.get("hub-two").status == "running"
+        assert ask("three")["host"] == "remote", "only the remote daemon has its image"
+        assert local.containers.list(all=True, filters={"name": "hub-three"}) == []
+        ask("two")  # one is now the least recently used model
+        entry = ask("four")
+        assert entry["host"] == "local" and entry["hosts"] == ["local", "remote"]
+        assert hub.models()["one"]["state"] == "stopped" and "evicted to make room for 'four'" in \
+            hub.models()["one"]["reason"]
+        assert local.containers.list(all=True, filters={"name": "hub-one"}) == []
+        assert remote.containers.get("hub-two").status == "running"
+        assert ask("one")["host"] == "remote", "fits nowhere: evicts two (used before four), so it moves hosts"
+        assert hub.models()["two"]["state"] == "stopped"
+        assert remote.containers.get("hub-one").status == "running"
+        assert local.containers.get("hub-four").status == "running"
+        hub.stop()
+    finally:
+        remote.images.remove(tag)

@@ -63,12 +63,15 @@ class FakeEngine(Engine):
 
 
 def make(models: dict[str, float], budget: float | None = None, rt: FakeRuntime | None = None,
-         pinned: tuple[str, ...] = (), **hub) -> tuple[Manager, FakeRuntime]:
+         pinned: tuple[str, ...] = (), extra: dict[str, dict] | None = None, hosts: dict[str, dict] | None = None,
+         factory=None, **hub) -> tuple[Manager, FakeRuntime]:
+    """A manager of `command` models {id: GB} on fake engines; `extra`: more keys per model."""
     rt = rt or FakeRuntime()
     data = {"hub": {"memory_budget_gb": budget, "drain_timeout": 0.3, **hub} if budget else {**hub},
+            "hosts": hosts or {},
             "models": {m: {"type": "text", "engine": "command", "command": ["x", "{port}"], "memory_gb": gb,
-                           "pinned": m in pinned} for m, gb in models.items()}}
-    mgr = Manager(parse_registry(data), runtime_factory=lambda name, host: rt)
+                           "pinned": m in pinned, **(extra or {}).get(m, {})} for m, gb in models.items()}}
+    mgr = Manager(parse_registry(data), runtime_factory=factory or (lambda name, host: rt))
     for s in mgr.slots.values():
         s.engine = FakeEngine(rt)
     return mgr, rt

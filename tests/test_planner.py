@@ -1,8 +1,6 @@
-"""The eviction planner (hub/manager/planner.py): plain values in, one decision out; no asyncio."""
+"""The planners (hub/manager/planner.py): plain values in, one decision (or host) out; no asyncio."""
 
 from __future__ import annotations
-
-import pytest
 
 from hub.errors import MemoryBusy
 from hub.manager.planner import (
@@ -10,10 +8,12 @@ from hub.manager.planner import (
     Candidate,
     Evict,
     Fits,
+    HostView,
     Impossible,
     Peer,
     Release,
     WaitForBusy,
+    place,
     plan,
 )
 from hub.manager.states import State
@@ -74,19 +74,61 @@ def test_stops_in_progress_are_awaited_first() -> None:
     assert plan(new(4), peers) == AwaitStops(("s",))
 
 
-@pytest.mark.parametrize("holder", [Peer("p", R, 6, pinned=True), Peer("s", State.STARTING, 6)])
-def test_impossible_when_only_pinned_or_starting_models_hold_the_memory(holder: Peer) -> None:
+def test_impossible_when_only_pinned_models_hold_the_memory() -> None:
+    holder = Peer("p", R, 6, pinned=True)
     decision = plan(new(5), [holder, Peer("off", S, 9)])
     assert isinstance(decision, Impossible)
     assert (decision.free_gb, decision.holders) == (4, (holder,))
-    state = "ready, pinned" if holder.pinned else "starting"
     assert decision.error().message == (
-        f"model 'new' needs 5 GB but host 'local' has 4 of 10 GB free and nothing can be unloaded: "
-        f"{holder.id!r} ({state}, 6 GB)"
+        "model 'new' needs 5 GB but host 'local' has 4 of 10 GB free and nothing can be unloaded: "
+        "'p' (ready, pinned, 6 GB)"
     )
+
+
+def test_a_starting_model_is_waited_for_it_can_be_evicted_once_ready_and_idle() -> None:
+    starting = Peer("s", State.STARTING, 6)
+    assert plan(new(5), [starting, Peer("off", S, 9)]) == WaitForBusy("new", 5, "local", 10, (), (starting,))
+    busy = Peer("b", R, 3, in_flight=1)
+    assert plan(new(5), [starting, busy]).busy == (busy,), "busy and starting ones are waited for together"
+    pinned = Peer("p", State.STARTING, 6, pinned=True)
+    assert isinstance(plan(new(5), [pinned]), Impossible), "a pinned model will not give its memory back"
+    decision = plan(new(5), [Peer("p", R, 6, pinned=True), busy])
+    assert isinstance(decision, Impossible), "6 pinned + 5 > 10 whatever the busy model does"
 
 
 def test_impossible_when_the_model_alone_exceeds_the_budget() -> None:
     decision = plan(new(12), [])
     assert isinstance(decision, Impossible) and decision.free_gb == 10
     assert decision.error().message.endswith("nothing can be unloaded: no other model holds memory")
+
+
+def host(name: str, *peers: Peer, budget: float | None = 10.0, holds: bool = False, up: bool = True) -> HostView:
+    return HostView(name, budget, tuple(peers), holds, up)
+
+
+def test_place_prefers_a_host_where_it_fits_then_one_holding_its_image_then_the_least_loaded() -> None:
+    full = host("full", Peer("a", R, 8))
+    roomy = host("roomy", Peer("b", R, 2, in_flight=3))
+    quiet = host("quiet", Peer("c", R, 2))
+    assert place("new", 5, [full, roomy, quiet]) == "quiet", "fits without eviction, fewest requests"
+    assert place("new", 5, [full, roomy]) == "roomy", "fits, though busier"
+    assert place("new", 5, [full, host("img", Peer("b", R, 2, in_flight=3), holds=True), quiet]) == "img"
+    assert place("new", 5, [host("x"), host("y")]) == "x", "ties keep the registry's order"
+    assert place("new", 5, [host("down", up=False), host("y", Peer("a", R, 8))]) == "y", "unreachable: left out"
+    assert place("new", 5, [host("down", up=False)]) == "down", "none answers: the first (its start says why)"
+
+
+def test_place_evicts_on_the_least_loaded_host_when_it_fits_nowhere() -> None:
+    busy = host("busy", Peer("a", R, 8, in_flight=2))
+    queued = host("queued", Peer("b", R, 8, queued=4))
+    calm = host("calm", Peer("c", R, 4, in_flight=1), Peer("d", R, 4))
+    assert place("new", 5, [busy, queued, calm]) == "calm", "an idle model to evict beats waiting for busy ones"
+    assert place("new", 5, [busy, queued]) == "queued", "idle (nothing in flight) though requests queue for it"
+    assert place("new", 5, [busy, host("busier", Peer("a", R, 8, in_flight=5))]) == "busy", "least loaded"
+    half = host("half", Peer("c", R, 8, in_flight=1), Peer("d", R, 1))
+    assert place("new", 5, [half, host("busier", Peer("a", R, 8, in_flight=5))]) == "half"
+    assert place("new", 5, [host("busier", Peer("a", R, 8, in_flight=5)), half, queued]) == "queued", \
+        "evicting d on half is not enough: c must be waited for there"
+    pinned = host("pinned", Peer("p", R, 8, pinned=True))
+    assert place("new", 5, [pinned, busy]) == "busy", "a host where room can never be made is left out"
+    assert place("new", 5, [host("small", budget=4), pinned]) == "small", "impossible everywhere: the first"

@@ -1,27 +1,42 @@
-"""The model manager: the lifecycle of every model, the memory budget, idle unloading and crash handling.
+"""The model manager: the lifecycle of every model, queues and limits, the memory budget, placement, idle unloading
+and crash handling.
 
 One `Slot` per registered model. Its states (stopped, starting, ready, stopping, failed) and the one table of the
 moves between them, with its diagram, are in hub/manager/states.py; every state change goes through
 `states.move`, which refuses a move the table does not list.
 
 Rules:
-- Single flight: one start task per model; every request for a cold model awaits that same task, for at most
-  start_timeout.
+- A request holds a Lease while it is served (streams included): leased models are busy. `acquire` gives one at
+  once when the model is ready, under max_concurrency and nobody queues before it; else the request waits in the
+  model's queue (FIFO) for at most max_wait, start included, or gets 429 when max_queue wait already. A request
+  whose task is cancelled (or whose `abandoned()` returns: the client left) leaves the queue. hub/manager/queue.py.
+- Requests wait rather than fail while memory is busy: a model whose start must wait for another model (busy, or
+  still starting) waits for it; the models it waits for are contended and serve in runs (the run rule in queue.py:
+  arrival order, except that a model keeps taking new requests for max_run after the wait began and for
+  min_residency after it became ready). Once a contended model is idle (nothing in flight), it is evicted.
+- Single flight: one start task per model, asked for by its waiting requests (Manager._pump); when it fails, every
+  request waiting for the model gets its error.
+- Placement: a model may name several hosts; each cold start picks one (planner.place: where it fits, preferring a
+  host that holds its image; else where room is made soonest, least loaded). It runs on one host at a time:
+  Slot.host.
 - Budget: a model counts at its declared memory_gb, else at its measured peak plus a margin (hub/ledger.py, written
-  by benchmarks/memory.py), else 0. A start first takes its host's budget lock, then stops least-recently-used
-  idle unpinned models until the new one fits. A busy model is never stopped: the start waits up to drain_timeout
-  for it to go idle, then fails with MemoryBusy naming it.
+  by benchmarks/memory.py), else 0. A start takes its host's budget lock to decide, stop least-recently-used idle
+  unpinned models and move to starting; it waits for busy or starting models outside the lock. A busy model is
+  never stopped: once it takes no new requests, the start waits up to drain_timeout after its last admitted
+  request, then fails with MemoryBusy naming it.
   Starting, ready and stopping models all count as using memory.
   What to stop, wait for or refuse is decided by hub/manager/planner.py (pure, no asyncio); the manager carries
   it out and asks again until the model fits.
-- A request holds a Lease while it is served (streams included): leased models are busy.
-- Unmanaged engines (`openai`) are always ready and never started or stopped: their state never moves.
+- Unmanaged engines (`openai`) are always ready and never started or stopped: their state never moves (their
+  queues and limits apply).
+- Counters on each Slot (starts, admitted, rejected, timed_out, abandoned, in_flight, queue) are there for metrics.
 
-Modules: states.py (State, the transition table, move), planner.py (the eviction planner), core.py (Slot, Lease,
-Manager: the asyncio orchestration).
+Modules: states.py (State, the transition table, move), planner.py (eviction and placement), queue.py (Lease,
+acquire, the queues and the run rule), core.py (Slot, Manager: the asyncio orchestration).
 """
 
-from hub.manager.core import Lease, Manager, Slot
+from hub.manager.core import Manager, Slot
+from hub.manager.queue import Lease
 from hub.manager.states import HOLDS_MEMORY, TRANSITIONS, InvalidTransition, State, move
 
 __all__ = ["HOLDS_MEMORY", "TRANSITIONS", "InvalidTransition", "Lease", "Manager", "Slot", "State", "move"]

@@ -1,6 +1,7 @@
-"""Slot, Lease and Manager: the orchestration of starts, stops, leases, the memory budget and crashes.
+"""Slot and Manager: the orchestration of starts, stops, placement, the memory budget and crashes.
 
-The rules are in the package's docstring (hub/manager/__init__.py); the states and their moves in states.py.
+The rules are in the package's docstring (hub/manager/__init__.py); the states and their moves in states.py; the
+queues, limits and runs (acquire, Lease) in queue.py.
 """
 
 from __future__ import annotations
@@ -9,16 +10,16 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import httpx
 
-from hub.config import ModelConfig, Registry
+from hub.config import HubSettings, Limits, ModelConfig, Registry
 from hub.engines import get_engine
-from hub.engines.base import Engine, LaunchContext, LaunchSpec, Upstream
+from hub.engines.base import Engine, LaunchContext, LaunchSpec
 from hub.errors import (
-    MemoryBusy,
     ModelNotFound,
     ModelUnavailable,
     RuntimeFailure,
@@ -26,7 +27,20 @@ from hub.errors import (
     StartTimeout,
 )
 from hub.ledger import Ledger, ledger_memory_of
-from hub.manager.planner import AwaitStops, Candidate, Evict, Fits, Impossible, Peer, Release, WaitForBusy, plan
+from hub.manager.planner import (
+    AwaitStops,
+    Candidate,
+    Evict,
+    Fits,
+    HostView,
+    Impossible,
+    Peer,
+    Release,
+    WaitForBusy,
+    place,
+    plan,
+)
+from hub.manager.queue import Queues, Waiter
 from hub.manager.states import HOLDS_MEMORY, State, move
 from hub.runtimes import Handle, Runtime, make_runtime
 
@@ -47,24 +61,52 @@ class Slot:
     id: str
     cfg: ModelConfig
     engine: Engine
+    limits: Limits = field(default_factory=lambda: Limits.of(HubSettings()))  # the registry's: Registry.limits_of
     state: State = State.STOPPED
     reason: str | None = None
+    host: str = ""  # where it runs, or ran last (one of cfg.hosts; placement picks it at each cold start)
     handle: Handle | None = None
     spec: LaunchSpec | None = None
     in_flight: int = 0
+    queue: deque[Waiter] = field(default_factory=deque)  # requests waiting for it, oldest first (queue.py)
     last_used: float = 0.0  # time.time() of the last request's end (or of becoming ready)
+    last_admit: float = 0.0  # time.monotonic() of the last lease granted
+    service_s: float | None = None  # mean seconds a request holds it (Retry-After estimates)
     starts: int = 0
+    # counters for metrics: leases granted; requests refused (429), timed out in the queue, gone from it
+    admitted: int = 0
+    rejected: int = 0
+    timed_out: int = 0
+    abandoned: int = 0
     start_task: asyncio.Task | None = None
     stop_task: asyncio.Task | None = None
     watch_task: asyncio.Task | None = None
     idle: asyncio.Event = field(default_factory=asyncio.Event)
     started_at: float | None = None
     ready_at: float | None = None
+    ready_since: float | None = None  # time.monotonic() of becoming ready (min_residency)
+    blocked_on: frozenset[str] = frozenset()  # while its start waits for memory: the models it waits for
+    blocked_since: float | None = None  # time.monotonic() since when its start waits
+    loading: int = 0  # admin loads waiting for its start (they keep a start going that no request waits for)
 
     def __post_init__(self) -> None:
         self.idle.set()
+        self.host = self.host or self.cfg.hosts[0]
         if not self.engine.managed:  # the initial state, not a move: an unmanaged engine is ready and stays so
             self.state = State.READY
+
+    def waiting_since(self) -> float | None:
+        """Since when (time.monotonic) it has waited for memory: its oldest request's arrival, or its start's
+        wait when no request waits (a load); None when its start does not wait."""
+        if not self.blocked_on:
+            return None
+        since = self.blocked_since or time.monotonic()
+        return min(self.queue[0].arrival, since) if self.queue else since
+
+    @property
+    def queued(self) -> int:
+        """Requests waiting for it."""
+        return len(self.queue)
 
     @property
     def managed(self) -> bool:
@@ -72,28 +114,8 @@ class Slot:
         return self.engine.managed
 
 
-@dataclass
-class Lease:
-    """A request's hold on a ready model; release it when the response (or stream) is done."""
-
-    slot: Slot
-    upstream: Upstream
-    _released: bool = False
-
-    def release(self) -> None:
-        """End the hold (idempotent)."""
-        if self._released:
-            return
-        self._released = True
-        s = self.slot
-        s.in_flight -= 1
-        s.last_used = time.time()
-        if s.in_flight == 0:
-            s.idle.set()
-
-
-class Manager:
-    """Starts, stops and swaps engines on demand."""
+class Manager(Queues):
+    """Starts, stops and swaps engines on demand; queues requests (queue.Queues: acquire)."""
 
     def __init__(
         self,
@@ -103,7 +125,7 @@ class Manager:
     ) -> None:
         self.registry = registry
         self.slots: dict[str, Slot] = {
-            mid: Slot(mid, cfg, get_engine(cfg.engine)) for mid, cfg in registry.models.items()
+            mid: Slot(mid, cfg, get_engine(cfg.engine), registry.limits_of(mid)) for mid, cfg in registry.models.items()
         }
         self._runtime_factory = runtime_factory or (lambda name, host: make_runtime(name, registry, host))
         self._runtimes: dict[tuple[str, str], Runtime] = {}
@@ -112,6 +134,7 @@ class Manager:
         self._budget_locks: dict[str, asyncio.Lock] = {}
         self._http = httpx.AsyncClient(timeout=5.0)
         self._ttl_task: asyncio.Task | None = None
+        self._closing = False
 
     # ---- lifecycle of the manager itself ----
 
@@ -121,24 +144,34 @@ class Manager:
         self._ttl_task = asyncio.create_task(self._ttl_loop(), name="hub-ttl")
 
     async def _adopt(self, s: Slot) -> None:
-        """Take over a model's engine that still runs; it becomes ready once it answers (a normal start wait)."""
-        try:
-            gpus = await self.runtime(s).gpu_memory_gb()
+        """Take over a model's engine that still runs (on the first of its hosts where one runs; one found on
+        another host too is stopped); it becomes ready once it answers (a normal start wait)."""
+        for host in s.cfg.hosts:
+            rt = self.runtime(s, host)
+            try:
+                gpus = await rt.gpu_memory_gb()
 
-            def launch(port: int) -> LaunchSpec:
-                return s.engine.launch(LaunchContext(s.id, s.cfg, self.registry, port, gpus))
+                def launch(port: int, gpus: dict[int, float] = gpus) -> LaunchSpec:
+                    return s.engine.launch(LaunchContext(s.id, s.cfg, self.registry, port, gpus))
 
-            adopted = await self.runtime(s).adopt(s.id, launch)
-        except RuntimeFailure as err:
-            log.warning("%s: cannot look for an engine to adopt: %s", s.id, err)
-            return
-        if adopted:
-            s.handle, s.spec = adopted
-            s.start_task = asyncio.create_task(self._start(s), name=f"adopt-{s.id}")
-            s.start_task.add_done_callback(_retrieve)
+                adopted = await rt.adopt(s.id, launch)
+            except RuntimeFailure as err:
+                log.warning("%s: cannot look for an engine to adopt on host %s: %s", s.id, host, err)
+                continue
+            if adopted and s.handle:
+                log.warning("%s: an engine runs on host %s too: stopping it", s.id, host)
+                with contextlib.suppress(Exception):
+                    await rt.stop(adopted[0], self.registry.hub.stop_timeout)
+            elif adopted:
+                s.host, (s.handle, s.spec) = host, adopted
+        if s.handle:
+            self._begin_start(s, name=f"adopt-{s.id}")
 
     async def shutdown(self) -> None:
-        """Stop every engine the hub started and wait for them to exit (each within stop_timeout)."""
+        """Fail the waiting requests, stop every engine the hub started and wait for them to exit (each within
+        stop_timeout)."""
+        self._closing = True
+        self._fail_all_waiters("the hub is shutting down")
         if self._ttl_task:
             self._ttl_task.cancel()
         for s in self.slots.values():
@@ -166,27 +199,23 @@ class Manager:
                 f"model {model_id!r} does not exist (available: {valid})", param="model"
             ) from None
 
-    async def acquire(self, model_id: str) -> Lease:
-        """Wait until the model is ready (starting it if needed, at most start_timeout) and hold it."""
+    async def load(self, model_id: str) -> Slot:
+        """Start a model (if it is not running) and wait until it is ready; no request slot is taken."""
         s = self.slot(model_id)
-        if not s.engine.managed:
-            s.in_flight += 1
-            s.idle.clear()
-            return Lease(s, s.engine.upstream(s.cfg))
-        for _ in range(3):  # a model stopped or crashed between its start and our turn is started again
-            await self._ensure_ready(s)
-            if s.state == State.READY and s.handle:
-                s.in_flight += 1
-                s.idle.clear()
-                return Lease(s, Upstream(s.handle.base_url))
+        s.loading += 1
+        try:
+            for _ in range(3):  # a model stopped between its start and our turn is started again
+                if s.state == State.READY:
+                    return s
+                if s.state == State.STOPPING and s.stop_task:
+                    await asyncio.shield(s.stop_task)
+                await asyncio.shield(s.start_task or self._begin_start(s))
+        finally:
+            s.loading -= 1
+        if s.state == State.READY:
+            return s
         raise ModelUnavailable(f"model {model_id!r} keeps stopping right after it starts ({s.reason}); "
                                f"see `hub logs {model_id}`")
-
-    async def load(self, model_id: str) -> Slot:
-        """Start a model (if it is not running) and wait until it is ready."""
-        lease = await self.acquire(model_id)
-        lease.release()
-        return lease.slot
 
     async def unload(self, model_id: str) -> Slot:
         """Stop a model: waits up to drain_timeout for its requests to finish, then stops it anyway."""
@@ -217,54 +246,51 @@ class Manager:
         """GB held on a host by models that are starting, ready or stopping."""
         return sum(
             self.memory_of(s) for s in self.slots.values()
-            if s.cfg.host == host and s.engine.managed and s.state in HOLDS_MEMORY
+            if s.host == host and s.engine.managed and s.state in HOLDS_MEMORY
         )
 
     # ---- internals ----
 
-    def runtime(self, s: Slot) -> Runtime:
-        """The runtime instance a model runs under (one per runtime name and host)."""
-        key = (self.registry.runtime_of(s.id), s.cfg.host)
+    def runtime(self, s: Slot, host: str | None = None) -> Runtime:
+        """The runtime instance a model runs under on `host` (default: where it runs or ran last); one per runtime
+        name and host."""
+        key = (self.registry.runtime_of(s.id), host or s.host)
         if key not in self._runtimes:
             self._runtimes[key] = self._runtime_factory(*key)
         return self._runtimes[key]
 
-    async def _ensure_ready(self, s: Slot) -> None:
-        """Start the model if needed (one start for all callers) and wait for it, at most start_timeout."""
-        # The start task gives up at start_timeout by itself (and says why); this wait is only a safety net.
-        timeout = self.registry.hub.start_timeout + self.registry.hub.stop_timeout + 5
-        if s.state == State.READY:
-            return
-        if s.state == State.STOPPING and s.stop_task:
-            await asyncio.shield(s.stop_task)
-        if s.start_task is None and s.state != State.READY:
-            s.start_task = asyncio.create_task(self._start(s), name=f"start-{s.id}")
+    def _begin_start(self, s: Slot, name: str | None = None) -> asyncio.Task:
+        """The model's single start task (made now unless one runs); when it fails, its waiters get the error."""
+        if s.start_task is None:
+            s.start_task = asyncio.create_task(self._start(s), name=name or f"start-{s.id}")
             s.start_task.add_done_callback(_retrieve)
-        task = s.start_task
-        if task is None:
-            return
-        try:
-            await asyncio.wait_for(asyncio.shield(task), timeout)
-        except TimeoutError:
-            raise StartTimeout(
-                f"model {s.id!r} is still starting after {timeout:g}s; retry later",
-                headers={"Retry-After": "10"},
-            ) from None
+            s.start_task.add_done_callback(lambda task: self._start_done(s, task))
+        return s.start_task
+
+    def _start_done(self, s: Slot, task: asyncio.Task) -> None:
+        if task.cancelled():
+            self._fail_waiters(s, ModelUnavailable(f"model {s.id!r}: its start was cancelled (the hub is stopping)"))
+        elif (err := task.exception()) is not None:
+            self._fail_waiters(s, err)
+        self._pump()
 
     async def _start(self, s: Slot) -> None:
-        """Make room, launch the engine, wait until it is ready. Runs as the model's single start task."""
+        """Pick a host, make room, launch the engine, wait until it is ready. Runs as the model's single start
+        task."""
         try:
-            async with self._budget_lock(s.cfg.host):
-                await self._make_room(s)
-                move(s, State.STARTING, None)
-                s.started_at, s.ready_at = time.time(), None
+            if s.handle is None:  # an adopted engine stays where it was found
+                await self._place(s)
+            await self._make_room(s)  # moves s to starting
+            s.started_at, s.ready_at = time.time(), None
             s.starts += 1
             await self._launch_and_wait(s)
             move(s, State.READY, None)
             s.ready_at = s.last_used = time.time()
+            s.ready_since = time.monotonic()
             s.watch_task = asyncio.create_task(self._watch(s), name=f"watch-{s.id}")
-            log.info("%s ready after %.1fs", s.id, s.ready_at - (s.started_at or s.ready_at))
-        except (MemoryBusy, StartFailed, StartTimeout):
+            log.info("%s ready after %.1fs on host %s", s.id, s.ready_at - (s.started_at or s.ready_at), s.host)
+            self._pump()
+        except ModelUnavailable:  # MemoryBusy, StartFailed, StartTimeout, or nobody waits any more: said already
             raise
         except asyncio.CancelledError:
             await self._discard(s, "start cancelled")  # an adopted engine too, if it was cancelled before starting
@@ -352,6 +378,7 @@ class Manager:
             finally:
                 move(s, State.STOPPED, why)
                 s.stop_task = None
+                self._pump()  # its waiters (if any) start it again
 
         s.stop_task = asyncio.create_task(run(), name=f"stop-{s.id}")
         return s.stop_task
@@ -368,48 +395,112 @@ class Manager:
             log.warning("%s: %s", s.id, s.reason)
             with contextlib.suppress(Exception):
                 await self.runtime(s).stop(handle, self.registry.hub.stop_timeout)
+            self._pump()  # its waiters (if any) start it again
 
     def _budget_lock(self, host: str) -> asyncio.Lock:
         return self._budget_locks.setdefault(host, asyncio.Lock())
 
     def _peer(self, o: Slot) -> Peer:
-        """How the eviction planner sees another model."""
-        return Peer(o.id, o.state, self.memory_of(o), o.cfg.pinned, o.in_flight, o.last_used,
+        """How the planners see another model."""
+        return Peer(o.id, o.state, self.memory_of(o), o.cfg.pinned, o.in_flight, o.queued, o.last_used,
                     stopping=o.stop_task is not None,
                     failed_with_handle=o.state == State.FAILED and o.handle is not None)
 
+    def _peers(self, s: Slot, host: str) -> list[Slot]:
+        """The other managed models placed on a host."""
+        return [o for o in self.slots.values() if o is not s and o.managed and o.host == host]
+
+    async def _place(self, s: Slot) -> None:
+        """Pick the host of a cold start among the model's hosts (planner.place): asks each host's runtime whether
+        it holds the model's image already and leaves out hosts it cannot reach."""
+        hosts = s.cfg.hosts
+        if len(hosts) == 1:
+            s.host = hosts[0]
+            return
+        views = []
+        for host in hosts:
+            holds, reachable = False, True
+            try:
+                spec = s.engine.launch(LaunchContext(s.id, s.cfg, self.registry, 0, {}))
+                holds = await self.runtime(s, host).holds(spec)
+            except RuntimeFailure as err:
+                log.info("%s: host %s left out of placement: %s", s.id, host, err)
+                reachable = False
+            except Exception as err:  # a spec that cannot be made fails the start itself, with its message
+                log.debug("%s: no spec to look for on host %s: %r", s.id, host, err)
+            peers = tuple(self._peer(o) for o in self._peers(s, host))
+            views.append(HostView(host, self.registry.budget_of(host), peers, holds, reachable))
+        s.host = place(s.id, self.memory_of(s), views)
+        log.info("%s: placed on host %s (of %s)", s.id, s.host, ", ".join(hosts))
+
     async def _make_room(self, s: Slot) -> None:
         """Until s fits its host's budget, do what the planner says: wait for stops in progress, stop least recently
-        used idle unpinned models, release failed engines, wait up to drain_timeout for busy ones, or give up."""
-        host = s.cfg.host
+        used idle unpinned models, release failed engines, wait for busy or starting ones, or give up; then move s
+        to starting. The host's budget lock is held while deciding, stopping and moving, never while waiting for
+        other models: a start that fits meanwhile goes ahead. While it waits, s.blocked_on names the models it
+        waits for (they are contended: queue.py's run rule)."""
+        host = s.host
         candidate = Candidate(s.id, self.memory_of(s), host, self.registry.budget_of(host))
-        deadline = time.monotonic() + self.registry.hub.drain_timeout
+        began = time.monotonic()
+        try:
+            while True:
+                async with self._budget_lock(host):  # held until it fits or must wait: no start takes what it freed
+                    decision = await self._plan_under_lock(s, candidate)
+                    if isinstance(decision, Fits):
+                        move(s, State.STARTING, None)
+                        return
+                await self._wait_for_peers(s, decision, began)
+        finally:
+            s.blocked_on, s.blocked_since = frozenset(), None
+            self._pump()
+
+    async def _plan_under_lock(self, s: Slot, candidate: Candidate) -> Fits | WaitForBusy:
+        """Ask the planner and carry out its stops until it says Fits or WaitForBusy (raise on Impossible)."""
         while True:
-            others = [o for o in self.slots.values() if o is not s and o.cfg.host == host and o.managed]
-            match decision := plan(candidate, [self._peer(o) for o in others]):
-                case Fits():
-                    return
+            match decision := plan(candidate, [self._peer(o) for o in self._peers(s, candidate.host)]):
+                case Fits() | WaitForBusy():
+                    return decision
                 case AwaitStops(ids):
                     stops = [t for i in ids if (t := self.slots[i].stop_task)]
                     await asyncio.gather(*(asyncio.shield(t) for t in stops), return_exceptions=True)
                 case Evict(ids):
-                    # every victim moves to stopping now, before any request can lease it; their engines stop together
+                    # every victim moves to stopping now, before any request can lease it; they stop together
                     stops = [self._begin_stop(self.slots[i], f"evicted to make room for {s.id!r}") for i in ids]
                     await asyncio.gather(*(asyncio.shield(t) for t in stops if t))
                 case Release(mid):
                     await self._stop(self.slots[mid], "released after failure")
                 case Impossible():
                     raise decision.error()
-                case WaitForBusy(busy=busy):
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        raise decision.timeout_error()
-                    waits = [asyncio.create_task(self.slots[p.id].idle.wait()) for p in busy]
-                    try:
-                        await asyncio.wait(waits, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
-                    finally:
-                        for w in waits:
-                            w.cancel()
+
+    async def _wait_for_peers(self, s: Slot, decision: WaitForBusy, began: float) -> None:
+        """Wait (outside the budget lock) until a busy model is idle, a starting one is ready, or a second has
+        passed; with none starting, MemoryBusy once the busy ones have admitted nothing for drain_timeout. A start
+        that nobody waits for any more (its requests left, no load, not an adopted engine) gives up here, before
+        it evicts anything."""
+        if not (s.queue or s.loading or s.handle):
+            log.info("%s: start given up while waiting for memory: no request waits for it any more", s.id)
+            raise ModelUnavailable(f"model {s.id!r}: start given up, no request waits for it any more")
+        if not s.blocked_on:
+            s.blocked_since = time.monotonic()
+        s.blocked_on = frozenset(p.id for p in (*decision.busy, *decision.starting))
+        self._pump()  # the models it waits for are contended from now on
+        busy = [self.slots[p.id] for p in decision.busy]
+        timeout = 1.0
+        if not decision.starting:
+            quiet = max([began, *(o.last_admit for o in busy)])
+            timeout = min(timeout, quiet + self.registry.hub.drain_timeout - time.monotonic())
+            if timeout <= 0:
+                raise decision.timeout_error()
+        idle = [asyncio.ensure_future(o.idle.wait()) for o in busy]
+        starts = [t for p in decision.starting if (t := self.slots[p.id].start_task)]
+        try:
+            if idle or starts:
+                await asyncio.wait([*idle, *starts], timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            else:
+                await asyncio.sleep(timeout)
+        finally:
+            for w in idle:
+                w.cancel()
 
     async def _ttl_loop(self) -> None:
         """Every second: stop ready models idle for longer than their ttl."""
@@ -419,7 +510,7 @@ class Manager:
             expired = [
                 (s, ttl) for s in self.slots.values()
                 if (ttl := self.registry.ttl_of(s.id)) > 0 and s.engine.managed and s.state == State.READY
-                and s.in_flight == 0 and not s.cfg.pinned and now - s.last_used >= ttl
+                and s.in_flight == 0 and not s.queue and not s.cfg.pinned and now - s.last_used >= ttl
             ]
             await asyncio.gather(*(self._stop(s, f"idle for {ttl:g}s (ttl)") for s, ttl in expired),
                                  return_exceptions=True)

@@ -1,18 +1,27 @@
-"""The eviction planner: what to do so that a model about to start fits its host's memory budget.
+"""The planners: where a cold start goes (`place`) and what to do so that it fits its host's budget (`plan`).
 
-Pure: it sees plain values (a `Candidate` and a `Peer` per other managed model on the host) and returns one
-decision; Manager._make_room carries it out (under the host's budget lock) and asks again until the answer is
-`Fits` or an error. In order:
+Pure: they see plain values (a `Candidate`, a `Peer` per other managed model on a host, a `HostView` per host) and
+return one answer. Manager._make_room carries out `plan`'s decision (under the host's budget lock; it waits outside
+it) and asks again until the answer is `Fits` or an error. In order:
 
-1. no budget on the host, or the model fits beside what the others hold:       Fits
-2. some other model is being stopped already: its memory is about to be freed:  AwaitStops
-3. ready, idle, unpinned models: the least recently used ones, as few as fit:   Evict
-4. a failed model that still has an engine:                                    Release
-5. ready unpinned models, all busy: their requests will end (drain_timeout):    WaitForBusy
-6. only pinned or starting models hold the memory:                             Impossible
+1. no budget on the host, or the model fits beside what the others hold:          Fits
+2. some other model is being stopped already: its memory is about to be freed:     AwaitStops
+3. ready, idle, unpinned models: the least recently used ones, as few as fit:      Evict
+4. a failed model that still has an engine:                                       Release
+5. ready unpinned models, all busy, or unpinned models still starting: their
+   requests will end (drain_timeout once they stop taking new ones, see
+   queue.py) and a started model can be evicted once it is idle:                  WaitForBusy
+6. only pinned models hold the memory (or the model alone exceeds the budget):     Impossible
 
 A model counts against the budget while it is starting, ready or stopping (states.HOLDS_MEMORY). Pinned models
-are never chosen; busy ones are only waited for.
+are never chosen; busy and starting ones are only waited for. Idle means no request in flight: a ready model whose
+queued requests must wait for another model's turn (queue.py) is idle.
+
+`place` picks a host among a model's hosts: one where it fits without eviction (one that already holds its image
+first, then the least loaded, then the registry's order), else one where room can be made, preferring hosts with
+idle models to evict over hosts whose models must be waited for, then the least loaded (fewest requests in flight
+or queued on its models), then one holding its image, then the one whose models were used least recently.
+Unreachable hosts are left out while another one answers.
 """
 
 from __future__ import annotations
@@ -43,6 +52,7 @@ class Peer:
     memory_gb: float
     pinned: bool = False
     in_flight: int = 0
+    queued: int = 0  # requests waiting for it
     last_used: float = 0.0
     stopping: bool = False  # a stop is in progress
     failed_with_handle: bool = False  # failed, but its engine was not released
@@ -77,14 +87,16 @@ class Release:
 
 @dataclass(frozen=True)
 class WaitForBusy:
-    """Wait until one of these busy models (least recently used first) is idle, at most until the drain deadline;
-    past it, fail with `timeout_error()`."""
+    """Wait until one of these busy models (least recently used first) is idle or one of the `starting` ones is
+    ready, then ask again; with no model starting, at most until the drain deadline: past it, fail with
+    `timeout_error()`."""
 
     model: str
     need_gb: float
     host: str
     budget_gb: float
     busy: tuple[Peer, ...]
+    starting: tuple[Peer, ...] = ()
 
     def timeout_error(self) -> MemoryBusy:
         """MemoryBusy naming the least recently used busy model."""
@@ -142,7 +154,43 @@ def plan(candidate: Candidate, peers: Sequence[Peer]) -> Decision:
         return Evict(tuple(chosen))
     if failed := [p for p in peers if p.failed_with_handle]:
         return Release(failed[0].id)
-    if not victims:
+    starting = tuple(p for p in peers if p.state == State.STARTING and not p.pinned)
+    movable = sum(p.memory_gb for p in (*victims, *starting))
+    if not (victims or starting) or used_gb(peers) - movable + need > budget:
         holders = tuple(p for p in peers if p.state in HOLDS_MEMORY)
         return Impossible(candidate.id, need, candidate.host, budget, budget - used_gb(peers), holders)
-    return WaitForBusy(candidate.id, need, candidate.host, budget, tuple(victims))
+    return WaitForBusy(candidate.id, need, candidate.host, budget, tuple(victims), starting)
+
+
+@dataclass(frozen=True)
+class HostView:
+    """One of a model's hosts, as `place` sees it."""
+
+    name: str
+    budget_gb: float | None
+    peers: tuple[Peer, ...]  # the other managed models placed there
+    holds: bool = False  # it holds the model's image already: a start there downloads nothing
+    reachable: bool = True
+
+
+def place(model: str, need_gb: float, hosts: Sequence[HostView]) -> str:
+    """The host a cold start of `model` goes to (see the module's docstring)."""
+    live = [h for h in hosts if h.reachable] or list(hosts)
+    decisions = {h.name: plan(Candidate(model, need_gb, h.name, h.budget_gb), h.peers) for h in live}
+
+    def load(h: HostView) -> int:
+        return sum(p.in_flight + p.queued for p in h.peers)
+
+    def last_used(h: HostView) -> float:
+        return max((p.last_used for p in h.peers if p.state == State.READY), default=0.0)
+
+    if fits := [h for h in live if isinstance(decisions[h.name], Fits)]:
+        return min(fits, key=lambda h: (not h.holds, load(h))).name
+    def waits(h: HostView) -> bool:  # room is made only once busy or starting models are done
+        freed = sum(p.memory_gb for p in h.peers if p.stopping or p.failed_with_handle
+                    or (p.state == State.READY and not p.pinned and p.in_flight == 0))
+        return used_gb(h.peers) - freed + need_gb > (h.budget_gb or 0)
+
+    if room := [h for h in live if not isinstance(decisions[h.name], Impossible)]:
+        return min(room, key=lambda h: (waits(h), load(h), not h.holds, last_used(h))).name
+    return live[0].name

@@ -82,6 +82,11 @@ class Runtime(ABC):
     def logs(self, model_id: str, tail: int = 100) -> str:
         """The last `tail` lines of the engine's log (of its latest run)."""
 
+    async def holds(self, spec: LaunchSpec) -> bool:
+        """Whether this host has what the spec needs already (its container image), so that a start there
+        downloads nothing; False when unknown. Raises RuntimeFailure when the host cannot be reached."""
+        return False
+
     async def adopt(self, model_id: str, launch: Callable[[int], LaunchSpec]) -> tuple[Handle, LaunchSpec] | None:
         """At hub start: take over the model's engine if it still runs from an earlier hub (`launch(port)` gives
         the spec it should have been started with); None when there is nothing to adopt."""

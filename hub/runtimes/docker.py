@@ -131,6 +131,17 @@ class DockerRuntime(Runtime):
         url = self.cfg.docker or os.environ.get("DOCKER_HOST") or ""
         return await asyncio.to_thread(local_gpu_memory_gb) if not url or url.startswith("unix://") else {}
 
+    async def holds(self, spec: LaunchSpec) -> bool:
+        """Whether the daemon has the spec's image (one API call; RuntimeFailure when it cannot be reached)."""
+        if not spec.image:
+            return False
+        client = await self.client()
+        try:
+            await self._call(client.images.get, spec.image)
+        except (NotFound, APIError):
+            return False
+        return True
+
     def container_config(self, model_id: str, spec: LaunchSpec, port: int) -> dict[str, Any]:
         """This host's container settings for a model (see `container_config`)."""
         return container_config(model_id, spec, port, self.cfg, os.environ.get("HF_TOKEN") or None)

@@ -11,7 +11,8 @@ import gradio as gr
 from hub.ui.clients import Admin, AdminError
 from hub.ui.common import POLL_S, ui_error, wait_for
 
-COLUMNS = ["id", "state", "type", "engine", "runtime", "memory", "last used"]  # state early: phones scroll
+# state early: phones scroll; "running / waiting": requests in flight / in the model's queue
+COLUMNS = ["id", "state", "type", "engine", "runtime", "memory", "running / waiting", "last used"]
 REFRESH_S = 2.0
 
 
@@ -60,8 +61,9 @@ def model_rows(listing: dict[str, Any]) -> list[list[str]]:
     rows = []
     for m in listing.get("data", []):
         mem = m.get("budget_gb") if m.get("budget_gb") is not None else m.get("memory_gb")
+        requests = f"{m.get('in_flight', 0)} / {m.get('queued', 0)}"
         rows.append([m["id"], m["state"], m["type"], m["engine"], m.get("runtime", "-"),
-                     f"{mem:g} GB" if mem else "-", _ago(m.get("last_used"), now)])
+                     f"{mem:g} GB" if mem else "-", requests, _ago(m.get("last_used"), now)])
     return rows
 
 

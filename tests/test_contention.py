@@ -1,0 +1,62 @@
+"""Queues, limits and turns over HTTP: a real `hub serve` with the test responder as `command` engines."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import httpx
+
+from benchmarks.contention import run_contention
+from benchmarks.scenarios import ContentionScenario
+from hub.ui.models import COLUMNS, model_rows
+from tests.test_router import text_model
+
+
+def test_alternating_clients_are_all_served_and_runs_swap_less_than_arrival_order() -> None:
+    """4 clients alternate two models that do not fit together (a budget that holds one), each with a start delay:
+    no request fails while the other model starts, with the policy on or off, and runs swap less."""
+    sc = ContentionScenario(name="t", clients=4, requests=4, start_delay=0.3, delay=0.05)
+    on, off = run_contention(sc)
+    for row in (on, off):
+        assert (row["served"], row["failed"]) == (16, 0), row["first_error"]
+    assert on["policy"] == "on" and off["policy"] == "off" and off["max_run_s"] == 0
+    # in runs each start serves every client that waits for it: about one start per round of the 4 clients
+    assert on["starts"] <= 6 and off["starts"] >= 9 and on["starts"] < off["starts"], (on, off)
+
+
+def test_max_concurrency_and_max_queue_then_429_and_queue_depth_is_shown(hub_factory) -> None:
+    hub = hub_factory(text_model("slow", "--delay", "2", more="max_concurrency = 1\nmax_queue = 1"))
+    assert httpx.post(hub.url + "/hub/models/slow/load", timeout=60).json()["state"] == "ready"
+    body = {"model": "slow", "messages": [{"role": "user", "content": "x"}]}
+    answers: list[int] = []
+
+    def ask() -> None:
+        answers.append(httpx.post(hub.v1 + "/chat/completions", json=body, timeout=30).status_code)
+
+    threads = [threading.Thread(target=ask) for _ in range(2)]
+    for t in threads:
+        t.start()
+        time.sleep(0.3)
+    entry = hub.models()["slow"]
+    assert (entry["in_flight"], entry["queued"], entry["max_concurrency"], entry["max_queue"]) == (1, 1, 1, 1)
+    row = next(line for line in hub.cli("ps").stdout.splitlines() if line.startswith("slow"))
+    assert " 1/1 " in row, row
+    r = httpx.post(hub.v1 + "/chat/completions", json=body, timeout=30)
+    assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1
+    err = r.json()["error"]
+    assert err["code"] == "queue_full" and err["type"] == "requests"
+    assert "1 request(s) in flight (max_concurrency 1) and 1 waiting (max_queue 1)" in err["message"]
+    for t in threads:
+        t.join()
+    assert answers == [200, 200]
+    entry = hub.models()["slow"]
+    assert (entry["in_flight"], entry["queued"]) == (0, 0)
+
+
+def test_models_tab_shows_requests_running_and_waiting() -> None:
+    listing = {"time": 100.0, "data": [{"id": "a", "state": "ready", "type": "text", "engine": "vllm",
+                                        "runtime": "docker", "budget_gb": 4, "in_flight": 2, "queued": 5,
+                                        "last_used": 90.0}]}
+    row = model_rows(listing)[0]
+    assert row[COLUMNS.index("running / waiting")] == "2 / 5" and row[COLUMNS.index("state")] == "ready"
