@@ -344,7 +344,11 @@ class Gateway:
                       extra: dict[str, str]) -> None:
         """Acquire the model, send the request to its engine (with the `extra` headers), and pass the answer (or
         stream) back."""
-        lease = await self.manager.acquire(model)
+        async def left() -> None:  # the client's disconnect, while its request waits in the model's queue
+            while (await receive())["type"] != "http.disconnect":
+                pass
+
+        lease = await self.manager.acquire(model, abandoned=left)
         try:
             up = lease.upstream
             if body is not None and up.model and up.model != model:

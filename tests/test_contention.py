@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 
@@ -60,3 +61,21 @@ def test_models_tab_shows_requests_running_and_waiting() -> None:
                                         "last_used": 90.0}]}
     row = model_rows(listing)[0]
     assert row[COLUMNS.index("running / waiting")] == "2 / 5" and row[COLUMNS.index("state")] == "ready"
+
+
+def test_a_client_that_leaves_while_queued_leaves_the_queue(hub_factory) -> None:
+    hub = hub_factory(text_model("slow", "--delay", "3", more="max_concurrency = 1"))
+    assert httpx.post(hub.url + "/hub/models/slow/load", timeout=60).json()["state"] == "ready"
+    body = {"model": "slow", "messages": [{"role": "user", "content": "x"}]}
+    first = threading.Thread(target=lambda: httpx.post(hub.v1 + "/chat/completions", json=body, timeout=30))
+    first.start()
+    time.sleep(0.3)
+    with contextlib.suppress(httpx.ReadTimeout):  # waits behind the first, gives up: the client closes its connection
+        httpx.post(hub.v1 + "/chat/completions", json=body, timeout=0.8)
+    deadline = time.monotonic() + 1.5
+    while hub.models()["slow"]["queued"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert hub.models()["slow"]["queued"] == 0, "the departed client's request is still queued"
+    first.join()
+    stats = httpx.get(f"http://127.0.0.1:{hub.models()['slow']['process']['port']}/test/stats", timeout=5).json()
+    assert stats["requests"] == 1, "the departed request must never reach the engine"
