@@ -65,6 +65,8 @@ class HubSettings(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     memory_budget_gb: float | None = Field(None, gt=0)
+    sleep_budget_gb: float | None = Field(None, ge=0, description="RAM the local host's sleeping models may hold "
+                                                                   "together (unset: no limit)")
     idle_ttl: Duration = 0.0
     start_timeout: Duration = 600.0
     drain_timeout: Duration = 30.0
@@ -97,6 +99,7 @@ class HostConfig(_Strict):
                                                  "unset: $DOCKER_HOST, else the local socket (local host only)")
     address: str = "127.0.0.1"
     memory_budget_gb: float | None = Field(None, gt=0)
+    sleep_budget_gb: float | None = Field(None, ge=0, description="RAM its sleeping models may hold (unset: no limit)")
     network: Literal["publish", "host"] = "publish"
     publish_address: str = "127.0.0.1"
     hf_cache: str = "~/.cache/huggingface"
@@ -113,6 +116,8 @@ class ModelConfig(_Strict):
     host: str | list[str] = Field("local", description="a host, or several: a cold start picks one (placement)")
     ttl: Duration | None = None
     pinned: bool = False
+    sleep: bool = Field(False, description="put to sleep instead of stopped on eviction or ttl (engines that can)")
+    sleep_memory_gb: float | None = Field(None, ge=0, description="RAM it holds asleep (unset: the engine's estimate)")
     max_concurrency: int | None = Field(None, ge=0)
     max_queue: int | None = Field(None, ge=1)
     max_wait: Duration | None = None
@@ -245,6 +250,12 @@ class Registry(_Strict):
             return self.hosts[host].memory_budget_gb
         return self.hub.memory_budget_gb
 
+    def sleep_budget_of(self, host: str) -> float | None:
+        """The RAM in GB that a host's sleeping models may hold together (None: no limit)."""
+        if host != "local" and host in self.hosts:
+            return self.hosts[host].sleep_budget_gb
+        return self.hub.sleep_budget_gb
+
     def host_config(self, host: str) -> HostConfig:
         """The docker settings of a host (the local host's come from `[hosts.local]` when there is one)."""
         if host in self.hosts:
@@ -262,6 +273,8 @@ class Registry(_Strict):
                            "ssh://user@host)")
             if name == "local" and h.memory_budget_gb is not None:
                 out.append("hosts.local.memory_budget_gb: the local host's budget is [hub] memory_budget_gb")
+            if name == "local" and h.sleep_budget_gb is not None:
+                out.append("hosts.local.sleep_budget_gb: the local host's sleep budget is [hub] sleep_budget_gb")
         for mid, m in self.models.items():
             at = f"models.{mid}"
             for host in m.hosts:

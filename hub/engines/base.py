@@ -4,6 +4,9 @@ An engine is a stateless object. The manager asks it for a LaunchSpec (what to r
 the spec to a runtime (process or docker), then polls `ready()` until the engine answers. An engine's own registry
 keys live in its `Args` model (the model's `args` table), for built-in engines and plugins alike. Engines that are not
 managed (`managed = False`, the `openai` engine) are never launched: `upstream()` says where they already run.
+
+Sleep (optional): an engine that can free its GPU memory while keeping its process says so in `sleep_refusal`
+(None: this model can sleep), and implements `sleep`, `wake` and `sleep_memory_gb` (the RAM it holds asleep).
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ import httpx
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from hub.config import format_validation_error
+
+SLEEP_PROCESS_GB = 1.0  # RAM an engine process keeps while asleep (interpreter, imports, runtime context)
 
 if TYPE_CHECKING:
     from hub.config import ModelConfig, Registry
@@ -116,6 +121,9 @@ class Engine:
             self.Args.model_validate(model.args)
         except ValidationError as err:
             out.extend(f"args.{line}" for line in format_validation_error(err, list(self.Args.model_fields)))
+            return out
+        if model.sleep and (why := self.sleep_refusal(model)):
+            out.append(f"sleep: {why}")
         return out
 
     def args(self, model: ModelConfig) -> Any:
@@ -137,6 +145,27 @@ class Engine:
 
     def upstream(self, model: ModelConfig) -> Upstream:
         """For unmanaged engines: where the model already runs."""
+        raise NotImplementedError
+
+    def sleep_refusal(self, model: ModelConfig) -> str | None:
+        """Why this model cannot sleep, saying what to set (None: it can)."""
+        return f"engine {self.name!r} cannot sleep: set sleep = false"
+
+    def can_sleep(self, model: ModelConfig) -> bool:
+        """Whether this model's engine can be put to sleep (keep its process, free its GPU memory)."""
+        return self.managed and self.sleep_refusal(model) is None
+
+    def sleep_memory_gb(self, model: ModelConfig) -> float:
+        """The RAM in GB it holds asleep, unless the registry says (`sleep_memory_gb`)."""
+        return SLEEP_PROCESS_GB
+
+    async def sleep(self, client: httpx.AsyncClient, base_url: str, model: ModelConfig, timeout: float) -> None:
+        """Free the engine's GPU memory, keeping its process; raises httpx.HTTPError (or RuntimeError) when it
+        cannot."""
+        raise NotImplementedError
+
+    async def wake(self, client: httpx.AsyncClient, base_url: str, model: ModelConfig, timeout: float) -> None:
+        """Make a sleeping engine serve again; returns once it can (the manager then polls `ready`)."""
         raise NotImplementedError
 
     async def ready(self, client: httpx.AsyncClient, base_url: str, spec: LaunchSpec) -> bool:

