@@ -33,6 +33,7 @@ def model_entry(manager: Manager, s: Slot) -> dict[str, Any]:
         "measured_gb": m.peak_gb if (m := manager.ledger.get(s.id)) else None,
         "measured_device": m.device if m else None,
         "pinned": s.cfg.pinned,
+        "sleep": s.cfg.sleep,
         "ttl": registry.ttl_of(s.id),
         "in_flight": s.in_flight,
         "queued": s.queued,
@@ -41,6 +42,7 @@ def model_entry(manager: Manager, s: Slot) -> dict[str, Any]:
         "last_used": s.last_used or None,
         "reason": s.reason,
         "starts": s.starts,
+        "wakes": s.wakes,
         "ready_seconds": (s.ready_at - s.started_at) if s.ready_at and s.started_at else None,
         **({"process": s.handle.info} if s.handle else {}),
     }
@@ -55,7 +57,8 @@ def budgets(manager: Manager) -> list[dict[str, Any]]:
     """Budget and use per host: the local one first, then the registry's remote hosts."""
     registry = manager.registry
     hosts = ["local", *registry.hosts]
-    return [{"host": h, "budget_gb": registry.budget_of(h), "used_gb": manager.used_gb(h)} for h in hosts]
+    return [{"host": h, "budget_gb": registry.budget_of(h), "used_gb": manager.used_gb(h),
+             "sleep_budget_gb": registry.sleep_budget_of(h), "sleep_used_gb": manager.sleep_used_gb(h)} for h in hosts]
 
 
 def listing(manager: Manager) -> dict[str, Any]:

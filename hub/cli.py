@@ -228,6 +228,9 @@ def cmd_ps(args: argparse.Namespace) -> int:
     for b in data.get("budgets", []):
         if b["budget_gb"]:
             print(f"budget {b['host']}: {b['used_gb']:g} of {b['budget_gb']:g} GB in use")
+        if b.get("sleep_budget_gb") is not None:
+            asleep = b.get("sleep_used_gb") or 0
+            print(f"sleep budget {b['host']}: {asleep:g} of {b['sleep_budget_gb']:g} GB of RAM held by sleeping models")
     return 0
 
 

@@ -12,9 +12,11 @@ scrapes. Each hub app has its own registry (tests run several in one process).
     hub_model_state{model,state}                       1 for the model's current state, 0 for the others
     hub_model_in_flight{model}, hub_model_queued{model}  gauges
     hub_model_starts_total{model}                      counter: engine starts
-    hub_model_events_total{model,event}                counter: the moves of each model (ready, evicted,
-                                                       stopping, stopped, failed, starting)
+    hub_model_wakes_total{model}, hub_model_sleeps_total{model}  counters: wakes from sleep, times put to sleep
+    hub_model_events_total{model,event}                counter: the moves of each model (ready, woke, evicted,
+                                                       stopping, stopped, failed, starting, sleeping)
     hub_model_start_seconds{model}                     histogram: launch to ready
+    hub_model_wake_seconds{model}                      histogram: wake asked to ready
 """
 
 from __future__ import annotations
@@ -84,6 +86,8 @@ class Metrics:
                               registry=self.registry)
         self.start_seconds = Histogram("hub_model_start_seconds", "Engine start: launch to ready", ["model"],
                                        buckets=START_BUCKETS, registry=self.registry)
+        self.wake_seconds = Histogram("hub_model_wake_seconds", "Engine wake: asked to ready", ["model"],
+                                      buckets=LATENCY_BUCKETS, registry=self.registry)
         self.registry.register(ManagerCollector(manager))
         for s in manager.slots.values():
             s.observer = self.on_move
@@ -110,9 +114,11 @@ class Metrics:
     def on_move(self, slot: Any, from_: State, to: State, reason: str | None) -> None:
         """A model changed state (hub.manager.states.move calls this as the slot's observer): count the events."""
         if to == State.READY and from_ == State.STARTING:
+            waking = getattr(slot, "waking", False)
             if slot.started_at:
-                self.start_seconds.labels(slot.id).observe(max(0.0, time.time() - slot.started_at))
-            event = "ready"
+                took = max(0.0, time.time() - slot.started_at)
+                (self.wake_seconds if waking else self.start_seconds).labels(slot.id).observe(took)
+            event = "woke" if waking else "ready"
         elif to == State.STOPPING:
             event = "evicted" if (reason or "").startswith("evicted") else "stopping"
         else:
@@ -139,10 +145,14 @@ class ManagerCollector:
         in_flight = GaugeMetricFamily("hub_model_in_flight", "Requests the engine is serving", labels=["model"])
         queued = GaugeMetricFamily("hub_model_queued", "Requests waiting for the model", labels=["model"])
         starts = CounterMetricFamily("hub_model_starts", "Engine starts", labels=["model"])
+        wakes = CounterMetricFamily("hub_model_wakes", "Wakes from sleep", labels=["model"])
+        sleeps = CounterMetricFamily("hub_model_sleeps", "Times put to sleep", labels=["model"])
         for s in slots:
             for st in State:
                 state.add_metric([s.id, st.value], 1.0 if s.state == st else 0.0)
             in_flight.add_metric([s.id], float(s.in_flight))
             queued.add_metric([s.id], float(getattr(s, "queued", 0)))
             starts.add_metric([s.id], float(s.starts))
-        yield from (state, in_flight, queued, starts)
+            wakes.add_metric([s.id], float(getattr(s, "wakes", 0)))
+            sleeps.add_metric([s.id], float(getattr(s, "sleeps", 0)))
+        yield from (state, in_flight, queued, starts, wakes, sleeps)

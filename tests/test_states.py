@@ -25,7 +25,7 @@ ALLOWED = [(a, b) for a, nexts in TRANSITIONS.items() for b in sorted(nexts)]
 
 
 def test_the_states_and_their_values_are_the_public_ones() -> None:
-    assert [s.value for s in State] == ["stopped", "starting", "ready", "stopping", "failed"]
+    assert [s.value for s in State] == ["stopped", "starting", "ready", "stopping", "failed", "sleeping"]
 
 
 def test_the_table_covers_every_state_and_leads_only_to_states() -> None:
@@ -45,6 +45,10 @@ def test_the_manager_paths_are_in_the_table() -> None:
         (State.STOPPING, State.STOPPED),  # the engine is gone
         (State.FAILED, State.STARTING),  # the next request restarts it
         (State.FAILED, State.STOPPING),  # a failed engine that still has a handle is released
+        (State.READY, State.SLEEPING),  # evicted or idle past its ttl, with sleep = true (sleep.py)
+        (State.SLEEPING, State.STARTING),  # a request or a load wakes it (a start that wakes the engine)
+        (State.SLEEPING, State.STOPPING),  # unload, the sleep budget, shutdown
+        (State.SLEEPING, State.FAILED),  # the engine dies asleep
     }
     assert set(ALLOWED) == paths
 
@@ -71,6 +75,11 @@ INVALID = [
     (State.FAILED, State.READY),
     (State.FAILED, State.STOPPED),
     (State.READY, State.READY),
+    (State.SLEEPING, State.READY),  # a wake goes through starting: it needs room in the budget first
+    (State.SLEEPING, State.STOPPED),
+    (State.STOPPED, State.SLEEPING),
+    (State.STARTING, State.SLEEPING),
+    (State.FAILED, State.SLEEPING),
 ]
 
 

@@ -1,7 +1,7 @@
 """Slot and Manager: the orchestration of starts, stops, placement, the memory budget and crashes.
 
 The rules are in the package's docstring (hub/manager/__init__.py); the states and their moves in states.py; the
-queues, limits and runs (acquire, Lease) in queue.py.
+queues, limits and runs (acquire, Lease) in queue.py; sleeping and the sleep budget in sleep.py.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ from hub.manager.planner import (
     plan,
 )
 from hub.manager.queue import Queues, Waiter
+from hub.manager.sleep import Sleep
 from hub.manager.states import HOLDS_MEMORY, State, move
 from hub.runtimes import Handle, Runtime, make_runtime
 
@@ -73,6 +74,9 @@ class Slot:
     last_admit: float = 0.0  # time.monotonic() of the last lease granted
     service_s: float | None = None  # mean seconds a request holds it (Retry-After estimates)
     starts: int = 0
+    sleeps: int = 0  # times it was put to sleep
+    wakes: int = 0  # times it was woken (a start from sleeping)
+    waking: bool = False  # its start task wakes it (rather than launching an engine)
     # counters for metrics: leases granted; requests refused (429), timed out in the queue, gone from it
     admitted: int = 0
     rejected: int = 0
@@ -80,6 +84,7 @@ class Slot:
     abandoned: int = 0
     start_task: asyncio.Task | None = None
     stop_task: asyncio.Task | None = None
+    sleep_task: asyncio.Task | None = None  # while it falls asleep (sleep.py)
     watch_task: asyncio.Task | None = None
     idle: asyncio.Event = field(default_factory=asyncio.Event)
     started_at: float | None = None
@@ -114,8 +119,8 @@ class Slot:
         return self.engine.managed
 
 
-class Manager(Queues):
-    """Starts, stops and swaps engines on demand; queues requests (queue.Queues: acquire)."""
+class Manager(Queues, Sleep):
+    """Starts, stops, swaps and puts engines to sleep on demand; queues requests (queue.Queues: acquire)."""
 
     def __init__(
         self,
@@ -277,22 +282,32 @@ class Manager(Queues):
     async def _start(self, s: Slot) -> None:
         """Pick a host, make room, launch the engine, wait until it is ready. Runs as the model's single start
         task."""
+        s.waking = s.state == State.SLEEPING
         try:
-            if s.handle is None:  # an adopted engine stays where it was found
+            if s.handle is None:  # an adopted engine (or a sleeping one) stays where it is
                 await self._place(s)
             await self._make_room(s)  # moves s to starting
             s.started_at, s.ready_at = time.time(), None
-            s.starts += 1
+            if s.waking:
+                s.wakes += 1
+                await self._wake(s)
+            else:
+                s.starts += 1
             await self._launch_and_wait(s)
             move(s, State.READY, None)
             s.ready_at = s.last_used = time.time()
             s.ready_since = time.monotonic()
-            s.watch_task = asyncio.create_task(self._watch(s), name=f"watch-{s.id}")
-            log.info("%s ready after %.1fs on host %s", s.id, s.ready_at - (s.started_at or s.ready_at), s.host)
+            if s.watch_task is None or s.watch_task.done():  # a woken engine keeps its watch
+                s.watch_task = asyncio.create_task(self._watch(s), name=f"watch-{s.id}")
+            log.info("%s ready after %.1fs on host %s%s", s.id, s.ready_at - (s.started_at or s.ready_at), s.host,
+                     " (woken)" if s.waking else "")
             self._pump()
         except ModelUnavailable:  # MemoryBusy, StartFailed, StartTimeout, or nobody waits any more: said already
             raise
         except asyncio.CancelledError:
+            if s.state == State.SLEEPING:  # cancelled before it began to wake (the hub is stopping): stop it
+                await self._stop(s, "wake cancelled")
+                raise
             await self._discard(s, "start cancelled")  # an adopted engine too, if it was cancelled before starting
             if s.state == State.STARTING:
                 move(s, State.STOPPED, "start cancelled")
@@ -304,6 +319,14 @@ class Manager(Queues):
             await self._fail(s, f"internal error: {err!r}")
         finally:
             s.start_task = None
+
+    async def _wake(self, s: Slot) -> None:
+        """Ask a sleeping (now starting) model's engine to wake; StartFailed (the engine is stopped) when it
+        cannot."""
+        try:
+            await s.engine.wake(self._http, s.handle.base_url, s.cfg, self.registry.hub.start_timeout)  # type: ignore[union-attr]
+        except Exception as err:
+            await self._fail(s, f"it could not wake from sleep: {err!r}")
 
     async def _launch_and_wait(self, s: Slot) -> None:
         rt = self.runtime(s)
@@ -367,7 +390,7 @@ class Manager(Queues):
             return None
         if s.stop_task:
             return s.stop_task
-        if s.state not in (State.READY, State.FAILED) or (s.state == State.FAILED and not s.handle):
+        if s.state not in (State.READY, State.SLEEPING, State.FAILED) or (s.state == State.FAILED and not s.handle):
             return None
         move(s, State.STOPPING, why)
         log.info("stopping %s: %s", s.id, why)
@@ -384,12 +407,12 @@ class Manager(Queues):
         return s.stop_task
 
     async def _watch(self, s: Slot) -> None:
-        """Notice an engine that exits while ready: the model becomes failed and keeps the reason."""
+        """Notice an engine that exits while ready or asleep: the model becomes failed and keeps the reason."""
         handle = s.handle
         if handle is None:
             return
         why = await self.runtime(s).wait_exit(handle)
-        if s.handle is handle and s.state == State.READY:
+        if s.handle is handle and s.state in (State.READY, State.SLEEPING):
             s.handle, s.watch_task = None, None
             move(s, State.FAILED, f"the engine {why} unexpectedly")
             log.warning("%s: %s", s.id, s.reason)
@@ -403,7 +426,7 @@ class Manager(Queues):
     def _peer(self, o: Slot) -> Peer:
         """How the planners see another model."""
         return Peer(o.id, o.state, self.memory_of(o), o.cfg.pinned, o.in_flight, o.queued, o.last_used,
-                    stopping=o.stop_task is not None,
+                    stopping=o.stop_task is not None or o.sleep_task is not None,
                     failed_with_handle=o.state == State.FAILED and o.handle is not None)
 
     def _peers(self, s: Slot, host: str) -> list[Slot]:
@@ -461,11 +484,11 @@ class Manager(Queues):
                 case Fits() | WaitForBusy():
                     return decision
                 case AwaitStops(ids):
-                    stops = [t for i in ids if (t := self.slots[i].stop_task)]
+                    stops = [t for i in ids if (t := self.slots[i].stop_task or self.slots[i].sleep_task)]
                     await asyncio.gather(*(asyncio.shield(t) for t in stops), return_exceptions=True)
                 case Evict(ids):
-                    # every victim moves to stopping now, before any request can lease it; they stop together
-                    stops = [self._begin_stop(self.slots[i], f"evicted to make room for {s.id!r}") for i in ids]
+                    # every victim stops taking requests now (stopping, or falling asleep: sleep.py); together
+                    stops = [self._evict(self.slots[i], f"evicted to make room for {s.id!r}") for i in ids]
                     await asyncio.gather(*(asyncio.shield(t) for t in stops if t))
                 case Release(mid):
                     await self._stop(self.slots[mid], "released after failure")
@@ -477,7 +500,7 @@ class Manager(Queues):
         passed; with none starting, MemoryBusy once the busy ones have admitted nothing for drain_timeout. A start
         that nobody waits for any more (its requests left, no load, not an adopted engine) gives up here, before
         it evicts anything."""
-        if not (s.queue or s.loading or s.handle):
+        if not (s.queue or s.loading or (s.handle and not s.waking)):
             log.info("%s: start given up while waiting for memory: no request waits for it any more", s.id)
             raise ModelUnavailable(f"model {s.id!r}: start given up, no request waits for it any more")
         if not s.blocked_on:
@@ -503,7 +526,7 @@ class Manager(Queues):
                 w.cancel()
 
     async def _ttl_loop(self) -> None:
-        """Every second: stop ready models idle for longer than their ttl."""
+        """Every second: stop (or put to sleep: sleep.py) ready models idle for longer than their ttl."""
         while True:
             await asyncio.sleep(1.0)
             now = time.time()
@@ -511,6 +534,7 @@ class Manager(Queues):
                 (s, ttl) for s in self.slots.values()
                 if (ttl := self.registry.ttl_of(s.id)) > 0 and s.engine.managed and s.state == State.READY
                 and s.in_flight == 0 and not s.queue and not s.cfg.pinned and now - s.last_used >= ttl
+                and s.sleep_task is None and s.stop_task is None
             ]
-            await asyncio.gather(*(self._stop(s, f"idle for {ttl:g}s (ttl)") for s, ttl in expired),
-                                 return_exceptions=True)
+            tasks = [t for s, ttl in expired if (t := self._evict(s, f"idle for {ttl:g}s (ttl)"))]
+            await asyncio.gather(*(asyncio.shield(t) for t in tasks), return_exceptions=True)

@@ -5,7 +5,8 @@ A request asks `acquire(model)` for a Lease. It gets one at once when its model 
 (max_concurrency) and nobody queues before it; else it joins the model's queue (FIFO), or gets TooManyRequests
 (429, Retry-After) when max_queue requests wait already. Every change that can let a request through (a lease
 released, a model ready or stopped, a waiter gone, a start that stops waiting) calls `_pump`, which grants leases in
-queue order and asks for a start of a model that has waiters and is stopped or failed.
+queue order and asks for a start of a model that has waiters and is stopped, failed or sleeping (a start wakes a
+sleeping model: hub/manager/sleep.py).
 
 The run rule (anti-thrash): a model is contended while another model's start waits for its memory (the start
 marked it in `blocked_on`; see planner.py). `contended_since` is when the oldest of those waits began: the arrival of
@@ -176,7 +177,9 @@ class Queues:
         """What a waiting request of s waits for, in words."""
         ahead = s.queue.index(w) if w in s.queue else 0
         if s.state == State.STARTING:
-            return "it is still starting"
+            return "it is still waking" if s.waking else "it is still starting"
+        if s.sleep_task is not None:
+            return "it is falling asleep (it wakes once asleep)"
         if s.blocked_on:
             return f"it waits for memory held by {', '.join(map(repr, sorted(s.blocked_on)))}"
         if s.state == State.READY and (others := self._contenders(s)):
@@ -208,7 +211,7 @@ class Queues:
 
     def _may_serve(self, s: Slot, arrival: float, now: float) -> bool:
         """Whether s serves a request that arrived at `arrival` now: ready, a free place, the run rule."""
-        if s.state != State.READY or (s.managed and s.handle is None):
+        if s.state != State.READY or (s.managed and s.handle is None) or s.sleep_task is not None:
             return False
         if s.limits.max_concurrency and s.in_flight >= s.limits.max_concurrency:
             return False
@@ -229,7 +232,7 @@ class Queues:
                     w = s.queue.popleft()
                     if not w.future.done():
                         w.future.set_result(self._grant(s))
-            elif s.managed and s.start_task is None and s.state in (State.STOPPED, State.FAILED):
+            elif s.managed and s.start_task is None and s.state in (State.STOPPED, State.FAILED, State.SLEEPING):
                 self._begin_start(s)
 
     def _fail_waiters(self, s: Slot, err: BaseException) -> None:

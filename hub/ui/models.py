@@ -68,7 +68,7 @@ def model_rows(listing: dict[str, Any]) -> list[list[str]]:
 
 
 def budget_html(listing: dict[str, Any]) -> str:
-    """One bar per host: memory in use over its budget."""
+    """One bar per host: memory in use over its budget (and the RAM its sleeping models hold)."""
     parts = []
     for b in listing.get("budgets", []):
         used, total = b.get("used_gb") or 0.0, b.get("budget_gb")
@@ -81,6 +81,9 @@ def budget_html(listing: dict[str, Any]) -> str:
                    f'<div class="hub-bar-fill {level}" style="width:{pct:.1f}%"></div></div>')
         else:
             label, bar = f"{b['host']}: {used:g} GB in use (no budget set)", ""
+        asleep, sleep_total = b.get("sleep_used_gb") or 0.0, b.get("sleep_budget_gb")
+        if asleep or sleep_total is not None:  # RAM held by sleeping models (not in the memory budget)
+            label += f"; asleep: {asleep:g}" + (f" / {sleep_total:g}" if sleep_total is not None else "") + " GB RAM"
         parts.append(f'<div class="hub-budget"><div class="hub-budget-label">memory {label}</div>{bar}</div>')
     return "".join(parts) or '<div class="hub-budget">no hosts</div>'
 
