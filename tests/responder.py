@@ -1,10 +1,13 @@
 """A tiny real OpenAI-compatible server for tests and benchmarks (as llama-swap's simple-responder).
 
-Run: python tests/responder.py --port PORT [--model NAME] [--delay S] [--start-delay S] [--fail-start]
+Run: python tests/responder.py --port PORT [--model NAME] [--delay S] [--start-delay S] [--fail-start] [--sleepable]
 It answers chat and completions by echoing (deterministically, so tests can assert on the text), streams SSE
 chunks, makes real PNG images for generations and edits, hears audio uploads (it reports their size and digest)
 and speaks (a real WAV of silence), keeps the responses it makes, echoes what it got on every other endpoint of the
-hub's route table, and has endpoints to crash it (/test/crash) and to count requests (/test/stats). Only the
+hub's route table, and has endpoints to crash it (/test/crash) and to count requests (/test/stats). With
+--sleepable it speaks vLLM's sleep mode (POST /sleep?level=N, POST /wake_up, GET /is_sleeping) and refuses
+completions (503) while asleep, so a test can prove the hub woke it before forwarding; /test/stats counts sleeps and
+wakes. Only the
 standard library and uvicorn/starlette (the hub's own environment).
 """
 
@@ -40,7 +43,7 @@ def png(width: int, height: int, rgb: tuple[int, int, int]) -> bytes:
 
 
 def make_app(opts: argparse.Namespace) -> Starlette:
-    stats = {"requests": 0, "pid": os.getpid()}
+    stats = {"requests": 0, "pid": os.getpid(), "sleeps": 0, "wakes": 0, "asleep": False, "refused_asleep": 0}
 
     def images_in(parts: list) -> list[str]:
         """Each image_url part as "<mime> <bytes>", decoded from its data: URI."""
@@ -70,6 +73,10 @@ def make_app(opts: argparse.Namespace) -> Starlette:
 
     async def chat(request: Request) -> Response:
         stats["requests"] += 1
+        if stats["asleep"]:
+            stats["refused_asleep"] += 1
+            return JSONResponse({"error": {"message": "the engine is asleep: POST /wake_up first",
+                                           "type": "ServiceUnavailable", "param": None, "code": 503}}, 503)
         body = await request.json()
         parts = [p for m in body.get("messages", []) if isinstance(m.get("content"), list) for p in m["content"]]
         if opts.text_only and images_in(parts):
@@ -228,6 +235,20 @@ def make_app(opts: argparse.Namespace) -> Starlette:
         return JSONResponse({"path": request.url.path, "query": request.url.query, "model": body.get("model"),
                              "object": "echo"})
 
+    async def sleep(request: Request) -> Response:
+        level = int(request.query_params.get("level", "1"))
+        await asyncio.sleep(0.05)
+        stats["asleep"], stats["sleeps"] = True, stats["sleeps"] + 1
+        return JSONResponse({"status": "sleeping", "level": level})
+
+    async def wake_up(request: Request) -> Response:
+        await asyncio.sleep(0.05)
+        stats["asleep"], stats["wakes"] = False, stats["wakes"] + 1
+        return JSONResponse({"status": "awake", "tags": request.query_params.getlist("tags") or None})
+
+    async def is_sleeping(request: Request) -> Response:
+        return JSONResponse({"is_sleeping": stats["asleep"]})
+
     async def crash(request: Request) -> Response:
         os._exit(3)
 
@@ -249,6 +270,8 @@ def make_app(opts: argparse.Namespace) -> Starlette:
             "/v1/messages", "/v1/messages/count_tokens", "/v1/embeddings", "/v1/score", "/score", "/v1/rerank",
             "/rerank", "/v2/rerank", "/tokenize", "/detokenize")),
         Route("/test/crash", crash, methods=["POST"]), Route("/test/stats", stats_route),
+        *([Route("/sleep", sleep, methods=["POST"]), Route("/wake_up", wake_up, methods=["POST"]),
+           Route("/is_sleeping", is_sleeping)] if opts.sleepable else []),
     ])
 
 
@@ -262,6 +285,7 @@ def main() -> None:
     p.add_argument("--die-mid-stream", action="store_true", help="exit in the middle of every stream")
     p.add_argument("--step-delay", type=float, default=0.05, help="seconds per step of a streamed image")
     p.add_argument("--text-only", action="store_true", help="refuse image parts, as vLLM does for text models")
+    p.add_argument("--sleepable", action="store_true", help="speak vLLM's /sleep, /wake_up and /is_sleeping")
     p.add_argument("--fail-start", action="store_true", help="print an error and exit 1 instead of serving")
     opts = p.parse_args()
     print(f"responder: model {opts.model} on port {opts.port}", flush=True)
