@@ -3,6 +3,10 @@
 Routes: POST /v1/images/generations (JSON), POST /v1/images/edits (multipart, as the openai SDK sends it: `image`,
 or `image[]` repeated for several, and an optional `mask`), GET /health (200 once the pipeline is loaded),
 GET /v1/models, GET /memory (peak memory of the requests), GET /files/{name} (images made with response_format=url).
+
+Sleep (the hub's sleep tier): POST /sleep drops the pipeline and keeps the process, its imports and the model's path
+(GET /health answers 200 "sleeping": the server is alive; image requests get 503); POST /wake loads it again on the
+worker thread and answers once it serves.
 """
 
 from __future__ import annotations
@@ -77,6 +81,8 @@ def create_app(source: str, served_name: str, opts: ServerOptions, pipes: Pipeli
                               str(err.status_code))
 
     def ensure_ready() -> None:
+        if worker.asleep:
+            raise StarletteHTTPException(503, "the model is asleep: POST /wake first (the hub wakes it for you)")
         if not worker.ready.is_set():
             raise StarletteHTTPException(503, "the pipeline is still loading: retry when GET /health answers 200")
 
@@ -114,7 +120,24 @@ def create_app(source: str, served_name: str, opts: ServerOptions, pipes: Pipeli
     async def health() -> JSONResponse:
         if worker.ready.is_set():
             return JSONResponse({"status": "ok"})
+        if worker.asleep:  # alive: the hub must not take a sleeping server for a dead one
+            return JSONResponse({"status": "sleeping"})
         return JSONResponse({"status": "loading"}, 503)
+
+    @app.post("/sleep")
+    async def sleep() -> JSONResponse:
+        await worker.sleep()
+        return JSONResponse({"status": "sleeping" if worker.asleep else "loading"})
+
+    @app.post("/wake")
+    async def wake() -> JSONResponse:
+        try:
+            await worker.wake()
+        except Exception as err:
+            log.exception("loading the pipeline again failed")
+            return error_response(500, f"the pipeline could not be loaded again: {type(err).__name__}: {err}",
+                                  "server_error", "wake_failed")
+        return JSONResponse({"status": "ok" if worker.ready.is_set() else "loading"})
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:

@@ -3,6 +3,7 @@ calling it, and measuring the peak memory of each call."""
 
 from __future__ import annotations
 
+import gc
 import inspect
 import logging
 import threading
@@ -99,6 +100,17 @@ class Pipelines:
         pipe.set_progress_bar_config(disable=True)
         self.base = pipe
         self._place(pipe)
+
+    def unload(self) -> None:
+        """Drop the pipeline and those derived from it (sleep); the source, options and device stay, and `load`
+        brings them back. CUDA's cached blocks go back to the driver."""
+        self.base, self._offloaded = None, None
+        self.derived.clear()
+        gc.collect()
+        if self.device.startswith("cuda"):
+            import torch
+
+            torch.cuda.empty_cache()
 
     @property
     def offload(self) -> bool:

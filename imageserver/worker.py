@@ -1,5 +1,6 @@
 """The queue in front of the pipeline: one worker thread loads it and then runs jobs one at a time, in arrival
-order; a request waits for its job within a deadline while watching for its client going away."""
+order; a request waits for its job within a deadline while watching for its client going away. Sleep and wake
+(dropping the pipeline and loading it again) run on the same thread, in the same queue, between jobs."""
 
 from __future__ import annotations
 
@@ -41,6 +42,15 @@ class Job:
     cancelled: threading.Event = field(default_factory=threading.Event)
 
 
+@dataclass(eq=False)
+class Control:
+    """Work on the pipeline itself (sleep, wake), run on the worker thread between jobs."""
+
+    fn: Callable[[], Any]
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future
+
+
 class Worker:
     """The one thread that loads the pipeline and then runs jobs one at a time, in arrival order."""
 
@@ -49,6 +59,8 @@ class Worker:
         self.memory = memory
         self.on_load_failure = on_load_failure
         self.ready = threading.Event()
+        self.asleep = False  # the pipeline was dropped by sleep(); wake() loads it again
+        self._control_lock = asyncio.Lock()
         self.queue: queue.Queue[Job | None] = queue.Queue()
         self.thread = threading.Thread(target=self._main, name="pipeline-worker", daemon=True)
 
@@ -88,6 +100,38 @@ class Worker:
             if not job.future.done():
                 job.cancelled.set()
 
+    async def _control(self, fn: Callable[[], Any]) -> Any:
+        loop = asyncio.get_running_loop()
+        c = Control(fn, loop, loop.create_future())
+        self.queue.put(c)  # type: ignore[arg-type]
+        return await c.future
+
+    async def sleep(self) -> None:
+        """Drop the pipeline once the jobs queued before have run; new requests are refused until wake()."""
+        async with self._control_lock:
+            if self.asleep or not self.ready.is_set():
+                return
+            self.ready.clear()
+            await self._control(self.pipes.unload)
+            self.asleep = True
+            log.info("asleep: pipeline dropped")
+
+    async def wake(self) -> None:
+        """Load the pipeline again (on the worker thread, like the first load); returns once it serves."""
+        async with self._control_lock:
+            if not self.asleep:
+                return
+            t0 = time.monotonic()
+
+            def load() -> None:
+                self.pipes.load()
+                self.memory.use(self.pipes.device)
+
+            await self._control(load)
+            self.asleep = False
+            self.ready.set()
+            log.info("awake: pipeline loaded in %.1fs", time.monotonic() - t0)
+
     def _main(self) -> None:
         try:
             t0 = time.monotonic()
@@ -100,6 +144,12 @@ class Worker:
             return
         self.ready.set()
         while (job := self.queue.get()) is not None:
+            if isinstance(job, Control):
+                try:
+                    self._settle(job, job.fn(), None)  # type: ignore[arg-type]
+                except BaseException as err:
+                    self._settle(job, None, err)  # type: ignore[arg-type]
+                continue
             if job.cancelled.is_set():
                 self._settle(job, None, JobCancelled())
                 continue
