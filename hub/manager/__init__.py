@@ -1,8 +1,8 @@
 """The model manager: the lifecycle of every model, queues and limits, the memory budget, placement, idle unloading
 and crash handling.
 
-One `Slot` per registered model. Its states (stopped, starting, ready, stopping, failed) and the one table of the
-moves between them, with its diagram, are in hub/manager/states.py; every state change goes through
+One `Slot` per registered model. Its states (stopped, starting, ready, stopping, failed, sleeping) and the one
+table of the moves between them, with its diagram, are in hub/manager/states.py; every state change goes through
 `states.move`, which refuses a move the table does not list.
 
 Rules:
@@ -24,15 +24,22 @@ Rules:
   unpinned models and move to starting; it waits for busy or starting models outside the lock. A busy model is
   never stopped: once it takes no new requests, the start waits up to drain_timeout after its last admitted
   request, then fails with MemoryBusy naming it.
-  Starting, ready and stopping models all count as using memory.
+  Starting, ready and stopping models all count as using memory; sleeping ones do not.
+- Sleep: an idle model with `sleep = true` whose engine can sleep is put to sleep instead of stopped when evicted or
+  idle past its ttl; asleep it counts against its host's sleep budget (RAM), whose least recently used sleepers are
+  stopped to make room. Its next request or load wakes it through its single start task (room is made first, as for
+  a start). Unload, shutdown and the sleep budget stop sleepers; a sleeper whose engine exits is failed.
+  hub/manager/sleep.py.
   What to stop, wait for or refuse is decided by hub/manager/planner.py (pure, no asyncio); the manager carries
   it out and asks again until the model fits.
 - Unmanaged engines (`openai`) are always ready and never started or stopped: their state never moves (their
   queues and limits apply).
-- Counters on each Slot (starts, admitted, rejected, timed_out, abandoned, in_flight, queue) are there for metrics.
+- Counters on each Slot (starts, wakes, sleeps, admitted, rejected, timed_out, abandoned, in_flight, queue) are
+  there for metrics.
 
 Modules: states.py (State, the transition table, move), planner.py (eviction and placement), queue.py (Lease,
-acquire, the queues and the run rule), core.py (Slot, Manager: the asyncio orchestration).
+acquire, the queues and the run rule), sleep.py (sleeping and the sleep budget), core.py (Slot, Manager: the asyncio
+orchestration).
 """
 
 from hub.manager.core import Manager, Slot
