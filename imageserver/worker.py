@@ -1,14 +1,15 @@
-"""The queue in front of the pipeline: one worker thread loads it and then runs jobs one at a time, in arrival
-order; a request waits for its job within a deadline while watching for its client going away."""
+"""The queue in front of the pipeline: one worker thread loads it and then runs jobs in arrival order, several queued
+jobs of one shape together as one batch (up to max_batch images); a request waits for its job within a deadline while
+watching for its client going away. A streaming job also receives progress and partial images as they happen."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -20,7 +21,7 @@ log = logging.getLogger("imageserver")
 
 
 class JobCancelled(Exception):
-    """Raised inside a pipeline call whose request timed out or whose client went away."""
+    """Raised inside a pipeline call whose requests all timed out or whose clients all went away."""
 
 
 class RequestTimeout(Exception):
@@ -32,24 +33,76 @@ class ClientGone(Exception):
 
 
 @dataclass(eq=False)
-class Job:
-    """One pipeline call waiting for, or running on, the worker thread."""
+class Work:
+    """What one request asks of the pipeline. Image i of the request is made from seed + i, alone or in a batch."""
 
-    fn: Callable[[Job], Any]
+    task: str  # text2image, image2image, inpaint, edit
+    param: str  # the request parameter blamed when the model cannot do the task
+    shared: dict[str, Any]  # call arguments a batch shares: width, height, num_inference_steps, guidance, strength
+    prompt: str
+    negative_prompt: str | None
+    n: int
+    seed: int
+    image: Any = None  # the input image (a list for a multi-image edit)
+    mask: Any = None
+    partial_images: int = 0  # previews per image, for a streaming request
+
+    def key(self) -> tuple | None:
+        """Works with equal keys can share one pipeline call; None: this one runs alone (instruction edits)."""
+        if self.task == "edit":
+            return None
+        return self.task, tuple(sorted(self.shared.items())), self.negative_prompt is None
+
+
+@dataclass(frozen=True)
+class Progress:
+    """A denoising step of a job finished."""
+
+    step: int
+    steps: int
+    elapsed: float  # seconds since the job's pipeline call started
+
+
+@dataclass(frozen=True)
+class Partial:
+    """A preview of image `index` of a job, the `partial_index`-th one."""
+
+    index: int
+    partial_index: int
+    image: Any  # a PIL image (latent resolution, or full size from a preview VAE)
+
+
+@dataclass(eq=False)
+class Job:
+    """One request's work waiting for, or running on, the worker thread."""
+
+    work: Work
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future
+    events: asyncio.Queue | None = None  # streaming: Progress and Partial, then None once the future is settled
     cancelled: threading.Event = field(default_factory=threading.Event)
+    started: float = 0.0  # time.monotonic() when its pipeline call started
+
+    def emit(self, event: Progress | Partial) -> None:
+        """Hand an event to the request's stream (called on the worker thread)."""
+        if self.events is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: the server is shutting down
+                self.loop.call_soon_threadsafe(self.events.put_nowait, event)
 
 
 class Worker:
-    """The one thread that loads the pipeline and then runs jobs one at a time, in arrival order."""
+    """The one thread that loads the pipeline and then runs jobs in arrival order, batching queued jobs of one shape."""
 
-    def __init__(self, pipes: Pipelines, memory: Memory, on_load_failure: Callable[[str], None]) -> None:
+    def __init__(self, pipes: Pipelines, memory: Memory, on_load_failure: Callable[[str], None],
+                 max_batch: int = 1) -> None:
         self.pipes = pipes
         self.memory = memory
         self.on_load_failure = on_load_failure
+        self.max_batch = max_batch
         self.ready = threading.Event()
-        self.queue: queue.Queue[Job | None] = queue.Queue()
+        self.pending: deque[Job | None] = deque()
+        self.cond = threading.Condition()
+        self.stats = {"batches": 0, "requests": 0, "images": 0, "largest_batch": 0}
         self.thread = threading.Thread(target=self._main, name="pipeline-worker", daemon=True)
 
     def start(self) -> None:
@@ -57,20 +110,25 @@ class Worker:
         self.thread.start()
 
     def stop(self) -> None:
-        """Let the thread end after the job it runs."""
-        self.queue.put(None)
+        """Let the thread end after the batch it runs."""
+        self._put(None)
 
-    def submit(self, fn: Callable[[Job], Any]) -> Job:
-        """Queue fn(job) to run on the worker thread; its result arrives in job.future."""
+    def _put(self, job: Job | None) -> None:
+        with self.cond:
+            self.pending.append(job)
+            self.cond.notify()
+
+    def submit(self, work: Work, stream: bool = False) -> Job:
+        """Queue `work`; its (images, peak MiB) arrive in job.future, and with `stream` its events in job.events."""
         loop = asyncio.get_running_loop()
-        job = Job(fn, loop, loop.create_future())
-        self.queue.put(job)
+        job = Job(work, loop, loop.create_future(), asyncio.Queue() if stream else None)
+        self._put(job)
         return job
 
-    async def call(self, fn: Callable[[Job], Any], timeout: float, is_disconnected: Callable[[], Awaitable[bool]]
-                   ) -> Any:
-        """fn's result within `timeout` s, queue included; else RequestTimeout or ClientGone, and the job is dropped."""
-        job = self.submit(fn)
+    async def call(self, work: Work, timeout: float, is_disconnected: Callable[[], Awaitable[bool]]) -> Any:
+        """The work's (images, peak MiB) within `timeout` s, queue included; else RequestTimeout or ClientGone, and the
+        job is dropped."""
+        job = self.submit(work)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         try:
@@ -88,6 +146,26 @@ class Worker:
             if not job.future.done():
                 job.cancelled.set()
 
+    def _next(self) -> list[Job] | None:
+        """The oldest queued job and the queued jobs of its shape that fit in max_batch images; None: stop."""
+        with self.cond:
+            while not self.pending:
+                self.cond.wait()
+            head = self.pending.popleft()
+            if head is None:
+                return None
+            batch, key, images = [head], head.work.key(), head.work.n
+            if key is not None and self.max_batch > 1:
+                for job in list(self.pending):
+                    if job is None or images >= self.max_batch:
+                        break
+                    if (not job.cancelled.is_set() and job.work.key() == key
+                            and images + job.work.n <= self.max_batch):
+                        self.pending.remove(job)
+                        batch.append(job)
+                        images += job.work.n
+            return batch
+
     def _main(self) -> None:
         try:
             t0 = time.monotonic()
@@ -99,27 +177,44 @@ class Worker:
             self.on_load_failure(f"{type(err).__name__}: {err}")
             return
         self.ready.set()
-        while (job := self.queue.get()) is not None:
-            if job.cancelled.is_set():
-                self._settle(job, None, JobCancelled())
+        while (batch := self._next()) is not None:
+            live = []
+            for job in batch:
+                if job.cancelled.is_set():
+                    self._settle(job, None, JobCancelled())
+                else:
+                    live.append(job)
+            if not live:
                 continue
+            now = time.monotonic()
+            for job in live:
+                job.started = now
+            if len(live) > 1:
+                log.info("batch of %d requests (%d images)", len(live), sum(j.work.n for j in live))
             try:
-                result = self.memory.measure(lambda job=job: job.fn(job))
+                results, peak = self.memory.measure(lambda live=live: self.pipes.run(live), len(live))
             except BaseException as err:
-                self._settle(job, None, err)
-            else:
-                self._settle(job, result, None)
+                for job in live:
+                    self._settle(job, None, err)
+                continue
+            s = self.stats
+            s["batches"] += 1
+            s["requests"] += len(live)
+            s["images"] += sum(len(r) for r in results)
+            s["largest_batch"] = max(s["largest_batch"], sum(j.work.n for j in live))
+            for job, images in zip(live, results, strict=True):
+                self._settle(job, (images, peak), None)
 
     @staticmethod
     def _settle(job: Job, result: Any, err: BaseException | None) -> None:
         def settle() -> None:
-            if job.future.done():
-                return
-            if err is not None:
-                job.future.set_exception(err)
-            else:
-                job.future.set_result(result)
+            if not job.future.done():
+                if err is not None:
+                    job.future.set_exception(err)
+                else:
+                    job.future.set_result(result)
+            if job.events is not None:
+                job.events.put_nowait(None)
 
         with contextlib.suppress(RuntimeError):  # the loop is closed: the server is shutting down
             job.loop.call_soon_threadsafe(settle)
-
