@@ -55,7 +55,7 @@ class QualitySteps(BaseModel):
     low: int | None = Field(None, ge=1, le=500, description="steps for quality=low (default: 30% of default_steps)")
     medium: int | None = Field(None, ge=1, le=500,
                                description="steps for quality=medium (default: 60% of default_steps)")
-    high: int | None = Field(None, ge=1, le=500, description="steps for quality=high and auto (default: default_steps)")
+    high: int | None = Field(None, ge=1, le=500, description="steps for quality=high (default: default_steps)")
 
     def steps(self, quality: str, default_steps: int) -> int:
         """The steps of `quality` (low, medium, high) for a model whose own default is `default_steps`."""
@@ -87,8 +87,8 @@ class ServerOptions(BaseModel):
     default_size: str = "1024x1024"
     default_steps: int = Field(30, ge=1)
     quality_steps: QualitySteps = Field(default_factory=QualitySteps,
-                                        description="steps for a request's quality (low, medium, high; auto is high) "
-                                        "when it gives no num_inference_steps")
+                                        description="steps for a request's quality low, medium or high when it gives "
+                                        "no num_inference_steps (quality auto, or none: default_steps)")
     request_timeout: float = Field(600, gt=0)
     files_ttl: float = Field(3600, gt=0, description="seconds an image made with response_format=url is kept")
     files_max: int = Field(256, ge=1, description="images kept for response_format=url (oldest go first)")
@@ -207,11 +207,14 @@ def check_prompt_chars(req: _Request, max_chars: int) -> None:
 
 
 def resolve_steps(req: _Request, opts: ServerOptions) -> tuple[int, str]:
-    """Denoising steps of a request and the quality it honestly reports: an explicit num_inference_steps wins (quality
-    "auto"), else the steps of its quality (auto, standard and unset are high; hd is high too)."""
+    """Denoising steps of a request and the quality it honestly reports: an explicit num_inference_steps wins, then
+    low, medium or high (standard is medium, hd is high) from quality_steps; auto or none is default_steps. The
+    quality is "auto" unless a level chose the steps."""
     if req.num_inference_steps is not None:
         return req.num_inference_steps, "auto"
-    quality = {"auto": "high", "standard": "medium", "hd": "high", None: "high"}.get(req.quality, req.quality)
+    quality = {"standard": "medium", "hd": "high"}.get(req.quality or "auto", req.quality or "auto")
+    if quality == "auto":
+        return opts.default_steps, "auto"
     return opts.quality_steps.steps(quality, opts.default_steps), quality
 
 

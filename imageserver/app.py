@@ -158,6 +158,7 @@ def create_app(source: str, served_name: str, opts: ServerOptions, pipes: Pipeli
             "quality_steps": {q: opts.quality_steps.steps(q, opts.default_steps) for q in ("low", "medium", "high")},
             "output_formats": list(OUTPUT_FORMATS), "backgrounds": ["opaque", "auto"],
             "max_partial_images": MAX_PARTIAL_IMAGES if (pipes.previewer is not None or not ready) else 0,
+            "previews": getattr(pipes.previewer, "kind", None),
             "max_batch": opts.max_batch, "max_input_images": pipes.max_input_images(),
             "multi_image": pipes.max_input_images() > 1, "max_prompt_chars": opts.max_prompt_chars,
             "max_prompt_tokens": counter[1] if counter else (opts.max_prompt_tokens or None),

@@ -51,7 +51,8 @@ class Work:
         """Works with equal keys can share one pipeline call; None: this one runs alone (instruction edits)."""
         if self.task == "edit":
             return None
-        return self.task, tuple(sorted(self.shared.items())), self.negative_prompt is None
+        shape = tuple(sorted((k, v) for k, v in self.shared.items() if v is not None))
+        return self.task, shape, self.negative_prompt is None
 
 
 @dataclass(frozen=True)
