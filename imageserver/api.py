@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 _SIZE = re.compile(r"^\s*(\d+)\s*[xX]\s*(\d+)\s*$")
 MB = 1024 * 1024
@@ -48,21 +48,20 @@ MAX_PARTIAL_IMAGES = 3
 
 
 class QualitySteps(BaseModel):
-    """Denoising steps for each `quality` of a request; an unset level is derived from `default_steps`."""
+    """Denoising steps for each `quality` of a request; a level left out is derived from `default_steps` when the
+    options are validated (low 30%, medium 60%, high 100% of it, at least 1)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    low: int | None = Field(None, ge=1, le=500, description="steps for quality=low (default: 30% of default_steps)")
-    medium: int | None = Field(None, ge=1, le=500,
-                               description="steps for quality=medium (default: 60% of default_steps)")
-    high: int | None = Field(None, ge=1, le=500, description="steps for quality=high (default: default_steps)")
+    low: int | None = Field(None, ge=1, le=500, description="steps for quality=low")
+    medium: int | None = Field(None, ge=1, le=500, description="steps for quality=medium")
+    high: int | None = Field(None, ge=1, le=500, description="steps for quality=high")
 
-    def steps(self, quality: str, default_steps: int) -> int:
-        """The steps of `quality` (low, medium, high) for a model whose own default is `default_steps`."""
-        set_ = getattr(self, quality)
-        if set_ is not None:
-            return set_
-        return max(1, round(default_steps * {"low": 0.3, "medium": 0.6, "high": 1.0}[quality]))
+    def resolved(self, default_steps: int) -> QualitySteps:
+        """These steps with every level set."""
+        share = {"low": 0.3, "medium": 0.6, "high": 1.0}
+        return QualitySteps(**{q: v if (v := getattr(self, q)) is not None else max(1, round(default_steps * f))
+                               for q, f in share.items()})
 
 
 class ServerOptions(BaseModel):
@@ -86,9 +85,12 @@ class ServerOptions(BaseModel):
     max_upload_mb: float = Field(20, gt=0)
     default_size: str = "1024x1024"
     default_steps: int = Field(30, ge=1)
+    default_guidance: float | None = Field(None, ge=0, description="guidance_scale when a request gives none "
+                                           "(default: the pipeline's own)")
     quality_steps: QualitySteps = Field(default_factory=QualitySteps,
                                         description="steps for a request's quality low, medium or high when it gives "
-                                        "no num_inference_steps (quality auto, or none: default_steps)")
+                                        "no num_inference_steps (quality auto, or none: default_steps); levels left "
+                                        "out: 30%, 60% and 100% of default_steps")
     request_timeout: float = Field(600, gt=0)
     files_ttl: float = Field(3600, gt=0, description="seconds an image made with response_format=url is kept")
     files_max: int = Field(256, ge=1, description="images kept for response_format=url (oldest go first)")
@@ -116,6 +118,11 @@ class ServerOptions(BaseModel):
         except BadRequest as err:
             raise ValueError(err.message) from None
         return v
+
+    @model_validator(mode="after")
+    def _quality_steps(self) -> ServerOptions:
+        self.quality_steps = self.quality_steps.resolved(self.default_steps)
+        return self
 
 
 class _Request(BaseModel):
@@ -215,7 +222,7 @@ def resolve_steps(req: _Request, opts: ServerOptions) -> tuple[int, str]:
     quality = {"standard": "medium", "hd": "high"}.get(req.quality or "auto", req.quality or "auto")
     if quality == "auto":
         return opts.default_steps, "auto"
-    return opts.quality_steps.steps(quality, opts.default_steps), quality
+    return getattr(opts.quality_steps, quality), quality
 
 
 def check_output(req: _Request, can_alpha: bool = False) -> str:

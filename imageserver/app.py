@@ -98,7 +98,8 @@ def create_app(source: str, served_name: str, opts: ServerOptions, pipes: Pipeli
 
     def make_work(req: GenerationRequest | EditRequest, task: str, param: str, w: int, h: int, steps: int,
                   **extra: Any) -> Work:
-        shared = {"width": w, "height": h, "num_inference_steps": steps, "guidance_scale": req.guidance_scale}
+        guidance = req.guidance_scale if req.guidance_scale is not None else opts.default_guidance
+        shared = {"width": w, "height": h, "num_inference_steps": steps, "guidance_scale": guidance}
         if "strength" in extra:
             shared["strength"] = extra.pop("strength")
         seed = req.seed if req.seed is not None else secrets.randbits(63)
@@ -154,8 +155,10 @@ def create_app(source: str, served_name: str, opts: ServerOptions, pipes: Pipeli
         entry = {
             "id": served_name, "object": "model", "created": created, "owned_by": "diffusers", "root": source,
             "default_size": opts.default_size, "default_steps": opts.default_steps, "max_size": opts.max_size,
-            "max_n": opts.max_n, "default_guidance": pipes.default_guidance() if ready else None,
-            "quality_steps": {q: opts.quality_steps.steps(q, opts.default_steps) for q in ("low", "medium", "high")},
+            "max_n": opts.max_n,
+            "default_guidance": opts.default_guidance if opts.default_guidance is not None or not ready
+            else pipes.default_guidance(),
+            "quality_steps": opts.quality_steps.model_dump(),
             "output_formats": list(OUTPUT_FORMATS), "backgrounds": ["opaque", "auto"],
             "max_partial_images": MAX_PARTIAL_IMAGES if (pipes.previewer is not None or not ready) else 0,
             "previews": getattr(pipes.previewer, "kind", None),

@@ -212,6 +212,8 @@ class Worker:
             if not job.future.done():
                 if err is not None:
                     job.future.set_exception(err)
+                    if job.cancelled.is_set():  # nobody waits for it any more: no "never retrieved" noise
+                        job.future.exception()
                 else:
                     job.future.set_result(result)
             if job.events is not None:
