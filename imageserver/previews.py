@@ -5,7 +5,8 @@ once at load by least squares to what the model's own VAE encoder makes of a few
 costs one small matrix product per preview, at latent resolution (1/8 of the image's side; the stream upscales it).
 With args.preview_vae, a small AutoencoderTiny decodes full-size previews (sharper, a few ms a preview on a GPU).
 Latents are the pipeline's own (scaled, shifted, normalised as it keeps them); packed latents (FLUX, Qwen-Image) are
-unpacked with the pipeline's own _unpack_latents. A pipeline whose latents cannot be read sends no partial images.
+unpacked with the pipeline's own _unpack_latents. A pipeline whose latents cannot be read (FLUX.2) sends no partial
+images; its streams carry the progress comments and the completed events.
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ from typing import Any
 log = logging.getLogger("imageserver")
 
 FIT_SIDE = 64  # px: the synthetic images the linear map is fitted on
+# Pipelines (class-name prefixes) whose latents this module cannot read: FLUX.2 keeps them patchified, batch-normed and
+# packed with position ids that the step callback does not see.
+UNREADABLE = ("Flux2",)
 
 
 class NoPreview(Exception):
@@ -137,6 +141,8 @@ def make_previewer(pipe: Any, preview_vae: str | None, device: str, dtype: Any
                    ) -> LinearPreviewer | TinyVaePreviewer | None:
     """The previewer of a loaded pipeline; None (no partial images, logged) when none can be made."""
     try:
+        if type(pipe).__name__.startswith(UNREADABLE):
+            raise NoPreview(f"{type(pipe).__name__} keeps latents this server cannot decode for previews")
         if preview_vae:
             return TinyVaePreviewer.load(preview_vae, device, dtype)
         vae = getattr(pipe, "vae", None)
@@ -144,7 +150,7 @@ def make_previewer(pipe: Any, preview_vae: str | None, device: str, dtype: Any
             raise NoPreview(f"{type(pipe).__name__} has no VAE to fit a preview map to")
         return LinearPreviewer.fit(vae)
     except Exception as err:
-        if preview_vae:
+        if preview_vae and not isinstance(err, NoPreview):
             raise RuntimeError(f"args.preview_vae: cannot load {preview_vae!r} as an AutoencoderTiny: {err}") from err
         log.warning("no partial images for this model: %s: %s", type(err).__name__, err)
         return None

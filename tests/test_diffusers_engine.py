@@ -34,8 +34,9 @@ ARGS = 'device = "cpu"\ncpu_threads = 1\ndefault_steps = 2\ndefault_size = "64x6
 DIFFUSERS_PY = ENVS_DIR / "diffusers" / "bin" / "python"
 
 
-def registry(preview_vae: Path) -> str:
-    # tiny-sd batches up to 4 images a call; tiny-slow decodes partial images with a (random) AutoencoderTiny
+def registry(preview_vae: Path, flux2: Path) -> str:
+    # tiny-sd batches up to 4 images a call; tiny-slow decodes partial images with a (random) AutoencoderTiny;
+    # tiny-flux2 (FLUX.2 klein) takes several input images in one edit
     return f"""
 [hub]
 start_timeout = "5m"
@@ -57,6 +58,13 @@ source = "{TINY}"
 [models.tiny-slow.args]
 {ARGS}request_timeout = 6
 preview_vae = "{preview_vae}"
+
+[models.tiny-flux2]
+type = "image"
+engine = "diffusers"
+source = "{flux2}"
+[models.tiny-flux2.args]
+{ARGS}max_input_images = 2
 """
 
 
@@ -134,7 +142,9 @@ def hub(tmp_path_factory) -> HubProcess:
             f"the diffusers engine environment is missing at {ENVS_DIR / 'diffusers'}")
     require((TINY / "model_index.json").exists(), f"the tiny model is missing: python -m demo_models.tiny_sd {TINY}")
     tmp = tmp_path_factory.mktemp("diffusers-hub")
-    h = start_hub(tmp, registry(make_tiny_preview_vae(tmp / "preview-vae")))
+    subprocess.run([str(DIFFUSERS_PY), "-m", "demo_models.tiny_flux2_klein", str(tmp / "flux2")], check=True,
+                   capture_output=True, timeout=300, cwd=Path(__file__).parent.parent)
+    h = start_hub(tmp, registry(make_tiny_preview_vae(tmp / "preview-vae"), tmp / "flux2"))
     yield h
     pids = h.engine_pids()
     h.stop()
@@ -507,6 +517,26 @@ def test_several_images_to_a_single_image_model_is_400(client):
     with pytest.raises(openai.BadRequestError) as e:
         client.images.edit(model="tiny-sd", prompt="x", image=[image, image])
     assert e.value.body["param"] == "image" and "one image at a time" in e.value.body["message"]
+
+
+def test_multi_image_edit_on_a_pipeline_that_takes_several(client, hub):
+    a, b = ("a.png", make_png(64, 64), "image/png"), ("b.png", make_png(96, 64, (0, 0, 200)), "image/png")
+    kwargs = {"model": "tiny-flux2", "prompt": "put them together", "size": "64x64",
+              "extra_body": {"seed": 1, "num_inference_steps": 2}}
+    two = pngs(client.images.edit(image=[a, b], n=2, **kwargs))
+    assert [png_size(p) for p in two] == [(64, 64), (64, 64)] and two[0] != two[1]
+    one = pngs(client.images.edit(image=[a], **kwargs))
+    assert one[0] != two[0], "the second image took part"
+    with pytest.raises(openai.BadRequestError) as e:
+        client.images.edit(image=[a, b, a], **kwargs)
+    assert e.value.body["param"] == "image" and "at most 2 input images (max_input_images)" in e.value.body["message"]
+    entry = httpx.get(engine_url(hub, "tiny-flux2") + "/v1/models").json()["data"][0]
+    assert (entry["pipeline"], entry["multi_image"], entry["max_input_images"]) == ("Flux2KleinPipeline", True, 2)
+    assert (entry["previews"], entry["max_partial_images"]) == (None, 0)
+    # its latents cannot be previewed: a stream still carries progress and the finished image
+    events = list(client.images.edit(image=[a, b], stream=True, partial_images=2, **kwargs))
+    assert [e.type for e in events] == ["image_edit.completed"]
+    assert png_size(pngs(client.images.generate(model="tiny-flux2", prompt="x", size="64x64"))[0]) == (64, 64)
 
 
 # ---- batching ----
