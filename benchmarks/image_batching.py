@@ -2,7 +2,7 @@
 partial images cost.
 
     python -m benchmarks.image_batching [--source DIR] [--size 64x64] [--steps 4] [--concurrency 8] [--requests 32]
-                                        [--max-batch 8] [--rounds 2] [--preview-sizes 64x64 256x256] [--out DIR]
+                                        [--max-batch 8] [--rounds 2] [--preview-sizes 64x64 128x128] [--out DIR]
 
 Starts its own `hub serve` with two registrations of one Diffusers pipeline (default: the demo's tiny-sd, on CPU):
 `batch-off` (max_batch 1) and `batch-on` (max_batch N). Rounds alternate the two, so drift on a shared machine hits
@@ -222,15 +222,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--requests", type=int, default=32, help="requests per variant and round")
     p.add_argument("--max-batch", type=int, default=8)
     p.add_argument("--rounds", type=int, default=2)
-    p.add_argument("--preview-sizes", nargs="*", default=["64x64", "256x256"], help="none: skip the previews")
+    p.add_argument("--preview-sizes", nargs="*", default=["64x64", "128x128"], help="none: skip the previews")
     p.add_argument("--preview-steps", type=int, default=8)
+    p.add_argument("--preview-repetitions", type=int, default=6)
     p.add_argument("--out", default="artifacts/benchmarks")
     a = p.parse_args(argv)
     sc = ImageBatchingScenario(name="image-batching", source=a.source, device=a.device, size=a.size, steps=a.steps,
                                concurrency=a.concurrency, requests=a.requests, max_batch=a.max_batch,
                                rounds=a.rounds, cpu_threads=None if a.device != "cpu" else 1)
     previews = (ImagePreviewScenario(name="image-previews", model=VARIANTS[0], sizes=a.preview_sizes,
-                                     steps=a.preview_steps) if a.preview_sizes else None)
+                                     steps=a.preview_steps, repetitions=a.preview_repetitions)
+                if a.preview_sizes else None)
     try:
         rows, preview_rows = run_image_batching(sc, previews)
     except (RuntimeError, httpx.HTTPError) as err:

@@ -49,7 +49,7 @@ class ImagePreviewScenario(_Scenario):
 
     kind: Literal["image_previews"] = "image_previews"
     model: str
-    sizes: list[str] = ["64x64", "256x256"]
+    sizes: list[str] = ["64x64", "128x128"]
     steps: int = Field(8, ge=2)
     partial_images: int = Field(3, ge=0, le=3)
     repetitions: int = Field(5, ge=1, description="requests per variant and size")

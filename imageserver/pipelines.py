@@ -63,6 +63,7 @@ class Pipelines:
         self._offloaded: Any = None  # the pipeline whose offload hooks are installed
         self.previewer: Any = None
         self.token_counter: tuple[Any, int, str] | None = None  # (tokenizer copy, limit, name)
+        self._token_lock = threading.Lock()  # fast tokenizers refuse concurrent use ("Already borrowed")
         self.calls = 0  # pipeline calls made
 
     def load(self) -> None:
@@ -201,7 +202,8 @@ class Pipelines:
         if self.token_counter is None or not text:
             return
         tok, limit, name = self.token_counter
-        count = len(tok(text, truncation=False)["input_ids"])
+        with self._token_lock:
+            count = len(tok(text, truncation=False, verbose=False)["input_ids"])
         if count > limit:
             why = ("max_prompt_tokens" if self.opts.max_prompt_tokens else
                    f"what its {name} reads; set args.max_prompt_tokens = 0 to let the pipeline cut long prompts")

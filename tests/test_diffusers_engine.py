@@ -618,6 +618,9 @@ def test_models_entry_reports_defaults_and_limits(hub):
     assert entry["quality_steps"] == {"low": 1, "medium": 2, "high": 3}
     assert entry["max_prompt_tokens"] == 77 and entry["max_prompt_chars"] == 32000
     assert entry["max_input_pixels"] == 50_000_000 and entry["max_partial_images"] == 3
+    listed = {m["id"]: m for m in httpx.get(hub.v1 + "/models").json()["data"]}["tiny-sd"]  # the hub passes them on
+    assert listed["image"]["quality_steps"] == {"low": 1, "medium": 2, "high": 3}
+    assert (listed["image"]["max_batch"], listed["image"]["default_steps"]) == (4, 2)
 
 
 def test_tiny_model_folder_is_a_pipeline():
