@@ -5,10 +5,12 @@ partial images cost.
                                         [--max-batch 8] [--rounds 2] [--preview-sizes 64x64 128x128] [--out DIR]
 
 Starts its own `hub serve` with two registrations of one Diffusers pipeline (default: the demo's tiny-sd, on CPU):
-`batch-off` (max_batch 1) and `batch-on` (max_batch N). Rounds alternate the two, so drift on a shared machine hits
-both alike; every request has its own prompt and seed. Each engine's GET /stats says how many pipeline calls the
+`batch-off` (max_batch 1) and `batch-on` (max_batch N). Rounds measure the two back to back, alternating which goes
+first, so drift on a shared machine hits both alike (the median of the rounds' ratios is reported beside the overall
+ratio); every request has its own prompt and seed. Each engine's GET /stats says how many pipeline calls the
 requests took. Then, on `batch-off`, the preview scenario: the same request streamed with partial images and
-progress comments against unstreamed. The preview scenario also runs against any hub (benchmarks.run).
+progress comments against unstreamed, in back-to-back pairs, and the time the engine spent in its step callback
+(progress and previews) against its denoising time. The preview scenario also runs against any hub (benchmarks.run).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from typing import Any
 import httpx
 
 from benchmarks.measure import HubClient, generate_images, run_concurrent, run_sync
-from benchmarks.metrics import mean, percentile
+from benchmarks.metrics import percentile
 from benchmarks.results import write_csv
 from benchmarks.scenarios import ImageBatchingScenario, ImagePreviewScenario
 from hub.procs import free_port, stop_process, wait_http
@@ -77,20 +79,25 @@ def started_hub(sc: ImageBatchingScenario, tmp: Path) -> Iterator[HubClient]:
         stop_process(proc)
 
 
-def engine_stats(hub: HubClient, model: str) -> dict[str, Any]:
-    """GET /stats of a model's engine (a process engine's own port)."""
-    port = hub.model(model)["process"]["port"]
-    return httpx.get(f"http://127.0.0.1:{port}/stats", timeout=30).json()
+def engine_stats(hub: HubClient, model: str) -> dict[str, Any] | None:
+    """GET /stats of a model's engine (a process engine's own port); None where there is none."""
+    port = (hub.model(model).get("process") or {}).get("port")
+    if not port:
+        return None
+    try:
+        r = httpx.get(f"http://127.0.0.1:{port}/stats", timeout=30)
+    except httpx.HTTPError:
+        return None
+    return r.json() if r.status_code == 200 else None
 
 
 async def _batching(hub: HubClient, sc: ImageBatchingScenario) -> list[dict[str, Any]]:
-    totals = {v: {"images": 0, "seconds": 0.0, "failed": 0, "latency": [], "calls": 0, "requests": 0}
+    totals = {v: {"images": 0, "seconds": 0.0, "failed": 0, "latency": [], "calls": 0, "requests": 0, "rates": []}
               for v in VARIANTS}
     async with hub.async_client(sc.concurrency + 2) as client:
 
         async def one(model: str, i: int) -> dict[str, Any]:
-            body_prompt = f"{sc.prompt} #{i}"
-            return await generate_images(client, hub.v1, model, body_prompt, sc.size, 1, sc.steps)
+            return await generate_images(client, hub.v1, model, f"{sc.prompt} #{i}", sc.size, 1, sc.steps)
 
         for model in VARIANTS:
             for i in range(sc.warmup):
@@ -98,30 +105,38 @@ async def _batching(hub: HubClient, sc: ImageBatchingScenario) -> list[dict[str,
                 if not w["ok"]:
                     raise RuntimeError(f"warm-up request to {model!r} failed: {w['error']}")
         for r in range(sc.rounds):
-            for model in VARIANTS:
+            for model in VARIANTS if r % 2 == 0 else VARIANTS[::-1]:  # who goes first alternates
                 before = await asyncio.to_thread(engine_stats, hub, model)
                 results, wall = await run_concurrent(lambda i, m=model, r=r: one(m, r * sc.requests + i),
                                                      sc.requests, sc.concurrency)
                 after = await asyncio.to_thread(engine_stats, hub, model)
                 t = totals[model]
-                t["images"] += sum(x["images"] for x in results)
+                images = sum(x["images"] for x in results)
+                t["images"] += images
                 t["failed"] += sum(1 for x in results if not x["ok"])
                 t["seconds"] += wall
+                t["rates"].append(images / wall)
                 t["latency"] += [x["seconds"] for x in results if x["ok"]]
-                t["calls"] += after["pipeline_calls"] - before["pipeline_calls"]
-                t["requests"] += after["requests"] - before["requests"]
+                if before and after:
+                    t["calls"] += after["pipeline_calls"] - before["pipeline_calls"]
+                    t["requests"] += after["requests"] - before["requests"]
     rows = []
     for model, t in totals.items():
         rows.append({"scenario": sc.name, "variant": model, "max_batch": 1 if model == "batch-off" else sc.max_batch,
                      "size": sc.size, "steps": sc.steps, "concurrency": sc.concurrency,
-                     "requests": sc.requests * sc.rounds, "failed": t["failed"], "images": t["images"],
-                     "wall_s": t["seconds"], "images_per_s": t["images"] / t["seconds"] if t["seconds"] else None,
+                     "requests": sc.requests * sc.rounds, "rounds": sc.rounds, "failed": t["failed"],
+                     "images": t["images"], "wall_s": t["seconds"],
+                     "images_per_s": t["images"] / t["seconds"] if t["seconds"] else None,
                      "latency_p50_s": percentile(t["latency"], 50), "latency_p99_s": percentile(t["latency"], 99),
                      "pipeline_calls": t["calls"],
                      "images_per_call": t["requests"] / t["calls"] if t["calls"] else None})
     off, on = rows
     if off["images_per_s"] and on["images_per_s"]:
         on["speedup"] = on["images_per_s"] / off["images_per_s"]
+        # rounds pair the variants back to back: the median of their ratios resists a machine's drift
+        on["speedup_median_of_rounds"] = percentile([b / a for a, b in zip(totals["batch-off"]["rates"],
+                                                                              totals["batch-on"]["rates"],
+                                                                              strict=True)], 50)
     return rows
 
 
@@ -167,32 +182,43 @@ async def _previews(hub: HubClient, sc: ImagePreviewScenario) -> list[dict[str, 
             for _ in range(sc.warmup):
                 await generate_images(client, hub.v1, sc.model, sc.prompt, size, 1, sc.steps)
                 await stream_images(client, hub.v1, {**base, "partial_images": sc.partial_images})
-            plain, streamed, last = [], [], {}
-            for i in range(sc.repetitions):  # interleaved, alternating which goes first
-                order = ("plain", "stream") if i % 2 == 0 else ("stream", "plain")
-                for variant in order:
+            plain, streamed, ratios, last = [], [], [], {}
+            engine = {"pipeline_s": 0.0, "step_callback_s": 0.0}
+            for i in range(sc.repetitions):  # pairs back to back, alternating which goes first
+                pair: dict[str, float] = {}
+                for variant in ("plain", "stream") if i % 2 == 0 else ("stream", "plain"):
                     if variant == "plain":
                         r = await generate_images(client, hub.v1, sc.model, sc.prompt, size, 1, sc.steps)
                         if r["ok"]:
-                            plain.append(r["seconds"])
-                    else:
-                        last = await stream_images(client, hub.v1, {**base, "partial_images": sc.partial_images})
-                        if last["ok"]:
-                            streamed.append(last["seconds"])
-            p, s = mean(plain), mean(streamed)
+                            pair["plain"] = r["seconds"]
+                        continue
+                    before = await asyncio.to_thread(engine_stats, hub, sc.model)
+                    last = await stream_images(client, hub.v1, {**base, "partial_images": sc.partial_images})
+                    after = await asyncio.to_thread(engine_stats, hub, sc.model)
+                    if last["ok"]:
+                        pair["stream"] = last["seconds"]
+                    if before and after and "step_callback_s" in after:
+                        for k in engine:
+                            engine[k] += after[k] - before[k]
+                if len(pair) == 2:
+                    plain.append(pair["plain"])
+                    streamed.append(pair["stream"])
+                    ratios.append(pair["stream"] / pair["plain"])
+            denoise = engine["pipeline_s"] - engine["step_callback_s"]
             rows.append({"scenario": sc.name, "model": sc.model, "size": size, "steps": sc.steps,
                          "partial_images": sc.partial_images, "repetitions": sc.repetitions,
-                         "plain_s_mean": p, "stream_s_mean": s, "plain_s_p50": percentile(plain, 50),
-                         "stream_s_p50": percentile(streamed, 50),
-                         "preview_cost_pct": (percentile(streamed, 50) / percentile(plain, 50) - 1) * 100
-                         if plain and streamed else None,
+                         "plain_s_p50": percentile(plain, 50), "stream_s_p50": percentile(streamed, 50),
+                         "preview_cost_pct": (percentile(ratios, 50) - 1) * 100 if ratios else None,
+                         "engine_callback_s": engine["step_callback_s"] if denoise > 0 else None,
+                         "engine_callback_pct": engine["step_callback_s"] / denoise * 100 if denoise > 0 else None,
                          "partials_seen": last.get("partial"), "progress_lines": last.get("progress"),
-                         "failed": 2 * sc.repetitions - len(plain) - len(streamed)})
+                         "failed": sc.repetitions - len(ratios)})
     return rows
 
 
 def run_previews(hub: HubClient, sc: ImagePreviewScenario) -> list[dict[str, Any]]:
-    """One row per size: seconds per image streamed with previews and unstreamed, and the cost in percent (p50)."""
+    """One row per size: seconds per image streamed with previews and unstreamed; the cost in percent (the median
+    of back-to-back pairs) and, where the engine reports it, the share of its step callback in its pipeline time."""
     return run_sync(_previews(hub, sc))
 
 
@@ -200,14 +226,18 @@ def report(rows: list[dict[str, Any]], preview_rows: list[dict[str, Any]]) -> st
     """A plain-text summary."""
     lines = [f"{'variant':<10} {'max_batch':>9} {'images/s':>9} {'p50 s':>7} {'calls':>6} {'img/call':>8}"]
     for r in rows:
+        per_call = f"{r['images_per_call']:8.2f}" if r["images_per_call"] else f"{'-':>8}"
         lines.append(f"{r['variant']:<10} {r['max_batch']:>9} {r['images_per_s']:9.2f} {r['latency_p50_s']:7.2f} "
-                     f"{r['pipeline_calls']:>6} {r['images_per_call']:8.2f}")
+                     f"{r['pipeline_calls']:>6} {per_call}")
     if "speedup" in rows[-1]:
-        lines.append(f"batching on / off: {rows[-1]['speedup']:.2f}x images per second")
+        lines.append(f"batching on / off: {rows[-1]['speedup']:.2f}x images per second overall, "
+                     f"{rows[-1]['speedup_median_of_rounds']:.2f}x median of {rows[-1]['rounds']} rounds")
     for r in preview_rows:
+        engine = (f"; the engine's step callback: {r['engine_callback_pct']:.2f}% of denoising"
+                  if r["engine_callback_pct"] is not None else "")
         lines.append(f"previews {r['size']} {r['steps']} steps, {r['partial_images']} partials: plain "
-                     f"{r['plain_s_p50']:.3f}s, streamed {r['stream_s_p50']:.3f}s (p50): "
-                     f"{r['preview_cost_pct']:+.1f}%")
+                     f"{r['plain_s_p50']:.3f}s, streamed {r['stream_s_p50']:.3f}s (p50), cost "
+                     f"{r['preview_cost_pct']:+.1f}% (median of pairs){engine}")
     return "\n".join(lines)
 
 
@@ -219,12 +249,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", default="64x64")
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--concurrency", type=int, default=8)
-    p.add_argument("--requests", type=int, default=32, help="requests per variant and round")
+    p.add_argument("--requests", type=int, default=16, help="requests per variant and round")
     p.add_argument("--max-batch", type=int, default=8)
-    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=6)
     p.add_argument("--preview-sizes", nargs="*", default=["64x64", "128x128"], help="none: skip the previews")
     p.add_argument("--preview-steps", type=int, default=8)
-    p.add_argument("--preview-repetitions", type=int, default=6)
+    p.add_argument("--preview-repetitions", type=int, default=10)
     p.add_argument("--out", default="artifacts/benchmarks")
     a = p.parse_args(argv)
     sc = ImageBatchingScenario(name="image-batching", source=a.source, device=a.device, size=a.size, steps=a.steps,

@@ -52,7 +52,7 @@ class ImagePreviewScenario(_Scenario):
     sizes: list[str] = ["64x64", "128x128"]
     steps: int = Field(8, ge=2)
     partial_images: int = Field(3, ge=0, le=3)
-    repetitions: int = Field(5, ge=1, description="requests per variant and size")
+    repetitions: int = Field(10, ge=1, description="back-to-back pairs (plain, streamed) per size")
     prompt: str = "a lighthouse on a cliff at sunset"
     warmup: int = Field(1, ge=0)
 
@@ -69,9 +69,9 @@ class ImageBatchingScenario(_Scenario):
     size: str = "64x64"
     steps: int = Field(4, ge=1)
     concurrency: int = Field(8, ge=1)
-    requests: int = Field(32, ge=1, description="requests per variant and round")
+    requests: int = Field(16, ge=1, description="requests per variant and round")
     max_batch: int = Field(8, ge=2, description="max_batch of the batching variant")
-    rounds: int = Field(2, ge=1)
+    rounds: int = Field(6, ge=1, description="rounds, each measuring both variants back to back")
     warmup: int = Field(2, ge=0, description="requests per variant sent first and not counted")
     prompt: str = "a lighthouse on a cliff at sunset"
 

@@ -177,7 +177,8 @@ def create_app(source: str, served_name: str, opts: ServerOptions, pipes: Pipeli
     @app.get("/stats")
     async def stats() -> dict[str, Any]:
         return {**worker.stats, "pipeline_calls": pipes.calls, "max_batch": opts.max_batch,
-                "queued": sum(1 for j in list(worker.pending) if j is not None)}
+                "queued": sum(1 for j in list(worker.pending) if j is not None),
+                "pipeline_s": round(pipes.call_seconds, 4), "step_callback_s": round(pipes.callback_seconds, 4)}
 
     @app.get("/files/{name}")
     async def get_file(name: str) -> Response:

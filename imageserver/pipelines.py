@@ -65,6 +65,8 @@ class Pipelines:
         self.token_counter: tuple[Any, int, str] | None = None  # (tokenizer copy, limit, name)
         self._token_lock = threading.Lock()  # fast tokenizers refuse concurrent use ("Already borrowed")
         self.calls = 0  # pipeline calls made
+        self.call_seconds = 0.0  # time in pipeline calls
+        self.callback_seconds = 0.0  # of which in the step callback of streaming calls (progress and previews)
 
     def load(self) -> None:
         """Load the pipeline from a local folder or a hub repo id and apply every option."""
@@ -219,19 +221,23 @@ class Pipelines:
         self._place(pipe)
         params = inspect.signature(type(pipe).__call__).parameters
         shared = {k: v for k, v in w.shared.items() if v is not None}
-        dropped = sorted(k for k in shared if k not in params)
+        plans = self._plan(jobs, params)
+        dropped = sorted(k for k, v in (shared | plans[0][0]).items() if v is not None and k not in params)
         if dropped:
             log.info("%s takes no %s: ignored", type(pipe).__name__, ", ".join(dropped))
-        shared = {k: v for k, v in shared.items() if k in params}
         images: dict[Job, dict[int, Any]] = {job: {} for job in jobs}
-        for call, members in self._plan(jobs, params):
+        for call, members in plans:
             call = {k: v for k, v in (shared | call).items() if v is not None and k in params}
             if "callback_on_step_end" in params:
                 call["callback_on_step_end"] = self._on_step(jobs, members, w.shared)
                 if "latents" in getattr(pipe, "_callback_tensor_inputs", ()):
                     call["callback_on_step_end_tensor_inputs"] = ["latents"]
             self.calls += 1
-            out = pipe(**call).images
+            t0 = time.perf_counter()
+            try:
+                out = pipe(**call).images
+            finally:
+                self.call_seconds += time.perf_counter() - t0
             for (job, index), image in zip(members, out, strict=False):
                 images[job][index] = image
         return [[imgs[i] for i in sorted(imgs)] for imgs in images.values()]
@@ -286,6 +292,7 @@ class Pipelines:
                 raise JobCancelled()
             if not streams:
                 return {}
+            t0 = time.perf_counter()
             steps = getattr(pipe, "num_timesteps", None) or shared.get("num_inference_steps") or i + 1
             now = time.monotonic()
             for job in streams:
@@ -295,6 +302,7 @@ class Pipelines:
                 wanted = partial_steps(steps, job.work.partial_images)
                 if i + 1 in wanted and self.previewer is not None and kw.get("latents") is not None:
                     self._previews(job, pipe, kw["latents"], rows[job], wanted.index(i + 1), width, height)
+            self.callback_seconds += time.perf_counter() - t0
             return {}
 
         return on_step

@@ -76,7 +76,8 @@ def test_preview_benchmark_compares_streamed_and_plain(hub_factory) -> None:
     r = rows[0]
     assert (r["partials_seen"], r["progress_lines"]) == (2, 4), "the stream was read to its end"
     assert r["stream_s_p50"] > 0.04 and r["plain_s_p50"] > 0, "4 steps of 10 ms each"
-    assert r["preview_cost_pct"] == pytest.approx((r["stream_s_p50"] / r["plain_s_p50"] - 1) * 100)
+    assert isinstance(r["preview_cost_pct"], float), "the median of the pairs' ratios"
+    assert r["engine_callback_pct"] is None, "the test responder reports no engine stats"
 
 
 @pytest.mark.engine
@@ -92,7 +93,9 @@ def test_image_batching_benchmark_on_the_tiny_model() -> None:
     assert off["failed"] == on["failed"] == 0 and off["images"] == on["images"] == 8
     assert off["pipeline_calls"] == 8 and on["pipeline_calls"] < 8, "batching made fewer pipeline calls"
     assert on["images_per_s"] > 0 and on["speedup"] == pytest.approx(on["images_per_s"] / off["images_per_s"])
+    assert on["speedup_median_of_rounds"] > 0
     assert previews[0]["model"] == "batch-off" and previews[0]["partials_seen"] == 2
+    assert 0 <= previews[0]["engine_callback_pct"] < 100, "the engine timed its step callback"
     assert "batching on / off" in image_report(rows, previews)
 
 
