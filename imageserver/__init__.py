@@ -14,8 +14,10 @@ Rules that are not obvious:
 - Batching (`max_batch` > 1): the oldest queued request takes along the queued requests of its shape (task, size,
   steps, guidance, strength, and whether it has a negative prompt) up to max_batch images, as one pipeline call with
   one prompt and one torch.Generator per image. Image i of a request comes from seed + i whether it runs alone or in a
-  batch, so a seeded request makes the same image either way (up to float rounding). A batch stops early only when
-  all its requests are gone; one that leaves or times out just gets no answer. Instruction edits run alone.
+  batch, so a seeded request makes the same image either way (up to float rounding). After a batch of several, the
+  next one waits up to `batch_wait` for more of its shape (the clients just answered are sending again; without it
+  batches alternate 1, 7, 1, 7 at concurrency 8). A batch stops early only when all its requests are gone; one that
+  leaves or times out just gets no answer. Instruction edits run alone.
 - Streams (`stream: true`): the step callback sends each streaming request a progress event every step and, at
   evenly spaced steps, previews decoded cheaply (imageserver/previews.py); the event loop upscales and encodes them.
 - Limits are checked before any work: prompt characters, then prompt tokens (a copy of the pipeline's tokenizer, in

@@ -97,6 +97,8 @@ class ServerOptions(BaseModel):
     max_batch: int = Field(1, ge=1, description="most images one pipeline call makes from queued requests of one "
                            "shape (task, size, steps, guidance, strength); 1: every request runs alone. Memory grows "
                            "with the batch: raise it where the device has room")
+    batch_wait: float = Field(0.05, ge=0, le=10, description="seconds a batch waits for more requests of its shape "
+                              "when the last batch held several (their clients are sending again); 0: never waits")
     preview_vae: str | None = Field(None, description="an AutoencoderTiny (folder or repo id, e.g. madebyollin/taesd) "
                                     "that decodes streamed partial images; default: a linear latent-to-RGB map fitted "
                                     "to the model's own VAE at load (cheaper, blurrier)")
@@ -107,8 +109,9 @@ class ServerOptions(BaseModel):
                                           "cuts long prompts, as Diffusers does)")
     max_input_pixels: int = Field(50_000_000, ge=64, description="largest uploaded image or mask in pixels (width "
                                   "x height), checked from its header before it is decoded")
-    max_input_images: int | None = Field(None, ge=1, description="most input images of one edit; default: what the "
-                                         "pipeline takes (several for QwenImageEditPlus and FLUX.2, else 1)")
+    max_input_images: int | None = Field(None, ge=1, description="most input images of one edit by an instruction "
+                                         "pipeline; default: what the pipeline takes (several for QwenImageEditPlus "
+                                         "and FLUX.2, else 1). Image-to-image and inpainting take one")
 
     @field_validator("default_size")
     @classmethod

@@ -62,7 +62,7 @@ def create_app(source: str, served_name: str, opts: ServerOptions, pipes: Pipeli
     pipes = pipes or Pipelines(source, opts)
     memory = Memory()
     files = FileStore(opts.files_ttl, opts.files_max)
-    worker = Worker(pipes, memory, on_load_failure or (lambda reason: None), opts.max_batch)
+    worker = Worker(pipes, memory, on_load_failure or (lambda reason: None), opts.max_batch, opts.batch_wait)
     created = int(time.time())
 
     @contextlib.asynccontextmanager

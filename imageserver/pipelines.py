@@ -160,7 +160,10 @@ class Pipelines:
         raise BadRequest(f"this model ({type(self.base).__name__}) cannot {what}: {self.unsupported[task]}", param)
 
     def max_input_images(self) -> int:
-        """The most input images one edit may send: args.max_input_images, else the pipeline family's, else 1."""
+        """The most input images one edit may send: 1 for image-to-image and inpainting; for a pipeline that edits by
+        instruction, args.max_input_images, else its family's (MULTI_IMAGE), else 1."""
+        if self.base is not None and not self.is_instruction_edit():
+            return 1
         if self.opts.max_input_images is not None:
             return self.opts.max_input_images
         name = type(self.base).__name__ if self.base is not None else (self.opts.pipeline or "")

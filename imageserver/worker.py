@@ -95,11 +95,13 @@ class Worker:
     """The one thread that loads the pipeline and then runs jobs in arrival order, batching queued jobs of one shape."""
 
     def __init__(self, pipes: Pipelines, memory: Memory, on_load_failure: Callable[[str], None],
-                 max_batch: int = 1) -> None:
+                 max_batch: int = 1, batch_wait: float = 0.0) -> None:
         self.pipes = pipes
         self.memory = memory
         self.on_load_failure = on_load_failure
         self.max_batch = max_batch
+        self.batch_wait = batch_wait
+        self._last_batch = 1  # requests in the last batch: several means clients send concurrently
         self.ready = threading.Event()
         self.pending: deque[Job | None] = deque()
         self.cond = threading.Condition()
@@ -155,17 +157,30 @@ class Worker:
             head = self.pending.popleft()
             if head is None:
                 return None
-            batch, key, images = [head], head.work.key(), head.work.n
-            if key is not None and self.max_batch > 1:
-                for job in list(self.pending):
-                    if job is None or images >= self.max_batch:
-                        break
-                    if (not job.cancelled.is_set() and job.work.key() == key
-                            and images + job.work.n <= self.max_batch):
-                        self.pending.remove(job)
-                        batch.append(job)
-                        images += job.work.n
+            batch, key = [head], head.work.key()
+            if key is None or self.max_batch == 1:
+                return batch
+            images = self._gather(batch, key, head.work.n)
+            # after a batch of several, the clients it answered are likely sending their next requests right now
+            deadline = time.monotonic() + (self.batch_wait if self._last_batch > 1 else 0.0)
+            while images < self.max_batch and (left := deadline - time.monotonic()) > 0:
+                self.cond.wait(left)
+                if None in self.pending:
+                    break
+                images = self._gather(batch, key, images)
+            self._last_batch = len(batch)
             return batch
+
+    def _gather(self, batch: list[Job], key: tuple, images: int) -> int:
+        """Move the queued jobs of `key` that fit into `batch` (under the lock); the batch's images then."""
+        for job in list(self.pending):
+            if job is None or images >= self.max_batch:
+                break
+            if not job.cancelled.is_set() and job.work.key() == key and images + job.work.n <= self.max_batch:
+                self.pending.remove(job)
+                batch.append(job)
+                images += job.work.n
+        return images
 
     def _main(self) -> None:
         try:

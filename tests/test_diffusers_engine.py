@@ -263,7 +263,7 @@ def test_still_serves_after_bad_input_and_eight_concurrent_requests(client, hub)
         sizes = list(pool.map(one, range(8)))
     assert sizes == [(64, 64)] * 8
     after = httpx.get(engine_url(hub, "tiny-sd") + "/memory").json()["requests"]
-    assert after - before == 8, "each request is one job on the worker"
+    assert after - before == 8, "each request is counted once, batched or not"
 
 
 # Many short steps: about a minute of work on one CPU thread, and each step is a point where a job can stop.
