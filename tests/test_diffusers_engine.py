@@ -159,8 +159,11 @@ def client(hub) -> openai.OpenAI:
 
 
 def engine_url(hub: HubProcess, model: str) -> str:
-    """The engine's own address (for /memory and client-disconnect checks), once it runs."""
+    """The engine's own address (for /memory and client-disconnect checks), started if it is not running."""
     entry = hub.models()[model]
+    if entry["state"] != "ready":
+        httpx.post(f"{hub.url}/hub/models/{model}/load", timeout=300).raise_for_status()
+        entry = hub.models()[model]
     assert entry["state"] == "ready", entry
     return f"http://127.0.0.1:{entry['process']['port']}"
 
@@ -507,9 +510,12 @@ def test_prompt_limits_are_400s_naming_the_limit(client):
 
 def test_invalid_unicode_is_400(hub):
     raw = b'{"model": "tiny-sd", "prompt": "a \\ud800 cat"}'  # a lone surrogate: valid JSON, not encodable text
-    r = httpx.post(hub.v1 + "/images/generations", content=raw, headers={"content-type": "application/json"})
+    headers = {"content-type": "application/json"}
+    r = httpx.post(engine_url(hub, "tiny-sd") + "/v1/images/generations", content=raw, headers=headers)
     assert r.status_code == 400, r.text
     assert r.json()["error"]["param"] == "prompt" and "Unicode" in r.json()["error"]["message"]
+    r = httpx.post(hub.v1 + "/images/generations", content=raw, headers=headers)  # the hub refuses it first
+    assert r.status_code == 400 and "surrogate" in r.json()["error"]["message"], r.text
 
 
 def test_several_images_to_a_single_image_model_is_400(client):
