@@ -2,9 +2,9 @@
 
     python -m benchmarks.run [--hub URL] [--only NAME ...] [--out DIR] [--list]
 
-Without --only, every scenario of DEMO_SCENARIOS (benchmarks/scenarios.py) runs. The router-overhead, load and
-contention scenarios start their own hubs: use `python -m benchmarks.router_overhead`, `python -m benchmarks.load`
-and `python -m benchmarks.contention` for them.
+Without --only, every scenario of DEMO_SCENARIOS (benchmarks/scenarios.py) runs. The router-overhead, load,
+contention and image-batching scenarios start their own hubs: use `python -m benchmarks.router_overhead`,
+`python -m benchmarks.load`, `python -m benchmarks.contention` and `python -m benchmarks.image_batching` for them.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 
 from benchmarks.contention import run_contention
+from benchmarks.image_batching import run_image_batching, run_previews
 from benchmarks.images import run_images
 from benchmarks.lifecycle import run_cold_start, run_swap
 from benchmarks.load import run_load
@@ -28,6 +29,8 @@ from benchmarks.scenarios import (
     DEMO_SCENARIOS,
     ColdStartScenario,
     ContentionScenario,
+    ImageBatchingScenario,
+    ImagePreviewScenario,
     ImageScenario,
     LoadScenario,
     MemoryScenario,
@@ -45,6 +48,10 @@ def run_scenario(hub: HubClient, sc: Scenario) -> list[dict[str, Any]]:
         return run_text(hub, sc)[0]
     if isinstance(sc, ImageScenario):
         return run_images(hub, sc)
+    if isinstance(sc, ImagePreviewScenario):
+        return run_previews(hub, sc)
+    if isinstance(sc, ImageBatchingScenario):
+        return run_image_batching(sc)[0]
     if isinstance(sc, MemoryScenario):
         return measure_memory(hub, sc)
     if isinstance(sc, ColdStartScenario):

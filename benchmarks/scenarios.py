@@ -43,6 +43,39 @@ class ImageScenario(_Scenario):
     warmup: int = Field(1, ge=0)
 
 
+class ImagePreviewScenario(_Scenario):
+    """What streamed partial images cost: seconds per image with stream=true, partial_images and the per-step progress
+    comments, against the same request unstreamed, interleaved."""
+
+    kind: Literal["image_previews"] = "image_previews"
+    model: str
+    sizes: list[str] = ["64x64", "128x128"]
+    steps: int = Field(8, ge=2)
+    partial_images: int = Field(3, ge=0, le=3)
+    repetitions: int = Field(10, ge=1, description="back-to-back pairs (plain, streamed) per size")
+    prompt: str = "a lighthouse on a cliff at sunset"
+    warmup: int = Field(1, ge=0)
+
+
+class ImageBatchingScenario(_Scenario):
+    """Images per second at one concurrency with batching off and on: two registrations of one Diffusers pipeline
+    (max_batch 1 and max_batch N) in a hub of the benchmark's own, measured in interleaved rounds."""
+
+    kind: Literal["image_batching"] = "image_batching"
+    source: str | None = Field(None, description="a Diffusers pipeline folder or repo id (default: the demo's "
+                               "tiny-sd under HUB_DEMO_MODELS, else .hub/models)")
+    device: str = "cpu"
+    cpu_threads: int | None = Field(1, ge=1, description="torch threads of each engine on CPU")
+    size: str = "64x64"
+    steps: int = Field(4, ge=1)
+    concurrency: int = Field(8, ge=1)
+    requests: int = Field(16, ge=1, description="requests per variant and round")
+    max_batch: int = Field(8, ge=2, description="max_batch of the batching variant")
+    rounds: int = Field(6, ge=1, description="rounds, each measuring both variants back to back")
+    warmup: int = Field(2, ge=0, description="requests per variant sent first and not counted")
+    prompt: str = "a lighthouse on a cliff at sunset"
+
+
 class MemoryScenario(_Scenario):
     """Peak memory per model while it serves a small workload; the peaks go to the memory ledger."""
 
@@ -122,8 +155,8 @@ class ContentionScenario(_Scenario):
 
 
 Scenario = Annotated[
-    TextScenario | ImageScenario | MemoryScenario | ColdStartScenario | SwapScenario | RouterOverheadScenario
-    | LoadScenario | ContentionScenario,
+    TextScenario | ImageScenario | ImagePreviewScenario | ImageBatchingScenario | MemoryScenario | ColdStartScenario
+    | SwapScenario | RouterOverheadScenario | LoadScenario | ContentionScenario,
     Field(discriminator="kind"),
 ]
 
@@ -133,6 +166,7 @@ DEMO_IMAGE = "tiny-sd"
 DEMO_SCENARIOS: list[Scenario] = [
     TextScenario(name="demo-text", model=DEMO_TEXT, concurrency=[1, 2, 4], requests=8, max_tokens=32),
     ImageScenario(name="demo-image", model=DEMO_IMAGE, sizes=["64x64", "128x128"], steps=[2, 4], n=[1, 2]),
+    ImagePreviewScenario(name="demo-image-previews", model=DEMO_IMAGE),
     MemoryScenario(name="demo-memory", models=[DEMO_TEXT, DEMO_IMAGE]),
     ColdStartScenario(name="demo-cold-text", model=DEMO_TEXT),
     ColdStartScenario(name="demo-cold-image", model=DEMO_IMAGE),

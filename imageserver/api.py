@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 _SIZE = re.compile(r"^\s*(\d+)\s*[xX]\s*(\d+)\s*$")
 MB = 1024 * 1024
@@ -42,6 +42,28 @@ def parse_size(value: str, max_size: int, param: str = "size") -> tuple[int, int
     return w, h
 
 
+QUALITIES = ("low", "medium", "high")
+OUTPUT_FORMATS = ("png", "jpeg", "webp")
+MAX_PARTIAL_IMAGES = 3
+
+
+class QualitySteps(BaseModel):
+    """Denoising steps for each `quality` of a request; a level left out is derived from `default_steps` when the
+    options are validated (low 30%, medium 60%, high 100% of it, at least 1)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    low: int | None = Field(None, ge=1, le=500, description="steps for quality=low")
+    medium: int | None = Field(None, ge=1, le=500, description="steps for quality=medium")
+    high: int | None = Field(None, ge=1, le=500, description="steps for quality=high")
+
+    def resolved(self, default_steps: int) -> QualitySteps:
+        """These steps with every level set."""
+        share = {"low": 0.3, "medium": 0.6, "high": 1.0}
+        return QualitySteps(**{q: v if (v := getattr(self, q)) is not None else max(1, round(default_steps * f))
+                               for q, f in share.items()})
+
+
 class ServerOptions(BaseModel):
     """The `args` table of a diffusers model; the hub passes it to the image server as JSON (--options)."""
 
@@ -63,9 +85,33 @@ class ServerOptions(BaseModel):
     max_upload_mb: float = Field(20, gt=0)
     default_size: str = "1024x1024"
     default_steps: int = Field(30, ge=1)
+    default_guidance: float | None = Field(None, ge=0, description="guidance_scale when a request gives none "
+                                           "(default: the pipeline's own)")
+    quality_steps: QualitySteps = Field(default_factory=QualitySteps,
+                                        description="steps for a request's quality low, medium or high when it gives "
+                                        "no num_inference_steps (quality auto, or none: default_steps); levels left "
+                                        "out: 30%, 60% and 100% of default_steps")
     request_timeout: float = Field(600, gt=0)
     files_ttl: float = Field(3600, gt=0, description="seconds an image made with response_format=url is kept")
     files_max: int = Field(256, ge=1, description="images kept for response_format=url (oldest go first)")
+    max_batch: int = Field(1, ge=1, description="most images one pipeline call makes from queued requests of one "
+                           "shape (task, size, steps, guidance, strength); 1: every request runs alone. Memory grows "
+                           "with the batch: raise it where the device has room")
+    batch_wait: float = Field(0.05, ge=0, le=10, description="seconds a batch waits for more requests of its shape "
+                              "when the last batch held several (their clients are sending again); 0: never waits")
+    preview_vae: str | None = Field(None, description="an AutoencoderTiny (folder or repo id, e.g. madebyollin/taesd) "
+                                    "that decodes streamed partial images; default: a linear latent-to-RGB map fitted "
+                                    "to the model's own VAE at load (cheaper, blurrier)")
+    max_prompt_chars: int = Field(32000, ge=1, description="longest prompt (and negative_prompt) in characters")
+    max_prompt_tokens: int | None = Field(None, ge=0, description="longest prompt in tokens of the pipeline's "
+                                          "tokenizer; default: what the pipeline reads (e.g. 77 for CLIP), so a longer "
+                                          "prompt is refused instead of silently cut; 0: no token limit (the pipeline "
+                                          "cuts long prompts, as Diffusers does)")
+    max_input_pixels: int = Field(50_000_000, ge=64, description="largest uploaded image or mask in pixels (width "
+                                  "x height), checked from its header before it is decoded")
+    max_input_images: int | None = Field(None, ge=1, description="most input images of one edit by an instruction "
+                                         "pipeline; default: what the pipeline takes (several for QwenImageEditPlus "
+                                         "and FLUX.2, else 1). Image-to-image and inpainting take one")
 
     @field_validator("default_size")
     @classmethod
@@ -75,6 +121,11 @@ class ServerOptions(BaseModel):
         except BadRequest as err:
             raise ValueError(err.message) from None
         return v
+
+    @model_validator(mode="after")
+    def _quality_steps(self) -> ServerOptions:
+        self.quality_steps = self.quality_steps.resolved(self.default_steps)
+        return self
 
 
 class _Request(BaseModel):
@@ -87,13 +138,16 @@ class _Request(BaseModel):
     n: int = Field(1, ge=1)
     size: str | None = None
     response_format: Literal["b64_json", "url"] | None = None
-    output_format: Literal["png"] | None = None
-    user: str | None = None
-    quality: str | None = None  # accepted and ignored (OpenAI's own knobs)
-    background: str | None = None
+    output_format: Literal["png", "jpeg", "webp"] | None = None
+    output_compression: int | None = Field(None, ge=0, le=100)
+    quality: Literal["low", "medium", "high", "auto", "standard", "hd"] | None = None
+    background: Literal["transparent", "opaque", "auto"] | None = None
+    stream: bool | None = None
+    partial_images: int | None = Field(None, ge=0, le=MAX_PARTIAL_IMAGES)
+    user: str | None = None  # accepted and ignored, as OpenAI's own knobs below
+    safety_identifier: str | None = None
     moderation: str | None = None
     style: str | None = None
-    stream: Literal[False] | None = None
     # extensions
     negative_prompt: str | None = None
     num_inference_steps: int | None = Field(None, ge=1, le=500)
@@ -121,6 +175,8 @@ class EditRequest(_Request):
 
 def validate_request(cls: type[_Request], data: dict[str, Any]) -> _Request:
     """`cls` from `data`, or a BadRequest naming the first offending parameter."""
+    for key, value in data.items():
+        check_unicode(value, str(key))
     try:
         return cls.model_validate(data)
     except ValidationError as err:
@@ -139,3 +195,53 @@ def check_n(n: int, max_n: int) -> None:
     """BadRequest when more images are asked for than the model allows in one request."""
     if n > max_n:
         raise BadRequest(f"'n' is {n}: this model makes at most {max_n} images per request", "n")
+
+
+def check_unicode(value: Any, param: str) -> None:
+    """BadRequest when a string holds what UTF-8 cannot encode (a lone UTF-16 surrogate such as "\\ud800")."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as err:
+            raise BadRequest(f"'{param}' is not valid Unicode: {err.reason} at character {err.start} "
+                             f"({value[err.start]!a}); send UTF-8 text", param) from None
+
+
+def check_prompt_chars(req: _Request, max_chars: int) -> None:
+    """BadRequest when the prompt or negative prompt is longer than `max_chars` characters."""
+    for param in ("prompt", "negative_prompt"):
+        text = getattr(req, param)
+        if text is not None and len(text) > max_chars:
+            raise BadRequest(f"'{param}' is {len(text)} characters: this model takes at most {max_chars} "
+                             "(max_prompt_chars)", param)
+
+
+def resolve_steps(req: _Request, opts: ServerOptions) -> tuple[int, str]:
+    """Denoising steps of a request and the quality it honestly reports: an explicit num_inference_steps wins, then
+    low, medium or high (standard is medium, hd is high) from quality_steps; auto or none is default_steps. The
+    quality is "auto" unless a level chose the steps."""
+    if req.num_inference_steps is not None:
+        return req.num_inference_steps, "auto"
+    quality = {"standard": "medium", "hd": "high"}.get(req.quality or "auto", req.quality or "auto")
+    if quality == "auto":
+        return opts.default_steps, "auto"
+    return getattr(opts.quality_steps, quality), quality
+
+
+def check_output(req: _Request, can_alpha: bool = False) -> str:
+    """The output format of a request (png unless it asks for jpeg or webp); BadRequest for what cannot be made."""
+    if req.background == "transparent" and not can_alpha:
+        raise BadRequest("background=transparent: this model cannot make transparent images (Diffusers pipelines "
+                         "make opaque RGB): use background=opaque or auto", "background")
+    if req.stream and req.response_format == "url":
+        raise BadRequest("a streamed response carries its images as b64_json: leave out response_format=url or stream",
+                         "response_format")
+    return req.output_format or "png"
+
+
+def partial_steps(total: int, count: int) -> list[int]:
+    """The steps (1-based) after which `count` partial images are sent: evenly spaced before the last step, so fewer
+    than `count` when there are too few steps."""
+    if count <= 0 or total <= 1:
+        return []
+    return sorted({min(total - 1, max(1, int(k * total / (count + 1) + 0.5))) for k in range(1, count + 1)})

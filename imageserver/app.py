@@ -1,8 +1,10 @@
 """The image server's HTTP side: the FastAPI app behind the OpenAI Images API.
 
 Routes: POST /v1/images/generations (JSON), POST /v1/images/edits (multipart, as the openai SDK sends it: `image`,
-or `image[]` repeated for several, and an optional `mask`), GET /health (200 once the pipeline is loaded),
-GET /v1/models, GET /memory (peak memory of the requests), GET /files/{name} (images made with response_format=url).
+or `image[]` repeated for several, and an optional `mask`), both streamed as server-sent events with `stream: true`
+(imageserver/streaming.py); GET /health (200 once the pipeline is loaded), GET /v1/models (with the model's defaults
+and limits), GET /memory (peak memory of the requests), GET /stats (requests, batches and pipeline calls),
+GET /files/{name} (images made with response_format=url).
 
 Sleep (the hub's sleep tier): POST /sleep drops the pipeline and keeps the process, its imports and the model's path
 (GET /health answers 200 "sleeping": the server is alive; image requests get 503); POST /wake loads it again on the
@@ -11,33 +13,41 @@ worker thread and answers once it serves.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import json
 import logging
+import secrets
 import time
 from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from imageserver.api import (
+    MAX_PARTIAL_IMAGES,
     MB,
+    OUTPUT_FORMATS,
     BadRequest,
     EditRequest,
     GenerationRequest,
     ServerOptions,
     check_n,
+    check_output,
+    check_prompt_chars,
     parse_size,
+    resolve_steps,
     validate_request,
 )
 from imageserver.files import FileStore
-from imageserver.images import decode_image, encode_png, fit_size, mask_for_diffusers
+from imageserver.images import MEDIA_TYPES, decode_image, encode_image, fit_size, mask_for_diffusers
 from imageserver.pipelines import Memory, Pipelines
-from imageserver.worker import ClientGone, Job, JobCancelled, RequestTimeout, Worker
+from imageserver.streaming import failure, stream_job
+from imageserver.worker import Work, Worker
 
 log = logging.getLogger("imageserver")
 
@@ -56,7 +66,7 @@ def create_app(source: str, served_name: str, opts: ServerOptions, pipes: Pipeli
     pipes = pipes or Pipelines(source, opts)
     memory = Memory()
     files = FileStore(opts.files_ttl, opts.files_max)
-    worker = Worker(pipes, memory, on_load_failure or (lambda reason: None))
+    worker = Worker(pipes, memory, on_load_failure or (lambda reason: None), opts.max_batch, opts.batch_wait)
     created = int(time.time())
 
     @contextlib.asynccontextmanager
@@ -86,35 +96,57 @@ def create_app(source: str, served_name: str, opts: ServerOptions, pipes: Pipeli
         if not worker.ready.is_set():
             raise StarletteHTTPException(503, "the pipeline is still loading: retry when GET /health answers 200")
 
-    async def answer(request: Request, fn: Callable[[Job], Any], response_format: str | None) -> Response:
+    async def check_prompts(req: GenerationRequest | EditRequest) -> None:
+        check_prompt_chars(req, opts.max_prompt_chars)
+        for param in ("prompt", "negative_prompt"):
+            if (text := getattr(req, param)) is not None:
+                await asyncio.to_thread(pipes.check_prompt_tokens, text, param)
+
+    def make_work(req: GenerationRequest | EditRequest, task: str, param: str, w: int, h: int, steps: int,
+                  **extra: Any) -> Work:
+        guidance = req.guidance_scale if req.guidance_scale is not None else opts.default_guidance
+        shared = {"width": w, "height": h, "num_inference_steps": steps, "guidance_scale": guidance}
+        if "strength" in extra:
+            shared["strength"] = extra.pop("strength")
+        seed = req.seed if req.seed is not None else secrets.randbits(63)
+        return Work(task, param, shared, req.prompt, req.negative_prompt, req.n, seed,
+                    partial_images=(req.partial_images or 0) if req.stream else 0, **extra)
+
+    async def answer(request: Request, req: GenerationRequest | EditRequest, work: Work, kind: str, quality: str
+                     ) -> Response:
+        """Run the work; the images as JSON, or as a stream of events."""
+        w, h = work.shared["width"], work.shared["height"]
+        fmt = check_output(req)
+
+        def finish(images: list[Any]) -> list[bytes]:
+            return [encode_image(im.resize((w, h)) if im.size != (w, h) else im, fmt, req.output_compression)
+                    for im in images]
+
+        if req.stream:
+            job = worker.submit(work, stream=True)
+            meta = {"size": f"{w}x{h}", "quality": quality, "background": "opaque", "output_format": fmt}
+            events = stream_job(job, kind, meta, finish, req.output_compression, opts.request_timeout,
+                                request.is_disconnected)
+            return StreamingResponse(events, media_type="text/event-stream",
+                                     headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
         try:
-            pngs, peak = await worker.call(fn, opts.request_timeout, request.is_disconnected)
+            images, peak = await worker.call(work, opts.request_timeout, request.is_disconnected)
         except BadRequest:
             raise
-        except RequestTimeout:
-            return error_response(504, f"the request took longer than request_timeout ({opts.request_timeout:g}s, "
-                                  "queue included): ask for fewer steps, a smaller size or fewer images, or raise "
-                                  "args.request_timeout", "server_error", "timeout")
-        except ClientGone:
-            return error_response(499, "the client went away", "server_error", "client_closed")
-        except JobCancelled:
-            return error_response(504, "the request was cancelled", "server_error", "cancelled")
         except Exception as err:
-            log.exception("pipeline call failed")
-            return error_response(500, f"the pipeline failed: {type(err).__name__}: {err}", "server_error",
-                                  "pipeline_error")
-        if response_format == "url":
+            status, error = failure(err, opts.request_timeout)
+            return JSONResponse({"error": error}, status)
+        blobs = await asyncio.to_thread(finish, images)
+        if req.response_format == "url":
             base = request.headers.get("x-hub-files-url") or (str(request.base_url) + "files")
-            data = [{"url": f"{base.rstrip('/')}/{files.put(png)}"} for png in pngs]
+            data = [{"url": f"{base.rstrip('/')}/{files.put(blob, fmt)}"} for blob in blobs]
         else:
-            data = [{"b64_json": base64.b64encode(png).decode()} for png in pngs]
-        body = {"created": int(time.time()), "data": data, "output_format": "png"}
+            data = [{"b64_json": base64.b64encode(blob).decode()} for blob in blobs]
+        body = {"created": int(time.time()), "data": data, "output_format": fmt, "size": f"{w}x{h}",
+                "background": "opaque"}
+        if quality != "auto":
+            body["quality"] = quality
         return JSONResponse(body, headers={"x-peak-memory-mb": f"{peak:.1f}"})
-
-    def common_kwargs(req: GenerationRequest | EditRequest) -> dict[str, Any]:
-        return {"prompt": req.prompt, "negative_prompt": req.negative_prompt,
-                "num_inference_steps": req.num_inference_steps or opts.default_steps,
-                "guidance_scale": req.guidance_scale}
 
     @app.get("/health")
     async def health() -> JSONResponse:
@@ -141,20 +173,44 @@ def create_app(source: str, served_name: str, opts: ServerOptions, pipes: Pipeli
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
-        return {"object": "list", "data": [{"id": served_name, "object": "model", "created": created,
-                                            "owned_by": "diffusers", "root": source}]}
+        ready = worker.ready.is_set()
+        counter = pipes.token_counter if ready else None
+        entry = {
+            "id": served_name, "object": "model", "created": created, "owned_by": "diffusers", "root": source,
+            "default_size": opts.default_size, "default_steps": opts.default_steps, "max_size": opts.max_size,
+            "max_n": opts.max_n,
+            "default_guidance": opts.default_guidance if opts.default_guidance is not None or not ready
+            else pipes.default_guidance(),
+            "quality_steps": opts.quality_steps.model_dump(),
+            "output_formats": list(OUTPUT_FORMATS), "backgrounds": ["opaque", "auto"],
+            "max_partial_images": MAX_PARTIAL_IMAGES if (pipes.previewer is not None or not ready) else 0,
+            "previews": getattr(pipes.previewer, "kind", None),
+            "max_batch": opts.max_batch, "max_input_images": pipes.max_input_images(),
+            "multi_image": pipes.max_input_images() > 1, "max_prompt_chars": opts.max_prompt_chars,
+            "max_prompt_tokens": counter[1] if counter else (opts.max_prompt_tokens or None),
+            "max_input_pixels": opts.max_input_pixels, "max_upload_mb": opts.max_upload_mb,
+            "pipeline": type(pipes.base).__name__ if ready else opts.pipeline, "ready": ready,
+        }
+        return {"object": "list", "data": [entry]}
 
     @app.get("/memory")
     async def memory_report() -> dict[str, Any]:
         return memory.snapshot()
 
+    @app.get("/stats")
+    async def stats() -> dict[str, Any]:
+        return {**worker.stats, "pipeline_calls": pipes.calls, "max_batch": opts.max_batch,
+                "queued": sum(1 for j in list(worker.pending) if j is not None),
+                "pipeline_s": round(pipes.call_seconds, 4), "step_callback_s": round(pipes.callback_seconds, 4)}
+
     @app.get("/files/{name}")
     async def get_file(name: str) -> Response:
-        png = files.get(name)
-        if png is None:
+        data = files.get(name)
+        if data is None:
             raise StarletteHTTPException(404, f"image {name!r} is gone (images are kept {opts.files_ttl:g}s, "
                                               f"at most {opts.files_max}): generate it again")
-        return Response(png, media_type="image/png", headers={"cache-control": "private, max-age=3600"})
+        media = MEDIA_TYPES.get(name.rpartition(".")[2], "application/octet-stream")
+        return Response(data, media_type=media, headers={"cache-control": "private, max-age=3600"})
 
     @app.post("/v1/images/generations")
     async def generations(request: Request) -> Response:
@@ -167,62 +223,23 @@ def create_app(source: str, served_name: str, opts: ServerOptions, pipes: Pipeli
             raise BadRequest("the request body must be a JSON object")
         req = validate_request(GenerationRequest, body)
         check_n(req.n, opts.max_n)
+        check_output(req)
+        await check_prompts(req)
         w, h = parse_size(req.size if req.size not in (None, "auto") else opts.default_size, opts.max_size)
-        kwargs = {**common_kwargs(req), "width": w, "height": h}
-
-        def job(j: Job) -> list[bytes]:
-            pipe = pipes.get("text2image", "model")  # derived on the worker thread, never beside a running call
-            return [encode_png(im) for im in pipes.run(pipe, kwargs, req.n, req.seed, j)]
-
-        return await answer(request, job, req.response_format)
+        steps, quality = resolve_steps(req, opts)
+        return await answer(request, req, make_work(req, "text2image", "model", w, h, steps), "image_generation",
+                            quality)
 
     @app.post("/v1/images/edits")
     async def edits(request: Request) -> Response:
         ensure_ready()
-        limit = int(opts.max_upload_mb * MB)
-        too_big = BadRequest(f"the upload is larger than {opts.max_upload_mb:g} MB (images and mask together): "
-                             "send smaller images", "image")
-        if not request.headers.get("content-type", "").startswith("multipart/form-data"):
-            raise BadRequest("/v1/images/edits takes multipart/form-data with image, prompt (and mask) fields")
-        with contextlib.suppress(ValueError):
-            if int(request.headers.get("content-length", "0")) > limit:
-                raise too_big
-        try:
-            form = await request.form(max_files=32, max_fields=64)
-        except Exception as err:
-            raise BadRequest(f"the multipart body cannot be parsed: {err}") from None
-        try:
-            fields: dict[str, Any] = {}
-            uploads: dict[str, list[UploadFile]] = {"image": [], "mask": []}
-            for key, value in form.multi_items():
-                if key in FILE_FIELDS:
-                    param = "mask" if key == "mask" else "image"
-                    if not isinstance(value, UploadFile):
-                        raise BadRequest(f"'{param}' must be a file upload, not a text field", param)
-                    uploads[param].append(value)
-                elif isinstance(value, UploadFile):
-                    raise BadRequest(f"unknown file parameter '{key}' (this server takes image and mask)", key)
-                else:
-                    fields[key] = value
-            req = validate_request(EditRequest, fields)
-            if not uploads["image"]:
-                raise BadRequest("missing required parameter 'image' (one or more image files)", "image")
-            if len(uploads["mask"]) > 1:
-                raise BadRequest("send at most one 'mask'", "mask")
-            total = 0
-            raw: dict[str, list[bytes]] = {"image": [], "mask": []}
-            for param, ups in uploads.items():
-                for up in ups:
-                    data = await up.read()
-                    total += len(data)
-                    if total > limit:
-                        raise too_big
-                    raw[param].append(data)
-        finally:
-            await form.close()
+        req, raw = await read_edit_form(request, opts)
         check_n(req.n, opts.max_n)
-        images = [decode_image(d, "image") for d in raw["image"]]
-        mask = decode_image(raw["mask"][0], "mask") if raw["mask"] else None
+        check_output(req)
+        await check_prompts(req)
+        images = [await asyncio.to_thread(decode_image, d, "image", opts.max_input_pixels) for d in raw["image"]]
+        mask = (await asyncio.to_thread(decode_image, raw["mask"][0], "mask", opts.max_input_pixels)
+                if raw["mask"] else None)
         first = images[0]
         if mask is not None and mask.size != first.size:
             raise BadRequest(f"the mask is {mask.size[0]}x{mask.size[1]} but the image is "
@@ -232,30 +249,71 @@ def create_app(source: str, served_name: str, opts: ServerOptions, pipes: Pipeli
         else:
             w, h = fit_size(*first.size, opts.max_size)
         images = [im.convert("RGB").resize((w, h)) if im.size != (w, h) else im.convert("RGB") for im in images]
-        steps = req.num_inference_steps or opts.default_steps
+        steps, quality = resolve_steps(req, opts)
         strength = req.strength if req.strength is not None else DEFAULT_STRENGTH
-        kwargs = {**common_kwargs(req), "width": w, "height": h}
         if mask is not None:
-            task, param = "inpaint", "mask"
-            kwargs |= {"image": images[0], "mask_image": mask_for_diffusers(mask).resize((w, h)), "strength": strength}
+            work = make_work(req, "inpaint", "mask", w, h, steps, image=images[0],
+                             mask=mask_for_diffusers(mask).resize((w, h)), strength=strength)
         elif pipes.is_instruction_edit():
-            task, param = "edit", "image"
-            kwargs |= {"image": images if len(images) > 1 else images[0]}
+            most = pipes.max_input_images()
+            if len(images) > most:
+                raise BadRequest(f"this model ({type(pipes.base).__name__}) takes at most {most} input image"
+                                 f"{'s' if most > 1 else ''} (max_input_images); {len(images)} were sent", "image")
+            work = make_work(req, "edit", "image", w, h, steps, image=images if len(images) > 1 else images[0])
         else:
-            task, param = "image2image", "image"
-            kwargs |= {"image": images[0], "strength": strength}
-        if "strength" in kwargs:
+            work = make_work(req, "image2image", "image", w, h, steps, image=images[0], strength=strength)
+        if work.task != "edit":
             if len(images) > 1:
                 raise BadRequest(f"this model edits one image at a time; {len(images)} were sent", "image")
             if int(steps * strength) < 1:
                 raise BadRequest(f"strength {strength:g} x num_inference_steps {steps} leaves no denoising step: "
                                  "raise either", "strength")
-
-        def job(j: Job) -> list[bytes]:
-            pipe = pipes.get(task, param)
-            return [encode_png(im.resize((w, h)) if im.size != (w, h) else im)
-                    for im in pipes.run(pipe, kwargs, req.n, req.seed, j)]
-
-        return await answer(request, job, req.response_format)
+        return await answer(request, req, work, "image_edit", quality)
 
     return app
+
+
+async def read_edit_form(request: Request, opts: ServerOptions) -> tuple[EditRequest, dict[str, list[bytes]]]:
+    """The fields and the uploaded bytes (image, mask) of an edit's multipart body, within max_upload_mb."""
+    limit = int(opts.max_upload_mb * MB)
+    too_big = BadRequest(f"the upload is larger than {opts.max_upload_mb:g} MB (images and mask together): "
+                         "send smaller images", "image")
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        raise BadRequest("/v1/images/edits takes multipart/form-data with image, prompt (and mask) fields")
+    with contextlib.suppress(ValueError):
+        if int(request.headers.get("content-length", "0")) > limit:
+            raise too_big
+    try:
+        form = await request.form(max_files=32, max_fields=64)
+    except Exception as err:
+        raise BadRequest(f"the multipart body cannot be parsed: {err}") from None
+    try:
+        fields: dict[str, Any] = {}
+        uploads: dict[str, list[UploadFile]] = {"image": [], "mask": []}
+        for key, value in form.multi_items():
+            if key in FILE_FIELDS:
+                param = "mask" if key == "mask" else "image"
+                if not isinstance(value, UploadFile):
+                    raise BadRequest(f"'{param}' must be a file upload, not a text field", param)
+                uploads[param].append(value)
+            elif isinstance(value, UploadFile):
+                raise BadRequest(f"unknown file parameter '{key}' (this server takes image and mask)", key)
+            else:
+                fields[key] = value
+        req = validate_request(EditRequest, fields)
+        if not uploads["image"]:
+            raise BadRequest("missing required parameter 'image' (one or more image files)", "image")
+        if len(uploads["mask"]) > 1:
+            raise BadRequest("send at most one 'mask'", "mask")
+        total = 0
+        raw: dict[str, list[bytes]] = {"image": [], "mask": []}
+        for param, ups in uploads.items():
+            for up in ups:
+                data = await up.read()
+                total += len(data)
+                if total > limit:
+                    raise too_big
+                raw[param].append(data)
+    finally:
+        await form.close()
+    return req, raw

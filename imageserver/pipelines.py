@@ -1,24 +1,32 @@
 """The Diffusers pipeline: torch device and dtype from the options, loading the pipeline and the ones derived from it,
-calling it, and measuring the peak memory of each call."""
+calling it for a batch of jobs (progress, previews and cancellation from its step callback), what it can take (prompt
+tokens, input images, default guidance), and measuring the peak memory of each call."""
 
 from __future__ import annotations
 
+import copy
 import gc
 import inspect
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, ClassVar
 
 import psutil
 
-from imageserver.api import MB, BadRequest, ServerOptions
-from imageserver.worker import Job, JobCancelled
+from imageserver.api import MB, BadRequest, ServerOptions, partial_steps
+from imageserver.previews import make_previewer
+from imageserver.worker import Job, JobCancelled, Partial, Progress
 
 log = logging.getLogger("imageserver")
 
 # Pipelines (class-name prefixes) that edit an image by instruction rather than denoising it from a noised copy.
-INSTRUCTION_EDIT = ("QwenImageEdit", "FluxKontext")
+INSTRUCTION_EDIT = ("QwenImageEdit", "FluxKontext", "Flux2")
+# Pipelines (class-name prefixes) that take several reference images in one edit, and how many by default. Diffusers'
+# signatures cannot tell: every pipeline's `image` accepts a list (a batch); these read a list as references.
+MULTI_IMAGE = {"QwenImageEditPlus": 3, "Flux2": 10}
+TOKENIZERS = ("tokenizer", "tokenizer_2", "tokenizer_3")
 
 
 def resolve_device(name: str, torch: Any) -> str:
@@ -54,6 +62,12 @@ class Pipelines:
         self.derived: dict[str, Any] = {}
         self.unsupported: dict[str, str] = {}
         self._offloaded: Any = None  # the pipeline whose offload hooks are installed
+        self.previewer: Any = None
+        self.token_counter: tuple[Any, int, str] | None = None  # (tokenizer copy, limit, name)
+        self._token_lock = threading.Lock()  # fast tokenizers refuse concurrent use ("Already borrowed")
+        self.calls = 0  # pipeline calls made
+        self.call_seconds = 0.0  # time in pipeline calls
+        self.callback_seconds = 0.0  # of which in the step callback of streaming calls (progress and previews)
 
     def load(self) -> None:
         """Load the pipeline from a local folder or a hub repo id and apply every option."""
@@ -100,11 +114,17 @@ class Pipelines:
         pipe.set_progress_bar_config(disable=True)
         self.base = pipe
         self._place(pipe)
+        self.previewer = make_previewer(pipe, o.preview_vae, self.device, dtype)
+        self.token_counter = self._token_counter(pipe)
+        log.info("partial images: %s; prompt token limit: %s; input images per edit: %d",
+                 getattr(self.previewer, "kind", "none"), self.token_counter[1] if self.token_counter else "none",
+                 self.max_input_images())
 
     def unload(self) -> None:
         """Drop the pipeline and those derived from it (sleep); the source, options and device stay, and `load`
         brings them back. CUDA's cached blocks go back to the driver."""
         self.base, self._offloaded = None, None
+        self.previewer, self.token_counter = None, None
         self.derived.clear()
         gc.collect()
         if self.device.startswith("cuda"):
@@ -152,33 +172,167 @@ class Pipelines:
                 "inpaint": "inpaint with a mask"}[task]
         raise BadRequest(f"this model ({type(self.base).__name__}) cannot {what}: {self.unsupported[task]}", param)
 
-    def run(self, pipe: Any, kwargs: dict[str, Any], n: int, seed: int | None, job: Job) -> list[Any]:
-        """Call `pipe` with the keyword arguments it takes; n images; stop at the next step if the job is cancelled."""
-        import torch
+    def max_input_images(self) -> int:
+        """The most input images one edit may send: 1 for image-to-image and inpainting; for a pipeline that edits by
+        instruction, args.max_input_images, else its family's (MULTI_IMAGE), else 1."""
+        if self.base is not None and not self.is_instruction_edit():
+            return 1
+        if self.opts.max_input_images is not None:
+            return self.opts.max_input_images
+        name = type(self.base).__name__ if self.base is not None else (self.opts.pipeline or "")
+        return next((n for prefix, n in MULTI_IMAGE.items() if name.startswith(prefix)), 1)
 
+    def default_guidance(self) -> float | None:
+        """The guidance scale the pipeline uses when a request gives none (from its signature), if it has one."""
+        if self.base is None:
+            return None
+        params = inspect.signature(type(self.base).__call__).parameters
+        for name in ("guidance_scale", "true_cfg_scale"):
+            default = params[name].default if name in params else None
+            if isinstance(default, int | float) and not isinstance(default, bool):
+                return float(default)
+        return None
+
+    def _token_counter(self, pipe: Any) -> tuple[Any, int, str] | None:
+        """The tokenizer whose limit the prompt must fit and that limit: args.max_prompt_tokens, else the longest
+        that reaches the model (its model_max_length, capped by the call's max_sequence_length)."""
+        if self.opts.max_prompt_tokens == 0:
+            return None
+        params = inspect.signature(type(pipe).__call__).parameters
+        seq = params["max_sequence_length"].default if "max_sequence_length" in params else None
+        best: tuple[Any, int, str] | None = None
+        for name in TOKENIZERS:
+            tok = getattr(pipe, name, None)
+            limit = getattr(tok, "model_max_length", None)
+            if not isinstance(limit, int) or limit > 1_000_000:  # unbounded: the call's max_sequence_length cuts
+                limit = seq if isinstance(seq, int) else None
+            elif name != "tokenizer" and isinstance(seq, int):  # T5 and friends beside a CLIP
+                limit = min(limit, seq)
+            if tok is not None and limit and (best is None or limit > best[1]):
+                best = (tok, limit, name)
+        if best is None:
+            return None
+        limit = self.opts.max_prompt_tokens or best[1]
+        return copy.deepcopy(best[0]), limit, best[2]  # a copy: the worker's calls use the original meanwhile
+
+    def check_prompt_tokens(self, text: str, param: str) -> None:
+        """BadRequest when `text` has more tokens than the model reads (the pipeline would cut the rest silently)."""
+        if self.token_counter is None or not text:
+            return
+        tok, limit, name = self.token_counter
+        with self._token_lock:
+            count = len(tok(text, truncation=False, verbose=False)["input_ids"])
+        if count > limit:
+            why = ("max_prompt_tokens" if self.opts.max_prompt_tokens else
+                   f"what its {name} reads; set args.max_prompt_tokens = 0 to let the pipeline cut long prompts")
+            raise BadRequest(f"'{param}' is {count} tokens: this model takes at most {limit} ({why}); shorten it",
+                             param)
+
+    def run(self, jobs: list[Job]) -> list[list[Any]]:
+        """Make every job's images (the jobs share one task and shape) in as few pipeline calls as the pipeline allows;
+        stop at the next step once every job is cancelled. Image i of a job comes from seed + i, so a job makes the
+        same images alone as in a batch."""
+        w = jobs[0].work
+        pipe = self.get(w.task, w.param)
         self._place(pipe)
         params = inspect.signature(type(pipe).__call__).parameters
-        call = {k: v for k, v in kwargs.items() if v is not None and k in params}
-        dropped = sorted(k for k, v in kwargs.items() if v is not None and k not in params)
+        shared = {k: v for k, v in w.shared.items() if v is not None}
+        plans = self._plan(jobs, params)
+        dropped = sorted(k for k, v in (shared | plans[0][0]).items() if v is not None and k not in params)
         if dropped:
             log.info("%s takes no %s: ignored", type(pipe).__name__, ", ".join(dropped))
-        if "callback_on_step_end" in params:
-            def on_step(_pipe: Any, _i: int, _t: Any, _kw: dict[str, Any]) -> dict[str, Any]:
-                if job.cancelled.is_set():
-                    log.info("request abandoned (timeout or client gone): stopped after step %d", _i + 1)
-                    raise JobCancelled()
-                return {}
+        images: dict[Job, dict[int, Any]] = {job: {} for job in jobs}
+        for call, members in plans:
+            call = {k: v for k, v in (shared | call).items() if v is not None and k in params}
+            if "callback_on_step_end" in params:
+                call["callback_on_step_end"] = self._on_step(jobs, members, w.shared)
+                if "latents" in getattr(pipe, "_callback_tensor_inputs", ()):
+                    call["callback_on_step_end_tensor_inputs"] = ["latents"]
+            self.calls += 1
+            t0 = time.perf_counter()
+            try:
+                out = pipe(**call).images
+            finally:
+                self.call_seconds += time.perf_counter() - t0
+            for (job, index), image in zip(members, out, strict=False):
+                images[job][index] = image
+        return [[imgs[i] for i in sorted(imgs)] for imgs in images.values()]
 
-            call["callback_on_step_end"] = on_step
-        generator = torch.Generator("cpu").manual_seed(seed) if seed is not None else None
-        if generator is not None and "generator" in params:
-            call["generator"] = generator
-        if "num_images_per_prompt" in params:
-            return list(pipe(**call, num_images_per_prompt=n).images)
-        images: list[Any] = []
-        for _ in range(n):
-            images.extend(pipe(**call).images)
-        return images[:n]
+    @staticmethod
+    def _generator(seed: int) -> Any:
+        import torch
+
+        return torch.Generator("cpu").manual_seed(seed % 2**64)
+
+    def _plan(self, jobs: list[Job], params: Any) -> list[tuple[dict[str, Any], list[tuple[Job, int]]]]:
+        """The calls to make: each call's per-image arguments and the (job, image index) of each image it makes."""
+        w = jobs[0].work
+        per_prompt = "num_images_per_prompt" in params
+        if per_prompt and w.key() is not None:  # one call, one prompt and one generator per image
+            members = [(job, i) for job in jobs for i in range(job.work.n)]
+            call: dict[str, Any] = {"prompt": [j.work.prompt for j, _ in members],
+                                    "generator": [self._generator(j.work.seed + i) for j, i in members]}
+            if w.negative_prompt is not None:
+                call["negative_prompt"] = [j.work.negative_prompt for j, _ in members]
+            if w.image is not None:
+                call["image"] = [j.work.image for j, _ in members]
+            if w.mask is not None:
+                call["mask_image"] = [j.work.mask for j, _ in members]
+            return [(call, members)]
+        plans = []
+        for job in jobs:
+            one = {"prompt": job.work.prompt, "negative_prompt": job.work.negative_prompt, "image": job.work.image,
+                   "mask_image": job.work.mask}
+            if per_prompt:
+                n = job.work.n
+                plans.append((one | {"num_images_per_prompt": n,
+                                     "generator": [self._generator(job.work.seed + i) for i in range(n)]},
+                              [(job, i) for i in range(n)]))
+            else:
+                plans += [(one | {"generator": self._generator(job.work.seed + i)}, [(job, i)])
+                          for i in range(job.work.n)]
+        return plans
+
+    def _on_step(self, jobs: list[Job], members: list[tuple[Job, int]], shared: dict[str, Any]) -> Callable:
+        """The step callback of one call: stop once every job is cancelled; progress and partial images to the
+        streaming jobs among `members` (row r of the latents is members[r])."""
+        rows: dict[Job, list[tuple[int, int]]] = {}
+        for row, (job, index) in enumerate(members):
+            rows.setdefault(job, []).append((row, index))
+        streams = [job for job in rows if job.events is not None]
+        width, height = shared.get("width"), shared.get("height")
+
+        def on_step(pipe: Any, i: int, _t: Any, kw: dict[str, Any]) -> dict[str, Any]:
+            if all(job.cancelled.is_set() for job in jobs):
+                log.info("request abandoned (timeout or client gone): stopped after step %d", i + 1)
+                raise JobCancelled()
+            if not streams:
+                return {}
+            t0 = time.perf_counter()
+            steps = getattr(pipe, "num_timesteps", None) or shared.get("num_inference_steps") or i + 1
+            now = time.monotonic()
+            for job in streams:
+                if job.cancelled.is_set():
+                    continue
+                job.emit(Progress(i + 1, steps, now - job.started))
+                wanted = partial_steps(steps, job.work.partial_images)
+                if i + 1 in wanted and self.previewer is not None and kw.get("latents") is not None:
+                    self._previews(job, pipe, kw["latents"], rows[job], wanted.index(i + 1), width, height)
+            self.callback_seconds += time.perf_counter() - t0
+            return {}
+
+        return on_step
+
+    def _previews(self, job: Job, pipe: Any, latents: Any, rows: list[tuple[int, int]], k: int, width: int,
+                  height: int) -> None:
+        try:
+            previews = self.previewer.decode(pipe, latents[[r for r, _ in rows]], width, height)
+        except Exception as err:
+            log.warning("no partial images for this model: %s: %s", type(err).__name__, err)
+            self.previewer = None
+            return
+        for (_, index), image in zip(rows, previews, strict=True):
+            job.emit(Partial(index, k, image))
 
 
 class Memory:
@@ -203,8 +357,8 @@ class Memory:
         else:
             self.device, self.kind = "cpu", "rss"
 
-    def measure(self, fn: Callable[[], Any]) -> tuple[Any, float]:
-        """Run fn; its result and the peak memory in MiB while it ran."""
+    def measure(self, fn: Callable[[], Any], requests: int = 1) -> tuple[Any, float]:
+        """Run fn (the pipeline call of `requests` requests); its result and the peak memory in MiB while it ran."""
         if self.kind == "torch_cuda_max_allocated":
             import torch
 
@@ -231,7 +385,7 @@ class Memory:
             peak = peak_bytes / MB
         self.last_peak_mb = round(peak, 1)
         self.max_peak_mb = max(self.max_peak_mb or 0.0, self.last_peak_mb)
-        self.requests += 1
+        self.requests += requests
         return result, self.last_peak_mb
 
     def snapshot(self) -> dict[str, Any]:

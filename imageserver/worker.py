@@ -1,15 +1,17 @@
-"""The queue in front of the pipeline: one worker thread loads it and then runs jobs one at a time, in arrival
-order; a request waits for its job within a deadline while watching for its client going away. Sleep and wake
-(dropping the pipeline and loading it again) run on the same thread, in the same queue, between jobs."""
+"""The queue in front of the pipeline: one worker thread loads it and then runs jobs in arrival order, several queued
+jobs of one shape together as one batch (up to max_batch images); a request waits for its job within a deadline while
+watching for its client going away. A streaming job also receives progress and partial images as they happen.
+Sleep and wake (dropping the pipeline and loading it again) run on the same thread, in the same queue, between
+batches: no batch ever gathers jobs across them."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -21,7 +23,7 @@ log = logging.getLogger("imageserver")
 
 
 class JobCancelled(Exception):
-    """Raised inside a pipeline call whose request timed out or whose client went away."""
+    """Raised inside a pipeline call whose requests all timed out or whose clients all went away."""
 
 
 class RequestTimeout(Exception):
@@ -33,35 +35,90 @@ class ClientGone(Exception):
 
 
 @dataclass(eq=False)
-class Job:
-    """One pipeline call waiting for, or running on, the worker thread."""
+class Work:
+    """What one request asks of the pipeline. Image i of the request is made from seed + i, alone or in a batch."""
 
-    fn: Callable[[Job], Any]
-    loop: asyncio.AbstractEventLoop
-    future: asyncio.Future
-    cancelled: threading.Event = field(default_factory=threading.Event)
+    task: str  # text2image, image2image, inpaint, edit
+    param: str  # the request parameter blamed when the model cannot do the task
+    shared: dict[str, Any]  # call arguments a batch shares: width, height, num_inference_steps, guidance, strength
+    prompt: str
+    negative_prompt: str | None
+    n: int
+    seed: int
+    image: Any = None  # the input image (a list for a multi-image edit)
+    mask: Any = None
+    partial_images: int = 0  # previews per image, for a streaming request
+
+    def key(self) -> tuple | None:
+        """Works with equal keys can share one pipeline call; None: this one runs alone (instruction edits)."""
+        if self.task == "edit":
+            return None
+        shape = tuple(sorted((k, v) for k, v in self.shared.items() if v is not None))
+        return self.task, shape, self.negative_prompt is None
+
+
+@dataclass(frozen=True)
+class Progress:
+    """A denoising step of a job finished."""
+
+    step: int
+    steps: int
+    elapsed: float  # seconds since the job's pipeline call started
+
+
+@dataclass(frozen=True)
+class Partial:
+    """A preview of image `index` of a job, the `partial_index`-th one."""
+
+    index: int
+    partial_index: int
+    image: Any  # a PIL image (latent resolution, or full size from a preview VAE)
 
 
 @dataclass(eq=False)
 class Control:
-    """Work on the pipeline itself (sleep, wake), run on the worker thread between jobs."""
+    """Work on the pipeline itself (sleep, wake), run on the worker thread between batches."""
 
     fn: Callable[[], Any]
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future
 
 
-class Worker:
-    """The one thread that loads the pipeline and then runs jobs one at a time, in arrival order."""
+@dataclass(eq=False)
+class Job:
+    """One request's work waiting for, or running on, the worker thread."""
 
-    def __init__(self, pipes: Pipelines, memory: Memory, on_load_failure: Callable[[str], None]) -> None:
+    work: Work
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future
+    events: asyncio.Queue | None = None  # streaming: Progress and Partial, then None once the future is settled
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    started: float = 0.0  # time.monotonic() when its pipeline call started
+
+    def emit(self, event: Progress | Partial) -> None:
+        """Hand an event to the request's stream (called on the worker thread)."""
+        if self.events is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: the server is shutting down
+                self.loop.call_soon_threadsafe(self.events.put_nowait, event)
+
+
+class Worker:
+    """The one thread that loads the pipeline and then runs jobs in arrival order, batching queued jobs of one shape."""
+
+    def __init__(self, pipes: Pipelines, memory: Memory, on_load_failure: Callable[[str], None],
+                 max_batch: int = 1, batch_wait: float = 0.0) -> None:
         self.pipes = pipes
         self.memory = memory
         self.on_load_failure = on_load_failure
+        self.max_batch = max_batch
+        self.batch_wait = batch_wait
+        self._last_batch = 1  # requests in the last batch: several means clients send concurrently
         self.ready = threading.Event()
+        self.pending: deque[Job | Control | None] = deque()
         self.asleep = False  # the pipeline was dropped by sleep(); wake() loads it again
         self._control_lock = asyncio.Lock()
-        self.queue: queue.Queue[Job | None] = queue.Queue()
+        self.cond = threading.Condition()
+        self.stats = {"batches": 0, "requests": 0, "images": 0, "largest_batch": 0}
         self.thread = threading.Thread(target=self._main, name="pipeline-worker", daemon=True)
 
     def start(self) -> None:
@@ -69,20 +126,25 @@ class Worker:
         self.thread.start()
 
     def stop(self) -> None:
-        """Let the thread end after the job it runs."""
-        self.queue.put(None)
+        """Let the thread end after the batch it runs."""
+        self._put(None)
 
-    def submit(self, fn: Callable[[Job], Any]) -> Job:
-        """Queue fn(job) to run on the worker thread; its result arrives in job.future."""
+    def _put(self, job: Job | Control | None) -> None:
+        with self.cond:
+            self.pending.append(job)
+            self.cond.notify()
+
+    def submit(self, work: Work, stream: bool = False) -> Job:
+        """Queue `work`; its (images, peak MiB) arrive in job.future, and with `stream` its events in job.events."""
         loop = asyncio.get_running_loop()
-        job = Job(fn, loop, loop.create_future())
-        self.queue.put(job)
+        job = Job(work, loop, loop.create_future(), asyncio.Queue() if stream else None)
+        self._put(job)
         return job
 
-    async def call(self, fn: Callable[[Job], Any], timeout: float, is_disconnected: Callable[[], Awaitable[bool]]
-                   ) -> Any:
-        """fn's result within `timeout` s, queue included; else RequestTimeout or ClientGone, and the job is dropped."""
-        job = self.submit(fn)
+    async def call(self, work: Work, timeout: float, is_disconnected: Callable[[], Awaitable[bool]]) -> Any:
+        """The work's (images, peak MiB) within `timeout` s, queue included; else RequestTimeout or ClientGone, and the
+        job is dropped."""
+        job = self.submit(work)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         try:
@@ -103,7 +165,7 @@ class Worker:
     async def _control(self, fn: Callable[[], Any]) -> Any:
         loop = asyncio.get_running_loop()
         c = Control(fn, loop, loop.create_future())
-        self.queue.put(c)  # type: ignore[arg-type]
+        self._put(c)
         return await c.future
 
     async def sleep(self) -> None:
@@ -132,6 +194,40 @@ class Worker:
             self.ready.set()
             log.info("awake: pipeline loaded in %.1fs", time.monotonic() - t0)
 
+    def _next(self) -> list[Job] | Control | None:
+        """The oldest queued job and the queued jobs of its shape that fit in max_batch images; a Control alone;
+        None: stop."""
+        with self.cond:
+            while not self.pending:
+                self.cond.wait()
+            head = self.pending.popleft()
+            if head is None or isinstance(head, Control):
+                return head
+            batch, key = [head], head.work.key()
+            if key is None or self.max_batch == 1:
+                return batch
+            images = self._gather(batch, key, head.work.n)
+            # after a batch of several, the clients it answered are likely sending their next requests right now
+            deadline = time.monotonic() + (self.batch_wait if self._last_batch > 1 else 0.0)
+            while images < self.max_batch and (left := deadline - time.monotonic()) > 0:
+                self.cond.wait(left)
+                if None in self.pending:
+                    break
+                images = self._gather(batch, key, images)
+            self._last_batch = len(batch)
+            return batch
+
+    def _gather(self, batch: list[Job], key: tuple, images: int) -> int:
+        """Move the queued jobs of `key` that fit into `batch` (under the lock); the batch's images then."""
+        for job in list(self.pending):
+            if job is None or isinstance(job, Control) or images >= self.max_batch:
+                break
+            if not job.cancelled.is_set() and job.work.key() == key and images + job.work.n <= self.max_batch:
+                self.pending.remove(job)
+                batch.append(job)
+                images += job.work.n
+        return images
+
     def _main(self) -> None:
         try:
             t0 = time.monotonic()
@@ -143,33 +239,66 @@ class Worker:
             self.on_load_failure(f"{type(err).__name__}: {err}")
             return
         self.ready.set()
-        while (job := self.queue.get()) is not None:
-            if isinstance(job, Control):
-                try:
-                    self._settle(job, job.fn(), None)  # type: ignore[arg-type]
-                except BaseException as err:
-                    self._settle(job, None, err)  # type: ignore[arg-type]
+        while (batch := self._next()) is not None:
+            if isinstance(batch, Control):
+                self._run_control(batch)
                 continue
-            if job.cancelled.is_set():
-                self._settle(job, None, JobCancelled())
+            live = []
+            for job in batch:
+                if job.cancelled.is_set():
+                    self._settle(job, None, JobCancelled())
+                else:
+                    live.append(job)
+            if not live:
                 continue
+            now = time.monotonic()
+            for job in live:
+                job.started = now
+            if len(live) > 1:
+                log.info("batch of %d requests (%d images)", len(live), sum(j.work.n for j in live))
             try:
-                result = self.memory.measure(lambda job=job: job.fn(job))
+                results, peak = self.memory.measure(lambda live=live: self.pipes.run(live), len(live))
             except BaseException as err:
-                self._settle(job, None, err)
-            else:
-                self._settle(job, result, None)
+                for job in live:
+                    self._settle(job, None, err)
+                continue
+            s = self.stats
+            s["batches"] += 1
+            s["requests"] += len(live)
+            s["images"] += sum(len(r) for r in results)
+            s["largest_batch"] = max(s["largest_batch"], sum(j.work.n for j in live))
+            for job, images in zip(live, results, strict=True):
+                self._settle(job, (images, peak), None)
+
+    @staticmethod
+    def _run_control(c: Control) -> None:
+        try:
+            result, err = c.fn(), None
+        except BaseException as e:
+            result, err = None, e
+
+        def settle() -> None:
+            if not c.future.done():
+                if err is not None:
+                    c.future.set_exception(err)
+                else:
+                    c.future.set_result(result)
+
+        with contextlib.suppress(RuntimeError):  # the loop is closed: the server is shutting down
+            c.loop.call_soon_threadsafe(settle)
 
     @staticmethod
     def _settle(job: Job, result: Any, err: BaseException | None) -> None:
         def settle() -> None:
-            if job.future.done():
-                return
-            if err is not None:
-                job.future.set_exception(err)
-            else:
-                job.future.set_result(result)
+            if not job.future.done():
+                if err is not None:
+                    job.future.set_exception(err)
+                    if job.cancelled.is_set():  # nobody waits for it any more: no "never retrieved" noise
+                        job.future.exception()
+                else:
+                    job.future.set_result(result)
+            if job.events is not None:
+                job.events.put_nowait(None)
 
         with contextlib.suppress(RuntimeError):  # the loop is closed: the server is shutting down
             job.loop.call_soon_threadsafe(settle)
-

@@ -10,6 +10,8 @@ import os
 
 import pytest
 
+from benchmarks.image_batching import report as image_report
+from benchmarks.image_batching import run_image_batching, run_previews
 from benchmarks.images import run_images
 from benchmarks.lifecycle import run_cold_start, run_swap
 from benchmarks.load import main as load_main
@@ -20,6 +22,8 @@ from benchmarks.run import main as run_main
 from benchmarks.run import run_scenario
 from benchmarks.scenarios import (
     ColdStartScenario,
+    ImageBatchingScenario,
+    ImagePreviewScenario,
     ImageScenario,
     MemoryScenario,
     RouterOverheadScenario,
@@ -28,7 +32,7 @@ from benchmarks.scenarios import (
 )
 from benchmarks.text import run_text
 from hub.ledger import MEASURED_MARGIN
-from tests.conftest import require, responder_command
+from tests.conftest import DEMO_MODELS, ENVS_DIR, require, responder_command
 
 PROMPT = "one two three four five six"  # the responder echoes it: "echo: one ... six" is 7 chunks
 
@@ -62,6 +66,37 @@ def test_image_benchmark_by_size_steps_and_n(hub_factory) -> None:
         assert r["failed"] == 0 and r["error"] is None
         assert r["s_per_image"] > 0 and r["images_per_s"] > 0
         assert r["s_per_image"] == pytest.approx(r["s_per_request_mean"] / r["n"])
+
+
+def test_preview_benchmark_compares_streamed_and_plain(hub_factory) -> None:
+    hub = hub_factory(model("pix", "image", "--step-delay", "0.01"))
+    sc = ImagePreviewScenario(name="p", model="pix", sizes=["16x16"], steps=4, partial_images=2, repetitions=2)
+    rows = run_previews(HubClient(hub.v1), sc)
+    assert len(rows) == 1 and rows[0]["failed"] == 0
+    r = rows[0]
+    assert (r["partials_seen"], r["progress_lines"]) == (2, 4), "the stream was read to its end"
+    assert r["stream_s_p50"] > 0.04 and r["plain_s_p50"] > 0, "4 steps of 10 ms each"
+    assert isinstance(r["preview_cost_pct"], float), "the median of the pairs' ratios"
+    assert r["engine_callback_pct"] is None, "the test responder reports no engine stats"
+
+
+@pytest.mark.engine
+def test_image_batching_benchmark_on_the_tiny_model() -> None:
+    require((ENVS_DIR / "diffusers" / "bin" / "python").exists(), "the diffusers engine environment is missing")
+    require((DEMO_MODELS / "tiny-sd" / "model_index.json").exists(), "the tiny model is missing")
+    sc = ImageBatchingScenario(name="b", size="64x64", steps=2, concurrency=4, requests=8, max_batch=4, rounds=1,
+                               warmup=1)
+    rows, previews = run_image_batching(sc, ImagePreviewScenario(name="p", model="x", sizes=["64x64"], steps=3,
+                                                                 repetitions=1))
+    off, on = rows
+    assert (off["variant"], on["variant"]) == ("batch-off", "batch-on")
+    assert off["failed"] == on["failed"] == 0 and off["images"] == on["images"] == 8
+    assert off["pipeline_calls"] == 8 and on["pipeline_calls"] < 8, "batching made fewer pipeline calls"
+    assert on["images_per_s"] > 0 and on["speedup"] == pytest.approx(on["images_per_s"] / off["images_per_s"])
+    assert on["speedup_median_of_rounds"] > 0
+    assert previews[0]["model"] == "batch-off" and previews[0]["partials_seen"] == 2
+    assert 0 <= previews[0]["engine_callback_pct"] < 100, "the engine timed its step callback"
+    assert "batching on / off" in image_report(rows, previews)
 
 
 def test_memory_benchmark_fills_the_ledger_that_budgets_and_ps_shows(hub_factory) -> None:

@@ -21,9 +21,14 @@ from imageserver.api import (
     GenerationRequest,
     ServerOptions,
     check_n,
+    check_output,
+    check_prompt_chars,
     parse_size,
+    partial_steps,
+    resolve_steps,
     validate_request,
 )
+from imageserver.worker import Work
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -71,6 +76,88 @@ def test_requests_validate_and_name_the_param():
     with pytest.raises(BadRequest) as err:
         validate_request(EditRequest, {"prompt": "x", "strength": "1.5"})
     assert err.value.param == "strength"
+
+
+def test_streaming_format_and_openai_fields_validate():
+    r = validate_request(GenerationRequest, {"prompt": "x", "stream": True, "partial_images": 3,
+                                             "output_format": "webp", "output_compression": 40,
+                                             "background": "opaque", "quality": "low"})
+    assert (r.stream, r.partial_images, r.output_format, r.output_compression) == (True, 3, "webp", 40)
+    e = validate_request(EditRequest, {"prompt": "x", "stream": "true", "partial_images": "1"})  # multipart strings
+    assert (e.stream, e.partial_images) == (True, 1)
+    for data, param in [({"partial_images": 4}, "partial_images"), ({"output_format": "gif"}, "output_format"),
+                        ({"output_compression": 101}, "output_compression"), ({"background": "black"}, "background"),
+                        ({"quality": "max"}, "quality")]:
+        with pytest.raises(BadRequest) as err:
+            validate_request(GenerationRequest, {"prompt": "x", **data})
+        assert err.value.param == param
+
+
+def test_output_checks():
+    assert check_output(validate_request(GenerationRequest, {"prompt": "x"})) == "png"
+    assert check_output(validate_request(GenerationRequest, {"prompt": "x", "output_format": "jpeg",
+                                                             "background": "auto"})) == "jpeg"
+    with pytest.raises(BadRequest) as e:
+        check_output(validate_request(GenerationRequest, {"prompt": "x", "background": "transparent"}))
+    assert e.value.param == "background" and "opaque" in e.value.message
+    with pytest.raises(BadRequest) as e:
+        check_output(validate_request(GenerationRequest, {"prompt": "x", "stream": True, "response_format": "url"}))
+    assert e.value.param == "response_format"
+
+
+def test_quality_maps_to_steps_and_explicit_steps_win():
+    opts = ServerOptions(default_steps=30)
+    steps = {q: resolve_steps(validate_request(GenerationRequest, {"prompt": "x", "quality": q}), opts)
+             for q in ("low", "medium", "high", "auto", "standard", "hd")}
+    assert steps == {"low": (9, "low"), "medium": (18, "medium"), "high": (30, "high"), "auto": (30, "auto"),
+                     "standard": (18, "medium"), "hd": (30, "high")}
+    assert resolve_steps(validate_request(GenerationRequest, {"prompt": "x"}), opts) == (30, "auto")
+    own_high = ServerOptions.model_validate({"default_steps": 4, "quality_steps": {"high": 9}})
+    assert resolve_steps(validate_request(GenerationRequest, {"prompt": "x"}), own_high) == (4, "auto")
+    explicit = validate_request(GenerationRequest, {"prompt": "x", "quality": "low", "num_inference_steps": 7})
+    assert resolve_steps(explicit, opts) == (7, "auto")
+    own = ServerOptions.model_validate({"default_steps": 4, "quality_steps": {"low": 1, "high": 8}})
+    assert own.quality_steps.model_dump() == {"low": 1, "medium": 2, "high": 8}
+    assert ServerOptions.model_validate_json(own.model_dump_json()) == own, "the hub passes them on as JSON"
+    with pytest.raises(ValueError):
+        ServerOptions.model_validate({"quality_steps": {"ultra": 3}})
+
+
+def test_partial_images_are_evenly_spaced_before_the_last_step():
+    assert partial_steps(20, 3) == [5, 10, 15]
+    assert partial_steps(6, 2) == [2, 4]
+    assert partial_steps(4, 1) == [2]
+    assert partial_steps(2, 3) == [1], "fewer previews than asked when there are too few steps"
+    assert partial_steps(1, 2) == [] and partial_steps(10, 0) == []
+
+
+def test_limits_name_themselves():
+    with pytest.raises(BadRequest) as e:
+        validate_request(GenerationRequest, {"prompt": "a \ud800 b"})
+    assert e.value.param == "prompt" and "Unicode" in e.value.message
+    with pytest.raises(BadRequest) as e:
+        validate_request(GenerationRequest, {"prompt": "x", "negative_prompt": "\udfff"})
+    assert e.value.param == "negative_prompt"
+    req = validate_request(GenerationRequest, {"prompt": "x" * 11, "negative_prompt": "y"})
+    check_prompt_chars(req, 11)
+    with pytest.raises(BadRequest) as e:
+        check_prompt_chars(req, 10)
+    assert e.value.param == "prompt" and "max_prompt_chars" in e.value.message and "11 characters" in e.value.message
+    o = ServerOptions()
+    assert (o.max_batch, o.max_prompt_tokens, o.max_input_images, o.preview_vae) == (1, None, None, None)
+    assert o.max_input_pixels < 10000 * 10000
+
+
+def test_batch_key_is_the_shape():
+    def work(task="text2image", negative=None, **shared):
+        return Work(task, "model", {"width": 64, "height": 64, "num_inference_steps": 4, **shared}, "p", negative, 1,
+                    0)
+
+    assert work().key() == work(guidance_scale=None).key() != work(guidance_scale=3.0).key()
+    assert work().key() != work(width=96).key() and work().key() != work(negative="blur").key()
+    assert work(negative="a").key() == work(negative="b").key(), "prompts differ within a batch"
+    assert work("image2image", strength=0.5).key() != work("image2image", strength=0.6).key()
+    assert work("edit").key() is None, "instruction edits run alone"
 
 
 def test_check_n():
