@@ -4,10 +4,9 @@ and the real demo image model (tiny-sd on the diffusers engine). Every case gets
 (Anthropic's on /v1/messages), with a message that names the problem: never a 5xx, never a hang (each request has a
 timeout). Afterwards every engine still serves, none restarted, and the hub logged no exception.
 
-The image server's own limits (prompt length, PNG bombs under PIL's threshold) are its business (imageserver/);
-the cases that wait for them are marked IMAGE_SERVER and expected to fail until they land (strict: once they pass,
-the mark must go). Without the diffusers environment or the tiny model, the hub runs without tiny-sd and only its
-cases skip (under HUB_STRICT=1 they fail).
+The image server's own limits (prompt length, decoded pixels of an upload, checked before decoding) answer the
+image cases through the hub. Without the diffusers environment or the tiny model, the hub runs without tiny-sd and
+only its cases skip (under HUB_STRICT=1 they fail).
 """
 
 from __future__ import annotations
@@ -418,11 +417,6 @@ def head_cases() -> list[Case]:
     ]
 
 
-# The image server's own limits, owned by imageserver/ (issue 12 / 14, another engineer): expected to fail until they
-# land; strict, so that the mark goes once they pass.
-IMAGE_SERVER = pytest.mark.xfail(strict=True, reason="the image server's own limit (imageserver/), not the hub's")
-
-
 def image_cases() -> list[Case]:
     """Out-of-range numbers, wrong values and hostile uploads for the real image server, through the hub."""
     gen = "/v1/images/generations"
@@ -446,8 +440,7 @@ def image_cases() -> list[Case]:
     out = [jcase(f"tiny-sd {id_}", gen, 400, says, {**good, **extra}, image=True) for id_, extra, says in g]
     out.append(jcase("tiny-sd prompt-lone-surrogate", gen, 400, "lone surrogate", image=True,
                      raw=b'{"model": "tiny-sd", "prompt": "a fox \\ud83d", "size": "64x64"}'))
-    out.append(jcase("tiny-sd prompt-200k", gen, 400, "prompt", {**good, "prompt": "fox " * 50_000}, image=True,
-                     marks=(IMAGE_SERVER,)))
+    out.append(jcase("tiny-sd prompt-200k", gen, 400, "prompt", {**good, "prompt": "fox " * 50_000}, image=True))
     edits = "/v1/images/edits"
     img = png(64, 64)
 
@@ -461,8 +454,7 @@ def image_cases() -> list[Case]:
         edit("empty-file", "not an image", [("image", ("e.png", b"", "image/png"))]),
         edit("truncated-png", "not a readable image", [("image", ("t.png", img[:60], "image/png"))]),
         edit("bomb-400M-pixels", "image", [("image", ("bomb.png", bomb_header(20_000, 20_000), "image/png"))]),
-        edit("bomb-100M-pixels", "image", [("image", ("bomb.png", png(10_000, 10_000, gray=True), "image/png"))],
-             marks=(IMAGE_SERVER,)),
+        edit("bomb-100M-pixels", "image", [("image", ("bomb.png", png(10_000, 10_000, gray=True), "image/png"))]),
         edit("mask-not-image", "'mask'", [("image", ("a.png", img, "image/png")),
                                           ("mask", ("m.png", b"GIF89a nope", "image/png"))]),
         edit("mask-other-size", "same size", [("image", ("a.png", img, "image/png")),
