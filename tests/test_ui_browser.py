@@ -200,3 +200,34 @@ def test_chat_image_edit_models_in_a_browser(browser, hub_factory, tmp_path):
     overflow = phone.evaluate("() => document.documentElement.scrollWidth")
     assert overflow <= 390, f"the page is {overflow}px wide on a 390px screen"
     assert not errors, errors
+
+
+def test_demo_image_tab_starts_from_the_models_defaults_and_streams(browser, hub_factory):
+    """The real demo image model (tiny-sd on the diffusers engine): the form shows its own size and steps, and the
+    first generate from a fresh page shows previews and a moving step counter, then the image, in seconds."""
+    from tests.conftest import DEMO_MODELS, ENVS_DIR
+
+    require((ENVS_DIR / "diffusers" / "bin" / "python").exists(), "no diffusers engine environment")
+    require((DEMO_MODELS / "tiny-sd").exists(), f"no demo model in {DEMO_MODELS}: run `hub demo prepare`")
+    demo = tomllib.loads((ROOT / "models.demo.toml").read_text())["models"]["tiny-sd"]
+    args = "\n".join(f"{k} = {json.dumps(v)}" for k, v in demo["args"].items())
+    registry = REGISTRY.split("[models.tiny-sd]")[0] + (
+        f'[models.tiny-sd]\ntype = "image"\nengine = "diffusers"\nsource = {json.dumps(str(DEMO_MODELS / "tiny-sd"))}\n'
+        f"memory_gb = 1\ndescription = {json.dumps(NOISE)}\n[models.tiny-sd.args]\n{args}\n")
+    hub = hub_factory(registry, ui=True)
+    page, errors = open_app(browser, hub.url + "/", 1280, 900)
+    tab(page, "Image")
+    page.wait_for_function("() => document.querySelector('#hub-image-model input')?.value === 'tiny-sd'")
+    size = demo["args"]["default_size"]
+    page.wait_for_function(f"() => document.querySelector('#hub-size input')?.value === '{size}'")
+    page.wait_for_function(f"() => document.querySelector('#hub-steps input[type=number]')?.value === "
+                           f"'{demo['args']['default_steps']}'")
+    page.locator("#hub-prompt textarea").fill("a lighthouse at dusk")
+    page.evaluate(WATCH_IMAGE)
+    page.locator("#hub-generate").click()
+    page.get_by_text("1 image(s) from tiny-sd").wait_for(timeout=120_000)
+    shot(page, "10-demo-image-streamed")
+    seen = [t for t in page.evaluate("window.__steps") if ": step " in t]
+    assert any("step 1/" in t for t in seen) and len(set(seen)) >= 2, seen
+    assert page.evaluate("window.__previews") >= 1, "no preview before the image"
+    assert not errors, errors

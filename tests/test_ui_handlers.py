@@ -206,8 +206,9 @@ def test_generate_streams_previews_and_steps_then_stop_ends_it(clients, hub):
 
 
 def test_form_starts_from_the_models_defaults():
-    size, steps, n = images.form_defaults({"default_size": "128x128", "default_steps": 4, "max_size": 512,
-                                           "max_n": 2})
+    size, steps, n, guidance = images.form_defaults({"default_size": "128x128", "default_steps": 4, "max_size": 512,
+                                                     "max_n": 2, "default_guidance": 1.5})
+    assert guidance.value == 1.5
     assert size.value == "128x128" and size.choices[0] == ("128x128", "128x128")
     assert all(max(int(x) for x in c[0].split("x")) <= 512 for c in size.choices)
     assert steps.value == 4 and n.maximum == 2

@@ -44,10 +44,11 @@ def build(client: openai.OpenAI, admin: Admin, notes: dict[str, str] | None = No
             prompt = gr.Textbox(label="prompt", lines=3, elem_id="hub-prompt")
             negative = gr.Textbox(label="negative prompt", lines=1)
             with gr.Row():
-                size = gr.Dropdown(SIZES, value="512x512", label="size", allow_custom_value=True, min_width=110)
+                size = gr.Dropdown(SIZES, value="512x512", label="size", allow_custom_value=True, min_width=110,
+                                   elem_id="hub-size")
                 n = gr.Slider(1, 4, value=1, step=1, label="n", min_width=110)
             with gr.Row():
-                steps = gr.Slider(1, 100, value=20, step=1, label="steps", min_width=110)
+                steps = gr.Slider(1, 100, value=20, step=1, label="steps", min_width=110, elem_id="hub-steps")
                 guidance = gr.Slider(0.0, 20.0, value=7.0, step=0.5, label="guidance", min_width=110)
             seed = gr.Number(-1, label="seed (-1: random)", precision=0)
             with gr.Row():
@@ -70,7 +71,7 @@ def build(client: openai.OpenAI, admin: Admin, notes: dict[str, str] | None = No
                                  buttons=["download", "fullscreen"], elem_id="hub-history")
 
     model.change(lambda m: note_update(m, notes), model, note)
-    model.change(lambda m: form_defaults(image_options(client, m)), model, [size, steps, n], queue=False)
+    model.change(lambda m: form_defaults(image_options(client, m)), model, [size, steps, n, guidance], queue=False)
 
     def gen(picked, p, neg, sz, st, gd, sd, count, hist) -> Iterator[ImageOut]:
         yield from generate_images(client, admin, picked, p, neg, sz, st, gd, sd, count, hist)
@@ -102,15 +103,17 @@ def image_options(client: openai.OpenAI, model: str | None) -> dict[str, Any]:
     return {**FALLBACK, **(extra.get("image") or {})}
 
 
-def form_defaults(opts: dict[str, Any]) -> tuple[Any, Any, Any]:
-    """The size picker (sizes within the model's max_size, its default first), steps and n for a model."""
+def form_defaults(opts: dict[str, Any]) -> tuple[Any, Any, Any, Any]:
+    """The size picker (sizes within the model's max_size, its default first), steps, n and guidance for a model
+    (guidance left as it is where the model has no default of its own)."""
     limit = int(opts["max_size"])
     fits = [s for s in SIZES if max(int(x) for x in s.split("x")) <= limit]
     default = str(opts["default_size"])
     sizes = [default, *(s for s in fits if s != default)]
     return (gr.Dropdown(choices=sizes, value=default),
             gr.Slider(value=int(opts["default_steps"])),
-            gr.Slider(maximum=max(1, int(opts["max_n"])), value=1))
+            gr.Slider(maximum=max(1, int(opts["max_n"])), value=1),
+            gr.Slider(value=float(g)) if (g := opts.get("default_guidance")) is not None else gr.skip())
 
 
 # ---- handlers ----
