@@ -32,6 +32,7 @@ import httpx
 
 from benchmarks.measure import HubClient, generate_images, run_concurrent, run_sync
 from benchmarks.metrics import percentile
+from benchmarks.peers import envs_dir
 from benchmarks.results import write_csv
 from benchmarks.scenarios import ImageBatchingScenario, ImagePreviewScenario
 from hub.procs import free_port, stop_process, wait_http
@@ -67,7 +68,7 @@ def started_hub(sc: ImageBatchingScenario, tmp: Path) -> Iterator[HubClient]:
     log = tmp / "hub.log"
     proc = subprocess.Popen([sys.executable, "-m", "hub.cli", "serve", "--config", str(cfg), "--no-ui"],
                             stdout=log.open("w"), stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True,
-                            env={**os.environ, "HUB_STATE_DIR": str(tmp / "state")})
+                            env={**os.environ, "HUB_STATE_DIR": str(tmp / "state"), "HUB_ENVS_DIR": str(envs_dir())})
     try:
         root = f"http://127.0.0.1:{port}"
         wait_http(root + "/health", proc, 60, log)
