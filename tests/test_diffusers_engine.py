@@ -146,11 +146,7 @@ def hub(tmp_path_factory) -> HubProcess:
                    capture_output=True, timeout=300, cwd=Path(__file__).parent.parent)
     h = start_hub(tmp, registry(make_tiny_preview_vae(tmp / "preview-vae"), tmp / "flux2"))
     yield h
-    pids = h.engine_pids()
-    h.stop()
-    time.sleep(0.2)
-    left = [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
-    assert not left, f"engine processes left after hub shutdown: {left}"
+    h.stop_leaving_nothing()
 
 
 @pytest.fixture(scope="module")

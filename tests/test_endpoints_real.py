@@ -8,13 +8,11 @@ import base64
 import io
 import json
 import math
-import time
 import tomllib
 from collections.abc import Iterator
 
 import httpx
 import openai
-import psutil
 import pytest
 from PIL import Image
 
@@ -46,11 +44,7 @@ def hub(tmp_path_factory) -> Iterator[HubProcess]:
                 f"no demo model {folder} in {DEMO_MODELS}: run `hub demo prepare`")
     h = start_hub(tmp_path_factory.mktemp("endpoints-real"), demo_tables(*FOLDERS))
     yield h
-    pids = h.engine_pids()
-    h.stop()
-    time.sleep(0.5)
-    left = [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
-    assert not left, f"processes left after hub shutdown: {left}"
+    h.stop_leaving_nothing(0.5)
 
 
 @pytest.fixture(scope="module")

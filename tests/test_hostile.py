@@ -23,7 +23,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
-import psutil
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -71,11 +70,7 @@ def hub(tmp_path_factory) -> HubProcess:
         assert r.status_code == 200, r.text
     h.before = {mid: (m["starts"], m["process"]["pid"]) for mid, m in h.models().items()}  # type: ignore[attr-defined]
     yield h
-    pids = h.engine_pids()
-    h.stop()
-    time.sleep(0.2)
-    left = [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
-    assert not left, f"engine processes left after hub shutdown: {left}"
+    h.stop_leaving_nothing()
 
 
 @pytest.fixture(scope="module")

@@ -47,11 +47,7 @@ def hub(tmp_path_factory) -> Iterator[HubProcess]:
     require((SOURCE / ".hub-converted.json").exists(), f"no demo model at {SOURCE}: run `hub demo prepare`")
     h = start_hub(tmp_path_factory.mktemp("vllm-hub"), demo_registry())
     yield h
-    pids = h.engine_pids()
-    h.stop()
-    time.sleep(0.5)
-    left = [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
-    assert not left, f"processes left after hub shutdown: {left}"
+    h.stop_leaving_nothing(0.5)
 
 
 @pytest.fixture(scope="module")
