@@ -1,6 +1,8 @@
 """Prometheus metrics (GET /metrics, prometheus_client's text format) and one structured log line per request.
 
-Request metrics are recorded by the gateway as each exchange ends; model metrics (state, requests in flight and
+Request metrics are recorded by the gateway as each exchange ends, as plain numbers per (model, endpoint) that become
+metric families when Prometheus scrapes (prometheus_client's labelled Counter and Histogram cost the hot path about
+8% of its CPU: a lock and a label lookup per observation); model metrics (state, requests in flight and
 queued, starts) are read from the manager when Prometheus scrapes, so they are never stale and cost nothing between
 scrapes. Each hub app has its own registry (tests run several in one process).
 
@@ -25,12 +27,14 @@ import json
 import logging
 import re
 import time
+from bisect import bisect_left
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.utils import floatToGoString
 
 from hub.manager.states import State
 
@@ -73,15 +77,8 @@ class Metrics:
 
     def __init__(self, manager: Any) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        labels = ("model", "endpoint")
-        self.requests = Counter("hub_requests", "Requests by model, endpoint and status",
-                                [*labels, "status"], registry=self.registry)
-        self.first_byte = Histogram("hub_request_first_byte_seconds", "Time to the first byte of the answer",
-                                    labels, buckets=LATENCY_BUCKETS, registry=self.registry)
-        self.total = Histogram("hub_request_seconds", "Time to the end of the answer (streams included)",
-                               labels, buckets=LATENCY_BUCKETS, registry=self.registry)
-        self.tokens = Counter("hub_tokens", "Tokens the engines reported in usage", ["model", "kind"],
-                              registry=self.registry)
+        self.requests = RequestStats()
+        self.registry.register(self.requests)
         self.events = Counter("hub_model_events", "Model lifecycle events", ["model", "event"],
                               registry=self.registry)
         self.start_seconds = Histogram("hub_model_start_seconds", "Engine start: launch to ready", ["model"],
@@ -96,16 +93,12 @@ class Metrics:
         """Record a finished exchange and log it as one JSON line."""
         now = time.perf_counter()
         model, status = x.model or "-", x.status or 0
-        self.requests.labels(model, x.endpoint, str(status)).inc()
-        if x.first_byte is not None:
-            self.first_byte.labels(model, x.endpoint).observe(x.first_byte - x.t0)
-        self.total.labels(model, x.endpoint).observe(now - x.t0)
         tokens = {}
         if status == 200 and b'_tokens"' in x.tail:
             for name, value in USAGE.findall(x.tail):
                 tokens[TOKEN_KIND[name]] = int(value)  # the last report wins (streams repeat cumulative usage)
-            for kind, n in tokens.items():
-                self.tokens.labels(model, kind).inc(n)
+        self.requests.record(model, x.endpoint, status, None if x.first_byte is None else x.first_byte - x.t0,
+                             now - x.t0, tokens)
         if log.isEnabledFor(logging.INFO):
             log.info(json.dumps({"model": x.model, "endpoint": x.endpoint, "status": status,
                                  "first_byte_ms": round((x.first_byte - x.t0) * 1000, 1) if x.first_byte else None,
@@ -128,6 +121,75 @@ class Metrics:
     def exposition(self) -> bytes:
         """The text format Prometheus scrapes."""
         return generate_latest(self.registry)
+
+
+class Latency:
+    """A histogram's counts as a list: one per bucket of LATENCY_BUCKETS and one above them, plus their sum."""
+
+    __slots__ = ("counts", "sum")
+
+    def __init__(self) -> None:
+        self.counts, self.sum = [0] * (len(LATENCY_BUCKETS) + 1), 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect_left(LATENCY_BUCKETS, seconds)] += 1  # a bucket holds the values <= its bound
+        self.sum += seconds
+
+    def buckets(self) -> list[tuple[str, float]]:
+        """Cumulative counts by bound, as Prometheus reads them."""
+        out, seen = [], 0
+        for bound, n in zip((*LATENCY_BUCKETS, float("inf")), self.counts, strict=True):
+            seen += n
+            out.append((floatToGoString(bound), float(seen)))
+        return out
+
+
+class RequestStats:
+    """The request metrics (hub_requests_total, hub_request_first_byte_seconds, hub_request_seconds,
+    hub_tokens_total), counted in dicts on the event loop and read when Prometheus scrapes."""
+
+    def __init__(self) -> None:
+        self.counts: dict[tuple[str, str, str], int] = {}
+        self.first_byte: dict[tuple[str, str], Latency] = {}
+        self.total: dict[tuple[str, str], Latency] = {}
+        self.tokens: dict[tuple[str, str], int] = {}
+
+    def record(self, model: str, endpoint: str, status: int, first_byte: float | None, total: float,
+               tokens: dict[str, int]) -> None:
+        key = (model, endpoint, str(status))
+        self.counts[key] = self.counts.get(key, 0) + 1
+        pair = (model, endpoint)
+        if first_byte is not None:
+            if (h := self.first_byte.get(pair)) is None:
+                h = self.first_byte[pair] = Latency()
+            h.observe(first_byte)
+        if (h := self.total.get(pair)) is None:
+            h = self.total[pair] = Latency()
+        h.observe(total)
+        for kind, n in tokens.items():
+            self.tokens[(model, kind)] = self.tokens.get((model, kind), 0) + n
+
+    def describe(self) -> list[Metric]:
+        return []  # collected fresh on every scrape
+
+    def collect(self) -> Iterator[Metric]:
+        # Scrapes run in a worker thread while the loop counts: copy each dict before walking it.
+        requests = CounterMetricFamily("hub_requests", "Requests by model, endpoint and status",
+                                       labels=["model", "endpoint", "status"])
+        for labels, n in list(self.counts.items()):
+            requests.add_metric(labels, float(n))
+        yield requests
+        for name, doc, hists in (
+                ("hub_request_first_byte_seconds", "Time to the first byte of the answer", self.first_byte),
+                ("hub_request_seconds", "Time to the end of the answer (streams included)", self.total)):
+            family = HistogramMetricFamily(name, doc, labels=["model", "endpoint"])
+            for labels, h in list(hists.items()):
+                family.add_metric(labels, h.buckets(), h.sum)
+            yield family
+        tokens = CounterMetricFamily("hub_tokens", "Tokens the engines reported in usage", labels=["model", "kind"])
+        for labels, n in list(self.tokens.items()):
+            tokens.add_metric(labels, float(n))
+        yield tokens
 
 
 class ManagerCollector:
