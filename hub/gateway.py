@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 import secrets
+import zlib
 from collections import OrderedDict
 from typing import Any
 
-import aiohttp
 from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -51,15 +52,19 @@ from hub.errors import (
 )
 from hub.manager import Lease, Manager
 from hub.metrics import Exchange, Metrics
+from hub.upstream import EngineError, EnginePool, Response
 
+log = logging.getLogger("hub.gateway")
 # Headers that describe one hop of a connection, not the message: never passed on.
-HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "content-length", "content-encoding", "host",
-               "authorization", "te", "trailer", "upgrade", "proxy-authorization", "proxy-connection"}
+HOP_HEADERS = {b"connection", b"keep-alive", b"transfer-encoding", b"content-length", b"host", b"authorization", b"te",
+               b"trailer", b"upgrade", b"proxy-authorization", b"proxy-connection"}
 ANTHROPIC_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
                    404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error", 503: "overloaded_error"}
 RESPONSE_ID = re.compile(rb'"id"\s*:\s*"([^"]{1,200})"')
 SNIFF_BYTES = 65536  # how far into a Responses stream its id is looked for
 REMEMBERED_RESPONSES = 10000
+# What every request to an engine carries besides its content-type (engines answer uncompressed)
+ENGINE_HEADERS = b"user-agent: hub\r\naccept: */*\r\naccept-encoding: identity\r\n"
 ENGINE_KEEPALIVE_S = 4.0  # below the engines' own 5 s
 ADMIN_PREFIX = "/hub/"  # the hub's own JSON API: bodies bounded and checked here too
 
@@ -159,30 +164,18 @@ class Gateway:
         self.upload_limit = BodyLimit(hub.max_upload_mb, "max_upload_mb", "multipart uploads")
         self.max_depth = hub.max_json_depth
         self.responses = ResponseBook()
-        self._session: aiohttp.ClientSession | None = None
-
-    def session(self) -> aiohttp.ClientSession:
-        """The pooled session to the engines (made on first use: it belongs to the running loop). aiohttp rather
-        than httpx on the hot path: about 1 ms less CPU per request. An idle connection is dropped before the
-        engines' servers drop it (uvicorn's and vLLM's keep-alive: 5 s): reusing one that the engine is closing
-        that moment fails the request (a 502 under load: "Can not write request body")."""
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=ENGINE_KEEPALIVE_S),
-                timeout=aiohttp.ClientTimeout(total=None, connect=10.0, sock_read=None),
-                skip_auto_headers=("User-Agent", "Accept-Encoding"),  # engines answer uncompressed
-            )
-        return self._session
+        # Pooled connections to the engines (hub/upstream.py). An idle one is dropped before the engines' servers
+        # drop it (uvicorn's and vLLM's keep-alive: 5 s).
+        self.engines = EnginePool(keepalive_s=ENGINE_KEEPALIVE_S)
 
     def wrap(self, app: ASGIApp) -> Gateway:
-        """Put this gateway in front of `app` (a middleware factory: `fastapi_app.add_middleware(gw.wrap)`)."""
+        """Put this gateway in front of `app`, which gets every request the gateway does not serve."""
         self.app = app
         return self
 
     async def close(self) -> None:
-        """Close the pooled session."""
-        if self._session is not None:
-            await self._session.close()
+        """Close the pooled connections."""
+        await self.engines.close()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -206,8 +199,7 @@ class Gateway:
         method = scope["method"]
         allowed = [ep.method] if ep else list(BY_ID_METHODS[by_id.group(2) or ""])
         x = Exchange(path if ep else "/v1/responses/{id}" + (by_id.group(2) or ""))
-        if self.metrics:
-            send = x.wrap(send)
+        send = x.wrap(send)
         try:
             if method not in allowed:
                 raise MethodNotAllowed(method, path, allowed)
@@ -219,6 +211,12 @@ class Gateway:
             await send_error(send, err, dialect)
         except ClientGone:
             x.status = 499  # nginx's "client closed request"
+        except Exception:  # a bug: logged with its traceback, answered in the client's dialect if nothing was sent
+            log.exception("%s %s failed", method, path)
+            if x.status is not None:
+                raise
+            await send_error(send, HubError(f"the hub failed on {method} {path}: an internal error, logged with its "
+                                            "traceback in the hub's log (please report it)"), dialect)
         finally:
             if self.metrics:
                 self.metrics.done(x)
@@ -272,7 +270,9 @@ class Gateway:
             raise NotFound(f"response {response_id!r} is gone: model {model!r}, which kept it in memory, "
                                 "has stopped since", param="response_id")
         ep = BY_PATH["/v1/responses"]
-        await self.forward(scope, receive, send, model, scope["method"], scope["path"], b"", None, "", False, ep, {})
+        path = scope.get("raw_path") or scope["path"].encode()  # the id as the client encoded it
+        await self.forward(scope, receive, send, model, scope["method"], path.decode("latin-1"), b"", None, "", False,
+                           ep, {})
         if scope["method"] == "DELETE":
             self.responses.forget(response_id)
 
@@ -353,29 +353,34 @@ class Gateway:
             up = lease.upstream
             if body is not None and up.model and up.model != model:
                 raw = json.dumps({**body, "model": up.model}).encode()
-            headers = {"content-type": content_type, **extra} if content_type else dict(extra)
+            headers = ENGINE_HEADERS
+            if content_type:
+                headers += b"content-type: " + content_type.encode("latin-1") + b"\r\n"
             if up.api_key:
-                headers["authorization"] = f"Bearer {up.api_key}"
+                headers += b"authorization: Bearer " + up.api_key.encode("latin-1") + b"\r\n"
+            for k, v in extra.items():
+                headers += k.encode() + b": " + v.encode("latin-1") + b"\r\n"
             query = scope.get("query_string", b"")
-            url = up.base_url + path + (f"?{query.decode('latin-1')}" if query else "")
+            target = path + "?" + query.decode("latin-1") if query else path
             try:
-                resp = await self.session().request(method, url, data=raw or None, headers=headers)
-            except (aiohttp.ClientError, TimeoutError) as err:
+                resp = await self.engines.request(method, up.base_url, target, headers, raw)
+            except EngineError as err:
                 raise upstream_error(lease, err) from None
         except BaseException:
             lease.release()
             raise
-        out = [(k.lower(), v) for k, v in resp.raw_headers if k.decode("latin-1").lower() not in HOP_HEADERS]
+        out = [(k, v) for k, v in resp.headers if k not in HOP_HEADERS]
         if stream and resp.status == 200:
             await self.relay(receive, send, resp, lease, out, ep, model)
             return
         try:
             data = await resp.read()
-        except (aiohttp.ClientError, TimeoutError) as err:
+        except EngineError as err:
             raise upstream_error(lease, err) from None
         finally:
             resp.release()
             lease.release()
+        data, out = decoded(data, out)
         found = ep.task == "responses" and resp.status == 200 and method == "POST" and RESPONSE_ID.search(data)
         if found:
             self.responses.remember(found.group(1).decode(), model)
@@ -385,7 +390,7 @@ class Gateway:
         await send({"type": "http.response.start", "status": resp.status, "headers": out})
         await send({"type": "http.response.body", "body": data})
 
-    async def relay(self, receive: Receive, send: Send, resp: aiohttp.ClientResponse, lease: Lease,
+    async def relay(self, receive: Receive, send: Send, resp: Response, lease: Lease,
                     headers: list[tuple[bytes, bytes]], ep: Endpoint, model: str) -> None:
         """Pass the engine's stream on as it arrives. A broken stream ends with an error event in the client's
         dialect; a client that leaves closes the engine's response."""
@@ -395,7 +400,7 @@ class Gateway:
         try:
             await send({"type": "http.response.start", "status": 200, "headers": headers})
             try:
-                async for chunk in resp.content.iter_any():
+                async for chunk in resp.chunks():
                     if sniff is not None:
                         sniff += chunk
                         if m := RESPONSE_ID.search(sniff):
@@ -404,7 +409,7 @@ class Gateway:
                         elif len(sniff) > SNIFF_BYTES:
                             sniff = None
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            except (aiohttp.ClientError, TimeoutError) as err:
+            except EngineError as err:
                 if not watcher.done():
                     await send({"type": "http.response.body", "body": stream_error(upstream_error(lease, err), ep),
                                 "more_body": True})
@@ -415,11 +420,28 @@ class Gateway:
             lease.release()
 
     @staticmethod
-    async def _watch_disconnect(receive: Receive, resp: aiohttp.ClientResponse) -> None:
+    async def _watch_disconnect(receive: Receive, resp: Response) -> None:
         """Close the engine's response when the client disconnects (its stream then stops at the engine)."""
         while (await receive())["type"] != "http.disconnect":
             pass
         resp.close()
+
+
+def decoded(data: bytes, headers: list[tuple[bytes, bytes]]) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+    """A whole answer that an engine compressed although the hub asked for none (a hosted API behind a CDN, say):
+    gzip and deflate decoded, so that its errors, usage and response ids can be read; other codings pass on as
+    they are, with their header (streams always do)."""
+    coding = next((v for k, v in headers if k == b"content-encoding"), None)
+    if coding is None or coding.strip().lower() not in (b"gzip", b"x-gzip", b"deflate"):
+        return data, headers
+    try:
+        plain = zlib.decompress(data, 47)  # gzip or zlib, told apart by the header
+    except zlib.error:
+        try:
+            plain = zlib.decompress(data, -15)  # deflate sent raw, as some servers do
+        except zlib.error:
+            return data, headers
+    return plain, [(k, v) for k, v in headers if k != b"content-encoding"]
 
 
 def upstream_error(lease: Lease, err: Exception) -> UpstreamError:

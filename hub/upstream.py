@@ -1,0 +1,356 @@
+"""The gateway's HTTP/1.1 client to the engines: pooled keep-alive connections, the answer parsed by httptools (the
+parser uvicorn serves the hub with), its body handed on as it arrives, with flow control.
+
+Why its own client: on the router benchmark (benchmarks/router_overhead.py) aiohttp's client was the largest cost
+of a proxied request, more than the hub's own code and uvicorn together. An engine the hub talks to is a known
+HTTP/1.1 server (vLLM, the image server, a command engine, an OpenAI-compatible API): a request is written in one
+go with its Content-Length, and only the answer needs a real parser.
+
+    pool = EnginePool()
+    resp = await pool.request("POST", "http://127.0.0.1:8001", "/v1/chat/completions", b"content-type: ...\\r\\n",
+                              body)
+    resp.status, resp.headers          # header names lower-cased, as bytes
+    data = await resp.read()           # the whole body; or: async for chunk in resp.chunks(): ...
+    resp.release()                     # the connection goes back to the pool (if the answer was read to its end)
+    resp.close()                       # drop the connection: the engine sees the client leave
+
+Errors are EngineError: the engine could not be reached (ConnectFailed) or broke off its answer (Disconnected,
+BadAnswer). An idle connection is dropped after `keepalive_s`, before the engines' servers drop theirs (uvicorn's and
+vLLM's 5 s); a request on a kept connection that the engine closed before answering a byte is sent once more on a
+new connection (the engine closed it idle: it never saw the request).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+from collections import deque
+from collections.abc import AsyncIterator
+from urllib.parse import urlsplit
+
+import httptools
+
+HIGH_WATER = 1 << 20  # bytes of an answer held before reading from the engine pauses (a slow client)
+LOW_WATER = HIGH_WATER // 4  # reading resumes below this
+WRITE_JOIN = 1 << 16  # bodies up to this size go out in one write with the head
+
+
+class EngineError(Exception):
+    """The engine could not be reached, or broke off its answer."""
+
+
+class ConnectFailed(EngineError):
+    """No connection to the engine."""
+
+
+class Disconnected(EngineError):
+    """The engine closed the connection before its answer ended."""
+
+
+class BadAnswer(EngineError):
+    """The engine's answer is not valid HTTP/1.1."""
+
+
+class Closed(EngineError):
+    """The answer was closed on the hub's side (its client left)."""
+
+
+class Origin:
+    """Where an engine listens, parsed once per base URL."""
+
+    __slots__ = ("host", "host_header", "key", "port", "prefix", "tls")
+
+    def __init__(self, base_url: str) -> None:
+        u = urlsplit(base_url)
+        if u.scheme not in ("http", "https") or not u.hostname:
+            raise ValueError(f"an engine's URL must be http:// or https:// with a host, not {base_url!r}")
+        self.tls = u.scheme == "https"
+        self.host, self.port = u.hostname, u.port or (443 if self.tls else 80)
+        netloc = u.netloc.rpartition("@")[2]
+        self.host_header = (netloc if netloc.isascii() else f"{self.host.encode('idna').decode()}:{self.port}"
+                            ).encode()
+        self.prefix = u.path.rstrip("/").encode()
+        self.key = (self.tls, self.host, self.port)
+
+
+class Connection(asyncio.Protocol):
+    """One keep-alive connection to an engine, and the answer it is reading."""
+
+    def __init__(self, pool: EnginePool, key: tuple[bool, str, int], loop: asyncio.AbstractEventLoop) -> None:
+        self.pool, self.key, self.loop = pool, key, loop
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.lost = self.idle = False
+        self.idle_since = 0.0
+        self.new_answer()
+
+    def new_answer(self) -> None:
+        self.status = 0
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.head: asyncio.Future[None] = self.loop.create_future()
+        self.body: deque[bytes] = deque()
+        self.buffered = 0
+        self.paused = self.started = self.complete = self.framed = self.keep_alive = False
+        self.error: EngineError | None = None
+        self.waiter: asyncio.Future[None] | None = None
+
+    # ---- asyncio.Protocol ----
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        if self.idle:  # nothing was asked: an engine that talks now is broken
+            self.transport.close()  # type: ignore[union-attr]
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as err:
+            self.fail(BadAnswer(f"the engine's answer is not valid HTTP: {err}"))
+            self.transport.close()  # type: ignore[union-attr]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        if self.idle:  # the engine closed it as it idled
+            self.pool.forget(self)
+            return
+        if self.complete or self.error:
+            return
+        if self.head.done() and not self.framed:  # no Content-Length and not chunked: the answer ends here
+            self.complete = True
+            self.wake()
+            return
+        detail = f": {exc}" if exc else ""
+        where = "mid-answer" if self.started else "before answering"
+        self.fail(Disconnected(f"the engine closed the connection {where}{detail}"))
+
+    def pause_writing(self) -> None:
+        pass  # a request is written whole: its body is in memory already
+
+    def resume_writing(self) -> None:
+        pass
+
+    # ---- httptools callbacks ----
+
+    def on_message_begin(self) -> None:
+        self.started = True
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        name = name.lower()
+        if name == b"content-length" or name == b"transfer-encoding":
+            self.framed = True
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        self.status = self.parser.get_status_code()
+        if not self.head.done():
+            self.head.set_result(None)
+
+    def on_body(self, body: bytes) -> None:
+        self.body.append(body)
+        self.buffered += len(body)
+        if self.buffered > HIGH_WATER and not self.paused:
+            self.paused = True
+            self.transport.pause_reading()  # type: ignore[union-attr]
+        self.wake()
+
+    def on_message_complete(self) -> None:
+        self.complete = True
+        self.keep_alive = self.parser.should_keep_alive()
+        self.wake()
+
+    # ---- the answer ----
+
+    def fail(self, err: EngineError) -> None:
+        if self.error is None:
+            self.error = err
+        if not self.head.done():
+            self.head.set_exception(err)
+            self.head.exception()  # retrieved: whoever waits raises it; nobody else needs asyncio's warning
+        self.wake()
+
+    def wake(self) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
+
+    async def wait(self) -> None:
+        self.waiter = self.loop.create_future()
+        try:
+            await self.waiter
+        finally:
+            self.waiter = None
+
+    def take(self) -> bytes:
+        """What has arrived of the body, emptied out; reading resumes if it was paused."""
+        data = self.body.popleft() if len(self.body) == 1 else b"".join(self.body)
+        self.body.clear()
+        self.buffered = 0
+        if self.paused and not self.lost:
+            self.paused = False
+            self.transport.resume_reading()  # type: ignore[union-attr]
+        return data
+
+
+class Response:
+    """An engine's answer: its status and headers, and its body to read once."""
+
+    __slots__ = ("conn", "headers", "pool", "released", "status")
+
+    def __init__(self, pool: EnginePool, conn: Connection) -> None:
+        self.pool, self.conn, self.released = pool, conn, False
+        self.status, self.headers = conn.status, conn.headers
+
+    async def read(self) -> bytes:
+        """The whole body."""
+        c, parts = self.conn, []
+        while True:
+            if c.body:
+                parts.append(c.take())
+            if c.error is not None:
+                raise c.error
+            if c.complete:
+                return parts[0] if len(parts) == 1 else b"".join(parts)
+            await c.wait()
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """The body as it arrives: what has arrived since the last chunk, each time."""
+        c = self.conn
+        while True:
+            if c.body:
+                yield c.take()
+            elif c.error is not None:
+                raise c.error
+            elif c.complete:
+                return
+            else:
+                await c.wait()
+
+    def close(self) -> None:
+        """Drop the connection: a chunk being waited for raises Closed, and the engine sees its client leave."""
+        c = self.conn
+        c.fail(Closed("the answer was closed"))
+        if c.transport is not None:
+            c.transport.close()
+        self.release()
+
+    def release(self) -> None:
+        """Give the connection back to the pool if its answer was read to the end, else close it."""
+        if not self.released:
+            self.released = True
+            self.pool.put_back(self.conn)
+
+
+class EnginePool:
+    """Keep-alive connections to the engines, by origin."""
+
+    def __init__(self, keepalive_s: float = 4.0, connect_timeout_s: float = 10.0,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
+        self.keepalive_s, self.connect_timeout_s = keepalive_s, connect_timeout_s
+        self.ssl_context = ssl_context  # made on the first https:// engine when not given
+        self.origins: dict[str, Origin] = {}
+        self.idle: dict[tuple[bool, str, int], list[Connection]] = {}
+        self.open: set[Connection] = set()
+        self.closed = False
+
+    def origin(self, base_url: str) -> Origin:
+        o = self.origins.get(base_url)
+        if o is None:
+            if len(self.origins) > 1024:  # engines come and go on new ports: keep the table bounded
+                self.origins.clear()
+            try:
+                o = self.origins[base_url] = Origin(base_url)
+            except ValueError as err:  # also a port out of range
+                raise ConnectFailed(f"bad engine URL {base_url!r}: {err}") from None
+        return o
+
+    async def request(self, method: str, base_url: str, target: str, headers: bytes = b"", body: bytes = b""
+                      ) -> Response:
+        """Send `method target` (a path with its query, as sent on the wire) to the engine at `base_url`, with
+        `headers` (complete lines, each ending in CRLF) and `body`; the answer once its head has arrived."""
+        if self.closed:
+            raise ConnectFailed("the hub is shutting down")
+        o = self.origin(base_url)
+        length = b"content-length: %d\r\n" % len(body) if body or method in ("POST", "PUT", "PATCH") else b""
+        head = b"%s %s%s HTTP/1.1\r\nhost: %s\r\n%s%s\r\n" % (method.encode(), o.prefix, target.encode("latin-1"),
+                                                               o.host_header, length, headers)
+        conn = self.kept(o.key)
+        if conn is not None:
+            try:
+                return await self.exchange(conn, head, body)
+            except Disconnected:
+                if conn.started:
+                    raise
+                # closed by the engine as it idled (a race with its keep-alive timer): it never saw the request
+        return await self.exchange(await self.connect(o), head, body)
+
+    async def exchange(self, conn: Connection, head: bytes, body: bytes) -> Response:
+        conn.new_answer()
+        transport = conn.transport
+        assert transport is not None
+        if len(body) <= WRITE_JOIN:
+            transport.write(head + body)
+        else:
+            transport.write(head)
+            transport.write(body)
+        try:
+            await conn.head
+        except BaseException:
+            self.drop(conn)
+            raise
+        return Response(self, conn)
+
+    def kept(self, key: tuple[bool, str, int]) -> Connection | None:
+        """The most recently used idle connection to `key` that is still good."""
+        conns = self.idle.get(key)
+        now = time.monotonic()
+        while conns:
+            c = conns.pop()
+            c.idle = False
+            if not c.lost and not c.transport.is_closing() and now - c.idle_since < self.keepalive_s:  # type: ignore[union-attr]
+                return c
+            self.drop(c)
+        return None
+
+    async def connect(self, o: Origin) -> Connection:
+        loop = asyncio.get_running_loop()
+        tls = None
+        if o.tls:
+            tls = self.ssl_context = self.ssl_context or ssl.create_default_context()
+        try:
+            async with asyncio.timeout(self.connect_timeout_s):
+                _, conn = await loop.create_connection(lambda: Connection(self, o.key, loop), o.host, o.port,
+                                                       ssl=tls, server_hostname=o.host if tls else None)
+        except TimeoutError:
+            raise ConnectFailed(f"no connection to {o.host}:{o.port} within {self.connect_timeout_s:g} s") from None
+        except OSError as err:
+            raise ConnectFailed(f"cannot connect to {o.host}:{o.port}: {err.strerror or err}") from None
+        self.open.add(conn)
+        return conn
+
+    def put_back(self, conn: Connection) -> None:
+        if (self.closed or conn.lost or conn.error is not None or not conn.complete or not conn.keep_alive
+                or conn.body):
+            self.drop(conn)
+            return
+        conn.idle, conn.idle_since = True, time.monotonic()
+        self.idle.setdefault(conn.key, []).append(conn)
+
+    def forget(self, conn: Connection) -> None:
+        """An idle connection the engine closed."""
+        self.open.discard(conn)
+        conns = self.idle.get(conn.key)
+        if conns and conn in conns:
+            conns.remove(conn)
+
+    def drop(self, conn: Connection) -> None:
+        self.open.discard(conn)
+        if conn.transport is not None and not conn.lost:
+            conn.transport.close()
+
+    async def close(self) -> None:
+        """Close every connection."""
+        self.closed = True
+        for conn in list(self.open):
+            self.drop(conn)
+        self.idle.clear()

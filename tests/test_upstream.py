@@ -1,0 +1,299 @@
+"""hub/upstream.py, the gateway's HTTP/1.1 client, against real sockets: a small asyncio server plays the engine and
+answers as each test scripts it (lengths, chunks, an answer ending at EOF, a close mid-answer, garbage, a slow
+reader, an idle connection closed by the engine, TLS with a certificate made here by openssl)."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import shutil
+import ssl
+import subprocess
+import zlib
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import pytest
+
+from hub.gateway import decoded
+from hub.upstream import HIGH_WATER, BadAnswer, Closed, ConnectFailed, Disconnected, EnginePool
+
+Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter, bytes, bytes], Awaitable[bool]]
+
+
+class Engine:
+    """A scripted HTTP/1.1 server: `script(reader, writer, head, body)` answers one request and returns whether
+    the connection stays open for the next."""
+
+    def __init__(self, script: Script) -> None:
+        self.script = script
+        self.connections = 0
+        self.requests: list[tuple[bytes, bytes]] = []
+        self.closed = asyncio.Event()  # a connection was closed by the client
+        self.server: asyncio.Server | None = None
+
+    async def start(self, tls: ssl.SSLContext | None = None) -> str:
+        self.server = await asyncio.start_server(self.serve, "127.0.0.1", 0, ssl=tls)
+        port = self.server.sockets[0].getsockname()[1]
+        return f"{'https' if tls else 'http'}://127.0.0.1:{port}"
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            while True:
+                try:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                except asyncio.IncompleteReadError:
+                    self.closed.set()
+                    return
+                length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                               if line.lower().startswith(b"content-length:")), 0)
+                body = await reader.readexactly(length)
+                self.requests.append((head, body))
+                if not await self.script(reader, writer, head, body):
+                    writer.close()
+                    return
+        except (ConnectionError, asyncio.IncompleteReadError):
+            self.closed.set()
+
+    async def stop(self) -> None:
+        if self.server:
+            self.server.close()
+
+
+def answer(body: bytes, status: str = "200 OK", extra: bytes = b"") -> bytes:
+    return b"HTTP/1.1 %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n%s\r\n%s" % (
+        status.encode(), len(body), extra, body)
+
+
+async def echo(reader, writer, head, body) -> bool:
+    writer.write(answer(b'{"got": %d}' % len(body)))
+    await writer.drain()
+    return True
+
+
+@pytest.fixture
+async def engine_factory():
+    made: list[Engine] = []
+    pools: list[EnginePool] = []
+
+    async def make(script: Script, **pool_kw) -> tuple[Engine, EnginePool, str]:
+        e = Engine(script)
+        made.append(e)
+        url = await e.start(pool_kw.pop("tls", None))
+        pool = EnginePool(**pool_kw)
+        pools.append(pool)
+        return e, pool, url
+
+    yield make
+    for p in pools:
+        await p.close()
+    for e in made:
+        await e.stop()
+
+
+async def test_a_sized_answer_and_the_connection_kept_for_the_next(engine_factory) -> None:
+    e, pool, url = await engine_factory(echo)
+    for n in (0, 5, 100_000):
+        r = await pool.request("POST", url, "/v1/chat/completions?beta=true", b"content-type: application/json\r\n",
+                               b"x" * n)
+        assert r.status == 200 and (b"content-type", b"application/json") in r.headers
+        assert await r.read() == b'{"got": %d}' % n
+        r.release()
+    assert e.connections == 1
+    head, _ = e.requests[0]
+    assert head.startswith(b"POST /v1/chat/completions?beta=true HTTP/1.1\r\n")
+    assert b"\r\ncontent-length: 0\r\n" in head and b"\r\ncontent-type: application/json\r\n" in head
+    get = await pool.request("GET", url, "/v1/responses/r1")
+    await get.read()
+    get.release()
+    assert b"content-length" not in e.requests[-1][0]  # a GET without a body says nothing of one
+
+
+async def test_chunks_are_handed_on_as_they_arrive(engine_factory) -> None:
+    gate = asyncio.Event()
+
+    async def chunked(reader, writer, head, body) -> bool:
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
+        writer.write(b"7\r\ndata: 1\r\n")
+        await writer.drain()
+        await gate.wait()  # the second chunk only once the client has read the first
+        writer.write(b"7\r\ndata: 2\r\n0\r\n\r\n")
+        await writer.drain()
+        return True
+
+    e, pool, url = await engine_factory(chunked)
+    r = await pool.request("POST", url, "/v1/chat/completions", b"", b"{}")
+    got = []
+    async for chunk in r.chunks():
+        got.append(chunk)
+        gate.set()
+    r.release()
+    assert got == [b"data: 1", b"data: 2"]
+    again = await pool.request("POST", url, "/v1/chat/completions", b"", b"{}")
+    assert await again.read() == b"data: 1data: 2" and e.connections == 1
+
+
+async def test_an_answer_without_a_length_ends_when_the_engine_closes(engine_factory) -> None:
+    async def until_eof(reader, writer, head, body) -> bool:
+        writer.write(b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\nall of it")
+        await writer.drain()
+        return False
+
+    e, pool, url = await engine_factory(until_eof)
+    for _ in range(2):
+        r = await pool.request("POST", url, "/x", b"", b"{}")
+        assert await r.read() == b"all of it"
+        r.release()
+    assert e.connections == 2  # not kept: the answer ended the connection
+
+
+async def test_an_engine_that_dies_mid_answer_is_an_error_not_a_short_answer(engine_factory) -> None:
+    async def dies(reader, writer, head, body) -> bool:
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nonly part")
+        await writer.drain()
+        return False
+
+    _, pool, url = await engine_factory(dies)
+    r = await pool.request("POST", url, "/x", b"", b"{}")
+    with pytest.raises(Disconnected, match="mid-answer"):
+        await r.read()
+    r.release()
+    s = await pool.request("POST", url, "/x", b"", b"{}")
+    with pytest.raises(Disconnected):
+        async for _ in s.chunks():
+            pass
+
+
+async def test_an_engine_that_closes_before_answering(engine_factory) -> None:
+    async def hangs_up(reader, writer, head, body) -> bool:
+        return False
+
+    e, pool, url = await engine_factory(hangs_up)
+    with pytest.raises(Disconnected, match="before answering"):
+        await pool.request("POST", url, "/x", b"", b"{}")
+    assert e.connections == 1  # a new connection is not retried: only a kept one the engine closed as it idled
+
+
+async def test_a_kept_connection_the_engine_closed_is_replaced_without_an_error(engine_factory) -> None:
+    async def once(reader, writer, head, body) -> bool:
+        writer.write(answer(b"{}"))
+        await writer.drain()
+        return len(e.requests) != 1  # closes the first connection after its answer, silently for the client
+
+    e, pool, url = await engine_factory(once)
+    r = await pool.request("POST", url, "/x", b"", b"{}")
+    await r.read()
+    r.release()
+    await asyncio.sleep(0.05)  # the close arrives while the connection idles
+    r = await pool.request("POST", url, "/x", b"", b"{}")
+    assert await r.read() == b"{}" and e.connections == 2
+
+
+async def test_idle_connections_expire_before_the_engines_keep_alive(engine_factory) -> None:
+    e, pool, url = await engine_factory(echo, keepalive_s=0.05)
+    for _ in range(2):
+        r = await pool.request("POST", url, "/x", b"", b"{}")
+        await r.read()
+        r.release()
+        await asyncio.sleep(0.1)
+    assert e.connections == 2
+
+
+async def test_connect_failure_names_the_engine() -> None:
+    pool = EnginePool(connect_timeout_s=2)
+    with pytest.raises(ConnectFailed, match=r"cannot connect to 127\.0\.0\.1:1"):
+        await pool.request("POST", "http://127.0.0.1:1", "/x", b"", b"{}")
+    with pytest.raises(ConnectFailed, match="bad engine URL"):
+        await pool.request("POST", "ftp://127.0.0.1:1", "/x", b"", b"{}")
+    await pool.close()
+
+
+async def test_garbage_is_a_bad_answer(engine_factory) -> None:
+    async def garbage(reader, writer, head, body) -> bool:
+        writer.write(b"SMTP ready\r\n\r\n")
+        await writer.drain()
+        return True
+
+    _, pool, url = await engine_factory(garbage)
+    with pytest.raises(BadAnswer, match="not valid HTTP"):
+        await pool.request("POST", url, "/x", b"", b"{}")
+
+
+async def test_a_slow_reader_pauses_the_engine_and_memory_stays_bounded(engine_factory) -> None:
+    total = 16 * HIGH_WATER
+    sent = asyncio.Event()
+
+    async def big(reader, writer, head, body) -> bool:
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % total)
+        for _ in range(64):
+            writer.write(b"x" * (total // 64))
+            await writer.drain()  # blocks once the client stops reading
+        sent.set()
+        return True
+
+    _, pool, url = await engine_factory(big)
+    r = await pool.request("POST", url, "/x", b"", b"{}")
+    await asyncio.sleep(0.3)  # the client reads nothing for a while: the engine must be held back
+    assert not sent.is_set()
+    assert r.conn.buffered <= 2 * HIGH_WATER and r.conn.paused
+    n = 0
+    async for chunk in r.chunks():
+        n += len(chunk)
+    assert n == total and sent.is_set()
+    r.release()
+
+
+async def test_close_mid_stream_drops_the_connection_at_the_engine(engine_factory) -> None:
+    async def endless(reader, writer, head, body) -> bool:
+        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+        while True:
+            writer.write(b"5\r\ntick\n\r\n")
+            await writer.drain()
+            await asyncio.sleep(0.01)
+
+    e, pool, url = await engine_factory(endless)
+    r = await pool.request("POST", url, "/x", b"", b"{}")
+
+    async def reader() -> None:
+        async for _ in r.chunks():
+            pass
+
+    task = asyncio.create_task(reader())
+    await asyncio.sleep(0.05)
+    r.close()
+    with pytest.raises(Closed):
+        await task
+    await asyncio.wait_for(e.closed.wait(), 5)
+    assert not pool.open
+
+
+@pytest.mark.skipif(not shutil.which("openssl"), reason="needs the openssl command to make a certificate")
+async def test_https_engines(engine_factory, tmp_path: Path) -> None:
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
+                    str(cert), "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server.load_cert_chain(cert, key)
+    client = ssl.create_default_context(cafile=str(cert))
+    _, pool, url = await engine_factory(echo, tls=server, ssl_context=client)
+    r = await pool.request("POST", url, "/v1/embeddings", b"", b"abc")
+    assert await r.read() == b'{"got": 3}'
+    r.release()
+    stranger = EnginePool()  # the system's CAs do not know this certificate
+    with pytest.raises(ConnectFailed):
+        await stranger.request("POST", url, "/x", b"", b"{}")
+    await stranger.close()
+
+
+def test_a_compressed_answer_is_decoded_for_the_gateway_to_read() -> None:
+    body = b'{"error": {"message": "no"}}'
+    headers = [(b"content-type", b"application/json"), (b"content-encoding", b"gzip")]
+    assert decoded(gzip.compress(body), headers) == (body, headers[:1])
+    assert decoded(zlib.compress(body), [(b"content-encoding", b"deflate")]) == (body, [])
+    raw = zlib.compressobj(wbits=-15)
+    assert decoded(raw.compress(body) + raw.flush(), [(b"content-encoding", b"deflate")])[0] == body
+    kept = [(b"content-encoding", b"br")]  # not decodable here: passed on with its header
+    assert decoded(b"\x1b\x00", kept) == (b"\x1b\x00", kept)
+    assert decoded(b"not gzip", headers) == (b"not gzip", headers)
