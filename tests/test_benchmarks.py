@@ -147,7 +147,7 @@ def test_router_overhead_direct_hub_and_bare() -> None:
         (c, m, t) for c in (1, 4) for m in ("plain", "stream") for t in ("direct", "hub", "bare")]
     for r in rows:
         assert r["requests"] == {1: 20, 4: 24}[r["concurrency"]] and r["rounds"] == 2, "3x c per round at least"
-        assert 0 < r["p50_ms"] <= r["p99_ms"] and r["req_s"] > 0 and r["gen_cpu_us"] > 0
+        assert 0 < r["p50_ms"] <= r["p99_ms"] and r["req_s"] > 0 and r["gen_cpu_us"] > 0 and r["cpu_us"] > 0
     for c in (1, 4):
         assert "first_p50_ms" not in by[("plain", c, "hub")]
         stream = by[("stream", c, "hub")]
