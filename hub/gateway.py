@@ -2,10 +2,10 @@
 
 One generic path serves every endpoint: read the body, find the model it names, check that the model serves the
 endpoint, acquire the model (the manager starts it if needed), pass the body on as received and the answer back as
-it arrives. Streams go straight from the engine's socket to ASGI `send`; a client that leaves closes the engine's
-response, so the engine stops generating. Everything else (/v1/models, /files, /hub, the web app) goes to the app
-behind. Every HubError becomes an error body here, in the client's dialect: OpenAI's shape everywhere, Anthropic's
-on /v1/messages.
+it arrives (through hub/upstream.py, the gateway's pooled HTTP/1.1 client to the engines). Streams go straight from
+the engine's socket to ASGI `send`; a client that leaves closes the engine's response, so the engine stops
+generating. Everything else (/v1/models, /files, /hub, the web app) goes to the app behind. Every HubError becomes
+an error body here, in the client's dialect: OpenAI's shape everywhere, Anthropic's on /v1/messages.
 
 Limits ([hub] in the registry), checked before any engine is asked: a body over max_body_mb (JSON) or max_upload_mb
 (multipart) gets a 413, from its Content-Length before it is read, else as soon as the bytes read pass the limit

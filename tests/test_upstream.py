@@ -66,6 +66,15 @@ def answer(body: bytes, status: str = "200 OK", extra: bytes = b"") -> bytes:
         status.encode(), len(body), extra, body)
 
 
+def says(raw: bytes, keep: bool = True) -> Script:
+    """A script that answers every request with `raw`, then keeps the connection or closes it."""
+    async def script(reader, writer, head, body) -> bool:
+        writer.write(raw)
+        await writer.drain()
+        return keep
+    return script
+
+
 async def echo(reader, writer, head, body) -> bool:
     writer.write(answer(b'{"got": %d}' % len(body)))
     await writer.drain()
@@ -135,12 +144,7 @@ async def test_chunks_are_handed_on_as_they_arrive(engine_factory) -> None:
 
 
 async def test_an_answer_without_a_length_ends_when_the_engine_closes(engine_factory) -> None:
-    async def until_eof(reader, writer, head, body) -> bool:
-        writer.write(b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\nall of it")
-        await writer.drain()
-        return False
-
-    e, pool, url = await engine_factory(until_eof)
+    e, pool, url = await engine_factory(says(b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\nall of it", keep=False))
     for _ in range(2):
         r = await pool.request("POST", url, "/x", b"", b"{}")
         assert await r.read() == b"all of it"
@@ -149,12 +153,7 @@ async def test_an_answer_without_a_length_ends_when_the_engine_closes(engine_fac
 
 
 async def test_an_engine_that_dies_mid_answer_is_an_error_not_a_short_answer(engine_factory) -> None:
-    async def dies(reader, writer, head, body) -> bool:
-        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nonly part")
-        await writer.drain()
-        return False
-
-    _, pool, url = await engine_factory(dies)
+    _, pool, url = await engine_factory(says(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nonly part", keep=False))
     r = await pool.request("POST", url, "/x", b"", b"{}")
     with pytest.raises(Disconnected, match="mid-answer"):
         await r.read()
@@ -210,12 +209,7 @@ async def test_connect_failure_names_the_engine() -> None:
 
 
 async def test_garbage_is_a_bad_answer(engine_factory) -> None:
-    async def garbage(reader, writer, head, body) -> bool:
-        writer.write(b"SMTP ready\r\n\r\n")
-        await writer.drain()
-        return True
-
-    _, pool, url = await engine_factory(garbage)
+    _, pool, url = await engine_factory(says(b"SMTP ready\r\n\r\n"))
     with pytest.raises(BadAnswer, match="not valid HTTP"):
         await pool.request("POST", url, "/x", b"", b"{}")
 
