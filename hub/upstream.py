@@ -16,8 +16,8 @@ go with its Content-Length, and only the answer needs a real parser.
 
 Errors are EngineError: the engine could not be reached (ConnectFailed) or broke off its answer (Disconnected,
 BadAnswer). An idle connection is dropped after `keepalive_s`, before the engines' servers drop theirs (uvicorn's and
-vLLM's 5 s); a request on a kept connection that the engine closed before answering a byte is sent once more on a
-new connection (the engine closed it idle: it never saw the request).
+vLLM's 5 s); a request on a kept connection that the engine closed before answering a byte, at once, is sent once
+more on a new connection (the engine closed it idle: it never saw the request). Interim answers (1xx) are skipped.
 """
 
 from __future__ import annotations
@@ -34,6 +34,12 @@ import httptools
 HIGH_WATER = 1 << 20  # bytes of an answer held before reading from the engine pauses (a slow client)
 LOW_WATER = HIGH_WATER // 4  # reading resumes below this
 WRITE_JOIN = 1 << 16  # bodies up to this size go out in one write with the head
+# An answer's head (interim 1xx answers included) past this size is refused: httptools keeps a header whole in memory
+# until it ends, and an engine that never ends its head would grow the hub's memory without bound
+MAX_HEAD = 1 << 18
+# A kept connection that the engine closes this long after the request went out was not closed idle (that close
+# crosses the request on the wire, within a round trip): the engine had the request, so it is not sent again
+RETRY_WITHIN_S = 1.0
 
 
 class EngineError(Exception):
@@ -91,7 +97,8 @@ class Connection(asyncio.Protocol):
         self.head: asyncio.Future[None] = self.loop.create_future()
         self.body: deque[bytes] = deque()
         self.buffered = 0
-        self.paused = self.started = self.complete = self.framed = self.keep_alive = False
+        self.paused = self.started = self.complete = self.framed = self.keep_alive = self.interim = False
+        self.head_bytes = 0
         self.error: EngineError | None = None
         self.waiter: asyncio.Future[None] | None = None
 
@@ -106,9 +113,24 @@ class Connection(asyncio.Protocol):
             return
         try:
             self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:  # not an HttpParserError
+            self.broken(BadAnswer("the engine switched protocols (101), which the hub never asks for"))
         except httptools.HttpParserError as err:
-            self.fail(BadAnswer(f"the engine's answer is not valid HTTP: {err}"))
-            self.transport.close()  # type: ignore[union-attr]
+            self.broken(BadAnswer(f"the engine's answer is not valid HTTP: {err}"))
+        else:
+            if not self.head.done():
+                self.head_bytes += len(data)
+                if self.head_bytes > MAX_HEAD:
+                    self.broken(BadAnswer(f"the engine's answer has a head of more than {MAX_HEAD} bytes"))
+
+    def broken(self, err: EngineError) -> None:
+        """The engine sent what the parser refuses: the answer being read fails; after a complete answer (bytes past
+        its end, a second answer) that answer stands, and only the connection is out of step and never reused."""
+        if self.complete:
+            self.keep_alive = False
+        else:
+            self.fail(err)
+        self.transport.close()  # type: ignore[union-attr]
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
@@ -134,16 +156,24 @@ class Connection(asyncio.Protocol):
     # ---- httptools callbacks ----
 
     def on_message_begin(self) -> None:
+        if self.complete:  # a second answer to one request: raised as HttpParserCallbackError to data_received
+            raise BadAnswer("the engine answered twice")
         self.started = True
 
     def on_header(self, name: bytes, value: bytes) -> None:
         name = name.lower()
-        if name == b"content-length" or name == b"transfer-encoding":
+        if name == b"content-length":
             self.framed = True
+        elif name == b"transfer-encoding":  # without chunked last, the answer ends at EOF (RFC 9112 6.3)
+            self.framed = value.rstrip().lower().endswith(b"chunked")
         self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
-        self.status = self.parser.get_status_code()
+        status = self.parser.get_status_code()
+        if status < 200:  # an interim answer (100 Continue, 103 Early Hints): the final one follows on its heels
+            self.interim, self.headers, self.framed = True, [], False
+            return
+        self.status = status
         if not self.head.done():
             self.head.set_result(None)
 
@@ -156,6 +186,9 @@ class Connection(asyncio.Protocol):
         self.wake()
 
     def on_message_complete(self) -> None:
+        if self.interim:
+            self.interim = False
+            return
         self.complete = True
         self.keep_alive = self.parser.should_keep_alive()
         self.wake()
@@ -276,10 +309,11 @@ class EnginePool:
                                                                o.host_header, length, headers)
         conn = self.kept(o.key)
         if conn is not None:
+            sent = time.monotonic()
             try:
                 return await self.exchange(conn, head, body)
             except Disconnected:
-                if conn.started:
+                if conn.started or self.closed or time.monotonic() - sent > RETRY_WITHIN_S:
                     raise
                 # closed by the engine as it idled (a race with its keep-alive timer): it never saw the request
         return await self.exchange(await self.connect(o), head, body)
@@ -325,6 +359,8 @@ class EnginePool:
             raise ConnectFailed(f"no connection to {o.host}:{o.port} within {self.connect_timeout_s:g} s") from None
         except OSError as err:
             raise ConnectFailed(f"cannot connect to {o.host}:{o.port}: {err.strerror or err}") from None
+        except ValueError as err:  # a host that getaddrinfo cannot encode (a label over 63 characters, a NUL)
+            raise ConnectFailed(f"cannot connect to {o.host}:{o.port}: {err}") from None
         self.open.add(conn)
         return conn
 

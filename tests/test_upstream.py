@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from hub import upstream
 from hub.gateway import decoded
-from hub.upstream import HIGH_WATER, BadAnswer, Closed, ConnectFailed, Disconnected, EnginePool
+from hub.upstream import HIGH_WATER, MAX_HEAD, BadAnswer, Closed, ConnectFailed, Disconnected, EnginePool
 
 Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter, bytes, bytes], Awaitable[bool]]
 
@@ -205,6 +206,9 @@ async def test_connect_failure_names_the_engine() -> None:
         await pool.request("POST", "http://127.0.0.1:1", "/x", b"", b"{}")
     with pytest.raises(ConnectFailed, match="bad engine URL"):
         await pool.request("POST", "ftp://127.0.0.1:1", "/x", b"", b"{}")
+    for host in ("a" * 64 + ".example", "ex\x00ample"):  # getaddrinfo raises ValueError (UnicodeError) for these
+        with pytest.raises(ConnectFailed, match="cannot connect"):
+            await pool.request("POST", f"http://{host}:8000", "/x", b"", b"{}")
     await pool.close()
 
 
@@ -212,6 +216,95 @@ async def test_garbage_is_a_bad_answer(engine_factory) -> None:
     _, pool, url = await engine_factory(says(b"SMTP ready\r\n\r\n"))
     with pytest.raises(BadAnswer, match="not valid HTTP"):
         await pool.request("POST", url, "/x", b"", b"{}")
+
+
+async def test_interim_answers_are_skipped_for_the_final_one(engine_factory) -> None:
+    async def hints(reader, writer, head, body) -> bool:
+        writer.write(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a.css>\r\n\r\n")
+        await writer.drain()
+        await asyncio.sleep(0.05)  # the final answer comes later: the 1xx is not taken for it
+        writer.write(answer(b"final"))
+        await writer.drain()
+        return True
+
+    e, pool, url = await engine_factory(hints)
+    for _ in range(2):
+        r = await pool.request("POST", url, "/x", b"", b"{}")
+        assert r.status == 200 and (b"link", b"</a.css>") not in r.headers
+        assert await r.read() == b"final"
+        r.release()
+    assert e.connections == 1
+
+
+async def test_switching_protocols_unasked_is_a_bad_answer(engine_factory, caplog) -> None:
+    _, pool, url = await engine_factory(says(b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\n"
+                                             b"upgrade: h2c\r\n\r\n\x00\x00"))
+    with pytest.raises(BadAnswer, match="switched protocols"):
+        await pool.request("POST", url, "/x", b"", b"{}")
+    assert "Fatal error" not in caplog.text  # not an exception out of data_received
+
+
+@pytest.mark.parametrize("after", [b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nextra", b"junk",
+                                   b"HTTP/1.1 200 OK\r\n"])
+async def test_bytes_past_the_end_of_an_answer_are_not_read_as_the_next(engine_factory, after: bytes) -> None:
+    e, pool, url = await engine_factory(says(answer(b"ok") + after))  # one write: one segment
+    for _ in range(2):
+        r = await pool.request("POST", url, "/x", b"", b"{}")
+        assert await r.read() == b"ok" and [v for k, v in r.headers if k == b"content-length"] == [b"2"]
+        r.release()
+    assert e.connections == 2  # the connection that was out of step is not reused
+
+
+async def test_an_answer_with_a_transfer_coding_but_not_chunked_ends_at_eof(engine_factory) -> None:
+    _, pool, url = await engine_factory(says(b"HTTP/1.1 200 OK\r\ntransfer-encoding: identity\r\n\r\nall of it",
+                                             keep=False))
+    r = await pool.request("POST", url, "/x", b"", b"{}")
+    assert await r.read() == b"all of it"  # RFC 9112 6.3: not an engine that broke off
+    r.release()
+
+
+async def test_an_endless_head_is_refused_before_it_fills_memory(engine_factory) -> None:
+    async def endless(reader, writer, head, body) -> bool:
+        writer.write(b"HTTP/1.1 200 OK\r\nx-junk: ")
+        for _ in range(64):
+            writer.write(b"a" * (MAX_HEAD // 4))
+            await writer.drain()
+        return False
+
+    _, pool, url = await engine_factory(endless)
+    with pytest.raises(BadAnswer, match="head of more than"):
+        await asyncio.wait_for(pool.request("POST", url, "/x", b"", b"{}"), 10)
+
+
+async def test_a_request_the_engine_had_is_not_sent_twice(engine_factory, monkeypatch) -> None:
+    monkeypatch.setattr(upstream, "RETRY_WITHIN_S", 0.05)
+
+    async def then_dies(reader, writer, head, body) -> bool:
+        if len(e.requests) % 2:  # the first and third
+            writer.write(answer(b"{}"))
+            await writer.drain()
+            return True
+        await asyncio.sleep(0.3)  # works on it, then closes without an answer (a worker killed on a timeout, say)
+        return False
+
+    e, pool, url = await engine_factory(then_dies)
+    r = await pool.request("POST", url, "/x", b"", b"{}")
+    await r.read()
+    r.release()
+    with pytest.raises(Disconnected, match="before answering"):
+        await pool.request("POST", url, "/x", b"", b"{}")
+    assert len(e.requests) == 2
+    r = await pool.request("POST", url, "/x", b"", b"{}")  # on a new connection
+    assert await r.read() == b"{}"
+    r.release()
+    # nor by a pool that closes while the request waits on a kept connection
+    task = asyncio.create_task(pool.request("POST", url, "/x", b"", b"{}"))
+    await asyncio.sleep(0.05)
+    await pool.close()
+    with pytest.raises(Disconnected):
+        await task
+    assert len(e.requests) == 4
+    await asyncio.sleep(0.3)  # the engine's handler ends
 
 
 async def test_a_slow_reader_pauses_the_engine_and_memory_stays_bounded(engine_factory) -> None:
@@ -286,6 +379,7 @@ def test_a_compressed_answer_is_decoded_for_the_gateway_to_read() -> None:
     headers = [(b"content-type", b"application/json"), (b"content-encoding", b"gzip")]
     assert decoded(gzip.compress(body), headers) == (body, headers[:1])
     assert decoded(zlib.compress(body), [(b"content-encoding", b"deflate")]) == (body, [])
+    assert decoded(gzip.compress(b"part 1, ") + gzip.compress(b"part 2"), headers)[0] == b"part 1, part 2"
     raw = zlib.compressobj(wbits=-15)
     assert decoded(raw.compress(body) + raw.flush(), [(b"content-encoding", b"deflate")])[0] == body
     kept = [(b"content-encoding", b"br")]  # not decodable here: passed on with its header
