@@ -322,6 +322,9 @@ class EnginePool:
         conn.new_answer()
         transport = conn.transport
         assert transport is not None
+        if conn.lost or transport.is_closing():  # closed since it was made or kept: no answer would ever come
+            self.drop(conn)
+            raise Disconnected("the engine closed the connection before answering")
         if len(body) <= WRITE_JOIN:
             transport.write(head + body)
         else:

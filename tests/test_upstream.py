@@ -385,3 +385,13 @@ def test_a_compressed_answer_is_decoded_for_the_gateway_to_read() -> None:
     kept = [(b"content-encoding", b"br")]  # not decodable here: passed on with its header
     assert decoded(b"\x1b\x00", kept) == (b"\x1b\x00", kept)
     assert decoded(b"not gzip", headers) == (b"not gzip", headers)
+
+
+async def test_a_connection_lost_before_its_request_fails_at_once(engine_factory) -> None:
+    _, pool, url = await engine_factory(echo)
+    conn = await pool.connect(pool.origin(url))
+    conn.transport.close()
+    await asyncio.sleep(0.05)
+    with pytest.raises(Disconnected, match="before answering"):
+        await asyncio.wait_for(pool.exchange(conn, b"POST /x HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n", b""), 5)
+    assert conn not in pool.open
