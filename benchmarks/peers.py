@@ -171,6 +171,17 @@ def started_hub(tmp: Path, cores: Cores) -> Iterator[tuple[Server, Server]]:
         stop_process(proc)
 
 
+def _serving(name: str, proc: subprocess.Popen, port: int, health: str, timeout: float, log: Path, cores: Cores
+             ) -> Iterator[Server]:
+    """A started proxy, once its health path answers, pinned to the proxies' cores; stopped when done."""
+    try:
+        wait_http(f"http://127.0.0.1:{port}{health}", proc, timeout, log)
+        pin_tree(proc.pid, cores.proxy)
+        yield Server(name, f"http://127.0.0.1:{port}/v1", proc.pid)
+    finally:
+        stop_process(proc)
+
+
 @contextlib.contextmanager
 def started_bare(tmp: Path, engine_v1: str, cores: Cores) -> Iterator[Server]:
     """The bare ASGI pass-through in front of the engine."""
@@ -178,12 +189,7 @@ def started_bare(tmp: Path, engine_v1: str, cores: Cores) -> Iterator[Server]:
     log = tmp / "bare.log"
     proc = _popen([sys.executable, "-m", "benchmarks.bare_proxy", "--upstream", engine_v1.removesuffix("/v1"),
                    "--port", str(port)], log, cores.proxy, cwd=ROOT)
-    try:
-        wait_http(f"http://127.0.0.1:{port}/health", proc, 30, log)
-        pin_tree(proc.pid, cores.proxy)
-        yield Server("bare", f"http://127.0.0.1:{port}/v1", proc.pid)
-    finally:
-        stop_process(proc)
+    yield from _serving("bare", proc, port, "/health", 30, log, cores)
 
 
 @contextlib.contextmanager
@@ -194,12 +200,7 @@ def started_vllm_router(tmp: Path, engine_v1: str, cores: Cores) -> Iterator[Ser
     proc = _popen([str(vllm_router_exe()), "--host", "127.0.0.1", "--port", str(port),
                    "--worker-urls", engine_v1.removesuffix("/v1"), "--policy", "round_robin",
                    "--prometheus-host", "127.0.0.1", "--prometheus-port", str(metrics)], log, cores.proxy, cwd=tmp)
-    try:
-        wait_http(f"http://127.0.0.1:{port}/health", proc, 60, log)
-        pin_tree(proc.pid, cores.proxy)
-        yield Server("vllm-router", f"http://127.0.0.1:{port}/v1", proc.pid)
-    finally:
-        stop_process(proc)
+    yield from _serving("vllm-router", proc, port, "/health", 60, log, cores)
 
 
 @contextlib.contextmanager
@@ -222,12 +223,7 @@ def started_litellm(tmp: Path, engine_v1: str, cores: Cores) -> Iterator[Server]
     exe = litellm_python().parent / "litellm"
     proc = _popen([str(exe), "--config", str(cfg), "--host", "127.0.0.1", "--port", str(port)], log, cores.proxy,
                   cwd=tmp, env={**os.environ, **LITELLM_ENV})
-    try:
-        wait_http(f"http://127.0.0.1:{port}/health/liveliness", proc, 180, log)
-        pin_tree(proc.pid, cores.proxy)
-        yield Server("litellm", f"http://127.0.0.1:{port}/v1", proc.pid)
-    finally:
-        stop_process(proc)
+    yield from _serving("litellm", proc, port, "/health/liveliness", 180, log, cores)
 
 
 STARTERS = {"bare": started_bare, "vllm-router": started_vllm_router, "litellm": started_litellm}

@@ -18,6 +18,7 @@ Errors are EngineError: the engine could not be reached (ConnectFailed) or broke
 BadAnswer). An idle connection is dropped after `keepalive_s`, before the engines' servers drop theirs (uvicorn's and
 vLLM's 5 s); a request on a kept connection that the engine closed before answering a byte, at once, is sent once
 more on a new connection (the engine closed it idle: it never saw the request). Interim answers (1xx) are skipped.
+`decoded` undoes gzip or deflate on a whole answer from an engine that compressed it anyway.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 import time
+import zlib
 from collections import deque
 from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
@@ -393,3 +395,34 @@ class EnginePool:
         for conn in list(self.open):
             self.drop(conn)
         self.idle.clear()
+
+
+def decoded(data: bytes, headers: list[tuple[bytes, bytes]]) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+    """A whole answer that an engine compressed although the hub asked for none (a hosted API behind a CDN, say):
+    gzip and deflate decoded, so that its errors, usage and response ids can be read; other codings pass on as
+    they are, with their header (streams always do)."""
+    coding = next((v for k, v in headers if k == b"content-encoding"), None)
+    if coding is None or coding.strip().lower() not in (b"gzip", b"x-gzip", b"deflate"):
+        return data, headers
+    try:
+        plain = inflate(data)
+    except zlib.error:
+        try:
+            plain = zlib.decompress(data, -15)  # deflate sent raw, as some servers do
+        except zlib.error:
+            return data, headers
+    return plain, [(k, v) for k, v in headers if k != b"content-encoding"]
+
+
+def inflate(data: bytes) -> bytes:
+    """gzip or zlib data decoded, told apart by its header; gzip members back to back (RFC 1952 2.2: a server that
+    compresses as it writes may send several) all decoded, not only the first. zlib.error if it is neither."""
+    out = []
+    while True:
+        d = zlib.decompressobj(47)
+        out.append(d.decompress(data))
+        if not d.eof:
+            raise zlib.error("incomplete or truncated stream")
+        data = d.unused_data
+        if data[:2] != b"\x1f\x8b":  # the end, or bytes after the last member: ignored, as zlib.decompress does
+            return b"".join(out)

@@ -78,3 +78,25 @@ def test_unknown_paths_and_wrong_methods_get_openai_errors(ui_hub) -> None:
     # the web app still serves its own paths
     r = httpx.get(ui_hub.url + "/", timeout=30)
     assert r.status_code == 200 and "<html" in r.text.lower()
+
+
+async def test_a_bug_in_the_gateway_is_a_shaped_500_not_a_dropped_connection(tmp_path, monkeypatch) -> None:
+    """The gateway runs ahead of Starlette's error middleware: an unexpected error is its own to answer, in the
+    client's dialect, and logged."""
+    from hub.registry import parse_registry
+    from hub.router import create_app
+
+    monkeypatch.setenv("HUB_STATE_DIR", str(tmp_path))
+    reg = parse_registry({"models": {"echo": {"type": "text", "engine": "command", "command": ["x", "{port}"]}}})
+    app = create_app(reg, ui=False)
+
+    def broken(*_: object) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(app.state.gateway, "check_task", broken)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://hub") as c:
+        r = await c.post("/v1/chat/completions", json={"model": "echo", "messages": []})
+        assert r.status_code == 500 and "internal error" in assert_openai_error(r, 500)["message"]
+        r = await c.post("/v1/messages", json={"model": "echo", "max_tokens": 1, "messages": []})
+        assert r.status_code == 500 and r.json()["type"] == "error" and r.json()["error"]["type"] == "api_error"
+        assert (await c.get("/health")).json() == {"status": "ok"}  # the rest still reaches FastAPI

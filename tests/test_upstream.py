@@ -16,8 +16,7 @@ from pathlib import Path
 import pytest
 
 from hub import upstream
-from hub.gateway import decoded
-from hub.upstream import HIGH_WATER, MAX_HEAD, BadAnswer, Closed, ConnectFailed, Disconnected, EnginePool
+from hub.upstream import HIGH_WATER, MAX_HEAD, BadAnswer, Closed, ConnectFailed, Disconnected, EnginePool, decoded
 
 Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter, bytes, bytes], Awaitable[bool]]
 
