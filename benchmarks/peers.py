@@ -23,12 +23,12 @@ from pathlib import Path
 import httpx
 import psutil
 
+from hub import locks
 from hub.procs import free_port, stop_process, wait_http
 
 ROOT = Path(__file__).resolve().parent.parent
 RESPONDER = ROOT / "tests" / "responder.py"
 MODEL = "bench"
-VLLM_ROUTER_VERSION = "0.1.17"
 PEERS = ("bare", "vllm-router", "litellm")
 
 # LiteLLM must not reach the network: bundled cost map, no telemetry. Like the hub here, it runs without an API
@@ -53,30 +53,15 @@ def vllm_router_exe() -> Path:
     return envs_dir() / "vllm-router" / "bin" / "vllm-router"
 
 
-def _venv(name: str) -> Path:
-    env = envs_dir() / name
-    if not (env / "bin" / "python").exists():
-        subprocess.run([sys.executable, "-m", "venv", str(env)], check=True)
-    return env / "bin" / "python"
-
-
 def setup_litellm() -> Path:
-    """Make <envs_dir>/litellm with `litellm[proxy]` (idempotent)."""
-    py = _venv("litellm")
-    probe = subprocess.run([str(py), "-c", "import litellm.proxy.proxy_server"], capture_output=True,
-                           env={**os.environ, **LITELLM_ENV})
-    if probe.returncode != 0:
-        subprocess.run([str(py), "-m", "pip", "install", "-q", "litellm[proxy]"], check=True)
-    return py
+    """Make <envs_dir>/litellm exactly locks/litellm.txt (idempotent)."""
+    locks.install(envs_dir() / "litellm", "litellm")
+    return litellm_python()
 
 
 def setup_vllm_router() -> Path:
-    """Make <envs_dir>/vllm-router with the pinned vllm-router release (idempotent)."""
-    py = _venv("vllm-router")
-    probe = subprocess.run([str(py), "-c", "import importlib.metadata as m; print(m.version('vllm-router'))"],
-                           capture_output=True, text=True)
-    if probe.stdout.strip() != VLLM_ROUTER_VERSION or not vllm_router_exe().exists():
-        subprocess.run([str(py), "-m", "pip", "install", "-q", f"vllm-router=={VLLM_ROUTER_VERSION}"], check=True)
+    """Make <envs_dir>/vllm-router exactly locks/vllm-router.txt (idempotent)."""
+    locks.install(envs_dir() / "vllm-router", "vllm-router")
     return vllm_router_exe()
 
 

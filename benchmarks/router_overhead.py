@@ -53,6 +53,7 @@ from benchmarks.peers import (
 )
 from benchmarks.results import write_csv
 from benchmarks.scenarios import RouterOverheadScenario
+from hub.locks import LockError
 
 __all__ = ["litellm_python", "report", "run_router_overhead", "vllm_router_exe"]
 
@@ -243,10 +244,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="artifacts/benchmarks/router_overhead.csv")
     a = p.parse_args(argv)
     if a.setup_litellm or a.setup_vllm_router:
-        if a.setup_litellm:
-            print(f"LiteLLM's proxy is ready: {setup_litellm()}")
-        if a.setup_vllm_router:
-            print(f"vllm-router is ready: {setup_vllm_router()}")
+        try:
+            if a.setup_litellm:
+                print(f"LiteLLM's proxy is ready: {setup_litellm()}")
+            if a.setup_vllm_router:
+                print(f"vllm-router is ready: {setup_vllm_router()}")
+        except LockError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 1
         return 0
     peers = [peer for peer in PEERS if not getattr(a, f"no_{peer.replace('-', '_')}")]
     sc = RouterOverheadScenario(name="router-overhead", requests=a.requests, concurrency=a.concurrency,

@@ -17,9 +17,10 @@ DIFFUSERS_DOCKERFILE = "docker/diffusers/Dockerfile"
 
 def build_image(registry: Registry, host: str, tag: str, base_image: str | None = None,
                 wheels: list[Path] | None = None, network: str | None = None,
-                out: Callable[[str], None] = print) -> str:
-    """Build docker/diffusers/Dockerfile on a host's daemon (the context is this checkout, filtered by
-    .dockerignore); `wheels` are copied into docker/diffusers/wheels/ first. Returns the image id."""
+                out: Callable[[str], None] = print, device: str = "cuda") -> str:
+    """Build docker/diffusers/Dockerfile on a host's daemon from locks/diffusers-<device>.txt (the context is this
+    checkout, filtered by .dockerignore); `wheels` are copied into docker/diffusers/wheels/ first (the CPU build of
+    torch for a CPU image). Returns the image id."""
     dockerfile = REPO_ROOT / DIFFUSERS_DOCKERFILE
     if not dockerfile.exists():
         raise RuntimeFailure(f"{DIFFUSERS_DOCKERFILE} is not in {REPO_ROOT}: run `hub build` from a checkout of hub")
@@ -32,8 +33,9 @@ def build_image(registry: Registry, host: str, tag: str, base_image: str | None 
             target.write_bytes(whl.read_bytes())
     rt = DockerRuntime(registry, host)
     client = rt._connect()
-    args = {"BASE_IMAGE": base_image} if base_image else {}
-    out(f"building {tag} from {DIFFUSERS_DOCKERFILE} on docker host {host!r} ({rt.where})"
+    args = {"LOCK": f"diffusers-{device}", **({"BASE_IMAGE": base_image} if base_image else {})}
+    out(f"building {tag} from {DIFFUSERS_DOCKERFILE} and locks/diffusers-{device}.txt on docker host {host!r} "
+        f"({rt.where})"
         + (f" with BASE_IMAGE={base_image}" if base_image else ""))
     try:
         stream = client.api.build(path=str(REPO_ROOT), dockerfile=DIFFUSERS_DOCKERFILE, tag=tag, buildargs=args,

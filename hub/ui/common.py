@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 import gradio as gr
 import openai
 
-from hub.ui.clients import Admin, AdminError, error_message
+from hub.ui.clients import SDK_ERRORS, Admin, AdminError, error_message
 
 T = TypeVar("T")
 POLL_S = 0.5
@@ -34,6 +34,9 @@ def ui_error(err: BaseException, hub: str = "the hub") -> gr.Error:
         return gr.Error(f"cannot reach {hub}: is `hub serve` running?")
     if isinstance(err, AdminError):
         return gr.Error(str(err))
+    if isinstance(err, SDK_ERRORS):  # the transport under the SDK: a stream cut mid-answer
+        return gr.Error(f"the connection to {hub} broke mid-answer ({type(err).__name__}: {err}): the answer above "
+                        "is incomplete; try again, and see `hub logs <model>` if it happens again")
     return gr.Error(f"{type(err).__name__}: {err}")
 
 
@@ -87,7 +90,7 @@ def model_choices(client: openai.OpenAI) -> dict[str, list[str]]:
     """Registered model ids by type ("text", "image", "embedding", ...) from /v1/models."""
     try:
         models = client.models.list().data
-    except openai.OpenAIError as err:
+    except SDK_ERRORS as err:
         raise ui_error(err) from None
     out: dict[str, list[str]] = {"text": [], "image": []}
     for m in models:

@@ -14,7 +14,7 @@ import httpx
 import openai
 from PIL import Image, ImageChops
 
-from hub.ui.clients import Admin, AdminError
+from hub.ui.clients import SDK_ERRORS, Admin, AdminError
 from hub.ui.common import POLL_S, note_update, ui_error, wait_for
 from hub.ui.imagestream import ImageStream, open_stream, step_line
 
@@ -189,7 +189,7 @@ def _images_call(send: Callable[[], ImageStream], admin: Admin, model: str, doin
                 previews += 1
                 yield gr.skip(), [(p.preview, f"preview {previews}")], gr.skip(), gr.skip()
         images = stream.images
-    except (openai.OpenAIError, AdminError, httpx.HTTPError) as err:
+    except (*SDK_ERRORS, AdminError, httpx.HTTPError) as err:
         raise ui_error(err) from None
     finally:
         if stream is not None:
