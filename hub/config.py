@@ -89,6 +89,12 @@ class HubSettings(_Strict):
                                                 "request waits for its memory")
     min_residency: Duration = Field(30.0, description="how long a model that became ready keeps taking its new "
                                                       "requests before it yields (unless it is idle)")
+    # towards the engines (hub/gateway.py): a model's own keys win; 0 means no limit
+    connect_timeout: Duration = Field(10.0, gt=0, description="longest wait for a connection to an engine")
+    answer_timeout: Duration = Field(1800.0, ge=0, description="longest wait for an engine's answer to begin (its "
+                                                              "status and headers) once the request is sent")
+    stream_idle_timeout: Duration = Field(300.0, ge=0, description="longest silence of an engine in the middle of "
+                                                                   "an answer or a stream")
 
 
 class HostConfig(_Strict):
@@ -123,6 +129,8 @@ class ModelConfig(_Strict):
     max_wait: Duration | None = None
     max_run: Duration | None = None
     min_residency: Duration | None = None
+    answer_timeout: Duration | None = Field(None, ge=0)
+    stream_idle_timeout: Duration | None = Field(None, ge=0)
     args: dict[str, Any] = Field(default_factory=dict, description="the engine's own keys (see each engine)")
     env: dict[str, str] = Field(default_factory=dict)
     description: str | None = Field(None, description="a note for people: shown by the web app and /v1/models")
@@ -168,13 +176,15 @@ class ModelConfig(_Strict):
 
 @dataclass(frozen=True)
 class Limits:
-    """A model's scheduling keys, its own or else [hub]'s (Registry.limits_of)."""
+    """A model's scheduling and timeout keys, its own or else [hub]'s (Registry.limits_of)."""
 
     max_concurrency: int  # 0: no limit
     max_queue: int
     max_wait: float
     max_run: float
     min_residency: float
+    answer_timeout: float = 0.0  # 0: no limit
+    stream_idle_timeout: float = 0.0  # 0: no limit
 
     @classmethod
     def of(cls, hub: HubSettings, model: ModelConfig | None = None) -> Limits:

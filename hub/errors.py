@@ -12,7 +12,10 @@
     ├── HeadersTooLarge (431)      the request line and headers are over the hub's limits (sent by `hub serve`)
     ├── TooManyRequests (429)      the model's queue is full (max_concurrency, max_queue); carries Retry-After
     ├── ClientLeft (499)           the client left while its request waited for its model; nobody reads the answer
-    ├── UpstreamError (502)        the engine broke off or crashed while serving a request
+    ├── UpstreamError (502)        the engine broke off or crashed while serving a request, or ended a stream
+    │                              without its last event
+    ├── EngineTimeout (504)        the engine did not answer within answer_timeout, or went silent mid-answer past
+    │                              stream_idle_timeout; names the key
     └── ModelUnavailable (503)     the model cannot serve now
         ├── StartFailed (503)      the engine failed to start; carries the reason and the tail of its log
         ├── StartTimeout (503)     the engine was not ready within start_timeout; carries Retry-After
@@ -135,6 +138,14 @@ class UpstreamError(HubError):
     status = 502
     type = "server_error"
     code = "engine_error"
+
+
+class EngineTimeout(HubError):
+    """The engine kept the request past one of the hub's timeouts towards engines; the message names the key."""
+
+    status = 504
+    type = "server_error"
+    code = "engine_timeout"
 
 
 class ModelUnavailable(HubError):

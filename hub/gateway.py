@@ -42,6 +42,7 @@ from hub.endpoints import (
 )
 from hub.errors import (
     AuthError,
+    EngineTimeout,
     HubError,
     MethodNotAllowed,
     NotFound,
@@ -51,14 +52,24 @@ from hub.errors import (
 )
 from hub.manager import Lease, Manager
 from hub.metrics import Exchange, Metrics
-from hub.upstream import EngineError, EnginePool, Response, decoded
+from hub.upstream import (
+    AnswerTimeout,
+    Call,
+    Disconnected,
+    EngineError,
+    EnginePool,
+    IdleTimeout,
+    Response,
+    decoded,
+)
 
 log = logging.getLogger("hub.gateway")
 # Headers that describe one hop of a connection, not the message: never passed on.
 HOP_HEADERS = {b"connection", b"keep-alive", b"transfer-encoding", b"content-length", b"host", b"authorization", b"te",
                b"trailer", b"upgrade", b"proxy-authorization", b"proxy-connection"}
 ANTHROPIC_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-                   404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error", 503: "overloaded_error"}
+                   404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error", 503: "overloaded_error",
+                   504: "timeout_error"}
 RESPONSE_ID = re.compile(rb'"id"\s*:\s*"([^"]{1,200})"')
 SNIFF_BYTES = 65536  # how far into a Responses stream its id is looked for
 REMEMBERED_RESPONSES = 10000
@@ -66,6 +77,9 @@ REMEMBERED_RESPONSES = 10000
 ENGINE_HEADERS = b"user-agent: hub\r\naccept: */*\r\naccept-encoding: identity\r\n"
 ENGINE_KEEPALIVE_S = 4.0  # below the engines' own 5 s
 ADMIN_PREFIX = "/hub/"  # the hub's own JSON API: bodies bounded and checked here too
+# An error event an engine sent itself ends its stream as well as the protocol's last event does
+STREAM_ERROR = re.compile(rb"^(event: ?error|data: ?\{\"error\")", re.M)
+TAIL_BYTES = 256  # what of a chunk is kept to find a last event split across two chunks
 
 
 # ---- error shapes (the API boundary) ----
@@ -342,43 +356,53 @@ class Gateway:
                       body: dict[str, Any] | None, content_type: str, stream: bool, ep: Endpoint,
                       extra: dict[str, str]) -> None:
         """Acquire the model, send the request to its engine (with the `extra` headers), and pass the answer (or
-        stream) back."""
-        async def left() -> None:  # the client's disconnect, while its request waits in the model's queue
-            while (await receive())["type"] != "http.disconnect":
-                pass
-
-        lease = await self.manager.acquire(model, abandoned=left)
+        stream) back. One watcher follows the client from the queue to the last byte: a client that leaves frees its
+        queue place, drops the engine's request (vLLM aborts it, the image server cancels its job) and the lease."""
+        call = Call()
+        gone = asyncio.Event()
+        watcher = asyncio.get_running_loop().create_task(_watch(receive, gone, call))
         try:
-            up = lease.upstream
-            if body is not None and up.model and up.model != model:
-                raw = json.dumps({**body, "model": up.model}).encode()
-            headers = ENGINE_HEADERS
-            if content_type:
-                headers += b"content-type: " + content_type.encode("latin-1") + b"\r\n"
-            if up.api_key:
-                headers += b"authorization: Bearer " + up.api_key.encode("latin-1") + b"\r\n"
-            for k, v in extra.items():
-                headers += k.encode() + b": " + v.encode("latin-1") + b"\r\n"
-            query = scope.get("query_string", b"")
-            target = path + "?" + query.decode("latin-1") if query else path
+            lease = await self.manager.acquire(model, abandoned=gone.wait)
             try:
-                resp = await self.engines.request(method, up.base_url, target, headers, raw)
-            except EngineError as err:
-                raise upstream_error(lease, err) from None
-        except BaseException:
-            lease.release()
-            raise
+                await self._exchange(scope, send, lease, model, method, path, raw, body, content_type, stream, ep,
+                                     extra, call, gone)
+            finally:
+                lease.release()
+        finally:
+            watcher.cancel()
+
+    async def _exchange(self, scope: Scope, send: Send, lease: Lease, model: str, method: str, path: str, raw: bytes,
+                        body: dict[str, Any] | None, content_type: str, stream: bool, ep: Endpoint,
+                        extra: dict[str, str], call: Call, gone: asyncio.Event) -> None:
+        """The request to the engine and its answer, with the lease held."""
+        up, limits = lease.upstream, lease.slot.limits
+        if body is not None and up.model and up.model != model:
+            raw = json.dumps({**body, "model": up.model}).encode()
+        headers = ENGINE_HEADERS
+        if content_type:
+            headers += b"content-type: " + content_type.encode("latin-1") + b"\r\n"
+        if up.api_key:
+            headers += b"authorization: Bearer " + up.api_key.encode("latin-1") + b"\r\n"
+        for k, v in extra.items():
+            headers += k.encode() + b": " + v.encode("latin-1") + b"\r\n"
+        query = scope.get("query_string", b"")
+        target = path + "?" + query.decode("latin-1") if query else path
+        idle = limits.stream_idle_timeout or None
+        try:
+            resp = await self.engines.request(method, up.base_url, target, headers, raw,
+                                              limits.answer_timeout or None, call)
+        except EngineError as err:
+            raise engine_failure(lease, err, gone) from None
         out = [(k, v) for k, v in resp.headers if k not in HOP_HEADERS]
         if stream and resp.status == 200:
-            await self.relay(receive, send, resp, lease, out, ep, model)
+            await self.relay(send, resp, lease, out, ep, model, idle, gone)
             return
         try:
-            data = await resp.read()
+            data = await resp.read(idle)
         except EngineError as err:
-            raise upstream_error(lease, err) from None
+            raise engine_failure(lease, err, gone) from None
         finally:
             resp.release()
-            lease.release()
         data, out = decoded(data, out)
         found = ep.task == "responses" and resp.status == 200 and method == "POST" and RESPONSE_ID.search(data)
         if found:
@@ -389,17 +413,19 @@ class Gateway:
         await send({"type": "http.response.start", "status": resp.status, "headers": out})
         await send({"type": "http.response.body", "body": data})
 
-    async def relay(self, receive: Receive, send: Send, resp: Response, lease: Lease,
-                    headers: list[tuple[bytes, bytes]], ep: Endpoint, model: str) -> None:
-        """Pass the engine's stream on as it arrives. A broken stream ends with an error event in the client's
-        dialect; a client that leaves closes the engine's response."""
+    async def relay(self, send: Send, resp: Response, lease: Lease, headers: list[tuple[bytes, bytes]],
+                    ep: Endpoint, model: str, idle: float | None, gone: asyncio.Event) -> None:
+        """Pass the engine's stream on as it arrives. A stream that breaks, goes silent past stream_idle_timeout,
+        or ends without its protocol's last event (whatever its framing) ends with an error event in the client's
+        dialect."""
         sniff = b"" if ep.task == "responses" else None
-        loop = asyncio.get_running_loop()
-        watcher = loop.create_task(self._watch_disconnect(receive, resp))
+        events = ep.end is not None and any(k == b"content-type" and v.startswith(b"text/event-stream")
+                                            for k, v in headers)
+        ended, tail = not events, b""
         try:
             await send({"type": "http.response.start", "status": 200, "headers": headers})
             try:
-                async for chunk in resp.chunks():
+                async for chunk in resp.chunks(idle):
                     if sniff is not None:
                         sniff += chunk
                         if m := RESPONSE_ID.search(sniff):
@@ -407,23 +433,48 @@ class Gateway:
                             sniff = None
                         elif len(sniff) > SNIFF_BYTES:
                             sniff = None
+                    if not ended:  # the last event or an error event, possibly across two chunks
+                        seen = tail + chunk
+                        ended = bool(ep.end.search(seen) or STREAM_ERROR.search(seen))  # type: ignore[union-attr]
+                        tail = seen[-TAIL_BYTES:]
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                if not ended:
+                    raise Disconnected(f"the engine ended its stream without its last event ({ep.end_name}): the "
+                                       "answer above is incomplete")
             except EngineError as err:
-                if not watcher.done():
-                    await send({"type": "http.response.body", "body": stream_error(upstream_error(lease, err), ep),
-                                "more_body": True})
+                if not gone.is_set():
+                    failure = engine_failure(lease, err, gone)
+                    await send({"type": "http.response.body", "body": stream_error(failure, ep), "more_body": True})
             await send({"type": "http.response.body", "body": b""})
         finally:
-            watcher.cancel()
             resp.release()
-            lease.release()
 
-    @staticmethod
-    async def _watch_disconnect(receive: Receive, resp: Response) -> None:
-        """Close the engine's response when the client disconnects (its stream then stops at the engine)."""
+
+async def _watch(receive: Receive, gone: asyncio.Event, call: Call) -> None:
+    """The request's one disconnect watcher: when its client leaves, `gone` is set (a queued request leaves the
+    queue) and the engine's request is dropped, in whatever phase it is."""
+    try:
         while (await receive())["type"] != "http.disconnect":
             pass
-        resp.close()
+    except Exception:  # the server's receive failed: the client cannot be followed any more, nor reached
+        log.debug("receive failed while watching for the client leaving", exc_info=True)
+    gone.set()
+    call.close()
+
+
+def engine_failure(lease: Lease, err: EngineError, gone: asyncio.Event) -> HubError | ClientGone:
+    """What a failed exchange with the engine means to the client: its own leaving (ClientGone), a timeout naming
+    its key (504), or the engine breaking off (502)."""
+    if gone.is_set():
+        return ClientGone()
+    s = lease.slot
+    if isinstance(err, AnswerTimeout):
+        return EngineTimeout(f"model {s.id!r}: {err} (answer_timeout; raise it in [hub] or [models.{s.id}] of the "
+                             f"registry if the model needs longer); see `hub logs {s.id}`")
+    if isinstance(err, IdleTimeout):
+        return EngineTimeout(f"model {s.id!r}: {err} (stream_idle_timeout; raise it in [hub] or [models.{s.id}] of "
+                             f"the registry if the model needs longer); see `hub logs {s.id}`")
+    return upstream_error(lease, err)
 
 
 def upstream_error(lease: Lease, err: Exception) -> UpstreamError:

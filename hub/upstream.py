@@ -14,11 +14,15 @@ go with its Content-Length, and only the answer needs a real parser.
     resp.release()                     # the connection goes back to the pool (if the answer was read to its end)
     resp.close()                       # drop the connection: the engine sees the client leave
 
-Errors are EngineError: the engine could not be reached (ConnectFailed) or broke off its answer (Disconnected,
-BadAnswer). An idle connection is dropped after `keepalive_s`, before the engines' servers drop theirs (uvicorn's and
-vLLM's 5 s); a request on a kept connection that the engine closed before answering a byte, at once, is sent once
-more on a new connection (the engine closed it idle: it never saw the request). Interim answers (1xx) are skipped.
-`decoded` undoes gzip or deflate on a whole answer from an engine that compressed it anyway.
+Errors are EngineError: the engine could not be reached (ConnectFailed), broke off its answer (Disconnected,
+BadAnswer), or kept silent too long (AnswerTimeout before the answer's head, IdleTimeout between its body's bytes).
+An idle connection is dropped after `keepalive_s`, before the engines' servers drop theirs (uvicorn's and vLLM's
+5 s). A request is sent again on a new connection only when the engine cannot have received it: its kept connection
+was found closed before the request was written (NotSent), or, for an idempotent method, the engine closed it at
+once without a byte of answer (a close racing its keep-alive timer). A POST the engine may hold is never sent twice
+(RFC 9112 9.3.1). A `Call` passed along lets another task drop the request in any phase (its client left). Interim
+answers (1xx) are skipped. `decoded` undoes gzip or deflate on a whole answer from an engine that compressed it
+anyway.
 """
 
 from __future__ import annotations
@@ -62,6 +66,43 @@ class BadAnswer(EngineError):
 
 class Closed(EngineError):
     """The answer was closed on the hub's side (its client left)."""
+
+
+class NotSent(Disconnected):
+    """The connection was found closed before the request was written: the engine cannot have received it."""
+
+
+class AnswerTimeout(EngineError):
+    """The engine sent no answer head within the time allowed."""
+
+
+class IdleTimeout(EngineError):
+    """The engine sent nothing more of its answer within the time allowed between two pieces."""
+
+
+# Methods that may be sent again when a kept connection dies under them (RFC 9110 9.2.2); never POST or PATCH
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "DELETE", "PUT"})
+
+
+class Call:
+    """One request to an engine, droppable from another task in any phase: waiting for a connection, for the
+    answer's head, or reading its body (the gateway's disconnect watcher holds it)."""
+
+    __slots__ = ("closed", "conn")
+
+    def __init__(self) -> None:
+        self.conn: Connection | None = None
+        self.closed = False
+
+    def close(self) -> None:
+        """Drop the request: its connection is closed (the engine sees its client leave) and whoever waits on it
+        raises Closed."""
+        self.closed = True
+        c = self.conn
+        if c is not None:
+            c.fail(Closed("the request was dropped: its client left"))
+            if c.transport is not None:
+                c.transport.close()
 
 
 class Origin:
@@ -209,12 +250,22 @@ class Connection(asyncio.Protocol):
         if self.waiter is not None and not self.waiter.done():
             self.waiter.set_result(None)
 
-    async def wait(self) -> None:
+    async def wait(self, idle_s: float | None = None) -> None:
+        """Until something happens to the answer; past `idle_s` of silence the answer fails with IdleTimeout."""
         self.waiter = self.loop.create_future()
+        timer = self.loop.call_later(idle_s, self.silent, idle_s) if idle_s else None
         try:
             await self.waiter
         finally:
             self.waiter = None
+            if timer is not None:
+                timer.cancel()
+
+    def silent(self, idle_s: float) -> None:
+        """The engine sent nothing for `idle_s`: the answer fails and the connection is dropped."""
+        self.fail(IdleTimeout(f"the engine sent nothing more of its answer for {idle_s:g} s"))
+        if self.transport is not None:
+            self.transport.close()
 
     def take(self) -> bytes:
         """What has arrived of the body, emptied out; reading resumes if it was paused."""
@@ -230,14 +281,14 @@ class Connection(asyncio.Protocol):
 class Response:
     """An engine's answer: its status and headers, and its body to read once."""
 
-    __slots__ = ("conn", "headers", "pool", "released", "status")
+    __slots__ = ("call", "conn", "headers", "pool", "released", "status")
 
-    def __init__(self, pool: EnginePool, conn: Connection) -> None:
-        self.pool, self.conn, self.released = pool, conn, False
+    def __init__(self, pool: EnginePool, conn: Connection, call: Call | None = None) -> None:
+        self.pool, self.conn, self.call, self.released = pool, conn, call, False
         self.status, self.headers = conn.status, conn.headers
 
-    async def read(self) -> bytes:
-        """The whole body."""
+    async def read(self, idle_s: float | None = None) -> bytes:
+        """The whole body; IdleTimeout when the engine sends nothing for `idle_s` in the middle of it."""
         c, parts = self.conn, []
         while True:
             if c.body:
@@ -246,10 +297,11 @@ class Response:
                 raise c.error
             if c.complete:
                 return parts[0] if len(parts) == 1 else b"".join(parts)
-            await c.wait()
+            await c.wait(idle_s)
 
-    async def chunks(self) -> AsyncIterator[bytes]:
-        """The body as it arrives: what has arrived since the last chunk, each time."""
+    async def chunks(self, idle_s: float | None = None) -> AsyncIterator[bytes]:
+        """The body as it arrives: what has arrived since the last chunk, each time; IdleTimeout when the engine
+        sends nothing for `idle_s`."""
         c = self.conn
         while True:
             if c.body:
@@ -259,7 +311,7 @@ class Response:
             elif c.complete:
                 return
             else:
-                await c.wait()
+                await c.wait(idle_s)
 
     def close(self) -> None:
         """Drop the connection: a chunk being waited for raises Closed, and the engine sees its client leave."""
@@ -273,6 +325,8 @@ class Response:
         """Give the connection back to the pool if its answer was read to the end, else close it."""
         if not self.released:
             self.released = True
+            if self.call is not None:  # the connection may serve another request now: the call lets go of it
+                self.call.conn = None
             self.pool.put_back(self.conn)
 
 
@@ -299,10 +353,11 @@ class EnginePool:
                 raise ConnectFailed(f"bad engine URL {base_url!r}: {err}") from None
         return o
 
-    async def request(self, method: str, base_url: str, target: str, headers: bytes = b"", body: bytes = b""
-                      ) -> Response:
+    async def request(self, method: str, base_url: str, target: str, headers: bytes = b"", body: bytes = b"",
+                      answer_s: float | None = None, call: Call | None = None) -> Response:
         """Send `method target` (a path with its query, as sent on the wire) to the engine at `base_url`, with
-        `headers` (complete lines, each ending in CRLF) and `body`; the answer once its head has arrived."""
+        `headers` (complete lines, each ending in CRLF) and `body`; the answer once its head has arrived
+        (AnswerTimeout past `answer_s`). `call.close()` from another task drops the request in any phase."""
         if self.closed:
             raise ConnectFailed("the hub is shutting down")
         o = self.origin(base_url)
@@ -313,31 +368,49 @@ class EnginePool:
         if conn is not None:
             sent = time.monotonic()
             try:
-                return await self.exchange(conn, head, body)
+                return await self.exchange(conn, head, body, answer_s, call)
+            except NotSent:
+                pass  # found closed before the request went out: the engine cannot have it
             except Disconnected:
-                if conn.started or self.closed or time.monotonic() - sent > RETRY_WITHIN_S:
+                if (method not in IDEMPOTENT or conn.started or self.closed
+                        or time.monotonic() - sent > RETRY_WITHIN_S):
                     raise
-                # closed by the engine as it idled (a race with its keep-alive timer): it never saw the request
-        return await self.exchange(await self.connect(o), head, body)
+                # an idempotent request on a connection the engine closed as it idled: safe to send again
+        if call is not None and call.closed:
+            raise Closed("the request was dropped: its client left")
+        return await self.exchange(await self.connect(o), head, body, answer_s, call)
 
-    async def exchange(self, conn: Connection, head: bytes, body: bytes) -> Response:
+    async def exchange(self, conn: Connection, head: bytes, body: bytes, answer_s: float | None = None,
+                       call: Call | None = None) -> Response:
         conn.new_answer()
         transport = conn.transport
         assert transport is not None
         if conn.lost or transport.is_closing():  # closed since it was made or kept: no answer would ever come
             self.drop(conn)
-            raise Disconnected("the engine closed the connection before answering")
+            raise NotSent("the engine closed the connection before the request was sent")
+        if call is not None:
+            if call.closed:
+                self.drop(conn)
+                raise Closed("the request was dropped: its client left")
+            call.conn = conn
         if len(body) <= WRITE_JOIN:
             transport.write(head + body)
         else:
             transport.write(head)
             transport.write(body)
         try:
-            await conn.head
+            if answer_s:
+                try:
+                    async with asyncio.timeout(answer_s):
+                        await conn.head
+                except TimeoutError:
+                    raise AnswerTimeout(f"the engine sent no answer within {answer_s:g} s") from None
+            else:
+                await conn.head
         except BaseException:
             self.drop(conn)
             raise
-        return Response(self, conn)
+        return Response(self, conn, call)
 
     def kept(self, key: tuple[bool, str, int]) -> Connection | None:
         """The most recently used idle connection to `key` that is still good."""
