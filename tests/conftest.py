@@ -36,6 +36,16 @@ def require(ok: bool, why: str) -> None:
         pytest.skip(why)
 
 
+def wait_for(cond: Callable[[], object], what: str, timeout: float = 30, every: float = 0.05) -> None:
+    """Poll until cond() is true; fail naming `what` if it is not within `timeout` seconds (a deadline, not a
+    guess at how long something takes: on a slow machine the wait is longer, never the outcome different)."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            pytest.fail(f"not within {timeout:g} s: {what}")
+        time.sleep(every)
+
+
 def responder_command(*extra: str) -> str:
     """The TOML array that runs the test responder as a `command` engine."""
     parts = [sys.executable, str(RESPONDER), "--port", "{port}", *extra]
