@@ -6,6 +6,7 @@ HUB_STRICT=1 (set by `make test` and CI), where a missing prerequisite fails the
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -36,6 +37,16 @@ def require(ok: bool, why: str) -> None:
         pytest.skip(why)
 
 
+def wait_for(cond: Callable[[], object], what: str, timeout: float = 30, every: float = 0.05) -> None:
+    """Poll until cond() is true; fail naming `what` if it is not within `timeout` seconds (a deadline, not a
+    guess at how long something takes: on a slow machine the wait is longer, never the outcome different)."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            pytest.fail(f"not within {timeout:g} s: {what}")
+        time.sleep(every)
+
+
 def responder_command(*extra: str) -> str:
     """The TOML array that runs the test responder as a `command` engine."""
     parts = [sys.executable, str(RESPONDER), "--port", "{port}", *extra]
@@ -56,12 +67,16 @@ class HubProcess:
     def v1(self) -> str:
         return self.url + "/v1"
 
-    def engine_pids(self) -> list[int]:
-        """Pids of every process below the hub (its engines and their children)."""
+    def engine_procs(self) -> list[psutil.Process]:
+        """Every process below the hub (its engines and their children)."""
         try:
-            return [p.pid for p in psutil.Process(self.proc.pid).children(recursive=True)]
+            return psutil.Process(self.proc.pid).children(recursive=True)
         except psutil.NoSuchProcess:
             return []
+
+    def engine_pids(self) -> list[int]:
+        """Pids of every process below the hub (its engines and their children)."""
+        return [p.pid for p in self.engine_procs()]
 
     def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
         """Run the `hub` CLI against this hub."""
@@ -78,13 +93,30 @@ class HubProcess:
         """SIGTERM the hub and wait for it (and so its engines) to exit."""
         stop_process(self.proc, timeout, group=False)
 
-    def stop_leaving_nothing(self, settle: float = 0.2) -> None:
-        """Stop the hub and assert that none of its engine processes outlived it."""
-        pids = self.engine_pids()
+    def stop_leaving_nothing(self, timeout: float = 30) -> None:
+        """Stop the hub and assert that none of its engine processes outlived it (an engine's own children, killed
+        with its process group as it exits, are given up to `timeout` seconds to finish dying)."""
+        procs = self.engine_procs()
         self.stop()
-        time.sleep(settle)
-        left = [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+        left = still_running(procs, timeout)
         assert not left, f"engine processes left after hub shutdown: {left}"
+
+
+def still_running(procs: list[psutil.Process], timeout: float = 30) -> list[int]:
+    """Wait up to `timeout` seconds for `procs` to exit; the pids of those still running then. A zombie has exited
+    (only its parent has not reaped it yet); a pid now used by another process is not the one that was asked for."""
+    def running() -> list[int]:
+        out = []
+        for p in procs:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                    out.append(p.pid)
+        return out
+
+    deadline = time.monotonic() + timeout
+    while (left := running()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return left
 
 
 def start_hub(tmp: Path, registry: str, env: dict[str, str] | None = None, ui: bool = False,

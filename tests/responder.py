@@ -1,13 +1,15 @@
 """A tiny real OpenAI-compatible server for tests and benchmarks (as llama-swap's simple-responder).
 
-Run: python tests/responder.py --port PORT [--model NAME] [--delay S] [--start-delay S] [--fail-start] [--sleepable]
+Run: python tests/responder.py --port PORT [--model NAME] [--delay S] [--hold-file PATH] [--start-delay S]
+[--fail-start] [--sleepable]
 It answers chat and completions by echoing (deterministically, so tests can assert on the text), streams SSE
 chunks, makes real PNG images for generations and edits, hears audio uploads (it reports their size and digest)
 and speaks (a real WAV of silence), keeps the responses it makes, echoes what it got on every other endpoint of the
 hub's route table, and has endpoints to crash it (/test/crash) and to count requests (/test/stats). With
 --sleepable it speaks vLLM's sleep mode (POST /sleep?level=N, POST /wake_up, GET /is_sleeping) and refuses
 completions (503) while asleep, so a test can prove the hub woke it before forwarding; /test/stats counts sleeps and
-wakes. Only the
+wakes. With --hold-file a test holds chat and completion answers (counted in /test/stats as they arrive) until
+it creates that file: a request stays in flight as long as the test needs, however slow the machine. Only the
 standard library and uvicorn/starlette (the hub's own environment).
 """
 
@@ -87,6 +89,8 @@ def make_app(opts: argparse.Namespace) -> Starlette:
                                            "param": "max_tokens", "code": None}}, status_code=400)
         if opts.delay:
             await asyncio.sleep(opts.delay)
+        while opts.hold_file and not os.path.exists(opts.hold_file):  # held until the test releases it
+            await asyncio.sleep(0.02)
         text = reply_text(body)
         is_chat = request.url.path.endswith("chat/completions")
         rid, created = f"cmpl-{stats['requests']}", int(time.time())
@@ -280,6 +284,7 @@ def main() -> None:
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--model", default="test")
     p.add_argument("--delay", type=float, default=0.0, help="seconds before each answer")
+    p.add_argument("--hold-file", help="hold every chat and completion answer until this file exists")
     p.add_argument("--chunk-delay", type=float, default=0.01, help="seconds between stream chunks")
     p.add_argument("--start-delay", type=float, default=0.0, help="seconds before listening")
     p.add_argument("--die-mid-stream", action="store_true", help="exit in the middle of every stream")

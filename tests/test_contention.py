@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
+import json
+import socket
 import threading
-import time
 
 import httpx
 
 from benchmarks.contention import run_contention
 from benchmarks.scenarios import ContentionScenario
 from hub.ui.models import COLUMNS, model_rows
+from tests.conftest import wait_for
 from tests.test_router import text_model
 
 
@@ -26,33 +27,40 @@ def test_alternating_clients_are_all_served_and_runs_swap_less_than_arrival_orde
     assert on["starts"] <= 6 and off["starts"] >= 9 and on["starts"] < off["starts"], (on, off)
 
 
-def test_max_concurrency_and_max_queue_then_429_and_queue_depth_is_shown(hub_factory) -> None:
-    hub = hub_factory(text_model("slow", "--delay", "2", more="max_concurrency = 1\nmax_queue = 1"))
+def test_max_concurrency_and_max_queue_then_429_and_queue_depth_is_shown(hub_factory, tmp_path) -> None:
+    release = tmp_path / "release"  # the engine holds every answer until this file exists
+    hub = hub_factory(text_model("slow", "--hold-file", str(release), more="max_concurrency = 1\nmax_queue = 1"))
     assert httpx.post(hub.url + "/hub/models/slow/load", timeout=60).json()["state"] == "ready"
     body = {"model": "slow", "messages": [{"role": "user", "content": "x"}]}
     answers: list[int] = []
 
     def ask() -> None:
-        answers.append(httpx.post(hub.v1 + "/chat/completions", json=body, timeout=30).status_code)
+        answers.append(httpx.post(hub.v1 + "/chat/completions", json=body, timeout=60).status_code)
+
+    def counts() -> tuple[int, int]:
+        entry = hub.models()["slow"]
+        return entry["in_flight"], entry["queued"]
 
     threads = [threading.Thread(target=ask) for _ in range(2)]
-    for t in threads:
-        t.start()
-        time.sleep(0.3)
-    entry = hub.models()["slow"]
-    assert (entry["in_flight"], entry["queued"], entry["max_concurrency"], entry["max_queue"]) == (1, 1, 1, 1)
-    row = next(line for line in hub.cli("ps").stdout.splitlines() if line.startswith("slow"))
-    assert " 1/1 " in row, row
-    r = httpx.post(hub.v1 + "/chat/completions", json=body, timeout=30)
-    assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1
-    err = r.json()["error"]
-    assert err["code"] == "queue_full" and err["type"] == "requests"
-    assert "1 request(s) in flight (max_concurrency 1) and 1 waiting (max_queue 1)" in err["message"]
-    for t in threads:
-        t.join()
+    try:
+        for t in threads:
+            t.start()
+        wait_for(lambda: counts() == (1, 1), "one request in flight and one queued")
+        entry = hub.models()["slow"]
+        assert (entry["in_flight"], entry["queued"], entry["max_concurrency"], entry["max_queue"]) == (1, 1, 1, 1)
+        row = next(line for line in hub.cli("ps").stdout.splitlines() if line.startswith("slow"))
+        assert " 1/1 " in row, row
+        r = httpx.post(hub.v1 + "/chat/completions", json=body, timeout=30)
+        assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1
+        err = r.json()["error"]
+        assert err["code"] == "queue_full" and err["type"] == "requests"
+        assert "1 request(s) in flight (max_concurrency 1) and 1 waiting (max_queue 1)" in err["message"]
+    finally:
+        release.touch()
+        for t in threads:
+            t.join()
     assert answers == [200, 200]
-    entry = hub.models()["slow"]
-    assert (entry["in_flight"], entry["queued"]) == (0, 0)
+    assert counts() == (0, 0)
 
 
 def test_models_tab_shows_requests_running_and_waiting() -> None:
@@ -63,19 +71,25 @@ def test_models_tab_shows_requests_running_and_waiting() -> None:
     assert row[COLUMNS.index("running / waiting")] == "2 / 5" and row[COLUMNS.index("state")] == "ready"
 
 
-def test_a_client_that_leaves_while_queued_leaves_the_queue(hub_factory) -> None:
-    hub = hub_factory(text_model("slow", "--delay", "3", more="max_concurrency = 1"))
+def test_a_client_that_leaves_while_queued_leaves_the_queue(hub_factory, tmp_path) -> None:
+    release = tmp_path / "release"  # the engine holds every answer until this file exists
+    hub = hub_factory(text_model("slow", "--hold-file", str(release), more="max_concurrency = 1"))
     assert httpx.post(hub.url + "/hub/models/slow/load", timeout=60).json()["state"] == "ready"
     body = {"model": "slow", "messages": [{"role": "user", "content": "x"}]}
-    first = threading.Thread(target=lambda: httpx.post(hub.v1 + "/chat/completions", json=body, timeout=30))
-    first.start()
-    time.sleep(0.3)
-    with contextlib.suppress(httpx.ReadTimeout):  # waits behind the first, gives up: the client closes its connection
-        httpx.post(hub.v1 + "/chat/completions", json=body, timeout=0.8)
-    deadline = time.monotonic() + 1.5
-    while hub.models()["slow"]["queued"] and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert hub.models()["slow"]["queued"] == 0, "the departed client's request is still queued"
-    first.join()
+    first = threading.Thread(target=lambda: httpx.post(hub.v1 + "/chat/completions", json=body, timeout=60))
+    try:
+        first.start()
+        wait_for(lambda: hub.models()["slow"]["in_flight"] == 1, "the first request in flight")
+        # the second waits behind the first; then its client goes away (closes its connection)
+        data = json.dumps(body).encode()
+        with socket.create_connection(("127.0.0.1", int(hub.url.rsplit(":", 1)[1])), timeout=10) as s:
+            s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: hub\r\ncontent-type: application/json\r\n"
+                      b"content-length: %d\r\n\r\n%s" % (len(data), data))
+            wait_for(lambda: hub.models()["slow"]["queued"] == 1, "the second request queued")
+        wait_for(lambda: hub.models()["slow"]["queued"] == 0, "the departed client's request left the queue")
+        assert hub.models()["slow"]["in_flight"] == 1, "the first is still held at the engine"
+    finally:
+        release.touch()
+        first.join()
     stats = httpx.get(f"http://127.0.0.1:{hub.models()['slow']['process']['port']}/test/stats", timeout=5).json()
     assert stats["requests"] == 1, "the departed request must never reach the engine"

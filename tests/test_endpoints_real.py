@@ -44,7 +44,7 @@ def hub(tmp_path_factory) -> Iterator[HubProcess]:
                 f"no demo model {folder} in {DEMO_MODELS}: run `hub demo prepare`")
     h = start_hub(tmp_path_factory.mktemp("endpoints-real"), demo_tables(*FOLDERS))
     yield h
-    h.stop_leaving_nothing(0.5)
+    h.stop_leaving_nothing()
 
 
 @pytest.fixture(scope="module")

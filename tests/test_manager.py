@@ -87,6 +87,13 @@ def states(mgr: Manager) -> dict[str, str]:
     return {m: s.state.value for m, s in mgr.slots.items()}
 
 
+async def until(cond, timeout: float = 5.0) -> None:
+    """Let the loop run until cond() holds."""
+    async with asyncio.timeout(timeout):
+        while not cond():
+            await asyncio.sleep(0.005)
+
+
 async def test_single_flight() -> None:
     mgr, rt = make({"a": 1})
     await asyncio.gather(*(use(mgr, "a") for _ in range(50)))
@@ -178,10 +185,11 @@ async def test_ttl_stops_idle_models_but_not_pinned_or_busy() -> None:
     mgr, _ = make({"a": 1, "b": 1, "p": 1}, pinned=("p",), idle_ttl=0.5)
     await mgr.startup()
     await asyncio.gather(use(mgr, "a"), use(mgr, "p"))
-    busy = asyncio.create_task(use(mgr, "b", hold=2.5))
-    await asyncio.sleep(2.0)
+    busy = await mgr.acquire("b")  # in flight until released below
+    # the ttl pass (every second) that stops a looks at b and p too: wait for it, not for a guess at its time
+    await until(lambda: states(mgr)["a"] not in ("ready", "stopping"))
     assert states(mgr) == {"a": "stopped", "b": "ready", "p": "ready"}
-    await busy
+    busy.release()
     await mgr.shutdown()
 
 

@@ -13,14 +13,7 @@ from hub.errors import ClientLeft, MemoryBusy, TooManyRequests, WaitTimeout
 from hub.manager import Manager, State
 from hub.manager.queue import admits, retry_after
 from hub.runtimes.base import Handle, Runtime
-from tests.test_manager import FakeRuntime, make, states, use
-
-
-async def until(cond, timeout: float = 5.0) -> None:
-    """Let the loop run until cond() holds."""
-    async with asyncio.timeout(timeout):
-        while not cond():
-            await asyncio.sleep(0.005)
+from tests.test_manager import FakeRuntime, make, states, until, use
 
 
 def test_the_run_rule() -> None:

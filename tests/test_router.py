@@ -13,7 +13,7 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import responder_command
+from tests.conftest import responder_command, wait_for
 
 
 def text_model(mid: str = "echo", *extra: str, memory: float = 1, more: str = "") -> str:
@@ -196,18 +196,22 @@ def test_eviction_under_budget_is_lru_and_spares_pinned(hub_factory) -> None:
     assert len(hub.engine_pids()) == 3
 
 
-def test_busy_model_is_not_evicted(hub_factory) -> None:
-    hub = hub_factory("[hub]\nmemory_budget_gb = 5\ndrain_timeout = 1\n" + text_model("slow", "--delay", "4", memory=4)
-                      + text_model("other", memory=4))
+def test_busy_model_is_not_evicted(hub_factory, tmp_path) -> None:
+    release = tmp_path / "release"  # slow's engine holds its answer until this file exists
+    hub = hub_factory("[hub]\nmemory_budget_gb = 5\ndrain_timeout = 1\n"
+                      + text_model("slow", "--hold-file", str(release), memory=4) + text_model("other", memory=4))
     c = client(hub)
     httpx.post(hub.url + "/hub/models/slow/load", timeout=60).raise_for_status()
     t = threading.Thread(target=lambda: c.chat.completions.create(
         model="slow", messages=[{"role": "user", "content": "x"}]))
-    t.start()
-    time.sleep(0.5)
-    e = error_of(lambda: c.chat.completions.create(model="other", messages=[{"role": "user", "content": "x"}]))
-    assert e.status_code == 503 and "model 'slow' is busy" in e.body["message"]
-    t.join()
+    try:
+        t.start()
+        wait_for(lambda: hub.models()["slow"]["in_flight"] == 1, "slow's request in flight")
+        e = error_of(lambda: c.chat.completions.create(model="other", messages=[{"role": "user", "content": "x"}]))
+        assert e.status_code == 503 and "model 'slow' is busy" in e.body["message"]
+    finally:
+        release.touch()
+        t.join()
     assert hub.models()["slow"]["state"] == "ready", "the busy model kept serving"
     c.chat.completions.create(model="other", messages=[{"role": "user", "content": "x"}])  # now it is idle: swap
     assert hub.models()["slow"]["state"] == "stopped"
@@ -226,8 +230,9 @@ def test_idle_ttl_unloads(hub_factory) -> None:
     assert models["keep"]["state"] == "ready"
 
 
-def test_crash_is_noticed_and_the_next_request_restarts(hub_factory) -> None:
-    hub = hub_factory(text_model("echo", "--delay", "2"))
+def test_crash_is_noticed_and_the_next_request_restarts(hub_factory, tmp_path) -> None:
+    release = tmp_path / "release"  # the engine holds its answers until this file exists
+    hub = hub_factory(text_model("echo", "--hold-file", str(release)))
     c = client(hub)
     httpx.post(hub.url + "/hub/models/echo/load", timeout=60).raise_for_status()
     port = hub.models()["echo"]["process"]["port"]
@@ -241,7 +246,8 @@ def test_crash_is_noticed_and_the_next_request_restarts(hub_factory) -> None:
 
     t = threading.Thread(target=in_flight)
     t.start()
-    time.sleep(0.5)
+    wait_for(lambda: httpx.get(f"http://127.0.0.1:{port}/test/stats", timeout=5).json()["requests"] == 1,
+             "the request reached the engine")
     with pytest.raises(httpx.HTTPError):
         httpx.post(f"http://127.0.0.1:{port}/test/crash", timeout=5)
     t.join()
@@ -253,6 +259,7 @@ def test_crash_is_noticed_and_the_next_request_restarts(hub_factory) -> None:
         time.sleep(0.1)
     entry = hub.models()["echo"]
     assert entry["state"] == "failed" and "exited with code 3 unexpectedly" in entry["reason"]
+    release.touch()  # the restarted engine answers at once
     r = c.chat.completions.create(model="echo", messages=[{"role": "user", "content": "again"}])
     assert r.choices[0].message.content == "echo: again"
     assert hub.models()["echo"]["starts"] == 2

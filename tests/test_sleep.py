@@ -11,7 +11,7 @@ import pytest
 from hub.engines import get_engine
 from hub.errors import ConfigError, StartFailed
 from hub.registry import parse_registry
-from tests.test_manager import FakeEngine, FakeRuntime, make, states, use
+from tests.test_manager import FakeEngine, FakeRuntime, make, states, until, use
 
 SLEEPY = {"sleep": True, "args": {"sleep": "/sleep", "wake": "/wake"}}
 
@@ -110,7 +110,8 @@ async def test_ttl_puts_a_sleeper_to_sleep_and_stops_the_others() -> None:
     mgr, rt, eng = sleepy({"a": 1, "b": 1}, {"a": None}, idle_ttl=0.5)
     await mgr.startup()
     await asyncio.gather(use(mgr, "a"), use(mgr, "b"))
-    await asyncio.sleep(2.0)
+    # the ttl pass runs every second: wait until both have left ready and the transitions have ended
+    await until(lambda: not set(states(mgr).values()) & {"ready", "starting", "stopping"})
     assert states(mgr) == {"a": "sleeping", "b": "stopped"} and rt.stopped == ["b"]
     assert mgr.slots["a"].reason == "idle for 0.5s (ttl)"
     assert mgr.sleep_used_gb("local") == 1.0  # the command engine's estimate: the process

@@ -334,7 +334,10 @@ async def test_a_slow_reader_pauses_the_engine_and_memory_stays_bounded(engine_f
 
     _, pool, url = await engine_factory(big)
     r = await pool.request("POST", url, "/x", b"", b"{}")
-    await asyncio.sleep(0.3)  # the client reads nothing for a while: the engine must be held back
+    async with asyncio.timeout(10):  # the client reads nothing: its buffer fills until the connection pauses
+        while not r.conn.paused:
+            await asyncio.sleep(0.005)
+    await asyncio.sleep(0.3)  # and for a while longer: the engine must be held back
     assert not sent.is_set()
     assert r.conn.buffered <= 2 * HIGH_WATER and r.conn.paused
     n = 0

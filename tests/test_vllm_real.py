@@ -17,11 +17,10 @@ import time
 import tomllib
 from collections.abc import Iterator
 
-import psutil
 import pytest
 from openai import OpenAI
 
-from tests.conftest import DEMO_MODELS, ENVS_DIR, ROOT, HubProcess, require, start_hub
+from tests.conftest import DEMO_MODELS, ENVS_DIR, ROOT, HubProcess, require, start_hub, still_running
 
 pytestmark = pytest.mark.engine
 
@@ -47,7 +46,7 @@ def hub(tmp_path_factory) -> Iterator[HubProcess]:
     require((SOURCE / ".hub-converted.json").exists(), f"no demo model at {SOURCE}: run `hub demo prepare`")
     h = start_hub(tmp_path_factory.mktemp("vllm-hub"), demo_registry())
     yield h
-    h.stop_leaving_nothing(0.5)
+    h.stop_leaving_nothing()
 
 
 @pytest.fixture(scope="module")
@@ -182,14 +181,13 @@ def test_text_only_model_refuses_an_image_clearly(client: OpenAI):
 
 
 def test_hub_down_stops_the_engine(hub: HubProcess):
-    pids = hub.engine_pids()
-    assert pids and hub.models()[MODEL]["state"] == "ready"
+    procs = hub.engine_procs()
+    assert procs and hub.models()[MODEL]["state"] == "ready"
     r = hub.cli("down", MODEL)
     assert r.returncode == 0, r.stderr
     assert f"{MODEL}: stopped" in r.stdout
     assert hub.models()[MODEL]["state"] == "stopped"
-    time.sleep(0.5)
-    assert not [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+    assert not still_running(procs), "the engine's processes outlived `hub down`"
 
 
 def test_engine_flags_parse_with_the_installed_vllm(tmp_path):
