@@ -79,6 +79,7 @@ ENGINE_KEEPALIVE_S = 4.0  # below the engines' own 5 s
 ADMIN_PREFIX = "/hub/"  # the hub's own JSON API: bodies bounded and checked here too
 # An error event an engine sent itself ends its stream as well as the protocol's last event does
 STREAM_ERROR = re.compile(rb"^(event: ?error|data: ?\{\"error\")", re.M)
+SEQUENCE = re.compile(rb'"sequence_number": ?(\d+)')
 TAIL_BYTES = 256  # what of a chunk is kept to find a last event split across two chunks
 
 
@@ -419,6 +420,7 @@ class Gateway:
         or ends without its protocol's last event (whatever its framing) ends with an error event in the client's
         dialect."""
         sniff = b"" if ep.task == "responses" else None
+        sequence = -1  # the last sequence_number of a Responses stream, for the error event that may follow it
         events = ep.end is not None and any(k == b"content-type" and v.startswith(b"text/event-stream")
                                             for k, v in headers)
         ended, tail = not events, b""
@@ -437,6 +439,8 @@ class Gateway:
                         seen = tail + chunk
                         ended = bool(ep.end.search(seen) or STREAM_ERROR.search(seen))  # type: ignore[union-attr]
                         tail = seen[-TAIL_BYTES:]
+                        if ep.task == "responses" and (numbers := SEQUENCE.findall(seen)):
+                            sequence = int(numbers[-1])
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 if not ended:
                     raise Disconnected(f"the engine ended its stream without its last event ({ep.end_name}): the "
@@ -444,7 +448,8 @@ class Gateway:
             except EngineError as err:
                 if not gone.is_set():
                     failure = engine_failure(lease, err, gone)
-                    await send({"type": "http.response.body", "body": stream_error(failure, ep), "more_body": True})
+                    await send({"type": "http.response.body", "body": stream_error(failure, ep, sequence + 1),
+                                "more_body": True})
             await send({"type": "http.response.body", "body": b""})
         finally:
             resp.release()
@@ -487,14 +492,16 @@ def upstream_error(lease: Lease, err: Exception) -> UpstreamError:
     )
 
 
-def stream_error(err: HubError, ep: Endpoint) -> bytes:
+def stream_error(err: HubError, ep: Endpoint, sequence: int = 0) -> bytes:
     """The last event of a broken stream, as the client's SDK reads an error: Anthropic's `error` event, the
-    Responses API's `error` event, or a chunk carrying an OpenAI error."""
+    Responses API's `error` event (numbered `sequence`, after the engine's last), or a chunk carrying an OpenAI
+    error."""
     if ep.dialect == "anthropic":
         return f"event: error\ndata: {json.dumps(anthropic_error_body(err.message, err.status))}\n\n".encode()
     body = error_body(err.message, err.type, None, err.code)
     if ep.task == "responses":
-        event = {"type": "error", "code": err.code, "message": err.message, "param": None, **body}
+        event = {"type": "error", "code": err.code, "message": err.message, "param": None,
+                 "sequence_number": sequence, **body}
         return f"event: error\ndata: {json.dumps(event)}\n\n".encode()
     return f"data: {json.dumps(body)}\n\n".encode()
 

@@ -3,8 +3,8 @@
 Routes: POST /v1/images/generations (JSON), POST /v1/images/edits (multipart, as the openai SDK sends it: `image`,
 or `image[]` repeated for several, and an optional `mask`), both streamed as server-sent events with `stream: true`
 (imageserver/streaming.py); GET /health (200 once the pipeline is loaded), GET /v1/models (with the model's defaults
-and limits), GET /memory (peak memory of the requests), GET /stats (requests, batches and pipeline calls),
-GET /files/{name} (images made with response_format=url).
+and limits), GET /memory (peak memory of the requests), GET /stats (requests, batches, pipeline calls and the calls
+stopped part-way), GET /files/{name} (images made with response_format=url).
 
 Sleep (the hub's sleep tier): POST /sleep drops the pipeline and keeps the process, its imports and the model's path
 (GET /health answers 200 "sleeping": the server is alive; image requests get 503); POST /wake loads it again on the
@@ -48,6 +48,9 @@ from imageserver.images import MEDIA_TYPES, decode_image, encode_image, fit_size
 from imageserver.pipelines import Memory, Pipelines
 from imageserver.streaming import failure, stream_job
 from imageserver.worker import Work, Worker
+
+# The sizes OpenAI's schema lets an answer name (its ImagesResponse `size` enum); others go in x-image-size only
+OPENAI_SIZES = frozenset({"1024x1024", "1024x1536", "1536x1024"})
 
 log = logging.getLogger("imageserver")
 
@@ -96,11 +99,14 @@ def create_app(source: str, served_name: str, opts: ServerOptions, pipes: Pipeli
         if not worker.ready.is_set():
             raise StarletteHTTPException(503, "the pipeline is still loading: retry when GET /health answers 200")
 
-    async def check_prompts(req: GenerationRequest | EditRequest) -> None:
+    async def check_prompts(req: GenerationRequest | EditRequest) -> int:
+        """The prompts' limits checked; the prompt's token count (for `usage`)."""
         check_prompt_chars(req, opts.max_prompt_chars)
+        counts = {}
         for param in ("prompt", "negative_prompt"):
             if (text := getattr(req, param)) is not None:
-                await asyncio.to_thread(pipes.check_prompt_tokens, text, param)
+                counts[param] = await asyncio.to_thread(pipes.check_prompt_tokens, text, param)
+        return counts.get("prompt", 0)
 
     def make_work(req: GenerationRequest | EditRequest, task: str, param: str, w: int, h: int, steps: int,
                   **extra: Any) -> Work:
@@ -112,11 +118,18 @@ def create_app(source: str, served_name: str, opts: ServerOptions, pipes: Pipeli
         return Work(task, param, shared, req.prompt, req.negative_prompt, req.n, seed,
                     partial_images=(req.partial_images or 0) if req.stream else 0, **extra)
 
-    async def answer(request: Request, req: GenerationRequest | EditRequest, work: Work, kind: str, quality: str
-                     ) -> Response:
-        """Run the work; the images as JSON, or as a stream of events."""
+    async def answer(request: Request, req: GenerationRequest | EditRequest, work: Work, kind: str, quality: str,
+                     tokens: int) -> Response:
+        """Run the work; the images as JSON, or as a stream of events. The answer stays inside OpenAI's schema
+        (tests/test_schema.py): a size outside its enum is left out of the JSON answer and is "auto" in the events,
+        whose schema requires the field; the real size is in the x-image-size header either way."""
         w, h = work.shared["width"], work.shared["height"]
         fmt = check_output(req)
+        size = f"{w}x{h}"
+        sized = {"x-image-size": size}
+        # OpenAI's usage counts tokens; a diffusion pipeline reads the prompt's tokens and makes no output tokens
+        usage = {"input_tokens": tokens, "output_tokens": 0, "total_tokens": tokens,
+                 "input_tokens_details": {"text_tokens": tokens, "image_tokens": 0}}
 
         def finish(images: list[Any]) -> list[bytes]:
             return [encode_image(im.resize((w, h)) if im.size != (w, h) else im, fmt, req.output_compression)
@@ -124,11 +137,12 @@ def create_app(source: str, served_name: str, opts: ServerOptions, pipes: Pipeli
 
         if req.stream:
             job = worker.submit(work, stream=True)
-            meta = {"size": f"{w}x{h}", "quality": quality, "background": "opaque", "output_format": fmt}
-            events = stream_job(job, kind, meta, finish, req.output_compression, opts.request_timeout,
-                                request.is_disconnected)
+            meta = {"size": size if size in OPENAI_SIZES else "auto", "quality": quality, "background": "opaque",
+                    "output_format": fmt}
+            events = stream_job(job, kind, (w, h), meta, usage, finish, req.output_compression,
+                                opts.request_timeout, request.is_disconnected)
             return StreamingResponse(events, media_type="text/event-stream",
-                                     headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
+                                     headers={"cache-control": "no-cache", "x-accel-buffering": "no", **sized})
         try:
             images, peak = await worker.call(work, opts.request_timeout, request.is_disconnected)
         except BadRequest:
@@ -142,11 +156,13 @@ def create_app(source: str, served_name: str, opts: ServerOptions, pipes: Pipeli
             data = [{"url": f"{base.rstrip('/')}/{files.put(blob, fmt)}"} for blob in blobs]
         else:
             data = [{"b64_json": base64.b64encode(blob).decode()} for blob in blobs]
-        body = {"created": int(time.time()), "data": data, "output_format": fmt, "size": f"{w}x{h}",
-                "background": "opaque"}
+        body = {"created": int(time.time()), "data": data, "output_format": fmt, "background": "opaque",
+                "usage": usage}
+        if size in OPENAI_SIZES:
+            body["size"] = size
         if quality != "auto":
             body["quality"] = quality
-        return JSONResponse(body, headers={"x-peak-memory-mb": f"{peak:.1f}"})
+        return JSONResponse(body, headers={"x-peak-memory-mb": f"{peak:.1f}", **sized})
 
     @app.get("/health")
     async def health() -> JSONResponse:
@@ -199,7 +215,8 @@ def create_app(source: str, served_name: str, opts: ServerOptions, pipes: Pipeli
 
     @app.get("/stats")
     async def stats() -> dict[str, Any]:
-        return {**worker.stats, "pipeline_calls": pipes.calls, "max_batch": opts.max_batch,
+        return {**worker.stats, "pipeline_calls": pipes.calls, "stopped_calls": pipes.stopped,
+                "max_batch": opts.max_batch,
                 "queued": sum(1 for j in list(worker.pending) if j is not None),
                 "pipeline_s": round(pipes.call_seconds, 4), "step_callback_s": round(pipes.callback_seconds, 4)}
 
@@ -224,11 +241,11 @@ def create_app(source: str, served_name: str, opts: ServerOptions, pipes: Pipeli
         req = validate_request(GenerationRequest, body)
         check_n(req.n, opts.max_n)
         check_output(req)
-        await check_prompts(req)
+        tokens = await check_prompts(req)
         w, h = parse_size(req.size if req.size not in (None, "auto") else opts.default_size, opts.max_size)
         steps, quality = resolve_steps(req, opts)
         return await answer(request, req, make_work(req, "text2image", "model", w, h, steps), "image_generation",
-                            quality)
+                            quality, tokens)
 
     @app.post("/v1/images/edits")
     async def edits(request: Request) -> Response:
@@ -236,7 +253,7 @@ def create_app(source: str, served_name: str, opts: ServerOptions, pipes: Pipeli
         req, raw = await read_edit_form(request, opts)
         check_n(req.n, opts.max_n)
         check_output(req)
-        await check_prompts(req)
+        tokens = await check_prompts(req)
         images = [await asyncio.to_thread(decode_image, d, "image", opts.max_input_pixels) for d in raw["image"]]
         mask = (await asyncio.to_thread(decode_image, raw["mask"][0], "mask", opts.max_input_pixels)
                 if raw["mask"] else None)
@@ -268,7 +285,7 @@ def create_app(source: str, served_name: str, opts: ServerOptions, pipes: Pipeli
             if int(steps * strength) < 1:
                 raise BadRequest(f"strength {strength:g} x num_inference_steps {steps} leaves no denoising step: "
                                  "raise either", "strength")
-        return await answer(request, req, work, "image_edit", quality)
+        return await answer(request, req, work, "image_edit", quality, tokens)
 
     return app
 

@@ -66,6 +66,7 @@ class Pipelines:
         self.token_counter: tuple[Any, int, str] | None = None  # (tokenizer copy, limit, name)
         self._token_lock = threading.Lock()  # fast tokenizers refuse concurrent use ("Already borrowed")
         self.calls = 0  # pipeline calls made
+        self.stopped = 0  # calls stopped part-way because nobody waited for their images any more
         self.call_seconds = 0.0  # time in pipeline calls
         self.callback_seconds = 0.0  # of which in the step callback of streaming calls (progress and previews)
 
@@ -215,10 +216,11 @@ class Pipelines:
         limit = self.opts.max_prompt_tokens or best[1]
         return copy.deepcopy(best[0]), limit, best[2]  # a copy: the worker's calls use the original meanwhile
 
-    def check_prompt_tokens(self, text: str, param: str) -> None:
-        """BadRequest when `text` has more tokens than the model reads (the pipeline would cut the rest silently)."""
+    def check_prompt_tokens(self, text: str, param: str) -> int:
+        """BadRequest when `text` has more tokens than the model reads (the pipeline would cut the rest silently);
+        else its token count (0 where the pipeline has no tokenizer to count with)."""
         if self.token_counter is None or not text:
-            return
+            return 0
         tok, limit, name = self.token_counter
         with self._token_lock:
             count = len(tok(text, truncation=False, verbose=False)["input_ids"])
@@ -227,6 +229,7 @@ class Pipelines:
                    f"what its {name} reads; set args.max_prompt_tokens = 0 to let the pipeline cut long prompts")
             raise BadRequest(f"'{param}' is {count} tokens: this model takes at most {limit} ({why}); shorten it",
                              param)
+        return count
 
     def run(self, jobs: list[Job]) -> list[list[Any]]:
         """Make every job's images (the jobs share one task and shape) in as few pipeline calls as the pipeline allows;
@@ -305,6 +308,7 @@ class Pipelines:
         def on_step(pipe: Any, i: int, _t: Any, kw: dict[str, Any]) -> dict[str, Any]:
             if all(job.cancelled.is_set() for job in jobs):
                 log.info("request abandoned (timeout or client gone): stopped after step %d", i + 1)
+                self.stopped += 1
                 raise JobCancelled()
             if not streams:
                 return {}

@@ -60,15 +60,15 @@ def error_event(err: BaseException, request_timeout: float) -> bytes:
     return sse("error", {"type": "error", "error": failure(err, request_timeout)[1]})
 
 
-async def stream_job(job: Job, kind: str, meta: dict[str, Any], finish: Callable[[list[Any]], list[bytes]],
-                     compression: int | None, timeout: float,
-                     is_disconnected: Callable[[], Awaitable[bool]]) -> AsyncIterator[bytes]:
-    """The events of a streaming job: `kind` is image_generation or image_edit; `meta` holds the size, quality,
-    background and output_format every event repeats; `finish` encodes the final images (in a thread)."""
+async def stream_job(job: Job, kind: str, size: tuple[int, int], meta: dict[str, Any],
+                     usage: dict[str, Any], finish: Callable[[list[Any]], list[bytes]], compression: int | None,
+                     timeout: float, is_disconnected: Callable[[], Awaitable[bool]]) -> AsyncIterator[bytes]:
+    """The events of a streaming job: `kind` is image_generation or image_edit, `size` the images' (width,
+    height); `meta` holds the size, quality, background and output_format every event repeats (as OpenAI's schema
+    has them), `usage` what each completed event carries; `finish` encodes the final images (in a thread)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     checked = loop.time()
-    size = tuple(int(v) for v in meta["size"].split("x"))
     try:
         while True:
             remaining = deadline - loop.time()
@@ -101,7 +101,7 @@ async def stream_job(job: Job, kind: str, meta: dict[str, Any], finish: Callable
             return
         for i, data in enumerate(await asyncio.to_thread(finish, images)):
             yield sse(f"{kind}.completed", {"type": f"{kind}.completed", "b64_json": base64.b64encode(data).decode(),
-                                            "created_at": int(time.time()), **meta, "index": i})
+                                            "created_at": int(time.time()), **meta, "usage": usage, "index": i})
     finally:
         if not job.future.done():
             job.cancelled.set()

@@ -17,6 +17,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import DEMO_MODELS, ENVS_DIR, ROOT, HubProcess, require, start_hub
+from tests.openai_schema import check
 
 pytestmark = pytest.mark.engine
 
@@ -54,6 +55,14 @@ def client(hub: HubProcess) -> openai.OpenAI:
 
 def cosine(a: list[float], b: list[float]) -> float:
     return sum(x * y for x, y in zip(a, b, strict=True)) / math.sqrt(sum(x * x for x in a) * sum(y * y for y in b))
+
+
+def test_embeddings_fit_openais_schema(hub: HubProcess):
+    for fmt in ("float", "base64"):
+        r = httpx.post(hub.v1 + "/embeddings", json={"model": "minilm", "input": ["a cat", "a dog"],
+                                                     "encoding_format": fmt}, timeout=300)
+        assert r.status_code == 200, r.text
+        check("CreateEmbeddingResponse", r.json())
 
 
 def test_embeddings_mean_something(client: openai.OpenAI):

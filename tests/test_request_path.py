@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from pathlib import Path
 
 import anthropic
@@ -15,7 +14,7 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import ROOT, HubProcess, start_hub
+from tests.conftest import ROOT, HubProcess, start_hub, wait_for
 
 RAW = ROOT / "tests" / "rawengine.py"
 
@@ -41,14 +40,6 @@ def stats(path: Path) -> dict:
     return json.loads(path.read_text()) if path.exists() else {"requests": 0, "dropped": 0, "by_word": {}}
 
 
-def wait_until(what: str, check, limit: float = 30.0) -> None:
-    """Poll `check()` until true (a condition with a generous deadline, not a timing assertion)."""
-    deadline = time.monotonic() + limit
-    while not check():
-        assert time.monotonic() < deadline, f"not within {limit}s: {what}"
-        time.sleep(0.05)
-
-
 def chat(text: str, stream: bool = False, model: str = "calm") -> dict:
     return {"model": model, "messages": [{"role": "user", "content": text}], "stream": stream}
 
@@ -60,8 +51,8 @@ def test_a_client_that_leaves_a_non_streamed_request_frees_the_engine_and_the_pl
     with pytest.raises(httpx.ReadTimeout):  # the client gives up on a 30 s answer and closes its connection
         httpx.post(hub.v1 + "/chat/completions", json=chat("slow"), timeout=httpx.Timeout(10, read=0.5))
     # the engine sees the hub leave: its work for nobody stops
-    wait_until("the engine's request dropped", lambda: stats(calm)["dropped"] == before["dropped"] + 1)
-    wait_until("the lease released", lambda: hub.models()["calm"]["in_flight"] == 0)
+    wait_for(lambda: stats(calm)["dropped"] == before["dropped"] + 1, "the engine's request dropped")
+    wait_for(lambda: hub.models()["calm"]["in_flight"] == 0, "the lease released")
     # the next request (max_concurrency 1) does not wait for the abandoned one's 30 s
     r = httpx.post(hub.v1 + "/chat/completions", json=chat("next"), timeout=20)
     assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == "at once"
@@ -103,7 +94,7 @@ def test_an_engine_that_never_answers_gets_a_504_naming_answer_timeout(env):
         assert err.value.status_code == 504
         msg = err.value.body["message"] if "message" in err.value.body else err.value.body["error"]["message"]
         assert "no answer within 1 s (answer_timeout;" in msg and "[models.strict]" in msg
-    wait_until("the hub closed both requests at the engine", lambda: stats(strict)["dropped"] == before + 2)
+    wait_for(lambda: stats(strict)["dropped"] == before + 2, "the hub closed both requests at the engine")
     a = anthropic.Anthropic(base_url=hub.url, api_key="none", max_retries=0)
     with pytest.raises(anthropic.APIStatusError) as err:
         a.messages.create(model="strict", max_tokens=10, messages=[{"role": "user", "content": "silent"}])
@@ -119,4 +110,4 @@ def test_an_engine_silent_mid_stream_ends_it_with_an_error_naming_stream_idle_ti
         for chunk in client.chat.completions.create(**chat("stall", stream=True, model="strict")):
             got.append(chunk.choices[0].delta.content)
     assert got == ["one"]
-    wait_until("the lease released", lambda: hub.models()["strict"]["in_flight"] == 0)
+    wait_for(lambda: hub.models()["strict"]["in_flight"] == 0, "the lease released")

@@ -17,10 +17,12 @@ import time
 import tomllib
 from collections.abc import Iterator
 
+import httpx
 import pytest
 from openai import OpenAI
 
-from tests.conftest import DEMO_MODELS, ENVS_DIR, ROOT, HubProcess, require, start_hub, still_running
+from tests.conftest import DEMO_MODELS, ENVS_DIR, ROOT, HubProcess, require, start_hub, still_running, wait_for
+from tests.openai_schema import check, sse_events
 
 pytestmark = pytest.mark.engine
 
@@ -178,6 +180,49 @@ def test_text_only_model_refuses_an_image_clearly(client: OpenAI):
                {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{png}"}}]
     with pytest.raises(openai.BadRequestError, match="not a multimodal model"):
         client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": content}], max_tokens=8)
+
+
+def test_every_answer_shape_fits_openais_schema(hub: HubProcess):
+    """Chat, completions and Responses from the real vLLM through the hub, whole and streamed."""
+    chat = {"model": MODEL, "messages": QUESTION, "max_tokens": 8}
+    r = httpx.post(hub.v1 + "/chat/completions", json=chat, timeout=300)
+    check("CreateChatCompletionResponse", r.json())
+    r = httpx.post(hub.v1 + "/chat/completions", json={**chat, "stream": True,
+                                                       "stream_options": {"include_usage": True}}, timeout=300)
+    chunks = sse_events(r.text)
+    assert len(chunks) > 2 and r.text.rstrip().endswith("data: [DONE]")
+    for _, data in chunks:
+        check("CreateChatCompletionStreamResponse", data)
+    r = httpx.post(hub.v1 + "/completions", json={"model": MODEL, "prompt": "Paris is", "max_tokens": 8}, timeout=300)
+    check("CreateCompletionResponse", r.json())
+    resp = {"model": MODEL, "input": "What is the capital of France?", "max_output_tokens": 16}
+    r = httpx.post(hub.v1 + "/responses", json=resp, timeout=300)
+    check("Response", r.json())
+    r = httpx.post(hub.v1 + "/responses", json={**resp, "stream": True}, timeout=300)
+    events = sse_events(r.text)
+    assert events[-1][1]["type"] == "response.completed"
+    for _, data in events:
+        check("ResponseStreamEvent", data)
+
+
+def running_in_vllm(port: int) -> float:
+    """vLLM's own gauge of the requests it is generating for."""
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    return sum(float(ln.rsplit(" ", 1)[1]) for ln in text.splitlines() if ln.startswith("vllm:num_requests_running"))
+
+
+def test_a_client_that_leaves_a_non_streamed_request_aborts_it_in_vllm(hub: HubProcess, client: OpenAI):
+    """vLLM aborts a request whose client left; through the hub it must too: the hub drops the engine's request
+    and releases the model, so the next request does not wait for a generation nobody reads."""
+    port = hub.models()[MODEL]["process"]["port"]
+    assert running_in_vllm(port) == 0
+    body = {"model": MODEL, "messages": QUESTION, "max_tokens": 1500, "ignore_eos": True}  # about a minute here
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(hub.v1 + "/chat/completions", json=body, timeout=httpx.Timeout(30, read=2.0))
+    wait_for(lambda: running_in_vllm(port) == 0, "vLLM aborted the abandoned request", 30)
+    wait_for(lambda: hub.models()[MODEL]["in_flight"] == 0, "the hub released the model", 30)
+    r = client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=8)
+    assert r.choices[0].finish_reason in ("stop", "length")
 
 
 def test_hub_down_stops_the_engine(hub: HubProcess):
