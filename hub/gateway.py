@@ -55,6 +55,7 @@ from hub.metrics import Exchange, Metrics
 from hub.upstream import (
     AnswerTimeout,
     Call,
+    ConnectTimeout,
     Disconnected,
     EngineError,
     EnginePool,
@@ -180,7 +181,7 @@ class Gateway:
         self.responses = ResponseBook()
         # Pooled connections to the engines (hub/upstream.py). An idle one is dropped before the engines' servers
         # drop it (uvicorn's and vLLM's keep-alive: 5 s).
-        self.engines = EnginePool(keepalive_s=ENGINE_KEEPALIVE_S)
+        self.engines = EnginePool(keepalive_s=ENGINE_KEEPALIVE_S, connect_timeout_s=hub.connect_timeout)
 
     def wrap(self, app: ASGIApp) -> Gateway:
         """Put this gateway in front of `app`, which gets every request the gateway does not serve."""
@@ -473,6 +474,8 @@ def engine_failure(lease: Lease, err: EngineError, gone: asyncio.Event) -> HubEr
     if gone.is_set():
         return ClientGone()
     s = lease.slot
+    if isinstance(err, ConnectTimeout):
+        return EngineTimeout(f"model {s.id!r}: {err} (connect_timeout in [hub] of the registry); see `hub logs {s.id}`")
     if isinstance(err, AnswerTimeout):
         return EngineTimeout(f"model {s.id!r}: {err} (answer_timeout; raise it in [hub] or [models.{s.id}] of the "
                              f"registry if the model needs longer); see `hub logs {s.id}`")

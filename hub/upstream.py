@@ -68,6 +68,10 @@ class Closed(EngineError):
     """The answer was closed on the hub's side (its client left)."""
 
 
+class ConnectTimeout(ConnectFailed):
+    """No connection to the engine within the time allowed."""
+
+
 class NotSent(Disconnected):
     """The connection was found closed before the request was written: the engine cannot have received it."""
 
@@ -434,7 +438,7 @@ class EnginePool:
                 _, conn = await loop.create_connection(lambda: Connection(self, o.key, loop), o.host, o.port,
                                                        ssl=tls, server_hostname=o.host if tls else None)
         except TimeoutError:
-            raise ConnectFailed(f"no connection to {o.host}:{o.port} within {self.connect_timeout_s:g} s") from None
+            raise ConnectTimeout(f"no connection to {o.host}:{o.port} within {self.connect_timeout_s:g} s") from None
         except OSError as err:
             raise ConnectFailed(f"cannot connect to {o.host}:{o.port}: {err.strerror or err}") from None
         except ValueError as err:  # a host that getaddrinfo cannot encode (a label over 63 characters, a NUL)

@@ -1,6 +1,11 @@
 """Validation of answers against OpenAI's published OpenAPI document, vendored in tests/schemas/openai-openapi.json
 (its commit named there; scripts/vendor_openai_schema.py makes it). Strictly typed clients decode exactly these
-shapes: a value outside an enum fails the whole answer for them."""
+shapes: a value outside an enum fails the whole answer for them.
+
+One reading is lenient, as every generated client is: an optional field sent as null counts as absent (vLLM sends
+`"function_call": null`, `"annotations": null` where the schema only omits them; serde's Option, pydantic's
+Optional and the official SDKs all read null so). A required field that is null where the schema does not allow it
+still fails."""
 
 from __future__ import annotations
 
@@ -9,7 +14,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from jsonschema import Draft202012Validator
+from jsonschema import Draft202012Validator, validators
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
@@ -36,16 +41,30 @@ def _nullable(node: Any) -> Any:
 
 
 @cache
-def validator(name: str) -> Draft202012Validator:
+def validator(name: str) -> Any:
     """A validator of component schema `name`, its references resolved within the vendored document."""
     registry = Registry().with_resource(URI, Resource(_doc(), DRAFT202012))
-    return Draft202012Validator({"$ref": f"{URI}#/components/schemas/{name}"}, registry=registry)
+    return Lenient({"$ref": f"{URI}#/components/schemas/{name}"}, registry=registry)
 
 
 def problems(name: str, obj: Any) -> list[str]:
-    """Where `obj` departs from schema `name`: one line per error, empty when it fits."""
+    """Where `obj` departs from schema `name`: one line per error, empty when it fits (an optional field sent as
+    null counts as absent; see the module docstring)."""
     return [f"{'/'.join(map(str, e.absolute_path)) or '(root)'}: {e.message[:300]}"
             for e in validator(name).iter_errors(obj)]
+
+
+def _properties(v: Any, properties: dict[str, Any], instance: Any, schema: dict[str, Any]) -> Any:
+    """JSON Schema's `properties`, except that an optional property whose value is null is taken as absent."""
+    if not v.is_type(instance, "object"):
+        return
+    required = set(schema.get("required", ()))
+    for prop, sub in properties.items():
+        if prop in instance and (instance[prop] is not None or prop in required):
+            yield from v.descend(instance[prop], sub, path=prop, schema_path=prop)
+
+
+Lenient = validators.extend(Draft202012Validator, {"properties": _properties})
 
 
 def check(name: str, obj: Any) -> None:

@@ -8,6 +8,7 @@ import base64
 import io
 import json
 import math
+import struct
 import tomllib
 from collections.abc import Iterator
 
@@ -58,11 +59,18 @@ def cosine(a: list[float], b: list[float]) -> float:
 
 
 def test_embeddings_fit_openais_schema(hub: HubProcess):
-    for fmt in ("float", "base64"):
-        r = httpx.post(hub.v1 + "/embeddings", json={"model": "minilm", "input": ["a cat", "a dog"],
-                                                     "encoding_format": fmt}, timeout=300)
-        assert r.status_code == 200, r.text
-        check("CreateEmbeddingResponse", r.json())
+    r = httpx.post(hub.v1 + "/embeddings", json={"model": "minilm", "input": ["a cat", "a dog"]}, timeout=300)
+    assert r.status_code == 200, r.text
+    check("CreateEmbeddingResponse", r.json())
+    # encoding_format=base64 answers a string per embedding, as OpenAI's API does, though its published document
+    # types the field as a list only: checked with the vectors decoded
+    r = httpx.post(hub.v1 + "/embeddings", json={"model": "minilm", "input": ["a cat"], "encoding_format": "base64"},
+                   timeout=300)
+    body = r.json()
+    for item in body["data"]:
+        raw = base64.b64decode(item["embedding"])
+        item["embedding"] = list(struct.unpack(f"<{len(raw) // 4}f", raw))
+    check("CreateEmbeddingResponse", body)
 
 
 def test_embeddings_mean_something(client: openai.OpenAI):

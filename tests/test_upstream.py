@@ -25,6 +25,7 @@ from hub.upstream import (
     Call,
     Closed,
     ConnectFailed,
+    ConnectTimeout,
     Disconnected,
     EnginePool,
     IdleTimeout,
@@ -547,3 +548,30 @@ async def test_a_released_answer_lets_go_of_its_call(engine_factory) -> None:
     r = await pool.request("POST", url, "/x", b"", b"{}")
     assert await r.read() == b'{"got": 2}' and e.connections == 1
     r.release()
+
+
+async def test_an_engine_that_does_not_accept_times_out_naming_the_wait() -> None:
+    """A listening socket whose backlog is full drops new connections' SYNs: the connect hangs until the timeout."""
+    import socket
+
+    lsock = socket.socket()
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen(0)
+    port = lsock.getsockname()[1]
+    fillers = []
+    try:
+        for _ in range(4):  # more than the backlog holds, none accepted
+            s = socket.socket()
+            s.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                s.connect(("127.0.0.1", port))
+            fillers.append(s)
+        await asyncio.sleep(0.2)
+        pool = EnginePool(connect_timeout_s=0.3)
+        with pytest.raises(ConnectTimeout, match=r"no connection to 127\.0\.0\.1:\d+ within 0\.3 s"):
+            await asyncio.wait_for(pool.request("POST", f"http://127.0.0.1:{port}", "/x", b"", b"{}"), 10)
+        await pool.close()
+    finally:
+        for s in fillers:
+            s.close()
+        lsock.close()
