@@ -23,10 +23,13 @@ def error_message(body: Any, fallback: str) -> str:
 class Admin:
     """GET /hub/models, POST /hub/models/{id}/load|unload and GET /hub/models/{id}/logs of one hub."""
 
-    def __init__(self, base_url: str, api_key: str | None = None, timeout: float = 30.0) -> None:
+    def __init__(self, base_url: str, api_key: str | None = None, timeout: float = 30.0,
+                 trust_env: bool = True) -> None:
+        """`trust_env`: honour the environment's proxy settings (the CLI, for a hub elsewhere; not the web app,
+        which calls its own hub)."""
         self.base_url = base_url.rstrip("/")
         headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
-        self.http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout)
+        self.http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout, trust_env=trust_env)
 
     def _call(self, method: str, path: str, timeout: float | None = None) -> httpx.Response:
         try:

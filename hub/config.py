@@ -91,6 +91,8 @@ class HubSettings(_Strict):
                                                       "requests before it yields (unless it is idle)")
     # towards the engines (hub/gateway.py): a model's own keys win; 0 means no limit
     connect_timeout: Duration = Field(10.0, gt=0, description="longest wait for a connection to an engine")
+    max_engine_connections: int = Field(256, ge=0, description="requests under way to one engine at once, each on "
+                                                               "its own connection (0: no cap); more wait")
     answer_timeout: Duration = Field(1800.0, ge=0, description="longest wait for an engine's answer to begin (its "
                                                               "status and headers) once the request is sent")
     stream_idle_timeout: Duration = Field(300.0, ge=0, description="longest silence of an engine in the middle of "

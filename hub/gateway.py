@@ -50,6 +50,7 @@ from hub.errors import (
     UpstreamError,
     WrongModelType,
 )
+from hub.hosted import HostedAnswer, HostedPool
 from hub.manager import Lease, Manager
 from hub.metrics import Exchange, Metrics
 from hub.upstream import (
@@ -181,7 +182,10 @@ class Gateway:
         self.responses = ResponseBook()
         # Pooled connections to the engines (hub/upstream.py). An idle one is dropped before the engines' servers
         # drop it (uvicorn's and vLLM's keep-alive: 5 s).
-        self.engines = EnginePool(keepalive_s=ENGINE_KEEPALIVE_S, connect_timeout_s=hub.connect_timeout)
+        self.engines = EnginePool(keepalive_s=ENGINE_KEEPALIVE_S, connect_timeout_s=hub.connect_timeout,
+                                  max_connections=hub.max_engine_connections)
+        # Servers the hub does not manage (the openai engine: hosted APIs) go through httpx: HTTP/2, proxies
+        self.hosted = HostedPool(hub.connect_timeout, hub.max_engine_connections)
 
     def wrap(self, app: ASGIApp) -> Gateway:
         """Put this gateway in front of `app`, which gets every request the gateway does not serve."""
@@ -191,6 +195,7 @@ class Gateway:
     async def close(self) -> None:
         """Close the pooled connections."""
         await self.engines.close()
+        await self.hosted.close()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -390,9 +395,9 @@ class Gateway:
         query = scope.get("query_string", b"")
         target = path + "?" + query.decode("latin-1") if query else path
         idle = limits.stream_idle_timeout or None
+        pool = self.engines if lease.slot.engine.managed else self.hosted
         try:
-            resp = await self.engines.request(method, up.base_url, target, headers, raw,
-                                              limits.answer_timeout or None, call)
+            resp = await pool.request(method, up.base_url, target, headers, raw, limits.answer_timeout or None, call)
         except EngineError as err:
             raise engine_failure(lease, err, gone) from None
         out = [(k, v) for k, v in resp.headers if k not in HOP_HEADERS]
@@ -415,7 +420,7 @@ class Gateway:
         await send({"type": "http.response.start", "status": resp.status, "headers": out})
         await send({"type": "http.response.body", "body": data})
 
-    async def relay(self, send: Send, resp: Response, lease: Lease, headers: list[tuple[bytes, bytes]],
+    async def relay(self, send: Send, resp: Response | HostedAnswer, lease: Lease, headers: list[tuple[bytes, bytes]],
                     ep: Endpoint, model: str, idle: float | None, gone: asyncio.Event) -> None:
         """Pass the engine's stream on as it arrives. A stream that breaks, goes silent past stream_idle_timeout,
         or ends without its protocol's last event (whatever its framing) ends with an error event in the client's

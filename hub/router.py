@@ -68,7 +68,8 @@ def create_app(registry: Registry, manager: Manager | None = None, ui: bool = Tr
     manager = manager or Manager(registry)
     metrics = Metrics(manager)
     gateway = Gateway(manager, metrics=metrics)
-    files_client = httpx.AsyncClient(timeout=httpx.Timeout(connect=10.0, read=60.0, write=60.0, pool=None))
+    files_client = httpx.AsyncClient(timeout=httpx.Timeout(connect=10.0, read=60.0, write=60.0, pool=None),
+                                     trust_env=False)  # the hub's own engines: never via a proxy
     api_key = registry.api_key()
 
     @asynccontextmanager

@@ -32,7 +32,7 @@ import ssl
 import time
 import zlib
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from urllib.parse import urlsplit
 
 import httptools
@@ -90,23 +90,34 @@ IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "DELETE", "PUT"})
 
 class Call:
     """One request to an engine, droppable from another task in any phase: waiting for a connection, for the
-    answer's head, or reading its body (the gateway's disconnect watcher holds it)."""
+    answer's head, or reading its body (the gateway's disconnect watcher holds it). The client that carries the
+    request binds what drops it (this module's pool, or hub/hosted.py's) and unbinds it once the answer is read."""
 
-    __slots__ = ("closed", "conn")
+    __slots__ = ("closed", "closer")
 
     def __init__(self) -> None:
-        self.conn: Connection | None = None
+        self.closer: Callable[[], None] | None = None
         self.closed = False
 
+    def bind(self, closer: Callable[[], None]) -> None:
+        """What close() does while the request is under way."""
+        self.closer = closer
+
+    def unbind(self) -> None:
+        """The answer is read: its connection may serve another request, which close() must not touch."""
+        self.closer = None
+
     def close(self) -> None:
-        """Drop the request: its connection is closed (the engine sees its client leave) and whoever waits on it
-        raises Closed."""
+        """Drop the request: the engine sees its client leave, and whoever waits on it raises Closed."""
         self.closed = True
-        c = self.conn
-        if c is not None:
-            c.fail(Closed("the request was dropped: its client left"))
-            if c.transport is not None:
-                c.transport.close()
+        closer, self.closer = self.closer, None
+        if closer is not None:
+            closer()
+
+
+def dropped() -> Closed:
+    """The error of a request dropped through its Call."""
+    return Closed("the request was dropped: its client left")
 
 
 class Origin:
@@ -265,6 +276,12 @@ class Connection(asyncio.Protocol):
             if timer is not None:
                 timer.cancel()
 
+    def drop_request(self) -> None:
+        """Its client left (through its Call): the answer being read fails and the engine sees the close."""
+        self.fail(dropped())
+        if self.transport is not None:
+            self.transport.close()
+
     def silent(self, idle_s: float) -> None:
         """The engine sent nothing for `idle_s`: the answer fails and the connection is dropped."""
         self.fail(IdleTimeout(f"the engine sent nothing more of its answer for {idle_s:g} s"))
@@ -285,10 +302,11 @@ class Connection(asyncio.Protocol):
 class Response:
     """An engine's answer: its status and headers, and its body to read once."""
 
-    __slots__ = ("call", "conn", "headers", "pool", "released", "status")
+    __slots__ = ("call", "conn", "gate", "headers", "pool", "released", "status")
 
-    def __init__(self, pool: EnginePool, conn: Connection, call: Call | None = None) -> None:
-        self.pool, self.conn, self.call, self.released = pool, conn, call, False
+    def __init__(self, pool: EnginePool, conn: Connection, call: Call | None = None,
+                 gate: asyncio.Semaphore | None = None) -> None:
+        self.pool, self.conn, self.call, self.gate, self.released = pool, conn, call, gate, False
         self.status, self.headers = conn.status, conn.headers
 
     async def read(self, idle_s: float | None = None) -> bytes:
@@ -330,7 +348,9 @@ class Response:
         if not self.released:
             self.released = True
             if self.call is not None:  # the connection may serve another request now: the call lets go of it
-                self.call.conn = None
+                self.call.unbind()
+            if self.gate is not None:
+                self.gate.release()
             self.pool.put_back(self.conn)
 
 
@@ -338,8 +358,11 @@ class EnginePool:
     """Keep-alive connections to the engines, by origin."""
 
     def __init__(self, keepalive_s: float = 4.0, connect_timeout_s: float = 10.0,
-                 ssl_context: ssl.SSLContext | None = None) -> None:
+                 ssl_context: ssl.SSLContext | None = None, max_connections: int = 0) -> None:
         self.keepalive_s, self.connect_timeout_s = keepalive_s, connect_timeout_s
+        # requests under way to one engine at once (0: no cap); more wait for one to end
+        self.max_connections = max_connections
+        self.gates: dict[tuple[bool, str, int], asyncio.Semaphore] = {}
         self.ssl_context = ssl_context  # made on the first https:// engine when not given
         self.origins: dict[str, Origin] = {}
         self.idle: dict[tuple[bool, str, int], list[Connection]] = {}
@@ -368,6 +391,21 @@ class EnginePool:
         length = b"content-length: %d\r\n" % len(body) if body or method in ("POST", "PUT", "PATCH") else b""
         head = b"%s %s%s HTTP/1.1\r\nhost: %s\r\n%s%s\r\n" % (method.encode(), o.prefix, target.encode("latin-1"),
                                                                o.host_header, length, headers)
+        gate = None
+        if self.max_connections:
+            gate = self.gates.get(o.key) or self.gates.setdefault(o.key, asyncio.Semaphore(self.max_connections))
+            await gate.acquire()
+        try:
+            resp = await self._send(o, method, head, body, answer_s, call)
+        except BaseException:
+            if gate is not None:
+                gate.release()
+            raise
+        resp.gate = gate
+        return resp
+
+    async def _send(self, o: Origin, method: str, head: bytes, body: bytes, answer_s: float | None,
+                    call: Call | None) -> Response:
         conn = self.kept(o.key)
         if conn is not None:
             sent = time.monotonic()
@@ -381,7 +419,7 @@ class EnginePool:
                     raise
                 # an idempotent request on a connection the engine closed as it idled: safe to send again
         if call is not None and call.closed:
-            raise Closed("the request was dropped: its client left")
+            raise dropped()
         return await self.exchange(await self.connect(o), head, body, answer_s, call)
 
     async def exchange(self, conn: Connection, head: bytes, body: bytes, answer_s: float | None = None,
@@ -395,8 +433,8 @@ class EnginePool:
         if call is not None:
             if call.closed:
                 self.drop(conn)
-                raise Closed("the request was dropped: its client left")
-            call.conn = conn
+                raise dropped()
+            call.bind(conn.drop_request)
         if len(body) <= WRITE_JOIN:
             transport.write(head + body)
         else:

@@ -137,7 +137,7 @@ class Manager(Queues, Sleep):
         self.ledger = Ledger.of(registry)  # measured peaks (benchmarks/memory.py): budget of undeclared models
         self._memory_of = memory_of or ledger_memory_of(self.ledger)
         self._budget_locks: dict[str, asyncio.Lock] = {}
-        self._http = httpx.AsyncClient(timeout=5.0)
+        self._http = httpx.AsyncClient(timeout=5.0, trust_env=False)  # its own engines: never via a proxy
         self._ttl_task: asyncio.Task | None = None
         self._closing = False
 

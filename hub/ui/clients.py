@@ -25,7 +25,9 @@ SDK_ERRORS: tuple[type[Exception], ...] = (openai.OpenAIError, _sdk_transport_er
 def make_clients(hub_url: str, api_key: str | None = None) -> tuple[openai.OpenAI, Admin]:
     """The openai client on the hub's /v1 and the admin client, both sending the hub's API key when it has one."""
     hub_url = hub_url.rstrip("/")
-    # the SDK's own timeout type (an httpx.Timeout is refused by the httpx2 that openai 3.x runs on)
+    # the SDK's own types (an httpx.Timeout is refused by the httpx2 that openai 3.x runs on); the web app calls
+    # its own hub, never through the environment's proxy
     client = openai.OpenAI(base_url=hub_url + "/v1", api_key=api_key or "no-key", max_retries=0,
-                           timeout=openai.Timeout(connect=10.0, read=None, write=60.0, pool=None))
-    return client, Admin(hub_url, api_key)
+                           timeout=openai.Timeout(connect=10.0, read=None, write=60.0, pool=None),
+                           http_client=openai.DefaultHttpxClient(trust_env=False))
+    return client, Admin(hub_url, api_key, trust_env=False)

@@ -113,7 +113,7 @@ def open_stream(client: openai.OpenAI, path: str, *, json_body: dict[str, Any] |
                 fields: dict[str, str] | None = None, files: dict[str, Any] | None = None) -> ImageStream:
     """POST an images request with `stream` on; an error answer becomes an openai APIStatusError as the SDK
     raises it (the web app turns those into gr.Error)."""
-    http = httpx.Client(timeout=httpx.Timeout(connect=10.0, read=None, write=60.0, pool=None))
+    http = httpx.Client(timeout=httpx.Timeout(connect=10.0, read=None, write=60.0, pool=None), trust_env=False)
     headers = {"authorization": f"Bearer {client.api_key}"} if client.api_key else {}
     url = str(client.base_url).rstrip("/") + path
     if json_body is not None:
