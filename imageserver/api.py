@@ -28,15 +28,19 @@ class BadRequest(Exception):
                           "code": "invalid_value" if self.param else "invalid_request"}}
 
 
-def parse_size(value: str, max_size: int, param: str = "size") -> tuple[int, int]:
-    """(width, height) from "WxH": both multiples of 8, at least 8 and at most `max_size`; BadRequest otherwise."""
+def parse_size(value: str, max_size: int, param: str = "size", multiple: int = 8, why: str = ""
+               ) -> tuple[int, int]:
+    """(width, height) from "WxH": both multiples of `multiple` (the pipeline's rule, `why` says where it comes
+    from), at least that and at most `max_size`; BadRequest otherwise."""
     m = _SIZE.match(value) if isinstance(value, str) else None
     if not m:
         raise BadRequest(f"'{param}' must look like \"512x512\" (width x height), not {value!r}", param)
     w, h = int(m.group(1)), int(m.group(2))
     for side in (w, h):
-        if side < 8 or side % 8:
-            raise BadRequest(f"'{param}' {w}x{h}: width and height must be multiples of 8 (at least 8)", param)
+        if side < max(multiple, 1) or side % max(multiple, 1):
+            raise BadRequest(f"'{param}' {w}x{h}: width and height must be multiples of {multiple} for this model"
+                             f"{' (' + why + ')' if why else ''}, e.g. {w // multiple * multiple or multiple}x"
+                             f"{h // multiple * multiple or multiple}", param)
         if side > max_size:
             raise BadRequest(f"'{param}' {w}x{h}: width and height can be at most {max_size} for this model", param)
     return w, h

@@ -242,7 +242,9 @@ def create_app(source: str, served_name: str, opts: ServerOptions, pipes: Pipeli
         check_n(req.n, opts.max_n)
         check_output(req)
         tokens = await check_prompts(req)
-        w, h = parse_size(req.size if req.size not in (None, "auto") else opts.default_size, opts.max_size)
+        multiple, why = pipes.size_rule()
+        w, h = parse_size(req.size if req.size not in (None, "auto") else opts.default_size, opts.max_size,
+                          "size" if req.size not in (None, "auto") else "default_size", multiple, why)
         steps, quality = resolve_steps(req, opts)
         return await answer(request, req, make_work(req, "text2image", "model", w, h, steps), "image_generation",
                             quality, tokens)
@@ -261,10 +263,11 @@ def create_app(source: str, served_name: str, opts: ServerOptions, pipes: Pipeli
         if mask is not None and mask.size != first.size:
             raise BadRequest(f"the mask is {mask.size[0]}x{mask.size[1]} but the image is "
                              f"{first.size[0]}x{first.size[1]}: they must be the same size", "mask")
+        multiple, why = pipes.size_rule()
         if req.size not in (None, "auto"):
-            w, h = parse_size(req.size, opts.max_size)
+            w, h = parse_size(req.size, opts.max_size, "size", multiple, why)
         else:
-            w, h = fit_size(*first.size, opts.max_size)
+            w, h = fit_size(*first.size, opts.max_size, multiple)
         images = [im.convert("RGB").resize((w, h)) if im.size != (w, h) else im.convert("RGB") for im in images]
         steps, quality = resolve_steps(req, opts)
         strength = req.strength if req.strength is not None else DEFAULT_STRENGTH

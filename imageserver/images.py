@@ -42,10 +42,12 @@ def mask_for_diffusers(mask: Image.Image) -> Image.Image:
     return mask.convert("L")
 
 
-def fit_size(w: int, h: int, max_size: int) -> tuple[int, int]:
-    """An input image's size made valid for the pipeline: scaled into max_size, rounded down to multiples of 8."""
+def fit_size(w: int, h: int, max_size: int, multiple: int = 8) -> tuple[int, int]:
+    """An input image's size made valid for the pipeline: scaled into max_size, rounded down to multiples of
+    `multiple` (the pipeline's rule)."""
     scale = min(1.0, max_size / max(w, h))
-    return max(8, int(w * scale) // 8 * 8), max(8, int(h * scale) // 8 * 8)
+    m = max(multiple, 1)
+    return max(m, int(w * scale) // m * m), max(m, int(h * scale) // m * m)
 
 
 def encode_image(im: Image.Image, fmt: str = "png", compression: int | None = None, fast: bool = False) -> bytes:

@@ -148,6 +148,20 @@ class Pipelines:
                 pipe.enable_sequential_cpu_offload(device=self.device)
             self._offloaded = pipe
 
+    def size_rule(self) -> tuple[int, str]:
+        """The multiple that widths and heights must be for the loaded pipeline, and why, as its own check_inputs
+        has it: its VAE's scale factor times 2 where it packs latents 2x2 (FLUX, Qwen-Image), times its
+        transformer's patch size (SD3); the UNet pipelines check multiples of 8 whatever their VAE."""
+        pipe = self.base
+        vae = int(getattr(pipe, "vae_scale_factor", 8) or 8)
+        name = type(pipe).__name__
+        if hasattr(pipe, "_pack_latents"):
+            return vae * 2, f"{name}: its VAE scales by {vae} and it packs latents 2x2"
+        patch = getattr(pipe, "patch_size", None)
+        if isinstance(patch, int) and patch > 1:
+            return vae * patch, f"{name}: its VAE scales by {vae} and its transformer's patches are {patch}x{patch}"
+        return max(vae, 8), f"{name}: its VAE scales by {vae}" + (", and the pipeline checks 8" if vae < 8 else "")
+
     def is_instruction_edit(self) -> bool:
         """Whether the loaded pipeline edits images by instruction (edits go to it as is)."""
         return type(self.base).__name__.startswith(INSTRUCTION_EDIT)

@@ -327,6 +327,21 @@ def test_health_models_and_errors_of_the_engine(hub):
     assert httpx.get(own["data"][0]["url"]).status_code == 200
 
 
+def test_sizes_follow_the_loaded_pipelines_own_rule(client):
+    """Packed-latent pipelines (FLUX.2 here) need sizes in multiples of twice their VAE's scale factor (8 x 2 = 16),
+    the UNet pipelines multiples of 8: each refused before the pipeline runs, with the rule's reason."""
+    with pytest.raises(openai.BadRequestError) as err:
+        client.images.generate(model="tiny-flux2", prompt="x", size="72x64")
+    assert err.value.body["param"] == "size"
+    assert ("'size' 72x64: width and height must be multiples of 16 for this model (Flux2KleinPipeline: its VAE "
+            "scales by 8 and it packs latents 2x2), e.g. 64x64") in err.value.body["message"]
+    assert png_size(pngs(client.images.generate(model="tiny-flux2", prompt="x", size="80x64"))[0]) == (80, 64)
+    with pytest.raises(openai.BadRequestError, match=r"multiples of 8 for this model \(StableDiffusionPipeline: its "
+                       r"VAE scales by 2, and the pipeline checks 8\), e\.g\. 64x56"):
+        client.images.generate(model="tiny-sd", prompt="x", size="66x62")
+    assert png_size(pngs(client.images.generate(model="tiny-sd", prompt="x", size="72x56"))[0]) == (72, 56)
+
+
 def test_every_answer_shape_fits_openais_schema(hub):
     """Generations and edits, whole and streamed, as the image server answers them through the hub."""
     gen = {"model": "tiny-sd", "prompt": "a red fox", "size": "96x64", "num_inference_steps": 3, "n": 2}

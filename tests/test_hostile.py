@@ -419,7 +419,8 @@ def image_cases() -> list[Case]:
     g = [
         ("n-zero", {"n": 0}, "'n'"), ("n-negative", {"n": -1}, "'n'"), ("n-over-max", {"n": 5}, "at most 4"),
         ("n-text", {"n": "two"}, "'n'"), ("n-fraction", {"n": 1.5}, "'n'"), ("n-huge", {"n": 10**30}, "'n'"),
-        ("size-huge", {"size": "99992x99992"}, "at most 256"), ("size-zero", {"size": "0x0"}, "multiples of 8"),
+        ("size-huge", {"size": "99992x99992"}, "at most 256"),
+        ("size-zero", {"size": "0x0"}, "multiples of 8 for this model (StableDiffusionPipeline"),
         ("size-text", {"size": "big"}, "must look like"), ("size-number", {"size": 64}, "'size'"),
         ("size-negative", {"size": "-64x64"}, "must look like"),
         ("steps-zero", {"num_inference_steps": 0}, "num_inference_steps"),
