@@ -82,7 +82,7 @@ ADMIN_PREFIX = "/hub/"  # the hub's own JSON API: bodies bounded and checked her
 # An error event an engine sent itself ends its stream as well as the protocol's last event does
 STREAM_ERROR = re.compile(rb"^(event: ?error|data: ?\{\"error\")", re.M)
 SEQUENCE = re.compile(rb'"sequence_number": ?(\d+)')
-TAIL_BYTES = 256  # what of a chunk is kept to find a last event split across two chunks
+TAIL_BYTES = 64  # what of a chunk is kept to find a last event split across two chunks
 
 
 # ---- error shapes (the API boundary) ----

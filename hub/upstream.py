@@ -147,6 +147,7 @@ class Connection(asyncio.Protocol):
         self.parser = httptools.HttpResponseParser(self)
         self.lost = self.idle = False
         self.idle_since = 0.0
+        self.watchdog: asyncio.TimerHandle | None = None
         self.new_answer()
 
     def new_answer(self) -> None:
@@ -159,6 +160,9 @@ class Connection(asyncio.Protocol):
         self.head_bytes = 0
         self.error: EngineError | None = None
         self.waiter: asyncio.Future[None] | None = None
+        self.stop_watch()
+        self.idle_s = 0.0
+        self.last_data = 0.0
 
     # ---- asyncio.Protocol ----
 
@@ -236,6 +240,7 @@ class Connection(asyncio.Protocol):
             self.head.set_result(None)
 
     def on_body(self, body: bytes) -> None:
+        self.last_data = self.loop.time()
         self.body.append(body)
         self.buffered += len(body)
         if self.buffered > HIGH_WATER and not self.paused:
@@ -265,16 +270,48 @@ class Connection(asyncio.Protocol):
         if self.waiter is not None and not self.waiter.done():
             self.waiter.set_result(None)
 
-    async def wait(self, idle_s: float | None = None) -> None:
-        """Until something happens to the answer; past `idle_s` of silence the answer fails with IdleTimeout."""
+    async def wait(self) -> None:
+        """Until something happens to the answer."""
         self.waiter = self.loop.create_future()
-        timer = self.loop.call_later(idle_s, self.silent, idle_s) if idle_s else None
         try:
             await self.waiter
         finally:
             self.waiter = None
-            if timer is not None:
-                timer.cancel()
+
+    # One timer per answer, not one per wait: it checks the time of the last byte when it fires and re-arms itself
+    # while the engine keeps talking (a stream's chunks cost no timer each).
+
+    def no_answer(self, answer_s: float) -> None:
+        """The answer's head did not come within `answer_s`: the answer fails and the connection is dropped."""
+        if not self.head.done():
+            self.fail(AnswerTimeout(f"the engine sent no answer within {answer_s:g} s"))
+            if self.transport is not None:
+                self.transport.close()
+
+    def watch_body(self, idle_s: float | None) -> None:
+        """Fail the answer once the engine stays silent for `idle_s` in its body (armed once per answer)."""
+        if idle_s and self.watchdog is None and not self.complete:
+            self.idle_s, self.last_data = idle_s, self.loop.time()
+            self.watchdog = self.loop.call_later(idle_s, self.check_silence)
+
+    def check_silence(self) -> None:
+        self.watchdog = None
+        if self.complete or self.error is not None:
+            return
+        quiet = self.loop.time() - self.last_data
+        if self.paused or self.body:  # the hub's client is the slow one: not the engine's silence
+            self.watchdog = self.loop.call_later(self.idle_s, self.check_silence)
+        elif quiet < self.idle_s:
+            self.watchdog = self.loop.call_later(self.idle_s - quiet, self.check_silence)
+        else:
+            self.silent(self.idle_s)
+
+    def stop_watch(self) -> None:
+        """The answer is done with: its timer goes."""
+        w = getattr(self, "watchdog", None)
+        if w is not None:
+            w.cancel()
+            self.watchdog = None
 
     def drop_request(self) -> None:
         """Its client left (through its Call): the answer being read fails and the engine sees the close."""
@@ -319,7 +356,8 @@ class Response:
                 raise c.error
             if c.complete:
                 return parts[0] if len(parts) == 1 else b"".join(parts)
-            await c.wait(idle_s)
+            c.watch_body(idle_s)
+            await c.wait()
 
     async def chunks(self, idle_s: float | None = None) -> AsyncIterator[bytes]:
         """The body as it arrives: what has arrived since the last chunk, each time; IdleTimeout when the engine
@@ -333,7 +371,8 @@ class Response:
             elif c.complete:
                 return
             else:
-                await c.wait(idle_s)
+                c.watch_body(idle_s)
+                await c.wait()
 
     def close(self) -> None:
         """Drop the connection: a chunk being waited for raises Closed, and the engine sees its client leave."""
@@ -351,6 +390,7 @@ class Response:
                 self.call.unbind()
             if self.gate is not None:
                 self.gate.release()
+            self.conn.stop_watch()
             self.pool.put_back(self.conn)
 
 
@@ -440,18 +480,15 @@ class EnginePool:
         else:
             transport.write(head)
             transport.write(body)
+        timer = conn.loop.call_later(answer_s, conn.no_answer, answer_s) if answer_s else None
         try:
-            if answer_s:
-                try:
-                    async with asyncio.timeout(answer_s):
-                        await conn.head
-                except TimeoutError:
-                    raise AnswerTimeout(f"the engine sent no answer within {answer_s:g} s") from None
-            else:
-                await conn.head
+            await conn.head
         except BaseException:
             self.drop(conn)
             raise
+        finally:
+            if timer is not None:
+                timer.cancel()
         return Response(self, conn, call)
 
     def kept(self, key: tuple[bool, str, int]) -> Connection | None:
