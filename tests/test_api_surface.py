@@ -8,7 +8,7 @@ import httpx
 import openai
 import pytest
 
-from tests.test_router import client, image_model, text_model
+from tests.helpers import client, image_model, text_model
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from benchmarks.contention import run_contention
 from benchmarks.scenarios import ContentionScenario
 from hub.ui.models import COLUMNS, model_rows
 from tests.conftest import wait_for
-from tests.test_router import text_model
+from tests.helpers import text_model
 
 
 def test_alternating_clients_are_all_served_and_runs_swap_less_than_arrival_order() -> None:

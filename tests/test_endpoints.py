@@ -16,7 +16,7 @@ import pytest
 
 from hub.endpoints import ENDPOINTS
 from tests.conftest import responder_command
-from tests.test_router import client
+from tests.helpers import client
 
 
 def model(mid: str, kind: str, more: str = "") -> str:

@@ -3,95 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from typing import ClassVar
 
-import httpx
 import pytest
 
-from hub.engines.base import Engine, LaunchContext, LaunchSpec
 from hub.errors import MemoryBusy, StartFailed
-from hub.manager import Manager, State
-from hub.registry import parse_registry
-from hub.runtimes.base import Handle, Runtime
-
-
-class FakeRuntime(Runtime):
-    """Engines that become ready after `ready_after` seconds and exit when told."""
-
-    def __init__(self, ready_after: float = 0.05, fail: set[str] | None = None) -> None:
-        self.ready_after = ready_after
-        self.fail = fail or set()
-        self.started: list[str] = []
-        self.stopped: list[str] = []
-        self.exits: dict[str, asyncio.Future] = {}
-
-    async def start(self, model_id: str, spec: LaunchSpec, port: int) -> Handle:
-        self.started.append(model_id)
-        self.exits[model_id] = asyncio.get_running_loop().create_future()
-        if model_id in self.fail:
-            self.exits[model_id].set_result("exited with code 1")
-        return Handle(model_id, f"fake://{model_id}", ref=asyncio.get_running_loop().time())
-
-    async def alive(self, handle: Handle) -> bool:
-        return not self.exits[handle.model_id].done()
-
-    async def wait_exit(self, handle: Handle) -> str:
-        return await asyncio.shield(self.exits[handle.model_id])
-
-    async def stop(self, handle: Handle, timeout: float) -> None:
-        await asyncio.sleep(0.01)
-        self.stopped.append(handle.model_id)
-        if not self.exits[handle.model_id].done():
-            self.exits[handle.model_id].set_result("stopped")
-
-    def logs(self, model_id: str, tail: int = 100) -> str:
-        return "fake log line\n"
-
-
-class FakeEngine(Engine):
-    name: ClassVar[str] = "command"
-
-    def __init__(self, rt: FakeRuntime) -> None:
-        self.rt = rt
-
-    def launch(self, ctx: LaunchContext) -> LaunchSpec:
-        return LaunchSpec(command=["fake"])
-
-    async def ready(self, client: httpx.AsyncClient, base_url: str, spec: LaunchSpec) -> bool:
-        await asyncio.sleep(self.rt.ready_after)
-        return not self.rt.exits[base_url.removeprefix("fake://")].done()
-
-
-def make(models: dict[str, float], budget: float | None = None, rt: FakeRuntime | None = None,
-         pinned: tuple[str, ...] = (), extra: dict[str, dict] | None = None, hosts: dict[str, dict] | None = None,
-         factory=None, **hub) -> tuple[Manager, FakeRuntime]:
-    """A manager of `command` models {id: GB} on fake engines; `extra`: more keys per model."""
-    rt = rt or FakeRuntime()
-    data = {"hub": {"memory_budget_gb": budget, "drain_timeout": 0.3, **hub} if budget else {**hub},
-            "hosts": hosts or {},
-            "models": {m: {"type": "text", "engine": "command", "command": ["x", "{port}"], "memory_gb": gb,
-                           "pinned": m in pinned, **(extra or {}).get(m, {})} for m, gb in models.items()}}
-    mgr = Manager(parse_registry(data), runtime_factory=factory or (lambda name, host: rt))
-    for s in mgr.slots.values():
-        s.engine = FakeEngine(rt)
-    return mgr, rt
-
-
-async def use(mgr: Manager, mid: str, hold: float = 0.0) -> None:
-    lease = await mgr.acquire(mid)
-    await asyncio.sleep(hold)
-    lease.release()
-
-
-def states(mgr: Manager) -> dict[str, str]:
-    return {m: s.state.value for m, s in mgr.slots.items()}
-
-
-async def until(cond, timeout: float = 5.0) -> None:
-    """Let the loop run until cond() holds."""
-    async with asyncio.timeout(timeout):
-        while not cond():
-            await asyncio.sleep(0.005)
+from hub.manager import State
+from tests.helpers import FakeRuntime, make, states, until, use
 
 
 async def test_single_flight() -> None:

@@ -8,7 +8,7 @@ import json
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.test_router import client, text_model
+from tests.helpers import client, text_model
 
 
 def scrape(hub, **kw) -> dict[tuple[str, tuple], float]:

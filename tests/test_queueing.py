@@ -13,7 +13,7 @@ from hub.errors import ClientLeft, MemoryBusy, TooManyRequests, WaitTimeout
 from hub.manager import Manager, State
 from hub.manager.queue import admits, retry_after
 from hub.runtimes.base import Handle, Runtime
-from tests.test_manager import FakeRuntime, make, states, until, use
+from tests.helpers import FakeRuntime, make, states, until, use
 
 
 def test_the_run_rule() -> None:

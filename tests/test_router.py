@@ -13,21 +13,8 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import responder_command, wait_for
-
-
-def text_model(mid: str = "echo", *extra: str, memory: float = 1, more: str = "") -> str:
-    return (f'[models.{mid}]\ntype = "text"\nengine = "command"\ncommand = {responder_command(*extra)}\n'
-            f"memory_gb = {memory}\n{more}\n")
-
-
-def image_model(mid: str = "pix", *extra: str, memory: float = 1) -> str:
-    return (f'[models.{mid}]\ntype = "image"\nengine = "command"\ncommand = {responder_command(*extra)}\n'
-            f"memory_gb = {memory}\n")
-
-
-def client(hub, key: str = "none") -> openai.OpenAI:
-    return openai.OpenAI(base_url=hub.v1, api_key=key, max_retries=0, timeout=60)
+from tests.conftest import wait_for
+from tests.helpers import client, image_model, text_model
 
 
 def png_size(data: bytes) -> tuple[int, int]:

@@ -11,7 +11,7 @@ import pytest
 from hub.engines import get_engine
 from hub.errors import ConfigError, StartFailed
 from hub.registry import parse_registry
-from tests.test_manager import FakeEngine, FakeRuntime, make, states, until, use
+from tests.helpers import FakeEngine, FakeRuntime, make, states, until, use
 
 SLEEPY = {"sleep": True, "args": {"sleep": "/sleep", "wake": "/wake"}}
 

@@ -23,7 +23,7 @@ from hub.upstream import (
     IdleTimeout,
 )
 from tests.conftest import HubProcess, responder_command, start_hub
-from tests.test_upstream import Engine, answer, echo
+from tests.helpers import Engine, answer, echo
 
 KINDS = ["pool", "httpx"]
 

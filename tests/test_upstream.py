@@ -11,7 +11,6 @@ import shutil
 import ssl
 import subprocess
 import zlib
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -32,68 +31,7 @@ from hub.upstream import (
     NotSent,
     decoded,
 )
-
-Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter, bytes, bytes], Awaitable[bool]]
-
-
-class Engine:
-    """A scripted HTTP/1.1 server: `script(reader, writer, head, body)` answers one request and returns whether
-    the connection stays open for the next."""
-
-    def __init__(self, script: Script) -> None:
-        self.script = script
-        self.connections = 0
-        self.requests: list[tuple[bytes, bytes]] = []
-        self.closed = asyncio.Event()  # a connection was closed by the client
-        self.server: asyncio.Server | None = None
-
-    async def start(self, tls: ssl.SSLContext | None = None) -> str:
-        self.server = await asyncio.start_server(self.serve, "127.0.0.1", 0, ssl=tls)
-        port = self.server.sockets[0].getsockname()[1]
-        return f"{'https' if tls else 'http'}://127.0.0.1:{port}"
-
-    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connections += 1
-        try:
-            while True:
-                try:
-                    head = await reader.readuntil(b"\r\n\r\n")
-                except asyncio.IncompleteReadError:
-                    self.closed.set()
-                    return
-                length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
-                               if line.lower().startswith(b"content-length:")), 0)
-                body = await reader.readexactly(length)
-                self.requests.append((head, body))
-                if not await self.script(reader, writer, head, body):
-                    writer.close()
-                    return
-        except (ConnectionError, asyncio.IncompleteReadError):
-            self.closed.set()
-
-    async def stop(self) -> None:
-        if self.server:
-            self.server.close()
-
-
-def answer(body: bytes, status: str = "200 OK", extra: bytes = b"") -> bytes:
-    return b"HTTP/1.1 %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n%s\r\n%s" % (
-        status.encode(), len(body), extra, body)
-
-
-def says(raw: bytes, keep: bool = True) -> Script:
-    """A script that answers every request with `raw`, then keeps the connection or closes it."""
-    async def script(reader, writer, head, body) -> bool:
-        writer.write(raw)
-        await writer.drain()
-        return keep
-    return script
-
-
-async def echo(reader, writer, head, body) -> bool:
-    writer.write(answer(b'{"got": %d}' % len(body)))
-    await writer.drain()
-    return True
+from tests.helpers import Engine, Script, answer, echo, says
 
 
 @pytest.fixture
