@@ -61,6 +61,8 @@ class Endpoint:
 
 
 DONE = re.compile(rb"^data: ?\[DONE\]", re.M)
+# OpenAI's transcription streams end with transcript.text.done; vLLM's with data: [DONE]
+TRANSCRIPT_END = re.compile(rb'^data: ?\[DONE\]|"type": ?"transcript\.text\.done"', re.M)
 
 
 MESSAGES = Field("messages", (list,), "a list of messages")
@@ -84,9 +86,11 @@ ENDPOINTS: tuple[Endpoint, ...] = (
              required=(Field("query", (str, dict), "the query to rank the documents against"),
                        Field("documents", (list,), "a list of documents"))),
     Endpoint(("/v1/audio/transcriptions",), "transcriptions", body="multipart",
-             required=(Field("file", (), "an audio file"),), end=DONE, end_name="data: [DONE]"),
+             required=(Field("file", (), "an audio file"),), end=TRANSCRIPT_END,
+             end_name="data: [DONE] or transcript.text.done"),
     Endpoint(("/v1/audio/translations",), "translations", body="multipart",
-             required=(Field("file", (), "an audio file"),), end=DONE, end_name="data: [DONE]"),
+             required=(Field("file", (), "an audio file"),), end=TRANSCRIPT_END,
+             end_name="data: [DONE] or transcript.text.done"),
     Endpoint(("/v1/audio/speech",), "speech", required=(Field("input", (str,), "the text to speak"),)),
     Endpoint(("/v1/images/generations",), "images", required=(Field("prompt", (str,), "a text prompt"),),
              files=True, end=re.compile(rb'"type": ?"image_generation\.completed"'),

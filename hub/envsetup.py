@@ -164,6 +164,8 @@ def setup_env(name: str, envs_dir: Path, device: Device = "auto", progress: Prog
             locks.check(lk)
         except locks.LockError as err:
             raise SetupError(f"{name}: {err}") from None
+    if why := locks.fits_here(plan.lock):
+        raise SetupError(f"{name}: {why}")
     env_dir = envs_dir / name
     todo = status(plan, env_dir)
     if todo == "up to date":

@@ -231,6 +231,8 @@ class Gateway:
             await send_error(send, err, dialect)
         except ClientGone:
             x.status = 499  # nginx's "client closed request"
+        except StreamCut:
+            raise  # uvicorn closes the connection mid-body (logged above, without a traceback of ours)
         except Exception:  # a bug: logged with its traceback, answered in the client's dialect if nothing was sent
             log.exception("%s %s failed", method, path)
             if x.status is not None:
@@ -427,9 +429,10 @@ class Gateway:
         dialect."""
         sniff = b"" if ep.task == "responses" else None
         sequence = -1  # the last sequence_number of a Responses stream, for the error event that may follow it
-        events = ep.end is not None and any(k == b"content-type" and v.startswith(b"text/event-stream")
-                                            for k, v in headers)
-        ended, tail = not events, b""
+        sse = any(k == b"content-type" and v.startswith(b"text/event-stream") for k, v in headers)
+        events = sse and ep.end is not None
+        # the tail keeps one byte before the searched part: `^` of a pattern then matches only at a real line start
+        ended, tail = not events, b"\n"
         try:
             await send({"type": "http.response.start", "status": 200, "headers": headers})
             try:
@@ -443,8 +446,8 @@ class Gateway:
                             sniff = None
                     if not ended:  # the last event or an error event, possibly across two chunks
                         seen = tail + chunk
-                        ended = bool(ep.end.search(seen) or STREAM_ERROR.search(seen))  # type: ignore[union-attr]
-                        tail = seen[-TAIL_BYTES:]
+                        ended = bool(ep.end.search(seen, 1) or STREAM_ERROR.search(seen, 1))  # type: ignore[union-attr]
+                        tail = seen[-(TAIL_BYTES + 1):]
                         if ep.task == "responses" and (numbers := SEQUENCE.findall(seen)):
                             sequence = int(numbers[-1])
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
@@ -452,10 +455,15 @@ class Gateway:
                     raise Disconnected(f"the engine ended its stream without its last event ({ep.end_name}): the "
                                        "answer above is incomplete")
             except EngineError as err:
-                if not gone.is_set():
+                if gone.is_set():
+                    pass
+                elif sse:
                     failure = engine_failure(lease, err, gone)
                     await send({"type": "http.response.body", "body": stream_error(failure, ep, sequence + 1),
                                 "more_body": True})
+                else:  # audio or another body with no room for an error: cut the connection, never end it cleanly
+                    log.warning("model %r: its stream broke off (%s): the client's connection is cut", model, err)
+                    raise StreamCut(str(err)) from None
             await send({"type": "http.response.body", "body": b""})
         finally:
             resp.release()
@@ -471,6 +479,11 @@ async def _watch(receive: Receive, gone: asyncio.Event, call: Call) -> None:
         log.debug("receive failed while watching for the client leaving", exc_info=True)
     gone.set()
     call.close()
+
+
+class StreamCut(Exception):
+    """A stream that is not SSE broke off after its head was sent: the server cuts the client's connection, so that
+    the client sees an incomplete body and not a whole one."""
 
 
 def engine_failure(lease: Lease, err: EngineError, gone: asyncio.Event) -> HubError | ClientGone:

@@ -28,8 +28,13 @@ from hub.upstream import (
 )
 
 
-def engine_error(err: httpx.HTTPError) -> EngineError:
-    """An httpx error as the gateway's EngineError."""
+def engine_error(err: Exception) -> EngineError:
+    """An httpx error (or any other failure of the client: a proxy scheme it cannot speak, say) as the gateway's
+    EngineError."""
+    if isinstance(err, EngineError):
+        return err
+    if not isinstance(err, httpx.HTTPError):
+        return ConnectFailed(f"the client to the server failed: {type(err).__name__}: {err}")
     if isinstance(err, httpx.ConnectTimeout):
         return ConnectTimeout(f"no connection within the connect timeout: {err or type(err).__name__}")
     if isinstance(err, httpx.ProxyError):
@@ -47,6 +52,9 @@ def header_lines(raw: bytes) -> list[tuple[bytes, bytes]]:
             name, _, value = line.partition(b":")
             out.append((name.strip(), value.strip()))
     return out
+
+
+CLOSING: set[asyncio.Task] = set()
 
 
 class HostedAnswer:
@@ -74,11 +82,15 @@ class HostedAnswer:
         it = self.resp.aiter_raw()
         while True:
             nxt = asyncio.ensure_future(it.__anext__())
-            done, _ = await asyncio.wait({nxt, self.closed}, timeout=idle_s, return_when=asyncio.FIRST_COMPLETED)
-            if nxt not in done:
-                nxt.cancel()
-                with contextlib.suppress(BaseException):
-                    await nxt
+            try:
+                done, _ = await asyncio.wait({nxt, self.closed}, timeout=idle_s,
+                                             return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                if not nxt.done():  # a timeout, a drop, or the reader itself cancelled: the read stops here
+                    nxt.cancel()
+                    with contextlib.suppress(BaseException):
+                        await nxt
+            if nxt not in done or nxt.cancelled():
                 await self.resp.aclose()
                 if self.closed.done():
                     raise dropped()
@@ -87,7 +99,7 @@ class HostedAnswer:
                 chunk = nxt.result()
             except StopAsyncIteration:
                 return
-            except httpx.HTTPError as err:
+            except Exception as err:
                 raise engine_error(err) from None
             yield chunk
 
@@ -98,7 +110,9 @@ class HostedAnswer:
             if self.call is not None:
                 self.call.unbind()
             if not self.resp.is_closed:
-                asyncio.get_running_loop().create_task(self.resp.aclose())
+                task = asyncio.get_running_loop().create_task(self.resp.aclose())
+                CLOSING.add(task)  # held until done: the loop keeps only weak references to tasks
+                task.add_done_callback(CLOSING.discard)
 
 
 class HostedPool:
@@ -108,6 +122,7 @@ class HostedPool:
         self.connect_timeout_s = connect_timeout_s
         self.max_connections = max_connections or None
         self.clients: dict[str, httpx.AsyncClient] = {}
+        self.closed = False
 
     def client(self, base_url: str) -> httpx.AsyncClient:
         """The client of `base_url` (proxies from the environment, HTTP/2 where offered)."""
@@ -124,11 +139,16 @@ class HostedPool:
     async def request(self, method: str, base_url: str, target: str, headers: bytes = b"", body: bytes = b"",
                       answer_s: float | None = None, call: Call | None = None) -> HostedAnswer:
         """Send the request; the answer once its head has arrived (AnswerTimeout past `answer_s`)."""
+        if self.closed:
+            raise ConnectFailed("the hub is shutting down")
         if call is not None and call.closed:
             raise dropped()
-        client = self.client(base_url)
-        req = client.build_request(method, base_url.rstrip("/") + target, headers=header_lines(headers),
-                                   content=body)
+        try:
+            client = self.client(base_url)
+            req = client.build_request(method, base_url.rstrip("/") + target, headers=header_lines(headers),
+                                       content=body)
+        except Exception as err:  # an environment proxy httpx cannot use, a URL it refuses
+            raise engine_error(err) from None
         sending = asyncio.ensure_future(client.send(req, stream=True))
         if call is not None:
             call.bind(sending.cancel)
@@ -146,12 +166,13 @@ class HostedPool:
             raise dropped()
         try:
             resp = sending.result()
-        except httpx.HTTPError as err:
+        except Exception as err:
             raise engine_error(err) from None
         return HostedAnswer(resp, call)
 
     async def close(self) -> None:
-        """Close every client."""
+        """Close every client; later requests are refused."""
+        self.closed = True
         for c in self.clients.values():
             await c.aclose()
         self.clients.clear()

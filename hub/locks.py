@@ -25,6 +25,7 @@ import configparser
 import hashlib
 import json
 import os
+import platform
 import re
 import shutil
 import subprocess
@@ -140,6 +141,21 @@ def recorded_hash(lock: Lock) -> str | None:
     except (OSError, IndexError):
         return None
     return first[len(HEADER):].strip() if first.startswith(HEADER) else None
+
+
+def fits_here(lock: Lock) -> str | None:
+    """Why `lock` cannot be installed with this Python on this machine, or None. Engine locks are resolved for one
+    Python and one platform (their wheels, the CPU build of torch): another gets a clear error here instead of a
+    wheel or hash error from uv."""
+    if lock.platform is None:
+        return None
+    py = f"{sys.version_info.major}.{sys.version_info.minor}"
+    machine = platform.machine().lower()
+    if py == PYTHON and sys.platform == "linux" and machine in ("x86_64", "amd64"):
+        return None
+    return (f"locks/{lock.name}.txt is made for CPython {PYTHON} on x86_64 Linux, and this is Python {py} on "
+            f"{sys.platform} {machine}: set up with python{PYTHON} (`make setup PYTHON=python{PYTHON}`), or set "
+            f"PYTHON and LINUX in hub/locks.py for this machine and run `{REFRESH}`")
 
 
 def check(lock: Lock) -> None:
@@ -380,6 +396,8 @@ def install(venv: Path, name: str, project: bool = False, progress: Progress = p
     Idempotent: a stamp in the environment records the lock's bytes; returns "up to date" or "installed"."""
     lock = get(name)
     check(lock)
+    if why := fits_here(lock):
+        raise LockError(why)
     if project:
         check(LOCKS["build"])
     stamp = venv / ".hub-lock"

@@ -100,7 +100,10 @@ class Call:
         self.closed = False
 
     def bind(self, closer: Callable[[], None]) -> None:
-        """What close() does while the request is under way."""
+        """What close() does while the request is under way (done at once if the call was closed already)."""
+        if self.closed:
+            closer()
+            return
         self.closer = closer
 
     def unbind(self) -> None:
@@ -254,6 +257,7 @@ class Connection(asyncio.Protocol):
             return
         self.complete = True
         self.keep_alive = self.parser.should_keep_alive()
+        self.idle_since = time.monotonic()  # the engine's keep-alive timer starts now, not when the hub puts it back
         self.wake()
 
     # ---- the answer ----
@@ -434,8 +438,13 @@ class EnginePool:
         gate = None
         if self.max_connections:
             gate = self.gates.get(o.key) or self.gates.setdefault(o.key, asyncio.Semaphore(self.max_connections))
-            await gate.acquire()
+            if gate.locked():
+                await self._wait_for(gate, o, answer_s, call)
+            else:
+                await gate.acquire()  # free: no wait
         try:
+            if self.closed:
+                raise ConnectFailed("the hub is shutting down")
             resp = await self._send(o, method, head, body, answer_s, call)
         except BaseException:
             if gate is not None:
@@ -444,8 +453,32 @@ class EnginePool:
         resp.gate = gate
         return resp
 
+    async def _wait_for(self, gate: asyncio.Semaphore, o: Origin, answer_s: float | None, call: Call | None) -> None:
+        """Wait for one of the engine's max_connections, as long as the answer may take, droppable by its Call."""
+        acquiring = asyncio.ensure_future(gate.acquire())
+        if call is not None:
+            call.bind(acquiring.cancel)
+        try:
+            done, _ = await asyncio.wait({acquiring}, timeout=answer_s)
+        except BaseException:  # the request itself is cancelled: a place got meanwhile goes back
+            if acquiring.done() and not acquiring.cancelled():
+                gate.release()
+            acquiring.cancel()
+            raise
+        finally:
+            if call is not None:
+                call.unbind()
+        if acquiring.cancelled():
+            raise dropped()
+        if not done:
+            acquiring.cancel()
+            raise AnswerTimeout(f"no answer within {answer_s:g} s: every one of the {self.max_connections} "
+                                f"connections to {o.host}:{o.port} stayed busy (max_engine_connections)")
+
     async def _send(self, o: Origin, method: str, head: bytes, body: bytes, answer_s: float | None,
                     call: Call | None) -> Response:
+        if call is not None and call.closed:
+            raise dropped()
         conn = self.kept(o.key)
         if conn is not None:
             sent = time.monotonic()
@@ -526,7 +559,7 @@ class EnginePool:
                 or conn.body):
             self.drop(conn)
             return
-        conn.idle, conn.idle_since = True, time.monotonic()
+        conn.idle = True
         self.idle.setdefault(conn.key, []).append(conn)
 
     def forget(self, conn: Connection) -> None:

@@ -93,7 +93,7 @@ for dir in $FIND_LINKS; do
     fi
   done
 done
-ls "$WHEELS"/torch-*.whl >/dev/null 2>&1 || say "warning: no CPU torch wheel found: the build will fetch torch from the index"
+ls "$WHEELS"/torch-*.whl >/dev/null 2>&1 || { say "no CPU torch wheel ($TORCH+cpu) in pip's find-links: locks/diffusers-cpu.txt cannot be installed"; exit 1; }
 IMAGES=("$RESPONDER_IMAGE")
 if [ -f "$ROOT/imageserver/app.py" ]; then
   say "building $DIFFUSERS_IMAGE from docker/diffusers/Dockerfile and locks/diffusers-cpu.txt on $BASE_IMAGE (first time: a few minutes)"

