@@ -8,6 +8,7 @@ HTTP/1.0-style servers answer. What a POST gets depends on a word in its body:
 - "silent": the head never comes; the engine waits for the hub to close the connection;
 - "stall": the head and one event, then silence, until the hub closes the connection;
 - "slow": a non-streamed answer after 30 s, unless the hub closes the connection first (counted as dropped);
+- "audio": 10 of the 1000 bytes of audio its head announces, then the close (an engine dying mid-answer);
 - anything else: a JSON answer at once.
 GET /health answers 200; GET /test/stats answers {"requests", "dropped", "by_word"} (how many POSTs carried each
 word), so that a test sees what the engine received and whether the hub left; --stats FILE keeps the same JSON in
@@ -23,7 +24,7 @@ import os
 import time
 
 STATS: dict = {"requests": 0, "dropped": 0, "by_word": {}}
-WORDS = ("cut", "whole", "silent", "stall", "slow")
+WORDS = ("cut", "whole", "silent", "stall", "slow", "audio")
 STATS_FILE: list[str] = []
 
 
@@ -90,6 +91,9 @@ async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
                 await writer.drain()
                 if await until_closed(reader, 60):
                     count("dropped")
+            elif word == "audio":
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: audio/mpeg\r\ncontent-length: 1000\r\n\r\n"
+                             + b"\xff\xfb" * 5)
             elif word == "slow":
                 if await until_closed(reader, 30):
                     count("dropped")

@@ -30,7 +30,8 @@ def env(tmp_path_factory) -> tuple[HubProcess, Path, Path]:
     calm, strict = tmp / "calm.json", tmp / "strict.json"
     registry = ("[hub]\nanswer_timeout = \"10m\"\n"
                 + raw_model("calm", calm, "max_concurrency = 1\n")
-                + raw_model("strict", strict, 'answer_timeout = "1s"\nstream_idle_timeout = "1s"\n'))
+                + raw_model("strict", strict, 'answer_timeout = "1s"\nstream_idle_timeout = "1s"\n')
+                + raw_model("voice", tmp / "voice.json", 'tasks = ["speech"]\n'))
     hub = start_hub(tmp, registry)
     yield hub, calm, strict
     hub.stop_leaving_nothing()
@@ -111,3 +112,14 @@ def test_an_engine_silent_mid_stream_ends_it_with_an_error_naming_stream_idle_ti
             got.append(chunk.choices[0].delta.content)
     assert got == ["one"]
     wait_for(lambda: hub.models()["strict"]["in_flight"] == 0, "the lease released")
+
+
+def test_a_streamed_answer_that_is_not_sse_is_cut_not_ended_when_the_engine_dies(env):
+    """Audio has no room for an error event: the client's connection is cut, so that its HTTP client reports an
+    incomplete body instead of taking 10 bytes for the whole answer."""
+    hub, _, _ = env
+    with pytest.raises(httpx.RemoteProtocolError), httpx.stream(
+            "POST", hub.v1 + "/audio/speech", json={"model": "voice", "input": "audio", "stream": True},
+            timeout=30) as r:
+        assert r.status_code == 200 and r.headers["content-type"] == "audio/mpeg"
+        r.read()
