@@ -29,6 +29,7 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from hub.bodies import BodyLimit, ClientGone, json_object, read_body
+from hub.codings import decoded
 from hub.endpoints import (
     BY_ID_METHODS,
     BY_PATH,
@@ -62,7 +63,6 @@ from hub.upstream import (
     EnginePool,
     IdleTimeout,
     Response,
-    decoded,
 )
 
 log = logging.getLogger("hub.gateway")

@@ -22,7 +22,7 @@ was found closed before the request was written (NotSent), or, for an idempotent
 once without a byte of answer (a close racing its keep-alive timer). A POST the engine may hold is never sent twice
 (RFC 9112 9.3.1). A `Call` passed along lets another task drop the request in any phase (its client left). Interim
 answers (1xx) are skipped. `decoded` undoes gzip or deflate on a whole answer from an engine that compressed it
-anyway.
+anyway (hub/codings.py).
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import ssl
 import time
-import zlib
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from urllib.parse import urlsplit
@@ -580,34 +579,3 @@ class EnginePool:
         for conn in list(self.open):
             self.drop(conn)
         self.idle.clear()
-
-
-def decoded(data: bytes, headers: list[tuple[bytes, bytes]]) -> tuple[bytes, list[tuple[bytes, bytes]]]:
-    """A whole answer that an engine compressed although the hub asked for none (a hosted API behind a CDN, say):
-    gzip and deflate decoded, so that its errors, usage and response ids can be read; other codings pass on as
-    they are, with their header (streams always do)."""
-    coding = next((v for k, v in headers if k == b"content-encoding"), None)
-    if coding is None or coding.strip().lower() not in (b"gzip", b"x-gzip", b"deflate"):
-        return data, headers
-    try:
-        plain = inflate(data)
-    except zlib.error:
-        try:
-            plain = zlib.decompress(data, -15)  # deflate sent raw, as some servers do
-        except zlib.error:
-            return data, headers
-    return plain, [(k, v) for k, v in headers if k != b"content-encoding"]
-
-
-def inflate(data: bytes) -> bytes:
-    """gzip or zlib data decoded, told apart by its header; gzip members back to back (RFC 1952 2.2: a server that
-    compresses as it writes may send several) all decoded, not only the first. zlib.error if it is neither."""
-    out = []
-    while True:
-        d = zlib.decompressobj(47)
-        out.append(d.decompress(data))
-        if not d.eof:
-            raise zlib.error("incomplete or truncated stream")
-        data = d.unused_data
-        if data[:2] != b"\x1f\x8b":  # the end, or bytes after the last member: ignored, as zlib.decompress does
-            return b"".join(out)

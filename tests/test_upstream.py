@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from hub import upstream
+from hub.codings import decoded
 from hub.upstream import (
     HIGH_WATER,
     MAX_HEAD,
@@ -29,7 +30,6 @@ from hub.upstream import (
     EnginePool,
     IdleTimeout,
     NotSent,
-    decoded,
 )
 from tests.helpers import Engine, Script, answer, echo, says
 
