@@ -58,6 +58,7 @@ class Endpoint:
     # a complete event stream holds this (its protocol's last event); one that ends without it was cut
     end: re.Pattern[bytes] | None = None
     end_name: str = ""  # that last event, as a person reads it
+    end_hints: tuple[bytes, ...] = ()  # bytes the last event holds: `end` is tried only where one of them is seen
 
 
 DONE = re.compile(rb"^data: ?\[DONE\]", re.M)
@@ -69,15 +70,17 @@ MESSAGES = Field("messages", (list,), "a list of messages")
 IMAGE_FILE = Field("image", (), "one or more image files")
 
 ENDPOINTS: tuple[Endpoint, ...] = (
-    Endpoint(("/v1/chat/completions",), "chat", required=(MESSAGES,), end=DONE, end_name="data: [DONE]"),
+    Endpoint(("/v1/chat/completions",), "chat", required=(MESSAGES,), end=DONE, end_name="data: [DONE]",
+             end_hints=(b"[DONE]",)),
     Endpoint(("/v1/completions",), "completions",
              required=(Field("prompt", (str, list), "a string or a list of strings"),), end=DONE,
-             end_name="data: [DONE]"),
+             end_name="data: [DONE]", end_hints=(b"[DONE]",)),
     Endpoint(("/v1/responses",), "responses",
              end=re.compile(rb'"type": ?"response\.(completed|failed|incomplete)"'),
-             end_name="response.completed, response.failed or response.incomplete"),
+             end_name="response.completed, response.failed or response.incomplete",
+             end_hints=(b"response.completed", b"response.failed", b"response.incomplete")),
     Endpoint(("/v1/messages",), "messages", required=(MESSAGES,), dialect="anthropic",
-             end=re.compile(rb'"type": ?"message_stop"'), end_name="message_stop"),
+             end=re.compile(rb'"type": ?"message_stop"'), end_name="message_stop", end_hints=(b"message_stop",)),
     Endpoint(("/v1/messages/count_tokens",), "messages", required=(MESSAGES,), dialect="anthropic"),
     Endpoint(("/v1/embeddings",), "embeddings",
              required=(Field("input", (str, list), "a string or a list of strings or token ids"),)),
@@ -87,16 +90,17 @@ ENDPOINTS: tuple[Endpoint, ...] = (
                        Field("documents", (list,), "a list of documents"))),
     Endpoint(("/v1/audio/transcriptions",), "transcriptions", body="multipart",
              required=(Field("file", (), "an audio file"),), end=TRANSCRIPT_END,
-             end_name="data: [DONE] or transcript.text.done"),
+             end_name="data: [DONE] or transcript.text.done", end_hints=(b"[DONE]", b"transcript.text.done")),
     Endpoint(("/v1/audio/translations",), "translations", body="multipart",
              required=(Field("file", (), "an audio file"),), end=TRANSCRIPT_END,
-             end_name="data: [DONE] or transcript.text.done"),
+             end_name="data: [DONE] or transcript.text.done", end_hints=(b"[DONE]", b"transcript.text.done")),
     Endpoint(("/v1/audio/speech",), "speech", required=(Field("input", (str,), "the text to speak"),)),
     Endpoint(("/v1/images/generations",), "images", required=(Field("prompt", (str,), "a text prompt"),),
              files=True, end=re.compile(rb'"type": ?"image_generation\.completed"'),
-             end_name="image_generation.completed"),
+             end_name="image_generation.completed", end_hints=(b"image_generation.completed",)),
     Endpoint(("/v1/images/edits",), "images", body="multipart", required=(IMAGE_FILE,), files=True,
-             end=re.compile(rb'"type": ?"image_edit\.completed"'), end_name="image_edit.completed"),
+             end=re.compile(rb'"type": ?"image_edit\.completed"'), end_name="image_edit.completed",
+             end_hints=(b"image_edit.completed",)),
     Endpoint(("/tokenize", "/v1/tokenize"), "tokenize", upstream="/tokenize"),
     Endpoint(("/detokenize", "/v1/detokenize"), "tokenize", upstream="/detokenize",
              required=(Field("tokens", (list,), "a list of token ids"),)),

@@ -82,6 +82,7 @@ ADMIN_PREFIX = "/hub/"  # the hub's own JSON API: bodies bounded and checked her
 # An error event an engine sent itself ends its stream as well as the protocol's last event does
 STREAM_ERROR = re.compile(rb"^(event: ?error|data: ?\{\"error\")", re.M)
 SEQUENCE = re.compile(rb'"sequence_number": ?(\d+)')
+WATCH_AFTER_S = 0.05  # when a request's disconnect watcher starts (see Watch)
 TAIL_BYTES = 64  # what of a chunk is kept to find a last event split across two chunks
 
 
@@ -368,17 +369,16 @@ class Gateway:
         stream) back. One watcher follows the client from the queue to the last byte: a client that leaves frees its
         queue place, drops the engine's request (vLLM aborts it, the image server cancels its job) and the lease."""
         call = Call()
-        gone = asyncio.Event()
-        watcher = asyncio.get_running_loop().create_task(_watch(receive, gone, call))
+        watch = Watch(receive, call)
         try:
-            lease = await self.manager.acquire(model, abandoned=gone.wait)
+            lease = await self.manager.acquire(model, abandoned=watch.wait)
             try:
                 await self._exchange(scope, send, lease, model, method, path, raw, body, content_type, stream, ep,
-                                     extra, call, gone)
+                                     extra, call, watch.gone)
             finally:
                 lease.release()
         finally:
-            watcher.cancel()
+            watch.stop()
 
     async def _exchange(self, scope: Scope, send: Send, lease: Lease, model: str, method: str, path: str, raw: bytes,
                         body: dict[str, Any] | None, content_type: str, stream: bool, ep: Endpoint,
@@ -446,7 +446,8 @@ class Gateway:
                             sniff = None
                     if not ended:  # the last event or an error event, possibly across two chunks
                         seen = tail + chunk
-                        ended = bool(ep.end.search(seen, 1) or STREAM_ERROR.search(seen, 1))  # type: ignore[union-attr]
+                        if b"error" in seen or any(h in seen for h in ep.end_hints):  # the regexes only then
+                            ended = bool(ep.end.search(seen, 1) or STREAM_ERROR.search(seen, 1))  # type: ignore[union-attr]
                         tail = seen[-(TAIL_BYTES + 1):]
                         if ep.task == "responses" and (numbers := SEQUENCE.findall(seen)):
                             sequence = int(numbers[-1])
@@ -469,16 +470,48 @@ class Gateway:
             resp.release()
 
 
-async def _watch(receive: Receive, gone: asyncio.Event, call: Call) -> None:
-    """The request's one disconnect watcher: when its client leaves, `gone` is set (a queued request leaves the
-    queue) and the engine's request is dropped, in whatever phase it is."""
-    try:
-        while (await receive())["type"] != "http.disconnect":
-            pass
-    except Exception:  # the server's receive failed: the client cannot be followed any more, nor reached
-        log.debug("receive failed while watching for the client leaving", exc_info=True)
-    gone.set()
-    call.close()
+class Watch:
+    """A request's one disconnect watcher: when its client leaves, `gone` is set (a queued request leaves the queue)
+    and the engine's request is dropped through its Call, in whatever phase it is.
+
+    Its task starts WATCH_AFTER_S into the request, or at once when the request has to wait in its model's queue:
+    most requests end sooner, and a task each would cost them a tenth more CPU (benchmarks/router_overhead.py). A
+    client that left before then is seen the moment it starts (the server keeps the disconnect)."""
+
+    __slots__ = ("call", "gone", "receive", "task", "timer")
+
+    def __init__(self, receive: Receive, call: Call) -> None:
+        self.receive, self.call = receive, call
+        self.gone = asyncio.Event()
+        self.task: asyncio.Task | None = None
+        self.timer: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(WATCH_AFTER_S, self.start)
+
+    def start(self) -> None:
+        """Start following the client (once)."""
+        if self.task is None:
+            self.task = asyncio.get_running_loop().create_task(self._follow())
+
+    async def wait(self) -> None:
+        """Until the client has gone (what the manager calls while the request waits in the queue)."""
+        self.start()
+        await self.gone.wait()
+
+    async def _follow(self) -> None:
+        try:
+            while (await self.receive())["type"] != "http.disconnect":
+                pass
+        except Exception:  # the server's receive failed: the client cannot be followed any more, nor reached
+            log.debug("receive failed while watching for the client leaving", exc_info=True)
+        self.gone.set()
+        self.call.close()
+
+    def stop(self) -> None:
+        """The request is over."""
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.task is not None:
+            self.task.cancel()
 
 
 class StreamCut(Exception):

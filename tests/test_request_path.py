@@ -123,3 +123,15 @@ def test_a_streamed_answer_that_is_not_sse_is_cut_not_ended_when_the_engine_dies
             timeout=30) as r:
         assert r.status_code == 200 and r.headers["content-type"] == "audio/mpeg"
         r.read()
+
+
+def test_every_streamed_endpoint_names_the_bytes_of_its_last_event():
+    """The gateway tries an endpoint's last-event pattern only on chunks that hold one of its hints."""
+    from hub.endpoints import ENDPOINTS
+
+    for ep in ENDPOINTS:
+        if ep.end is not None:
+            assert ep.end_hints, ep.paths
+            for hint in ep.end_hints:  # each hint is part of what the pattern matches
+                assert any(hint in m for m in (b"data: [DONE]", b'"type": "' + hint + b'"')) and \
+                    ep.end.search(b"\n" + (b"data: [DONE]" if hint == b"[DONE]" else b'"type": "' + hint + b'"'), 1)
