@@ -10,40 +10,15 @@ import sys
 import httpx
 import pytest
 
-from tests.conftest import ROOT, HubProcess, responder_command, start_hub
+from tests.conftest import ROOT, HubProcess, start_hub
+from tests.helpers import image_model, text_model
 from tests.openai_schema import check, sse_events
 
 RAW = json.dumps([sys.executable, str(ROOT / "tests" / "rawengine.py"), "--port", "{port}"])
-REGISTRY = f"""
-[hub]
-max_body_mb = 0.01
-
-[models.echo]
-type = "text"
-engine = "command"
-[models.echo.args]
-command = {responder_command()}
-
-[models.pics]
-type = "image"
-engine = "command"
-[models.pics.args]
-command = {responder_command()}
-
-[models.broken]
-type = "text"
-engine = "command"
-[models.broken.args]
-command = {responder_command("--fail-start")}
-
-[models.raw]
-type = "text"
-engine = "command"
-answer_timeout = "1s"
-stream_idle_timeout = "1s"
-[models.raw.args]
-command = {RAW}
-"""
+REGISTRY = ("[hub]\nmax_body_mb = 0.01\n" + text_model("echo") + image_model("pics")
+            + text_model("broken", "--fail-start")
+            + f'[models.raw]\ntype = "text"\nengine = "command"\nanswer_timeout = "1s"\nstream_idle_timeout = "1s"\n'
+              f"[models.raw.args]\ncommand = {RAW}\n")
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,6 @@ from hub.codings import decoded
 from hub.upstream import (
     HIGH_WATER,
     MAX_HEAD,
-    AnswerTimeout,
     BadAnswer,
     Call,
     Closed,
@@ -28,7 +27,6 @@ from hub.upstream import (
     ConnectTimeout,
     Disconnected,
     EnginePool,
-    IdleTimeout,
     NotSent,
 )
 from tests.helpers import Engine, Script, answer, echo, says
@@ -392,87 +390,6 @@ async def test_a_kept_connection_found_closed_before_writing_is_replaced_for_a_p
     kept.transport.close()  # closed under the pool's feet, the close not yet seen as connection_lost
     r = await pool.request("POST", url, "/x", b"", b"{}")
     assert await r.read() == b'{"got": 2}' and len(e.requests) == 2 and e.connections == 2
-
-
-async def until_closed(reader: asyncio.StreamReader, e: list[Engine]) -> bool:
-    """An engine working on a request without a word, until its client closes the connection (then it notices)."""
-    with contextlib.suppress(ConnectionError):
-        await asyncio.wait_for(reader.read(1), 30)
-    e[0].closed.set()
-    return False
-
-
-async def test_an_engine_that_never_answers_times_out_and_is_dropped(engine_factory) -> None:
-    ref: list[Engine] = []
-
-    async def silent(reader, writer, head, body) -> bool:
-        return await until_closed(reader, ref)
-
-    e, pool, url = await engine_factory(silent)
-    ref.append(e)
-    loop = asyncio.get_running_loop()
-    t0 = loop.time()
-    with pytest.raises(AnswerTimeout, match=r"no answer within 0.2 s"):
-        await pool.request("POST", url, "/x", b"", b"{}", answer_s=0.2)
-    assert 0.15 < loop.time() - t0 < 5
-    await asyncio.wait_for(e.closed.wait(), 5)  # the engine sees the hub leave
-    assert not pool.open
-
-
-async def test_an_engine_silent_mid_answer_times_out(engine_factory) -> None:
-    ref: list[Engine] = []
-
-    async def stalls(reader, writer, head, body) -> bool:
-        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
-                     b"7\r\ndata: 1\r\n")
-        await writer.drain()
-        return await until_closed(reader, ref)
-
-    e, pool, url = await engine_factory(stalls)
-    ref.append(e)
-    r = await pool.request("POST", url, "/x", b"", b"{}", answer_s=5)
-    got = []
-    with pytest.raises(IdleTimeout, match=r"nothing more of its answer for 0.2 s"):
-        async for chunk in r.chunks(idle_s=0.2):
-            got.append(chunk)
-    assert got == [b"data: 1"]
-    r.release()
-    await asyncio.wait_for(e.closed.wait(), 5)
-    e.closed.clear()
-    r = await pool.request("POST", url, "/x", b"", b"{}")
-    with pytest.raises(IdleTimeout):
-        await r.read(idle_s=0.2)
-    r.release()
-
-
-@pytest.mark.parametrize("phase", ["head", "body"])
-async def test_a_call_closed_from_another_task_drops_the_request(engine_factory, phase) -> None:
-    """The gateway's disconnect watcher closes the call: the engine sees its client leave in either phase."""
-    ref: list[Engine] = []
-
-    async def slow(reader, writer, head, body) -> bool:
-        if phase == "body":
-            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n{")
-            await writer.drain()
-        return await until_closed(reader, ref)
-
-    e, pool, url = await engine_factory(slow)
-    ref.append(e)
-    call = Call()
-
-    async def use() -> bytes:
-        r = await pool.request("POST", url, "/x", b"", b"{}", call=call)
-        return await r.read()
-
-    task = asyncio.create_task(use())
-    await asyncio.sleep(0.2)
-    call.close()
-    with pytest.raises(Closed):
-        await asyncio.wait_for(task, 5)
-    await asyncio.wait_for(e.closed.wait(), 5)
-    with pytest.raises(Closed):  # a call closed before it began never reaches the engine
-        await pool.request("POST", url, "/x", b"", b"{}", call=call)
-    assert len(e.requests) == 1
 
 
 async def test_a_released_answer_lets_go_of_its_call(engine_factory) -> None:
