@@ -129,14 +129,6 @@ def endpoints_of(kind: str, tasks: list[str] | None = None) -> list[str]:
     return [p for t in tasks_of(kind, tasks) for p in paths_of(t)]
 
 
-def allowed_methods(path: str) -> list[str]:
-    """The methods the table serves at `path` (empty: the table does not serve it)."""
-    if path in BY_PATH:
-        return [BY_PATH[path].method]
-    m = RESPONSE_BY_ID.match(path)
-    return list(BY_ID_METHODS[m.group(2) or ""]) if m else []
-
-
 def dialect_of(path: str) -> Dialect:
     """Which error shape a client of `path` understands."""
     return "anthropic" if path == "/v1/messages" or path.startswith("/v1/messages/") else "openai"
