@@ -7,6 +7,7 @@ HUB_STRICT=1 (set by `make test` and CI), where a missing prerequisite fails the
 from __future__ import annotations
 
 import contextlib
+import inspect
 import os
 import subprocess
 import sys
@@ -163,3 +164,22 @@ def hub_factory(tmp_path: Path) -> Iterator[Callable[..., HubProcess]]:
     yield make
     for h in started:
         h.stop_leaving_nothing()
+
+
+def _starts_a_hub(func: Callable) -> bool:
+    """Whether a fixture function starts a real `hub serve` (it calls start_hub, or asks for hub_factory)."""
+    try:
+        src = inspect.getsource(func)
+    except (OSError, TypeError):
+        return False
+    return "start_hub(" in src or "hub_factory" in src
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark `serve` every test whose fixtures start a real `hub serve`, or that starts one itself: `-m "not serve"`
+    runs what needs no server."""
+    for item in items:
+        info = getattr(item, "_fixtureinfo", None)
+        defs = [d for ds in (info.name2fixturedefs.values() if info else ()) for d in ds]
+        if any(_starts_a_hub(d.func) for d in defs) or _starts_a_hub(getattr(item, "function", None)):
+            item.add_marker(pytest.mark.serve)
