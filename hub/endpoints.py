@@ -135,3 +135,35 @@ def dialect_of(path: str) -> Dialect:
 
 
 ROOT_PATHS = tuple(p for e in ENDPOINTS for p in e.paths if not p.startswith("/v1/"))
+
+
+@dataclass(frozen=True)
+class Area:
+    """A part of the hub's URL space: whether it needs the API key, whether POST/PUT/PATCH bodies there are the
+    hub's own JSON (bounded and checked before the route runs), and whether it is the API's (an unknown path there
+    gets an API error, never the web app)."""
+
+    prefix: str  # a path prefix ending in "/", or a whole path
+    key: bool
+    admin_body: bool = False
+    api: bool = True
+
+
+# The URL space: the gateway's key check and admin bodies, and the router's API prefixes, all read this one table.
+URL_SPACE: tuple[Area, ...] = (
+    Area("/v1/", key=True),
+    Area("/v2/", key=True),
+    Area("/hub/", key=True, admin_body=True),
+    Area("/files/", key=False),  # image URLs handed to clients, followed by browsers without the key
+    Area("/metrics", key=True, api=False),
+    *(Area(p, key=True, api=False) for p in ROOT_PATHS),
+)
+KEY_PREFIXES = tuple(a.prefix for a in URL_SPACE if a.key and a.prefix.endswith("/"))
+KEY_PATHS = frozenset(a.prefix for a in URL_SPACE if a.key and not a.prefix.endswith("/"))
+ADMIN_BODY_PREFIXES = tuple(a.prefix for a in URL_SPACE if a.admin_body)
+API_PREFIXES = tuple(a.prefix.rstrip("/") for a in URL_SPACE if a.api)
+
+
+def needs_key(path: str) -> bool:
+    """Whether `path` needs the hub's API key (when the hub has one)."""
+    return path.startswith(KEY_PREFIXES) or path in KEY_PATHS

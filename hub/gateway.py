@@ -31,14 +31,15 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from hub.bodies import BodyLimit, ClientGone, json_object, read_body
 from hub.codings import decoded
 from hub.endpoints import (
+    ADMIN_BODY_PREFIXES,
     BY_ID_METHODS,
     BY_PATH,
     RESPONSE_BY_ID,
-    ROOT_PATHS,
     Dialect,
     Endpoint,
     dialect_of,
     endpoints_of,
+    needs_key,
     tasks_of,
 )
 from hub.errors import (
@@ -78,7 +79,6 @@ REMEMBERED_RESPONSES = 10000
 # What every request to an engine carries besides its content-type (engines answer uncompressed)
 ENGINE_HEADERS = b"user-agent: hub\r\naccept: */*\r\naccept-encoding: identity\r\n"
 ENGINE_KEEPALIVE_S = 4.0  # below the engines' own 5 s
-ADMIN_PREFIX = "/hub/"  # the hub's own JSON API: bodies bounded and checked here too
 # An error event an engine sent itself ends its stream as well as the protocol's last event does
 STREAM_ERROR = re.compile(rb"^(event: ?error|data: ?\{\"error\")", re.M)
 SEQUENCE = re.compile(rb'"sequence_number": ?(\d+)')
@@ -129,8 +129,7 @@ class ApiKeyMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
-        if (scope["type"] == "http" and scope["method"] != "OPTIONS"
-                and (path.startswith(("/v1/", "/hub/", "/v2/")) or path in ROOT_PATHS or path == "/metrics")):
+        if scope["type"] == "http" and scope["method"] != "OPTIONS" and needs_key(path):
             headers = Headers(scope=scope)
             given = headers.get("authorization", "")
             token = given[7:] if given[:7].lower() == "bearer " else headers.get("x-api-key", "")
@@ -206,7 +205,7 @@ class Gateway:
         ep = BY_PATH.get(path)
         by_id = None if ep or not path.startswith("/v1/responses/") else RESPONSE_BY_ID.match(path)
         if ep is None and by_id is None:
-            if path.startswith(ADMIN_PREFIX) and scope["method"] in ("POST", "PUT", "PATCH"):
+            if path.startswith(ADMIN_BODY_PREFIXES) and scope["method"] in ("POST", "PUT", "PATCH"):
                 try:
                     receive = await self.admin_body(scope, receive)
                 except HubError as err:

@@ -19,13 +19,12 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from hub.admin import router as admin_router
 from hub.config import Registry
-from hub.endpoints import ENDPOINTS, dialect_of, endpoints_of, tasks_of
+from hub.endpoints import API_PREFIXES, ENDPOINTS, dialect_of, endpoints_of, tasks_of
 from hub.errors import HubError, MethodNotAllowed, NotFound, RequestError, UpstreamError
 from hub.gateway import ApiKeyMiddleware, Gateway, error_body, shaped_error
 from hub.manager import Manager
 from hub.metrics import CONTENT_TYPE, Metrics
 
-API_PREFIXES = ("/v1", "/v2", "/hub", "/files")  # never the web app's: unknown paths here get API errors
 # The names the image server gives its files (imageserver/files.py: secrets.token_urlsafe, then the format's
 # extension); anything else is refused before an engine is asked. tests/test_hostile.py checks that they agree.
 FILE_NAME = re.compile(r"[A-Za-z0-9_-]{16,128}\.(?:png|jpe?g|webp)")
