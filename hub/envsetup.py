@@ -23,7 +23,6 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -38,7 +37,7 @@ REQUIREMENTS_DIR = Path(__file__).resolve().parent / "engines" / "requirements"
 ENGINE_ENVS = ("vllm", "diffusers")
 STAMP = ".hub-setup.json"
 Device = Literal["auto", "cpu", "cuda"]
-Progress = Callable[[str], None]
+Progress = locks.Progress
 
 
 class SetupError(HubError):

@@ -427,7 +427,7 @@ class Gateway:
         or ends without its protocol's last event (whatever its framing) ends with an error event in the client's
         dialect."""
         sniff = b"" if ep.task == "responses" else None
-        sequence = -1  # the last sequence_number of a Responses stream, for the error event that may follow it
+        last = b""  # the last chunk: where a broken Responses stream's last sequence_number is read, only then
         sse = any(k == b"content-type" and v.startswith(b"text/event-stream") for k, v in headers)
         events = sse and ep.end is not None
         # the tail keeps one byte before the searched part: `^` of a pattern then matches only at a real line start
@@ -448,8 +448,7 @@ class Gateway:
                         if b"error" in seen or any(h in seen for h in ep.end_hints):  # the regexes only then
                             ended = bool(ep.end.search(seen, 1) or STREAM_ERROR.search(seen, 1))  # type: ignore[union-attr]
                         tail = seen[-(TAIL_BYTES + 1):]
-                        if ep.task == "responses" and (numbers := SEQUENCE.findall(seen)):
-                            sequence = int(numbers[-1])
+                    last = chunk
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 if not ended:
                     raise Disconnected(f"the engine ended its stream without its last event ({ep.end_name}): the "
@@ -459,7 +458,9 @@ class Gateway:
                     pass
                 elif sse:
                     failure = engine_failure(lease, err, gone)
-                    await send({"type": "http.response.body", "body": stream_error(failure, ep, sequence + 1),
+                    numbers = SEQUENCE.findall(last) if ep.task == "responses" else []
+                    sequence = int(numbers[-1]) + 1 if numbers else 0
+                    await send({"type": "http.response.body", "body": stream_error(failure, ep, sequence),
                                 "more_body": True})
                 else:  # audio or another body with no room for an error: cut the connection, never end it cleanly
                     log.warning("model %r: its stream broke off (%s): the client's connection is cut", model, err)

@@ -311,9 +311,8 @@ class Connection(asyncio.Protocol):
 
     def stop_watch(self) -> None:
         """The answer is done with: its timer goes."""
-        w = getattr(self, "watchdog", None)
-        if w is not None:
-            w.cancel()
+        if self.watchdog is not None:
+            self.watchdog.cancel()
             self.watchdog = None
 
     def drop_request(self) -> None:

@@ -50,15 +50,7 @@ def newest(tmp: Path, uv: str) -> dict[str, tuple[Path, dict[str, tuple[str, str
     out: dict[str, tuple[Path, dict[str, tuple[str, str]]]] = {}
     for lock in locks.LOCKS.values():
         target = tmp / "locks" / lock.path.name
-        if lock.source.startswith("pyproject"):
-            saved = locks.PYPROJECT
-            locks.PYPROJECT = relaxed  # requirements_of() and the lock header read the relaxed copy
-            try:
-                _make(lock, uv, target, relaxed)
-            finally:
-                locks.PYPROJECT = saved
-        else:
-            _make(lock, uv, target, None)
+        _make(lock, uv, target, relaxed if lock.source.startswith("pyproject") else None)
         old, new = locks.pinned(lock), locks.pinned_text(target.read_text())
         moved = {p: (old.get(p, "-"), v) for p, v in new.items() if old.get(p) != v}
         moved.update({p: (v, "-") for p, v in old.items() if p not in new})
