@@ -1,5 +1,6 @@
-"""Request bodies at the hub's boundary: read within a size limit, and JSON bodies checked before anything reads
-them. hub/gateway.py uses both on the route table's endpoints and on the /hub admin API.
+"""The client's side of a request at the hub's boundary: bodies read within a size limit, JSON bodies checked before
+anything reads them, and the watcher that sees the client leave. hub/gateway.py uses them on the route table's
+endpoints and on the /hub admin API.
 
 What a JSON body must be: UTF-8, an object, without NaN or Infinity (not JSON, though Python's parser takes them),
 without a lone surrogate escape (\\ud800 with no pair: not Unicode, and engines fail on it), nested at most
@@ -13,9 +14,12 @@ chat with newlines (the regex); a 12 KB body of 600 small objects pays the walk,
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import math
 import re
+from collections.abc import Callable
 from typing import Any
 
 from starlette.datastructures import Headers
@@ -24,6 +28,8 @@ from starlette.types import Receive
 from hub.errors import PayloadTooLarge, RequestError
 
 MB = 1024 * 1024
+WATCH_AFTER_S = 0.05  # when a request's disconnect watcher starts (see Watch)
+log = logging.getLogger("hub.gateway")
 
 
 class ClientGone(Exception):
@@ -161,3 +167,47 @@ def lone_surrogate(body: Any) -> bool:
         elif type(o) is list:
             stack.extend(o)
     return False
+
+
+class Watch:
+    """A request's one disconnect watcher: when its client leaves, `gone` is set (a queued request leaves the queue)
+    and `on_gone` runs (the gateway's: drop the engine's request through its Call, in whatever phase it is).
+
+    Its task starts WATCH_AFTER_S into the request, or at once when the request has to wait in its model's queue:
+    most requests end sooner, and a task each would cost them a tenth more CPU (benchmarks/router_overhead.py). A
+    client that left before then is seen the moment it starts (the server keeps the disconnect)."""
+
+    __slots__ = ("gone", "on_gone", "receive", "task", "timer")
+
+    def __init__(self, receive: Receive, on_gone: Callable[[], None]) -> None:
+        self.receive, self.on_gone = receive, on_gone
+        self.gone = asyncio.Event()
+        self.task: asyncio.Task | None = None
+        self.timer: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(WATCH_AFTER_S, self.start)
+
+    def start(self) -> None:
+        """Start following the client (once)."""
+        if self.task is None:
+            self.task = asyncio.get_running_loop().create_task(self._follow())
+
+    async def wait(self) -> None:
+        """Until the client has gone (what the manager calls while the request waits in the queue)."""
+        self.start()
+        await self.gone.wait()
+
+    async def _follow(self) -> None:
+        try:
+            while (await self.receive())["type"] != "http.disconnect":
+                pass
+        except Exception:  # the server's receive failed: the client cannot be followed any more, nor reached
+            log.debug("receive failed while watching for the client leaving", exc_info=True)
+        self.gone.set()
+        self.on_gone()
+
+    def stop(self) -> None:
+        """The request is over."""
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.task is not None:
+            self.task.cancel()

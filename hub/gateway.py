@@ -22,13 +22,14 @@ import logging
 import re
 import secrets
 from collections import OrderedDict
+from dataclasses import dataclass, field
 from typing import Any
 
 from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from hub.bodies import BodyLimit, ClientGone, json_object, read_body
+from hub.bodies import BodyLimit, ClientGone, Watch, json_object, read_body
 from hub.codings import decoded
 from hub.endpoints import (
     ADMIN_BODY_PREFIXES,
@@ -82,8 +83,28 @@ ENGINE_KEEPALIVE_S = 4.0  # below the engines' own 5 s
 # An error event an engine sent itself ends its stream as well as the protocol's last event does
 STREAM_ERROR = re.compile(rb"^(event: ?error|data: ?\{\"error\")", re.M)
 SEQUENCE = re.compile(rb'"sequence_number": ?(\d+)')
-WATCH_AFTER_S = 0.05  # when a request's disconnect watcher starts (see Watch)
 TAIL_BYTES = 64  # what of a chunk is kept to find a last event split across two chunks
+
+
+@dataclass(slots=True)
+class Outgoing:
+    """One request on its way to a model's engine: what the gateway read from the client, checked, and sends on."""
+
+    model: str  # the registered id the client named
+    ep: Endpoint  # the route table's entry: dialect, task, last event of a stream
+    method: str
+    target: str  # the engine's path and the client's query string
+    raw: bytes = b""  # the body as received (JSON bodies are sent again only when the engine's model id differs)
+    body: dict[str, Any] | None = None  # the parsed JSON body; None for multipart and bodiless requests
+    content_type: str = ""
+    stream: bool = False
+    headers: dict[str, str] = field(default_factory=dict)  # the hub's own headers for the engine
+
+
+def target_of(path: str, scope: Scope) -> str:
+    """The engine's request target: `path` with the client's query string."""
+    query = scope.get("query_string", b"")
+    return path + "?" + query.decode("latin-1") if query else path
 
 
 # ---- error shapes (the API boundary) ----
@@ -276,8 +297,8 @@ class Gateway:
         if body is not None and (why := slot.engine.refusal(slot.cfg, ep.task, body)):
             raise RequestError(why)
         extra = {"x-hub-files-url": f"{base_url(scope)}/files/{model}"} if ep.files else {}
-        await self.forward(scope, receive, send, model, ep.method, ep.upstream or scope["path"], raw, body,
-                           content_type, stream, ep, extra)
+        await self.forward(receive, send, Outgoing(model, ep, ep.method, target_of(ep.upstream or scope["path"], scope),
+                                                   raw, body, content_type, bool(stream), extra))
 
     async def serve_by_id(self, scope: Scope, receive: Receive, send: Send, response_id: str, x: Exchange) -> None:
         """GET, DELETE, cancel and input_items of a response: sent to the model that made it, if still running."""
@@ -292,9 +313,8 @@ class Gateway:
             raise NotFound(f"response {response_id!r} is gone: model {model!r}, which kept it in memory, "
                                 "has stopped since", param="response_id")
         ep = BY_PATH["/v1/responses"]
-        path = scope.get("raw_path") or scope["path"].encode()  # the id as the client encoded it
-        await self.forward(scope, receive, send, model, scope["method"], path.decode("latin-1"), b"", None, "", False,
-                           ep, {})
+        path = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1")  # the id as the client encoded it
+        await self.forward(receive, send, Outgoing(model, ep, scope["method"], target_of(path, scope)))
         if scope["method"] == "DELETE":
             self.responses.forget(response_id)
 
@@ -361,48 +381,43 @@ class Gateway:
 
     # ---- forwarding ----
 
-    async def forward(self, scope: Scope, receive: Receive, send: Send, model: str, method: str, path: str, raw: bytes,
-                      body: dict[str, Any] | None, content_type: str, stream: bool, ep: Endpoint,
-                      extra: dict[str, str]) -> None:
-        """Acquire the model, send the request to its engine (with the `extra` headers), and pass the answer (or
+    async def forward(self, receive: Receive, send: Send, req: Outgoing) -> None:
+        """Acquire the model, send the request to its engine, and pass the answer (or
         stream) back. One watcher follows the client from the queue to the last byte: a client that leaves frees its
         queue place, drops the engine's request (vLLM aborts it, the image server cancels its job) and the lease."""
         call = Call()
-        watch = Watch(receive, call)
+        watch = Watch(receive, call.close)
         try:
-            lease = await self.manager.acquire(model, abandoned=watch.wait)
+            lease = await self.manager.acquire(req.model, abandoned=watch.wait)
             try:
-                await self._exchange(scope, send, lease, model, method, path, raw, body, content_type, stream, ep,
-                                     extra, call, watch.gone)
+                await self._exchange(send, lease, req, call, watch.gone)
             finally:
                 lease.release()
         finally:
             watch.stop()
 
-    async def _exchange(self, scope: Scope, send: Send, lease: Lease, model: str, method: str, path: str, raw: bytes,
-                        body: dict[str, Any] | None, content_type: str, stream: bool, ep: Endpoint,
-                        extra: dict[str, str], call: Call, gone: asyncio.Event) -> None:
+    async def _exchange(self, send: Send, lease: Lease, req: Outgoing, call: Call, gone: asyncio.Event) -> None:
         """The request to the engine and its answer, with the lease held."""
-        up, limits = lease.upstream, lease.slot.limits
-        if body is not None and up.model and up.model != model:
-            raw = json.dumps({**body, "model": up.model}).encode()
+        up, limits, ep, model = lease.upstream, lease.slot.limits, req.ep, req.model
+        raw = req.raw
+        if req.body is not None and up.model and up.model != model:
+            raw = json.dumps({**req.body, "model": up.model}).encode()
         headers = ENGINE_HEADERS
-        if content_type:
-            headers += b"content-type: " + content_type.encode("latin-1") + b"\r\n"
+        if req.content_type:
+            headers += b"content-type: " + req.content_type.encode("latin-1") + b"\r\n"
         if up.api_key:
             headers += b"authorization: Bearer " + up.api_key.encode("latin-1") + b"\r\n"
-        for k, v in extra.items():
+        for k, v in req.headers.items():
             headers += k.encode() + b": " + v.encode("latin-1") + b"\r\n"
-        query = scope.get("query_string", b"")
-        target = path + "?" + query.decode("latin-1") if query else path
         idle = limits.stream_idle_timeout or None
         pool = self.engines if lease.slot.engine.managed else self.hosted
         try:
-            resp = await pool.request(method, up.base_url, target, headers, raw, limits.answer_timeout or None, call)
+            resp = await pool.request(req.method, up.base_url, req.target, headers, raw, limits.answer_timeout or None,
+                                      call)
         except EngineError as err:
             raise engine_failure(lease, err, gone) from None
         out = [(k, v) for k, v in resp.headers if k not in HOP_HEADERS]
-        if stream and resp.status == 200:
+        if req.stream and resp.status == 200:
             await self.relay(send, resp, lease, out, ep, model, idle, gone)
             return
         try:
@@ -412,7 +427,7 @@ class Gateway:
         finally:
             resp.release()
         data, out = decoded(data, out)
-        found = ep.task == "responses" and resp.status == 200 and method == "POST" and RESPONSE_ID.search(data)
+        found = ep.task == "responses" and resp.status == 200 and req.method == "POST" and RESPONSE_ID.search(data)
         if found:
             self.responses.remember(found.group(1).decode(), model)
         if resp.status >= 400:
@@ -468,50 +483,6 @@ class Gateway:
             await send({"type": "http.response.body", "body": b""})
         finally:
             resp.release()
-
-
-class Watch:
-    """A request's one disconnect watcher: when its client leaves, `gone` is set (a queued request leaves the queue)
-    and the engine's request is dropped through its Call, in whatever phase it is.
-
-    Its task starts WATCH_AFTER_S into the request, or at once when the request has to wait in its model's queue:
-    most requests end sooner, and a task each would cost them a tenth more CPU (benchmarks/router_overhead.py). A
-    client that left before then is seen the moment it starts (the server keeps the disconnect)."""
-
-    __slots__ = ("call", "gone", "receive", "task", "timer")
-
-    def __init__(self, receive: Receive, call: Call) -> None:
-        self.receive, self.call = receive, call
-        self.gone = asyncio.Event()
-        self.task: asyncio.Task | None = None
-        self.timer: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(WATCH_AFTER_S, self.start)
-
-    def start(self) -> None:
-        """Start following the client (once)."""
-        if self.task is None:
-            self.task = asyncio.get_running_loop().create_task(self._follow())
-
-    async def wait(self) -> None:
-        """Until the client has gone (what the manager calls while the request waits in the queue)."""
-        self.start()
-        await self.gone.wait()
-
-    async def _follow(self) -> None:
-        try:
-            while (await self.receive())["type"] != "http.disconnect":
-                pass
-        except Exception:  # the server's receive failed: the client cannot be followed any more, nor reached
-            log.debug("receive failed while watching for the client leaving", exc_info=True)
-        self.gone.set()
-        self.call.close()
-
-    def stop(self) -> None:
-        """The request is over."""
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-        if self.task is not None:
-            self.task.cancel()
 
 
 class StreamCut(Exception):
