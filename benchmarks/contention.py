@@ -50,7 +50,8 @@ def registry(port: int, state: Path, sc: ContentionScenario, max_run: float | No
     for mid in MODELS:
         cmd = [sys.executable, str(RESPONDER), "--port", "{port}", "--model", mid, "--start-delay",
                str(sc.start_delay), "--delay", str(sc.delay)]
-        text += f'\n[models.{mid}]\ntype = "text"\nengine = "command"\nmemory_gb = 6\ncommand = {json.dumps(cmd)}\n'
+        text += f'\n[models.{mid}]\ntype = "text"\nengine = "command"\nmemory_gb = 6\n'
+        text += f'[models.{mid}.args]\ncommand = {json.dumps(cmd)}\n'
     return text
 
 

@@ -137,7 +137,7 @@ def started_hub(tmp: Path, cores: Cores) -> Iterator[tuple[Server, Server]]:
     cfg.write_text(
         f'[hub]\nport = {port}\nstate_dir = {json.dumps(str(tmp / "state"))}\n\n'
         f'[models.{MODEL}]\ntype = "text"\nengine = "command"\n'
-        f'command = {json.dumps(cmd)}\nhealth = "/health"\n'
+        f'[models.{MODEL}.args]\ncommand = {json.dumps(cmd)}\nhealth = "/health"\n'
     )
     log = tmp / "hub.log"
     proc = _popen([sys.executable, "-m", "hub.cli", "serve", "--config", str(cfg), "--no-ui"], log, cores.proxy,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import logging
 import os
 import subprocess
 import sys
@@ -28,6 +29,9 @@ STRICT = os.environ.get("HUB_STRICT") == "1"
 # Engine environments and demo models are made once (by `make test`) and shared by every hub a test starts.
 ENVS_DIR = Path(os.environ.get("HUB_ENVS_DIR") or ROOT / ".hub" / "envs")
 DEMO_MODELS = Path(os.environ.get("HUB_DEMO_MODELS") or ROOT / ".hub" / "models")
+# What hub/config.py logs when a registry puts an engine key where earlier registries did (the model's table):
+# the tests' registries use the current keys (args.command), and only tests marked `legacy_keys` try the old ones.
+LEGACY_KEYS = "belongs in the model's args table now"
 
 
 def require(ok: bool, why: str) -> None:
@@ -143,7 +147,12 @@ def start_hub(tmp: Path, registry: str, env: dict[str, str] | None = None, ui: b
             raise RuntimeError(f"hub exited with {proc.returncode}:\n{log.read_text()}")
         try:
             if httpx.get(url + "/health", timeout=1).status_code == 200:
-                return HubProcess(url, proc, cfg, state, log)
+                hub = HubProcess(url, proc, cfg, state, log)
+                if LEGACY_KEYS in log.read_text():
+                    hub.stop_leaving_nothing()
+                    pytest.fail(f"a test registry uses the engine keys of earlier registries (write args.command, "
+                                f"args.base_url ...):\n{log.read_text()}")
+                return hub
         except httpx.HTTPError:
             pass
         time.sleep(0.2)
@@ -164,6 +173,31 @@ def hub_factory(tmp_path: Path) -> Iterator[Callable[..., HubProcess]]:
     yield make
     for h in started:
         h.stop_leaving_nothing()
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+@pytest.fixture(autouse=True)
+def _current_registry_keys(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Fail a test whose registry is read with engine keys in the model's table, unless it is marked legacy_keys."""
+    records = _Records()
+    logger = logging.getLogger("hub.config")
+    logger.addHandler(records)
+    try:
+        yield
+    finally:
+        logger.removeHandler(records)
+    old = [m for m in records.messages if LEGACY_KEYS in m]
+    if old and request.node.get_closest_marker("legacy_keys") is None:
+        pytest.fail(f"the test's registry uses the engine keys of earlier registries (write args.command, "
+                    f"args.base_url ...): {old[0]}")
 
 
 def _starts_a_hub(func: Callable) -> bool:

@@ -87,7 +87,8 @@ async def test_a_bug_in_the_gateway_is_a_shaped_500_not_a_dropped_connection(tmp
     from hub.router import create_app
 
     monkeypatch.setenv("HUB_STATE_DIR", str(tmp_path))
-    reg = parse_registry({"models": {"echo": {"type": "text", "engine": "command", "command": ["x", "{port}"]}}})
+    echo = {"type": "text", "engine": "command", "args": {"command": ["x", "{port}"]}}
+    reg = parse_registry({"models": {"echo": echo}})
     app = create_app(reg, ui=False)
 
     def broken(*_: object) -> None:

@@ -121,8 +121,8 @@ def test_manager_budgets_undeclared_models_from_the_ledger(tmp_path, monkeypatch
     reg = parse_registry({
         "hub": {"memory_budget_gb": 10},
         "models": {
-            "declared": {"type": "text", "engine": "command", "command": ["x", "{port}"], "memory_gb": 3},
-            "measured": {"type": "text", "engine": "command", "command": ["x", "{port}"]},
+            "declared": {"type": "text", "engine": "command", "args": {"command": ["x", "{port}"]}, "memory_gb": 3},
+            "measured": {"type": "text", "engine": "command", "args": {"command": ["x", "{port}"]}},
         },
     })
     mgr = Manager(reg)

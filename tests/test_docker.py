@@ -80,7 +80,7 @@ def registry(tmp: Path, models: str, hub: str = "", hosts: str = "") -> str:
 
 def responder_model(mid: str, kind: str = "text", host: str = "local") -> str:
     return (f'[models.{mid}]\ntype = "{kind}"\nengine = "command"\nimage = "{RESPONDER_IMAGE}"\nhost = "{host}"\n'
-            f'command = ["--port", "{{port}}", "--model", "{mid}"]\n')
+            f'[models.{mid}.args]\ncommand = ["--port", "{{port}}", "--model", "{mid}"]\n')
 
 
 def wait_state(hub, mid: str, state: str, timeout: float = 60) -> dict:

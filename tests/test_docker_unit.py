@@ -136,6 +136,6 @@ def test_unreachable_daemon_is_a_clear_runtime_failure(tmp_path: Path):
 
 
 def test_model_without_image_is_refused():
-    reg = registry(type='"text"', engine='"command"', command='["srv", "{port}"]')
+    reg = registry(type='"text"', engine='"command"', args='{command = ["srv", "{port}"]}')
     with pytest.raises(RuntimeFailure, match="no image"):
         container_config("m", spec_of(reg), 8000, reg.host_config("local"))

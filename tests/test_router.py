@@ -270,7 +270,7 @@ def test_openai_engine_proxies_an_existing_server(hub_factory, tmp_path) -> None
     from tests.conftest import start_hub
 
     hub = start_hub(second, '[models.outer]\ntype = "text"\nengine = "openai"\nsource = "inner"\n'
-                            f'base_url = "{upstream.v1}"\napi_key_env = "UPSTREAM_KEY"\n',
+                            f'[models.outer.args]\nbase_url = "{upstream.v1}"\napi_key_env = "UPSTREAM_KEY"\n',
                     env={"UPSTREAM_KEY": "k"})
     try:
         assert hub.models()["outer"]["state"] == "ready" and hub.models()["outer"]["runtime"] == "external"

@@ -180,7 +180,7 @@ def test_hub_check_refuses_sleep_where_the_engine_cannot_and_names_the_key() -> 
     reg = parse_registry(registry({**vllm, "args": {"enable_sleep_mode": True}}))
     assert get_engine("vllm").can_sleep(reg.models["m"])
     with pytest.raises(ConfigError, match=r"models\.m\.sleep: .*args\.sleep and args\.wake"):
-        parse_registry(registry({"engine": "command", "command": ["x", "{port}"], "sleep": True}))
+        parse_registry(registry({"engine": "command", "args": {"command": ["x", "{port}"]}, "sleep": True}))
     with pytest.raises(ConfigError, match=r"hosts\.local\.sleep_budget_gb: .*\[hub\] sleep_budget_gb"):
         parse_registry({"hosts": {"local": {"sleep_budget_gb": 4}}})
     reg = parse_registry({"hub": {"sleep_budget_gb": 16}, "hosts": {"pc": {"docker": "tcp://pc:2375",

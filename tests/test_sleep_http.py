@@ -35,6 +35,7 @@ wake = "/wake_up"
 type = "text"
 engine = "command"
 memory_gb = 6
+[models.b.args]
 command = {plain}
 """
 
