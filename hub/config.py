@@ -97,6 +97,9 @@ class HubSettings(_Strict):
                                                               "status and headers) once the request is sent")
     stream_idle_timeout: Duration = Field(300.0, ge=0, description="longest silence of an engine in the middle of "
                                                                    "an answer or a stream")
+    fit_max_tokens: bool = Field(True, description="clamp an output limit (max_tokens ...) to what the model's "
+                                                   "context leaves after the prompt (hub/fit.py); false: the "
+                                                   "engine's 400")
 
 
 class HostConfig(_Strict):
@@ -133,6 +136,7 @@ class ModelConfig(_Strict):
     min_residency: Duration | None = None
     answer_timeout: Duration | None = Field(None, ge=0)
     stream_idle_timeout: Duration | None = Field(None, ge=0)
+    fit_max_tokens: bool | None = None
     args: dict[str, Any] = Field(default_factory=dict, description="the engine's own keys (see each engine)")
     env: dict[str, str] = Field(default_factory=dict)
     description: str | None = Field(None, description="a note for people: shown by the web app and /v1/models")
@@ -187,6 +191,7 @@ class Limits:
     min_residency: float
     answer_timeout: float = 0.0  # 0: no limit
     stream_idle_timeout: float = 0.0  # 0: no limit
+    fit_max_tokens: bool = True
 
     @classmethod
     def of(cls, hub: HubSettings, model: ModelConfig | None = None) -> Limits:

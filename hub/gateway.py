@@ -53,6 +53,7 @@ from hub.errors import (
     UpstreamError,
     WrongModelType,
 )
+from hub.fit import Fit
 from hub.hosted import HostedAnswer, HostedPool
 from hub.manager import Lease, Manager
 from hub.metrics import Exchange, Metrics
@@ -66,14 +67,12 @@ from hub.upstream import (
     IdleTimeout,
     Response,
 )
+from hub.vocab import engine_error, shaped_error, stream_error
 
 log = logging.getLogger("hub.gateway")
 # Headers that describe one hop of a connection, not the message: never passed on.
 HOP_HEADERS = {b"connection", b"keep-alive", b"transfer-encoding", b"content-length", b"host", b"authorization", b"te",
                b"trailer", b"upgrade", b"proxy-authorization", b"proxy-connection"}
-ANTHROPIC_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-                   404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error", 503: "overloaded_error",
-                   504: "timeout_error"}
 RESPONSE_ID = re.compile(rb'"id"\s*:\s*"([^"]{1,200})"')
 SNIFF_BYTES = 65536  # how far into a Responses stream its id is looked for
 REMEMBERED_RESPONSES = 10000
@@ -108,24 +107,6 @@ def target_of(path: str, scope: Scope) -> str:
 
 
 # ---- error shapes (the API boundary) ----
-
-def error_body(message: str, type_: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
-    """The OpenAI error shape."""
-    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
-
-
-def anthropic_error_body(message: str, status: int) -> dict[str, Any]:
-    """Anthropic's error shape."""
-    kind = ANTHROPIC_TYPES.get(status, "invalid_request_error" if status < 500 else "api_error")
-    return {"type": "error", "error": {"type": kind, "message": message}}
-
-
-def shaped_error(err: HubError, dialect: Dialect = "openai") -> dict[str, Any]:
-    """A HubError's body in the client's dialect."""
-    if dialect == "anthropic":
-        return anthropic_error_body(err.message, err.status)
-    return error_body(err.message, err.type, err.param, err.code)
-
 
 async def send_json(send: Send, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
     """A whole JSON response over ASGI."""
@@ -207,6 +188,7 @@ class Gateway:
                                   max_connections=hub.max_engine_connections)
         # Servers the hub does not manage (the openai engine: hosted APIs) go through httpx: HTTP/2, proxies
         self.hosted = HostedPool(hub.connect_timeout, hub.max_engine_connections)
+        self.fit = Fit(self.engines)  # output limits clamped to the model's context (hub/fit.py)
 
     def wrap(self, app: ASGIApp) -> Gateway:
         """Put this gateway in front of `app`, which gets every request the gateway does not serve."""
@@ -399,9 +381,15 @@ class Gateway:
     async def _exchange(self, send: Send, lease: Lease, req: Outgoing, call: Call, gone: asyncio.Event) -> None:
         """The request to the engine and its answer, with the lease held."""
         up, limits, ep, model = lease.upstream, lease.slot.limits, req.ep, req.model
-        raw = req.raw
-        if req.body is not None and up.model and up.model != model:
-            raw = json.dumps({**req.body, "model": up.model}).encode()
+        raw, body, clamped = req.raw, req.body, None
+        if body is not None and up.model and up.model != model:
+            body = {**body, "model": up.model}
+            raw = json.dumps(body).encode()
+        if body is not None and limits.fit_max_tokens and lease.slot.engine.managed and Fit.asks(ep.task, body):
+            fitted = await self.fit.fit(ep.task, body, raw, up.base_url, up.model or model,
+                                        lease.slot.engine.context_length(lease.slot.cfg))
+            if fitted is not None:
+                raw, clamped = fitted.body, fitted.note
         headers = ENGINE_HEADERS
         if req.content_type:
             headers += b"content-type: " + req.content_type.encode("latin-1") + b"\r\n"
@@ -417,6 +405,8 @@ class Gateway:
         except EngineError as err:
             raise engine_failure(lease, err, gone) from None
         out = [(k, v) for k, v in resp.headers if k not in HOP_HEADERS]
+        if clamped:
+            out.append((b"x-hub-max-tokens-clamped", clamped.encode()))
         if req.stream and resp.status == 200:
             await self.relay(send, resp, lease, out, ep, model, idle, gone)
             return
@@ -431,7 +421,8 @@ class Gateway:
         if found:
             self.responses.remember(found.group(1).decode(), model)
         if resp.status >= 400:
-            data, out = error_in_dialect(data, resp.status, out, ep.dialect)
+            data = engine_error(data, resp.status, ep.dialect)
+            out = [(k, v) for k, v in out if k != b"content-type"] + [(b"content-type", b"application/json")]
         out.append((b"content-length", str(len(data)).encode()))
         await send({"type": "http.response.start", "status": resp.status, "headers": out})
         await send({"type": "http.response.body", "body": data})
@@ -515,41 +506,3 @@ def upstream_error(lease: Lease, err: Exception) -> UpstreamError:
         f"model {s.id!r}: the engine broke off the request: {type(err).__name__}: {err or 'no detail'}{detail}; "
         f"see `hub logs {s.id}`"
     )
-
-
-def stream_error(err: HubError, ep: Endpoint, sequence: int = 0) -> bytes:
-    """The last event of a broken stream, as the client's SDK reads an error: Anthropic's `error` event, the
-    Responses API's `error` event (numbered `sequence`, after the engine's last), or a chunk carrying an OpenAI
-    error."""
-    if ep.dialect == "anthropic":
-        return f"event: error\ndata: {json.dumps(anthropic_error_body(err.message, err.status))}\n\n".encode()
-    body = error_body(err.message, err.type, None, err.code)
-    if ep.task == "responses":
-        event = {"type": "error", "code": err.code, "message": err.message, "param": None,
-                 "sequence_number": sequence, **body}
-        return f"event: error\ndata: {json.dumps(event)}\n\n".encode()
-    return f"data: {json.dumps(body)}\n\n".encode()
-
-
-def error_in_dialect(data: bytes, status: int, headers: list[tuple[bytes, bytes]], dialect: Dialect
-                     ) -> tuple[bytes, list[tuple[bytes, bytes]]]:
-    """An engine's error in the client's dialect: vLLM answers /v1/messages in OpenAI's shape, and a path or method
-    it does not serve with Starlette's {"detail": ...}."""
-    try:
-        body = json.loads(data)
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        body = None
-    if isinstance(body, dict) and (body.get("type") == "error" if dialect == "anthropic"
-                                   else isinstance(body.get("error"), dict)):
-        return data, headers
-    message = data.decode("utf-8", "replace")[:2000].strip() or f"the engine answered {status}"
-    if isinstance(body, dict):
-        err = body.get("error")
-        message = str(err.get("message") if isinstance(err, dict) else err or body.get("detail") or body)
-    if dialect == "anthropic":
-        shaped = anthropic_error_body(message, status)
-    else:
-        shaped = error_body(f"the engine answered: {message}", "invalid_request_error" if status < 500
-                            else "server_error", None, str(status))
-    out = [(k, v) for k, v in headers if k != b"content-type"] + [(b"content-type", b"application/json")]
-    return json.dumps(shaped).encode(), out

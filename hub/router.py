@@ -21,9 +21,10 @@ from hub.admin import router as admin_router
 from hub.config import Registry
 from hub.endpoints import API_PREFIXES, ENDPOINTS, dialect_of, endpoints_of, tasks_of
 from hub.errors import HubError, MethodNotAllowed, NotFound, RequestError, UpstreamError
-from hub.gateway import ApiKeyMiddleware, Gateway, error_body, shaped_error
+from hub.gateway import ApiKeyMiddleware, Gateway
 from hub.manager import Manager
 from hub.metrics import CONTENT_TYPE, Metrics
+from hub.vocab import error_body, shaped_error
 
 # The names the image server gives its files (imageserver/files.py: secrets.token_urlsafe, then the format's
 # extension); anything else is refused before an engine is asked. tests/test_hostile.py checks that they agree.

@@ -42,7 +42,7 @@ def bounded_http_protocol(max_bytes: int, max_headers: int) -> type:
 
     from hub.endpoints import dialect_of
     from hub.errors import HeadersTooLarge
-    from hub.gateway import shaped_error
+    from hub.vocab import shaped_error
 
     too_big = (f"the request line and headers are larger than {max_bytes / 1024:g} KB, the hub's limit ([hub] "
                "max_header_kb in the registry)")

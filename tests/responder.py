@@ -8,7 +8,10 @@ and speaks (a real WAV of silence), keeps the responses it makes, echoes what it
 hub's route table, and has endpoints to crash it (/test/crash) and to count requests (/test/stats). With
 --sleepable it speaks vLLM's sleep mode (POST /sleep?level=N, POST /wake_up, GET /is_sleeping) and refuses
 completions (503) while asleep, so a test can prove the hub woke it before forwarding; /test/stats counts sleeps and
-wakes. With --hold-file a test holds chat and completion answers (counted in /test/stats as they arrive) until
+wakes. With --context N it has a context of N "tokens" (a token is a word of the prompt's text): /tokenize and
+/v1/messages/count_tokens count as vLLM's do, chat, completions and messages refuse an output limit that does not fit
+with vLLM's message, and every answer says in `x-engine-max-tokens` which output limit it got. With --hold-file a
+test holds chat and completion answers (counted in /test/stats as they arrive) until
 it creates that file: a request stays in flight as long as the test needs, however slow the machine. Only the
 standard library and uvicorn/starlette (the hub's own environment).
 """
@@ -67,6 +70,64 @@ def make_app(opts: argparse.Namespace) -> Starlette:
         prompt = body.get("prompt", "")
         return f"echo: {prompt if isinstance(prompt, str) else prompt[0]}"
 
+    def words(body: dict) -> int:
+        """The prompt's "tokens" (words of its text, system prompts and tools included)."""
+        text = []
+        for m in body.get("messages") or []:
+            c = m.get("content", "") if isinstance(m, dict) else ""
+            text += [c] if isinstance(c, str) else [p.get("text", "") for p in c if isinstance(p, dict)]
+        system = body.get("system")
+        text += [system] if isinstance(system, str) else [p.get("text", "") for p in system or ()]
+        prompt = body.get("prompt")
+        text += [prompt] if isinstance(prompt, str) else []
+        text += [json.dumps(body["tools"])] if body.get("tools") else []
+        return sum(len(t.split()) for t in text)
+
+    def refuse_output(body: dict) -> Response | None:
+        """vLLM's 400 for an output limit the context cannot hold, on an engine with --context."""
+        limit = body.get("max_completion_tokens") or body.get("max_tokens")
+        if not opts.context or not isinstance(limit, int):
+            return None
+        n = words(body)
+        if limit > opts.context:
+            message = f"max_tokens={limit} cannot be greater than max_model_len={opts.context}. Please request " \
+                      "fewer output tokens."
+        elif n + limit > opts.context:
+            message = (f"This model's maximum context length is {opts.context} tokens. However, your prompt "
+                       f"contains {n} input tokens, which exceeds this limit even without any output tokens.")
+        else:
+            return None
+        return JSONResponse({"error": {"message": message, "type": "BadRequestError", "param": "input_tokens",
+                                       "code": 400}}, status_code=400)
+
+    def limit_header(body: dict) -> dict[str, str]:
+        limit = body.get("max_completion_tokens") or body.get("max_tokens") or body.get("max_output_tokens")
+        return {"x-engine-max-tokens": str(limit)} if opts.context else {}
+
+    async def tokenize(request: Request) -> Response:
+        stats["tokenize"] = stats.get("tokenize", 0) + 1
+        if not opts.context:
+            return await echo(request)
+        n = words(await request.json())
+        return JSONResponse({"count": n, "max_model_len": opts.context, "tokens": list(range(n))})
+
+    async def count_tokens(request: Request) -> Response:
+        stats["tokenize"] = stats.get("tokenize", 0) + 1
+        if not opts.context:
+            return await echo(request)
+        return JSONResponse({"input_tokens": words(await request.json())})
+
+    async def messages(request: Request) -> Response:
+        if not opts.context:
+            return await echo(request)
+        body = await request.json()
+        if refused := refuse_output(body):
+            return refused
+        return JSONResponse({"id": "msg-1", "type": "message", "role": "assistant", "model": body.get("model"),
+                             "content": [{"type": "text", "text": "echo"}], "stop_reason": "end_turn",
+                             "stop_sequence": None, "usage": {"input_tokens": words(body), "output_tokens": 1}},
+                            headers=limit_header(body))
+
     async def health(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
@@ -87,6 +148,8 @@ def make_app(opts: argparse.Namespace) -> Starlette:
         if body.get("max_tokens") == -1:
             return JSONResponse({"error": {"message": "max_tokens must be positive", "type": "invalid_request_error",
                                            "param": "max_tokens", "code": None}}, status_code=400)
+        if refused := refuse_output(body):
+            return refused
         if opts.delay:
             await asyncio.sleep(opts.delay)
         while opts.hold_file and not os.path.exists(opts.hold_file):  # held until the test releases it
@@ -116,14 +179,15 @@ def make_app(opts: argparse.Namespace) -> Starlette:
                        "created": created, "model": body["model"], "choices": [end]}
                 yield f"data: {json.dumps(obj)}\n\n"
                 yield "data: [DONE]\n\n"
-            return StreamingResponse(events(), media_type="text/event-stream")
+            return StreamingResponse(events(), media_type="text/event-stream", headers=limit_header(body))
         usage = {"prompt_tokens": 1, "completion_tokens": len(text.split()), "total_tokens": 1 + len(text.split())}
         if is_chat:
             return JSONResponse({"id": rid, "object": "chat.completion", "created": created, "model": body["model"],
                                  "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                                              "finish_reason": "stop"}], "usage": usage})
+                                              "finish_reason": "stop"}], "usage": usage}, headers=limit_header(body))
         return JSONResponse({"id": rid, "object": "text_completion", "created": created, "model": body["model"],
-                             "choices": [{"index": 0, "text": text, "finish_reason": "stop"}], "usage": usage})
+                             "choices": [{"index": 0, "text": text, "finish_reason": "stop"}], "usage": usage},
+                            headers=limit_header(body))
 
     def images_response(n: int, size: str, colour: tuple[int, int, int], stream: dict | None = None) -> Response:
         """The images, or (stream = the request's fields) OpenAI's streaming events with previews and the image
@@ -270,9 +334,11 @@ def make_app(opts: argparse.Namespace) -> Starlette:
         Route("/v1/responses", create_response, methods=["POST"]),
         Route("/v1/responses/{rid}", response_by_id, methods=["GET", "DELETE"]),
         Route("/v1/responses/{rid}/cancel", response_by_id, methods=["POST"]),
+        Route("/v1/messages", messages, methods=["POST"]),
+        Route("/v1/messages/count_tokens", count_tokens, methods=["POST"]),
+        Route("/tokenize", tokenize, methods=["POST"]),
         *(Route(p, echo, methods=["POST"]) for p in (
-            "/v1/messages", "/v1/messages/count_tokens", "/v1/embeddings", "/v1/score", "/score", "/v1/rerank",
-            "/rerank", "/v2/rerank", "/tokenize", "/detokenize")),
+            "/v1/embeddings", "/v1/score", "/score", "/v1/rerank", "/rerank", "/v2/rerank", "/detokenize")),
         Route("/test/crash", crash, methods=["POST"]), Route("/test/stats", stats_route),
         *([Route("/sleep", sleep, methods=["POST"]), Route("/wake_up", wake_up, methods=["POST"]),
            Route("/is_sleeping", is_sleeping)] if opts.sleepable else []),
@@ -291,6 +357,8 @@ def main() -> None:
     p.add_argument("--step-delay", type=float, default=0.05, help="seconds per step of a streamed image")
     p.add_argument("--text-only", action="store_true", help="refuse image parts, as vLLM does for text models")
     p.add_argument("--sleepable", action="store_true", help="speak vLLM's /sleep, /wake_up and /is_sleeping")
+    p.add_argument("--context", type=int, default=0, help="a context of N words: count, refuse and report output "
+                                                          "limits as vLLM does")
     p.add_argument("--fail-start", action="store_true", help="print an error and exit 1 instead of serving")
     opts = p.parse_args()
     print(f"responder: model {opts.model} on port {opts.port}", flush=True)

@@ -39,7 +39,8 @@ PROMPT = "one two three four five six"  # the responder echoes it: "echo: one ..
 
 def model(mid: str, kind: str = "text", *extra: str, memory: float | None = None) -> str:
     mem = f"memory_gb = {memory}\n" if memory is not None else ""
-    return f'[models.{mid}]\ntype = "{kind}"\nengine = "command"\ncommand = {responder_command(*extra)}\n{mem}'
+    return (f'[models.{mid}]\ntype = "{kind}"\nengine = "command"\n{mem}[models.{mid}.args]\n'
+            f'command = {responder_command(*extra)}\n')
 
 
 def test_text_benchmark_measures_streams_at_each_concurrency(hub_factory) -> None:

@@ -9,8 +9,8 @@ from tests.conftest import free_port, responder_command
 
 
 def test_ps_up_down_logs(hub_factory) -> None:
-    hub = hub_factory(f'[models.echo]\ntype = "text"\nengine = "command"\ncommand = {responder_command()}\n'
-                      "memory_gb = 2\n")
+    hub = hub_factory(f'[models.echo]\ntype = "text"\nengine = "command"\nmemory_gb = 2\n[models.echo.args]\n'
+                      f"command = {responder_command()}\n")
     up = hub.cli("up", "echo")
     assert up.returncode == 0 and up.stdout.strip() == "echo: ready"
     ps = hub.cli("ps")

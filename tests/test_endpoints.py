@@ -20,8 +20,8 @@ from tests.helpers import client
 
 
 def model(mid: str, kind: str, more: str = "") -> str:
-    return (f'[models.{mid}]\ntype = "{kind}"\nengine = "command"\ncommand = {responder_command()}\n'
-            f"memory_gb = 1\n{more}\n")
+    return (f'[models.{mid}]\ntype = "{kind}"\nengine = "command"\nmemory_gb = 1\n{more}\n'
+            f"[models.{mid}.args]\ncommand = {responder_command()}\n")
 
 
 KIND_OF = {"echo": "text", "pix": "image", "emb": "embedding", "rank": "rerank", "ears": "transcription",

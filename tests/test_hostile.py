@@ -54,7 +54,8 @@ NAME = "A" * 32 + ".png"  # a name the image server could have made (and never d
 def registry() -> str:
     out = f"[hub]\nmax_body_mb = {MAX_BODY_MB}\nmax_upload_mb = {MAX_UPLOAD_MB}\nstart_timeout = \"5m\"\n\n"
     for mid, kind in KIND_OF.items():
-        out += f'[models.{mid}]\ntype = "{kind}"\nengine = "command"\ncommand = {responder_command()}\n\n'
+        out += f'[models.{mid}]\ntype = "{kind}"\nengine = "command"\n[models.{mid}.args]\n'
+        out += f'command = {responder_command()}\n\n'
     if HAS_TINY:
         out += (f'[models.tiny-sd]\ntype = "image"\nengine = "diffusers"\nsource = "{TINY}"\n'
                 f"[models.tiny-sd.args]\n{IMAGE_ARGS}")

@@ -46,8 +46,9 @@ def outputs(nb: dict, kind: str) -> int:
 
 def test_notebooks_against_test_engines(hub_factory, tmp_path, monkeypatch) -> None:
     fast = responder_command("--chunk-delay", "0.005")
-    text = f'[models.echo]\ntype = "text"\nengine = "command"\ncommand = {fast}\nmemory_gb = 0.6\n'
-    image = f'[models.pix]\ntype = "image"\nengine = "command"\ncommand = {responder_command()}\nmemory_gb = 0.6\n'
+    text = f'[models.echo]\ntype = "text"\nengine = "command"\nmemory_gb = 0.6\n[models.echo.args]\ncommand = {fast}\n'
+    image = (f'[models.pix]\ntype = "image"\nengine = "command"\nmemory_gb = 0.6\n[models.pix.args]\n'
+             f'command = {responder_command()}\n')
     hub = hub_factory("[hub]\nmemory_budget_gb = 1\n" + text + image)
     env = {"HUB_URL": hub.v1, "BENCH_TEXT_MODEL": "echo", "BENCH_IMAGE_MODEL": "pix", "BENCH_CONCURRENCY": "1,2",
            "BENCH_REPETITIONS": "2", "BENCH_IMAGE_SIZES": "16x16,32x32", "BENCH_IMAGE_STEPS": "1,2",

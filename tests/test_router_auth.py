@@ -9,7 +9,7 @@ from tests.conftest import responder_command
 
 def test_api_key_missing_wrong_and_right(hub_factory) -> None:
     hub = hub_factory(f'[hub]\napi_key_env = "BENCH_HUB_KEY"\n[models.echo]\ntype = "text"\nengine = "command"\n'
-                      f"command = {responder_command()}\n", env={"BENCH_HUB_KEY": "k3y"})
+                      f"[models.echo.args]\ncommand = {responder_command()}\n", env={"BENCH_HUB_KEY": "k3y"})
     body = {"model": "echo", "messages": [{"role": "user", "content": "x"}]}
     r = httpx.post(hub.v1 + "/chat/completions", json=body, timeout=30)
     assert r.status_code == 401 and r.json()["error"]["message"].startswith("API key missing")

@@ -109,7 +109,8 @@ def test_chat_errors_are_actionable(clients):
 
 
 def test_chat_sends_attached_images_as_data_uris(hub_factory, tmp_path):
-    blind = f'[models.blind]\ntype = "text"\nengine = "command"\ncommand = {responder_command("--text-only")}\n'
+    blind = (f'[models.blind]\ntype = "text"\nengine = "command"\n[models.blind.args]\n'
+             f'command = {responder_command("--text-only")}\n')
     h = hub_factory(REGISTRY.replace("[models.broken]", blind + "\n[models.broken]"), env={"HUB_UI_TEST_KEY": KEY})
     client, admin = make_clients(h.url, KEY)
     pic = tmp_path / "pic.png"

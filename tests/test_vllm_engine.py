@@ -21,11 +21,12 @@ VLLM_FLAGS = {
     "--host", "--port", "--model", "--served-model-name", "--dtype", "--max-model-len", "--quantization",
     "--tensor-parallel-size", "--gpu-memory-utilization", "--enforce-eager", "--enable-sleep-mode",
     "--trust-remote-code", "--enable-auto-tool-choice", "--tool-call-parser", "--runner", "--convert",
-    "--chat-template",
+    "--chat-template", "--tool-strict-level",
 }
 SWITCHES = {"--enforce-eager", "--enable-sleep-mode", "--trust-remote-code", "--enable-auto-tool-choice"}
 VALUE_FLAGS = VLLM_FLAGS - SWITCHES
-TOOLS = {"--enable-auto-tool-choice": None, "--tool-call-parser": "hermes"}  # a text model of no known family
+# a text model of no known family
+TOOLS = {"--enable-auto-tool-choice": None, "--tool-call-parser": "hermes", "--tool-strict-level": "parameter"}
 
 
 def ctx_for(model: dict, tmp_path: Path, gpus: dict[int, float] | None = None) -> LaunchContext:
@@ -183,7 +184,9 @@ def test_tool_parser_from_a_local_folder_config_and_response_template(tmp_path):
     assert flags(VllmEngine().launch(ctx_for(model, tmp_path)).args)["--tool-call-parser"] == "hf"
     # set by hand, or off
     f = flags(VllmEngine().launch(ctx_for({**model, "args": {"tool_call_parser": "pythonic"}}, tmp_path)).args)
-    assert f["--tool-call-parser"] == "pythonic"
+    assert f["--tool-call-parser"] == "pythonic" and f["--tool-strict-level"] == "parameter"
+    vllms = flags(VllmEngine().launch(ctx_for({**model, "args": {"tool_strict_level": "auto"}}, tmp_path)).args)
+    assert "--tool-strict-level" not in vllms and "--tool-call-parser" in vllms  # vLLM's own default
     off = {**model, "args": {"tool_call_parser": "none"}}
     assert "--enable-auto-tool-choice" not in flags(VllmEngine().launch(ctx_for(off, tmp_path)).args)
     cfg = ctx_for(off, tmp_path).model

