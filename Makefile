@@ -5,8 +5,8 @@ PYTHON ?= python3
 VENV := .venv
 HUB := $(VENV)/bin/hub
 
-.PHONY: demo test test-setup setup engines demo-models system docker litellm vllm-router lint lock check-locks \
-	test-latest
+.PHONY: demo test test-setup setup engines demo-models system docker litellm vllm-router claude-code lint lock \
+	check-locks test-latest
 
 $(VENV)/.installed: pyproject.toml locks/hub-test.txt locks/build.txt
 	$(PYTHON) -m hub.locks setup $(VENV)
@@ -50,6 +50,10 @@ system:
 docker: system
 	bash scripts/docker-ci.sh
 
+# Claude Code (npm, from locks/claude-code) for the agent tests, in .hub/claude-code.
+claude-code:
+	bash scripts/claude-code.sh
+
 # LiteLLM's proxy in its own environment, for the router-overhead comparison.
 litellm: setup
 	$(VENV)/bin/python -m benchmarks.router_overhead --setup-litellm
@@ -60,7 +64,7 @@ vllm-router: setup
 
 # The slow set-up steps are independent: run them side by side.
 test-setup: setup
-	$(MAKE) --no-print-directory -j4 demo-models docker litellm vllm-router
+	$(MAKE) --no-print-directory -j4 demo-models docker litellm vllm-router claude-code
 
 test: lint test-setup
 	HUB_STRICT=1 $(VENV)/bin/pytest -ra --durations=15

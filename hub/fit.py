@@ -11,8 +11,10 @@ completions; Responses input converted to chat messages, which counts a little m
 clamp errs on the safe side) or /v1/messages/count_tokens (Anthropic). The context is the model's `max_model_len`
 from the registry, else what the engine's /tokenize says once per engine (kept by its address).
 
-A prompt that leaves no room at all is passed on unchanged: the engine's context-length error reaches the client,
-in its dialect (hub/gateway.py). A count that fails (an engine without /tokenize) leaves the request unchanged too.
+A prompt that leaves no room at all gets the engine's context-length error, in the client's dialect (hub/vocab.py:
+Anthropic's "prompt is too long", on which Claude Code compacts): its limit, if larger than the whole context, is
+lowered to one token, so that the engine names the prompt and not the limit (vLLM checks the limit first). A count
+that fails (an engine without /tokenize) leaves the request unchanged.
 Clamping is on by default; `fit_max_tokens = false` ([hub] or a model's table) passes the engine's 400 on instead.
 """
 
@@ -24,6 +26,7 @@ from collections import OrderedDict
 from typing import Any
 
 from hub.upstream import Call, EngineError, EnginePool
+from hub.vocab import CONTEXT_EXCEEDED
 
 log = logging.getLogger("hub.fit")
 # The body's output-limit keys per task (Chat Completions has two; vLLM uses max_completion_tokens when both are set)
@@ -35,6 +38,7 @@ OUTPUT_KEYS: dict[str, tuple[str, ...]] = {
 }
 TEMPLATE_SLACK = 512  # tokens a chat template may add around the body's text (roles, special tokens, tool prose)
 COUNT_TIMEOUT_S = 30.0
+FULL = -1  # a count's answer when the engine says the prompt alone passes its context
 JSON_HEADERS = b"user-agent: hub\r\naccept: application/json\r\ncontent-type: application/json\r\n"
 REMEMBERED_ENGINES = 1024
 CHAT_FIELDS = ("tools", "chat_template_kwargs", "mm_processor_kwargs")
@@ -84,12 +88,16 @@ class Fit:
             context = await self.context_of(base_url, model)
             if context is None:
                 return None
-        room = context - prompt
-        if room < 1 or limit <= room:
-            return None  # no room at all (the engine's context-length error says so), or it fits
+        room = 0 if prompt == FULL else context - prompt
+        if limit <= room or (room < 1 and limit <= context):
+            return None  # it fits, or the engine's context-length error will name the prompt
+        if room < 1:
+            room = 1
+            note = f"1 (asked {limit}; the prompt alone fills the context of {context} tokens)"
+        else:
+            note = (f"{room} (asked {limit}; the context of {context} tokens leaves {room} after the prompt's "
+                    f"{prompt})")
         clamped = {k: min(v, room) for k, v in asked.items()}
-        note = (f"{room} (asked {limit}; the context of {context} tokens leaves {room} after the prompt's "
-                f"{prompt})")
         log.info("model %r: output limit clamped to %s", model, note)
         return Fitted(json.dumps({**body, **clamped}).encode(), note)
 
@@ -124,6 +132,8 @@ class Fit:
                 ask["tools"] = responses_tools(body)
         answer = await self.ask(base_url, "/tokenize", ask)
         n = answer.get("count") if answer else None
+        if n == FULL:
+            return FULL, None
         if not isinstance(n, int):
             return None
         reported = answer.get("max_model_len") if answer else None
@@ -150,8 +160,11 @@ class Fit:
         except EngineError as err:
             log.warning("counting a prompt at %s%s failed: %s", base_url, path, err)
             return None
+        if resp.status == 400 and CONTEXT_EXCEEDED.search(data[:2000].decode("utf-8", "replace")):
+            return {"count": FULL, "input_tokens": FULL}  # the prompt alone passes the context
         if resp.status != 200:
-            log.info("counting a prompt at %s%s: the engine answered %s", base_url, path, resp.status)
+            log.info("counting a prompt at %s%s: the engine answered %s: %s", base_url, path, resp.status,
+                     data[:300].decode("utf-8", "replace"))
             return None
         try:
             answer = json.loads(data)

@@ -4,7 +4,9 @@ engine. Test modules import from here, never from each other."""
 from __future__ import annotations
 
 import asyncio
+import json
 import ssl
+import tomllib
 from collections.abc import Awaitable, Callable
 from typing import ClassVar
 
@@ -16,9 +18,31 @@ from hub.engines.base import LaunchContext, LaunchSpec
 from hub.manager import Manager
 from hub.registry import parse_registry
 from hub.runtimes.base import Handle, Runtime
-from tests.conftest import responder_command
+from tests.conftest import DEMO_MODELS, ROOT, responder_command
 
 # ---- registries and clients for a real `hub serve` ----
+
+def toml_value(v: object) -> str:
+    """A TOML value (JSON's strings, numbers, booleans and arrays are TOML's; tables become inline tables)."""
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f"{json.dumps(k)} = {toml_value(x)}" for k, x in v.items()) + " }"
+    if isinstance(v, list):
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
+    return json.dumps(v)
+
+
+def demo_tables(folders: dict[str, str], hub: str = 'start_timeout = "5m"') -> str:
+    """The demo registry's (models.demo.toml) tables of the models in `folders` (id -> its folder under
+    DEMO_MODELS), with their sources made absolute, as a registry text."""
+    models = tomllib.loads((ROOT / "models.demo.toml").read_text())["models"]
+    lines = ["[hub]", hub]
+    for mid, folder in folders.items():
+        m = models[mid]
+        lines += [f"[models.{mid}]", *(f"{k} = {toml_value(v)}" for k, v in m.items() if k not in ("args", "source"))]
+        lines += [f"source = {json.dumps(str(DEMO_MODELS / folder))}", f"[models.{mid}.args]"]
+        lines += [f"{k} = {toml_value(v)}" for k, v in m["args"].items()]
+    return "\n".join(lines) + "\n"
+
 
 def text_model(mid: str = "echo", *extra: str, memory: float = 1, more: str = "") -> str:
     """A registry table: the test responder (with `extra` arguments) as a text model; `more`: keys of the model."""

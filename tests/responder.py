@@ -115,7 +115,12 @@ def make_app(opts: argparse.Namespace) -> Starlette:
         stats["tokenize"] = stats.get("tokenize", 0) + 1
         if not opts.context:
             return await echo(request)
-        return JSONResponse({"input_tokens": words(await request.json())})
+        n = words(await request.json())
+        if n > opts.context:  # as vLLM's count_tokens: a prompt past the context is refused, not counted
+            return JSONResponse({"type": "error", "error": {"type": "BadRequestError", "message": (
+                f"This model's maximum context length is {opts.context} tokens. However, your prompt contains at "
+                f"least {opts.context + 1} input tokens")}}, status_code=400)
+        return JSONResponse({"input_tokens": n})
 
     async def messages(request: Request) -> Response:
         if not opts.context:

@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import base64
 import io
-import json
 import math
 import struct
-import tomllib
 from collections.abc import Iterator
 
 import httpx
@@ -17,7 +15,8 @@ import openai
 import pytest
 from PIL import Image
 
-from tests.conftest import DEMO_MODELS, ENVS_DIR, ROOT, HubProcess, require, start_hub
+from tests.conftest import DEMO_MODELS, ENVS_DIR, HubProcess, require, start_hub
+from tests.helpers import demo_tables
 from tests.openai_schema import check
 
 pytestmark = pytest.mark.engine
@@ -26,25 +25,13 @@ VLLM_PY = ENVS_DIR / "vllm" / "bin" / "python"
 FOLDERS = {"minilm": "all-minilm-l6-v2", "tiny-vlm": "tiny-vlm"}
 
 
-def demo_tables(*ids: str) -> str:
-    """The demo registry's tables of `ids`, with their model folders under DEMO_MODELS, as a registry text."""
-    models = tomllib.loads((ROOT / "models.demo.toml").read_text())["models"]
-    lines = ["[hub]", 'start_timeout = "5m"']
-    for mid in ids:
-        m = models[mid]
-        lines += [f"[models.{mid}]", *(f"{k} = {json.dumps(v)}" for k, v in m.items() if k not in ("args", "source"))]
-        lines += [f"source = {json.dumps(str(DEMO_MODELS / FOLDERS[mid]))}", f"[models.{mid}.args]"]
-        lines += [f"{k} = {json.dumps(v)}" for k, v in m["args"].items()]
-    return "\n".join(lines) + "\n"
-
-
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory) -> Iterator[HubProcess]:
     require(VLLM_PY.exists(), f"no vllm engine environment at {VLLM_PY}: run `hub engines setup vllm`")
     for folder in FOLDERS.values():
         require((DEMO_MODELS / folder / ".hub-converted.json").exists(),
                 f"no demo model {folder} in {DEMO_MODELS}: run `hub demo prepare`")
-    h = start_hub(tmp_path_factory.mktemp("endpoints-real"), demo_tables(*FOLDERS))
+    h = start_hub(tmp_path_factory.mktemp("endpoints-real"), demo_tables(FOLDERS))
     yield h
     h.stop_leaving_nothing()
 

@@ -94,6 +94,19 @@ def test_a_prompt_over_the_context_is_context_length_exceeded_in_each_dialect(hu
     assert body["error"]["message"].startswith("prompt is too long: This model's maximum context length")
 
 
+def test_a_prompt_over_the_context_with_a_huge_limit_gets_the_prompts_error_not_the_limits(hub, client):
+    """vLLM checks the limit before the prompt: the hub lowers a limit past the whole context so that the client
+    learns what to fix (Claude Code compacts on "prompt is too long"; a limit error would only repeat)."""
+    long = [{"role": "user", "content": "word " * (CONTEXT + 10)}]
+    with pytest.raises(BadRequestError) as e:
+        client.chat.completions.create(model="roomy", messages=long, max_tokens=32000)
+    assert e.value.code == "context_length_exceeded", e.value.message
+    c = anthropic.Anthropic(base_url=hub.url, api_key="unused", max_retries=0)
+    with pytest.raises(anthropic.BadRequestError) as a:  # its count_tokens refuses the prompt, as vLLM's does
+        c.messages.create(model="roomy", max_tokens=20000, messages=long)
+    assert a.value.body["error"]["message"].startswith("prompt is too long"), a.value.body
+
+
 def test_engine_errors_are_rewritten_into_each_protocols_vocabulary():
     vllm = json.dumps({"error": {"message": "This model's maximum context length is 2048 tokens. However, your "
                                             "prompt contains 3000 input tokens", "type": "BadRequestError",

@@ -14,7 +14,6 @@ import subprocess
 import sys
 import threading
 import time
-import tomllib
 from collections.abc import Iterator
 
 import httpx
@@ -22,6 +21,7 @@ import pytest
 from openai import OpenAI
 
 from tests.conftest import DEMO_MODELS, ENVS_DIR, ROOT, HubProcess, require, start_hub, still_running, wait_for
+from tests.helpers import demo_tables
 from tests.openai_schema import check, sse_events
 
 pytestmark = pytest.mark.engine
@@ -32,21 +32,11 @@ VLLM_PY = ENVS_DIR / "vllm" / "bin" / "python"
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 
 
-def demo_registry() -> str:
-    """The demo registry's smollm2 table, with the model folder made absolute, as a registry text."""
-    m = tomllib.loads((ROOT / "models.demo.toml").read_text())["models"][MODEL]
-    lines = ['[hub]', 'start_timeout = "5m"', f"[models.{MODEL}]"]
-    lines += [f"{k} = {json.dumps(v)}" for k, v in m.items() if k not in ("args", "source")]
-    lines += [f"source = {json.dumps(str(SOURCE))}", f"[models.{MODEL}.args]"]
-    lines += [f"{k} = {json.dumps(v)}" for k, v in m["args"].items()]
-    return "\n".join(lines) + "\n"
-
-
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory) -> Iterator[HubProcess]:
     require(VLLM_PY.exists(), f"no vllm engine environment at {VLLM_PY}: run `hub engines setup vllm`")
     require((SOURCE / ".hub-converted.json").exists(), f"no demo model at {SOURCE}: run `hub demo prepare`")
-    h = start_hub(tmp_path_factory.mktemp("vllm-hub"), demo_registry())
+    h = start_hub(tmp_path_factory.mktemp("vllm-hub"), demo_tables({MODEL: SOURCE.name}))
     yield h
     h.stop_leaving_nothing()
 
@@ -221,6 +211,130 @@ def vllm_responses_departures(obj):
     return obj
 
 
+# ---- agents and coding clients (issue: Claude Code, forced tool calls, errors in each protocol's words) ----
+
+LOOSE = {"type": "function", "function": {  # as LangChain and most clients declare a tool: no `strict`
+    "name": "get_weather", "description": "the weather in a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+ANTHROPIC_TOOL = {"name": "get_weather", "description": "the weather in a city",
+                  "input_schema": LOOSE["function"]["parameters"]}
+CLAUDE = DEMO_MODELS.parent / "claude-code" / "node_modules" / ".bin" / "claude"
+WEATHER_Q = [{"role": "user", "content": "What is the weather in Paris?"}]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("choice", ["required", "named"])
+def test_forced_tool_calls_on_tools_without_strict_give_object_arguments(client: OpenAI, choice: str, stream: bool):
+    tool_choice = "required" if choice == "required" else {"type": "function", "function": {"name": "get_weather"}}
+    r = client.chat.completions.create(model=MODEL, messages=WEATHER_Q, tools=[LOOSE], tool_choice=tool_choice,
+                                       max_tokens=60, temperature=0, stream=stream)
+    if stream:
+        calls: dict[int, dict] = {}
+        for c in r:
+            for t in (c.choices[0].delta.tool_calls or []) if c.choices else []:
+                call = calls.setdefault(t.index, {"name": "", "arguments": ""})
+                if t.function:
+                    call["name"] += t.function.name or ""
+                    call["arguments"] += t.function.arguments or ""
+        found = list(calls.values())
+    else:
+        found = [{"name": t.function.name, "arguments": t.function.arguments}
+                 for t in r.choices[0].message.tool_calls or []]
+    assert found and found[0]["name"] == "get_weather"
+    args = json.loads(found[0]["arguments"])
+    assert isinstance(args, dict) and isinstance(args.get("city"), str), found
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("choice", [{"type": "tool", "name": "get_weather"}, {"type": "any"}])
+def test_anthropic_forced_tool_use_on_tools_without_strict_gives_an_object(hub: HubProcess, choice, stream: bool):
+    import anthropic
+
+    a = anthropic.Anthropic(base_url=hub.url, api_key="unused", max_retries=0, timeout=300)
+    kw = {"model": MODEL, "max_tokens": 60, "messages": WEATHER_Q, "tools": [ANTHROPIC_TOOL], "tool_choice": choice}
+    if stream:
+        with a.messages.stream(**kw) as s:
+            msg = s.get_final_message()
+    else:
+        msg = a.messages.create(**kw)
+    uses = [b for b in msg.content if b.type == "tool_use"]
+    assert uses and uses[0].name == "get_weather" and isinstance(uses[0].input, dict), msg
+    assert isinstance(uses[0].input.get("city"), str)
+
+
+def test_an_output_limit_past_the_context_gets_what_fits(hub: HubProcess):
+    """Claude Code asks for 32000 tokens on every request; the context (2048) holds less: the hub clamps."""
+    body = {"model": MODEL, "max_tokens": 32000, "messages": [{"role": "user", "content": "Say hello."}]}
+    r = httpx.post(hub.url + "/v1/messages", json=body, timeout=300)
+    assert r.status_code == 200, r.text
+    assert "(asked 32000; the context of 2048 tokens leaves" in r.headers["x-hub-max-tokens-clamped"]
+    assert r.json()["type"] == "message"
+    r = httpx.post(hub.v1 + "/chat/completions", json={**body, "max_tokens": 9000, "temperature": 0}, timeout=300)
+    assert r.status_code == 200 and "(asked 9000;" in r.headers["x-hub-max-tokens-clamped"]
+    # a limit that fits costs nothing and says nothing
+    r = httpx.post(hub.v1 + "/chat/completions", json={**body, "max_tokens": 8}, timeout=300)
+    assert r.status_code == 200 and "x-hub-max-tokens-clamped" not in r.headers
+    assert httpx.get(hub.v1 + f"/models/{MODEL}", timeout=30).json()["max_model_len"] == 2048
+
+
+def test_a_prompt_over_the_context_is_context_length_exceeded_in_each_dialect(hub: HubProcess, client: OpenAI):
+    import anthropic
+    import openai
+
+    long = [{"role": "user", "content": "word " * 3000}]
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model=MODEL, messages=long, max_tokens=16)
+    assert e.value.code == "context_length_exceeded" and e.value.body["type"] == "invalid_request_error"
+    assert "maximum context length is 2048" in e.value.message
+    a = anthropic.Anthropic(base_url=hub.url, api_key="unused", max_retries=0, timeout=300)
+    with pytest.raises(anthropic.BadRequestError) as b:
+        a.messages.create(model=MODEL, max_tokens=20000, messages=long)
+    assert b.value.body["error"]["type"] == "invalid_request_error"
+    assert b.value.body["error"]["message"].startswith("prompt is too long"), b.value.body
+
+
+def test_claude_code_answers_through_the_hub_as_the_readme_says(hub: HubProcess, tmp_path):
+    """The README's Claude Code recipe for the demo model, run as written: the CLI (from locks/claude-code,
+    `make claude-code`) talks to nobody but the hub, asks for 32000 output tokens, and gets smollm2's answer."""
+    require(CLAUDE.exists(), f"no Claude Code at {CLAUDE}: run `make claude-code`")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ANTHROPIC_", "CLAUDE_"))}
+    env.update(HOME=str(tmp_path), ANTHROPIC_BASE_URL=hub.url, ANTHROPIC_AUTH_TOKEN="unused",
+               ANTHROPIC_MODEL=MODEL, ANTHROPIC_DEFAULT_HAIKU_MODEL=MODEL, CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC="1")
+    r = subprocess.run([str(CLAUDE), "-p", "What is the capital of France?", "--output-format", "json",
+                        "--tools", "", "--system-prompt", "You are a helpful assistant. Answer briefly."],
+                       capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    print("Claude Code printed:", json.dumps(out)[:2000])
+    assert r.returncode == 0 and out["is_error"] is False and out["terminal_reason"] == "completed", out
+    assert out["result"].strip() and out["modelUsage"][MODEL]["outputTokens"] > 0
+    log = hub.log.read_text()
+    assert '"endpoint": "/v1/messages", "status": 200' in log
+    assert "output limit clamped" in log  # its 32000 tokens, clamped to what the context leaves
+
+
+def test_a_langchain_tool_loop_through_the_hub(hub: HubProcess):
+    """An agent framework's tool loop: LangChain binds a tool (forced, as `bind_tools(tool_choice=...)` does),
+    runs it, and sends its result back for the model's final answer."""
+    from langchain_core.messages import HumanMessage, ToolMessage
+    from langchain_core.tools import tool
+    from langchain_openai import ChatOpenAI
+
+    @tool
+    def get_weather(city: str) -> str:
+        """The weather in a city."""
+        return f"sunny and 21 C in {city}"
+
+    llm = ChatOpenAI(base_url=hub.v1, api_key="unused", model=MODEL, temperature=0, max_tokens=60, max_retries=0)
+    messages = [HumanMessage("What is the weather in Paris?")]
+    first = llm.bind_tools([get_weather], tool_choice="get_weather").invoke(messages)
+    assert first.tool_calls and first.tool_calls[0]["name"] == "get_weather"
+    call = first.tool_calls[0]
+    assert isinstance(call["args"], dict) and isinstance(call["args"].get("city"), str)
+    messages += [first, ToolMessage(get_weather.invoke(call["args"]), tool_call_id=call["id"])]
+    final = llm.bind_tools([get_weather]).invoke(messages)
+    assert final.content or final.tool_calls
+
+
 def running_in_vllm(port: int) -> float:
     """vLLM's own gauge of the requests it is generating for."""
     text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
@@ -263,7 +377,8 @@ def test_engine_flags_parse_with_the_installed_vllm(tmp_path):
         "args": {"dtype": "bfloat16", "max_model_len": 2048, "quantization": "awq", "tensor_parallel_size": 2,
                  "gpu_memory_utilization": 0.5, "enforce_eager": True, "enable_sleep_mode": True,
                  "trust_remote_code": True, "tool_call_parser": "hermes", "runner": "generate", "convert": "none",
-                 "chat_template": "{{ messages }}", "extra_args": ["--seed", "7"]}}}}, tmp_path / "models.toml")
+                 "chat_template": "{{ messages }}", "extra_args": ["--seed", "7"], "tool_strict_level": "parameter",
+                 "override_generation_config": {"temperature": 0}}}}}, tmp_path / "models.toml")
     argv = VllmEngine().server_args(LaunchContext("m", reg.models["m"], reg, 8123),
                                     VllmEngine().args(reg.models["m"]), 0.5)
     script = (
@@ -287,6 +402,8 @@ def test_engine_flags_parse_with_the_installed_vllm(tmp_path):
     assert ns["seed"] == 7
     assert ns["enable_auto_tool_choice"] is True and ns["tool_call_parser"] == "hermes"
     assert ns["runner"] == "generate" and ns["convert"] == "none" and ns["chat_template"] == "{{ messages }}"
+    assert ns["tool_strict_level"] == "parameter"
+    assert "--override-generation-config" in argv  # a dict: parsed by vLLM (not in the scalar dump above)
 
 
 

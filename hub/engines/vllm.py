@@ -81,6 +81,9 @@ class VllmArgs(BaseModel):
     # if each were `strict` (forced calls from clients that declare tools without `strict` then give objects);
     # "function" the call's envelope only; "auto" vLLM's default (arguments held only for strict tools)
     tool_strict_level: Literal["auto", "function", "parameter"] = "parameter"
+    # defaults of requests that do not set them (temperature, top_p, max_tokens ...), over the model's own
+    # generation_config.json: --override-generation-config
+    override_generation_config: dict[str, Any] | None = None
     chat_template: str | None = None  # a Jinja file (or a path in the engine's image) replacing the model's own
     store_responses: bool = False  # keep Responses API results for GET by id (vLLM never frees them)
     runner: Literal["generate", "pooling"] | None = None  # None: from the model's type
@@ -173,6 +176,8 @@ class VllmEngine(Engine):
                      "--tool-call-parser", a.tool_call_parser or tool_parser(ctx.model_id, ctx.source())]
             if a.tool_strict_level != "auto":
                 argv += ["--tool-strict-level", a.tool_strict_level]
+        if a.override_generation_config:
+            argv += ["--override-generation-config", json.dumps(a.override_generation_config)]
         if a.chat_template:  # passed inline when the file is here: a container cannot see the hub's files
             path = ctx.registry.resolve_path(a.chat_template)
             argv += ["--chat-template", path.read_text() if path.is_file() else a.chat_template]
