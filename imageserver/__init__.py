@@ -2,8 +2,9 @@
 inside the diffusers engine environment. It never imports the `hub` package: that environment does not have the
 hub's dependencies (the hub imports imageserver.api, which is torch-free, and never the rest).
 
-Modules: api (options and request shapes, torch-free), pipelines (loading and calling the pipeline, peak memory),
-worker (the queue, batching and its one thread), previews (latents to partial images), streaming (errors and the
+Modules: api (options and request shapes, torch-free), jobs (a request's work, its job, events and cancellation),
+pipelines (loading and calling the pipeline), memory (peak memory per call), worker (the queue, batching and its one
+thread, running jobs with any runner: the pipelines), previews (latents to partial images), streaming (errors and the
 server-sent events), files (images kept for response_format=url), images (decoding with a pixel limit, masks,
 PNG/JPEG/WebP), app (the FastAPI app and its routes), __main__ (the command line).
 

@@ -45,9 +45,11 @@ from imageserver.api import (
 )
 from imageserver.files import FileStore
 from imageserver.images import MEDIA_TYPES, decode_image, encode_image, fit_size, mask_for_diffusers
-from imageserver.pipelines import Memory, Pipelines
+from imageserver.jobs import Work
+from imageserver.memory import Memory
+from imageserver.pipelines import Pipelines
 from imageserver.streaming import failure, stream_job
-from imageserver.worker import Work, Worker
+from imageserver.worker import Worker
 
 # The sizes OpenAI's schema lets an answer name (its ImagesResponse `size` enum); others go in x-image-size only
 OPENAI_SIZES = frozenset({"1024x1024", "1024x1536", "1536x1024"})

@@ -1,6 +1,6 @@
 """The Diffusers pipeline: torch device and dtype from the options, loading the pipeline and the ones derived from it,
 calling it for a batch of jobs (progress, previews and cancellation from its step callback), what it can take (prompt
-tokens, input images, default guidance), and measuring the peak memory of each call."""
+tokens, input images, default guidance). It is the worker's runner (imageserver.worker.Runner) without importing it."""
 
 from __future__ import annotations
 
@@ -13,11 +13,9 @@ import time
 from collections.abc import Callable
 from typing import Any, ClassVar
 
-import psutil
-
-from imageserver.api import MB, BadRequest, ServerOptions, partial_steps
+from imageserver.api import BadRequest, ServerOptions, partial_steps
+from imageserver.jobs import Job, JobCancelled, Partial, Progress
 from imageserver.previews import make_previewer
-from imageserver.worker import Job, JobCancelled, Partial, Progress
 
 log = logging.getLogger("imageserver")
 
@@ -351,62 +349,3 @@ class Pipelines:
             return
         for (_, index), image in zip(rows, previews, strict=True):
             job.emit(Partial(index, k, image))
-
-
-class Memory:
-    """Peak memory of each job: CUDA's max allocated (reset per job) on CUDA, the process's sampled RSS on CPU."""
-
-    def __init__(self) -> None:
-        self.device = "cpu"
-        self.kind = "rss"
-        self.last_peak_mb: float | None = None
-        self.max_peak_mb: float | None = None
-        self.requests = 0
-        self._proc = psutil.Process()
-
-    def use(self, device: str) -> None:
-        """Measure on `device` (a torch device string) from now on."""
-        if device.startswith("cuda"):
-            import torch
-
-            index = torch.device(device).index
-            self.device = f"cuda:{torch.cuda.current_device() if index is None else index}"
-            self.kind = "torch_cuda_max_allocated"
-        else:
-            self.device, self.kind = "cpu", "rss"
-
-    def measure(self, fn: Callable[[], Any], requests: int = 1) -> tuple[Any, float]:
-        """Run fn (the pipeline call of `requests` requests); its result and the peak memory in MiB while it ran."""
-        if self.kind == "torch_cuda_max_allocated":
-            import torch
-
-            torch.cuda.reset_peak_memory_stats(self.device)
-            result = fn()
-            peak = torch.cuda.max_memory_allocated(self.device) / MB
-        else:
-            peak_bytes = self._proc.memory_info().rss
-            stop = threading.Event()
-
-            def sample() -> None:
-                nonlocal peak_bytes
-                while not stop.wait(0.01):
-                    peak_bytes = max(peak_bytes, self._proc.memory_info().rss)
-
-            sampler = threading.Thread(target=sample, name="rss-sampler", daemon=True)
-            sampler.start()
-            try:
-                result = fn()
-            finally:
-                stop.set()
-                sampler.join()
-                peak_bytes = max(peak_bytes, self._proc.memory_info().rss)
-            peak = peak_bytes / MB
-        self.last_peak_mb = round(peak, 1)
-        self.max_peak_mb = max(self.max_peak_mb or 0.0, self.last_peak_mb)
-        self.requests += requests
-        return result, self.last_peak_mb
-
-    def snapshot(self) -> dict[str, Any]:
-        """The GET /memory body."""
-        return {"device": self.device, "kind": self.kind, "last_peak_mb": self.last_peak_mb,
-                "max_peak_mb": self.max_peak_mb, "requests": self.requests}

@@ -28,7 +28,7 @@ from imageserver.api import (
     resolve_steps,
     validate_request,
 )
-from imageserver.worker import Work
+from imageserver.jobs import Work
 
 ROOT = Path(__file__).resolve().parent.parent
 
