@@ -30,7 +30,7 @@ class Work:
 
     task: str  # text2image, image2image, inpaint, edit
     param: str  # the request parameter blamed when the model cannot do the task
-    shared: dict[str, Any]  # call arguments a batch shares: width, height, num_inference_steps, guidance, strength
+    shared: dict[str, Any]  # call arguments a batch shares: size, steps, guidance, strength, the pipeline's own
     prompt: str
     negative_prompt: str | None
     n: int
