@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 _SIZE = re.compile(r"^\s*(\d+)\s*[xX]\s*(\d+)\s*$")
 MB = 1024 * 1024
@@ -157,6 +157,13 @@ class _Request(BaseModel):
     num_inference_steps: int | None = Field(None, ge=1, le=500)
     guidance_scale: float | None = Field(None, ge=0)
     seed: int | None = Field(None, ge=0, lt=2**63)
+    _call_args: dict[str, Any] = PrivateAttr(default_factory=dict)
+
+    @property
+    def call_args(self) -> dict[str, Any]:
+        """The parameters outside these fields, by name and as sent: arguments for the pipeline's __call__, which the
+        server checks against its signature once it knows the pipeline (imageserver/rules.py)."""
+        return self._call_args
 
     @field_validator("prompt")
     @classmethod
@@ -178,21 +185,25 @@ class EditRequest(_Request):
 
 
 def validate_request(cls: type[_Request], data: dict[str, Any]) -> _Request:
-    """`cls` from `data`, or a BadRequest naming the first offending parameter."""
+    """`cls` from `data`, or a BadRequest naming the first offending parameter. Parameters that are not its fields are
+    kept as the request's call_args: whether the pipeline takes them is known only from the loaded pipeline."""
     for key, value in data.items():
+        if not str(key).isprintable() or not str(key).isascii():  # it goes into error messages as is
+            raise BadRequest(f"unknown parameter {str(key)!a}: parameter names are printable ASCII")
         check_unicode(value, str(key))
+    fields = {k: v for k, v in data.items() if k in cls.model_fields}
     try:
-        return cls.model_validate(data)
+        req = cls.model_validate(fields)
     except ValidationError as err:
         e = err.errors()[0]
         param = ".".join(str(p) for p in e["loc"]) or None
-        if e["type"] == "extra_forbidden":
-            msg = f"unknown parameter '{param}' (this server takes: {', '.join(cls.model_fields)})"
-        elif e["type"] == "missing":
+        if e["type"] == "missing":
             msg = f"missing required parameter '{param}'"
         else:
             msg = f"'{param}': {e['msg'].removeprefix('Value error, ')}"
         raise BadRequest(msg, param) from None
+    req._call_args = {str(k): v for k, v in data.items() if k not in cls.model_fields}
+    return req
 
 
 def check_n(n: int, max_n: int) -> None:

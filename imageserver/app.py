@@ -45,9 +45,12 @@ from imageserver.api import (
 )
 from imageserver.files import FileStore
 from imageserver.images import MEDIA_TYPES, decode_image, encode_image, fit_size, mask_for_diffusers
-from imageserver.pipelines import Memory, Pipelines
+from imageserver.jobs import Work
+from imageserver.memory import Memory
+from imageserver.pipelines import Pipelines
+from imageserver.rules import MAPPED, check_call_args
 from imageserver.streaming import failure, stream_job
-from imageserver.worker import Work, Worker
+from imageserver.worker import Worker
 
 # The sizes OpenAI's schema lets an answer name (its ImagesResponse `size` enum); others go in x-image-size only
 OPENAI_SIZES = frozenset({"1024x1024", "1024x1536", "1536x1024"})
@@ -108,12 +111,22 @@ def create_app(source: str, served_name: str, opts: ServerOptions, pipes: Pipeli
                 counts[param] = await asyncio.to_thread(pipes.check_prompt_tokens, text, param)
         return counts.get("prompt", 0)
 
+    def call_args(req: GenerationRequest | EditRequest, task: str, param: str) -> dict[str, Any]:
+        """The arguments the request sets for the pipeline that runs `task`, checked against its __call__: BadRequest
+        for one it does not take (or when the model cannot do the task), before the request queues."""
+        name, params = pipes.call_params(task, param)
+        asked = {k: v for k in MAPPED if (v := getattr(req, k, None)) is not None}
+        return check_call_args(asked | req.call_args, params, name, type(req).model_fields)
+
     def make_work(req: GenerationRequest | EditRequest, task: str, param: str, w: int, h: int, steps: int,
-                  **extra: Any) -> Work:
-        guidance = req.guidance_scale if req.guidance_scale is not None else opts.default_guidance
-        shared = {"width": w, "height": h, "num_inference_steps": steps, "guidance_scale": guidance}
+                  args: dict[str, Any], **extra: Any) -> Work:
+        """The work of a request; `args` from call_args. The server's own choices (size, steps, the options'
+        default_guidance, the default strength) go along and are left out of a call whose pipeline does not take
+        them; the request's own were checked."""
+        shared = {"width": w, "height": h, "num_inference_steps": steps, "guidance_scale": opts.default_guidance}
         if "strength" in extra:
             shared["strength"] = extra.pop("strength")
+        shared |= {k: v for k, v in args.items() if k != "negative_prompt"}
         seed = req.seed if req.seed is not None else secrets.randbits(63)
         return Work(task, param, shared, req.prompt, req.negative_prompt, req.n, seed,
                     partial_images=(req.partial_images or 0) if req.stream else 0, **extra)
@@ -241,13 +254,14 @@ def create_app(source: str, served_name: str, opts: ServerOptions, pipes: Pipeli
         req = validate_request(GenerationRequest, body)
         check_n(req.n, opts.max_n)
         check_output(req)
+        args = call_args(req, "text2image", "model")
         tokens = await check_prompts(req)
         multiple, why = pipes.size_rule()
         w, h = parse_size(req.size if req.size not in (None, "auto") else opts.default_size, opts.max_size,
                           "size" if req.size not in (None, "auto") else "default_size", multiple, why)
         steps, quality = resolve_steps(req, opts)
-        return await answer(request, req, make_work(req, "text2image", "model", w, h, steps), "image_generation",
-                            quality, tokens)
+        return await answer(request, req, make_work(req, "text2image", "model", w, h, steps, args),
+                            "image_generation", quality, tokens)
 
     @app.post("/v1/images/edits")
     async def edits(request: Request) -> Response:
@@ -255,6 +269,9 @@ def create_app(source: str, served_name: str, opts: ServerOptions, pipes: Pipeli
         req, raw = await read_edit_form(request, opts)
         check_n(req.n, opts.max_n)
         check_output(req)
+        task, param = (("inpaint", "mask") if raw["mask"] else ("edit", "image") if pipes.is_instruction_edit()
+                       else ("image2image", "image"))
+        args = call_args(req, task, param)
         tokens = await check_prompts(req)
         images = [await asyncio.to_thread(decode_image, d, "image", opts.max_input_pixels) for d in raw["image"]]
         mask = (await asyncio.to_thread(decode_image, raw["mask"][0], "mask", opts.max_input_pixels)
@@ -271,17 +288,17 @@ def create_app(source: str, served_name: str, opts: ServerOptions, pipes: Pipeli
         images = [im.convert("RGB").resize((w, h)) if im.size != (w, h) else im.convert("RGB") for im in images]
         steps, quality = resolve_steps(req, opts)
         strength = req.strength if req.strength is not None else DEFAULT_STRENGTH
-        if mask is not None:
-            work = make_work(req, "inpaint", "mask", w, h, steps, image=images[0],
+        if task == "inpaint":
+            work = make_work(req, task, param, w, h, steps, args, image=images[0],
                              mask=mask_for_diffusers(mask).resize((w, h)), strength=strength)
-        elif pipes.is_instruction_edit():
+        elif task == "edit":
             most = pipes.max_input_images()
             if len(images) > most:
                 raise BadRequest(f"this model ({type(pipes.base).__name__}) takes at most {most} input image"
                                  f"{'s' if most > 1 else ''} (max_input_images); {len(images)} were sent", "image")
-            work = make_work(req, "edit", "image", w, h, steps, image=images if len(images) > 1 else images[0])
+            work = make_work(req, task, param, w, h, steps, args, image=images if len(images) > 1 else images[0])
         else:
-            work = make_work(req, "image2image", "image", w, h, steps, image=images[0], strength=strength)
+            work = make_work(req, task, param, w, h, steps, args, image=images[0], strength=strength)
         if work.task != "edit":
             if len(images) > 1:
                 raise BadRequest(f"this model edits one image at a time; {len(images)} were sent", "image")

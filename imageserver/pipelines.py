@@ -1,6 +1,6 @@
 """The Diffusers pipeline: torch device and dtype from the options, loading the pipeline and the ones derived from it,
 calling it for a batch of jobs (progress, previews and cancellation from its step callback), what it can take (prompt
-tokens, input images, default guidance), and measuring the peak memory of each call."""
+tokens, input images, default guidance). It is the worker's runner (imageserver.worker.Runner) without importing it."""
 
 from __future__ import annotations
 
@@ -13,11 +13,10 @@ import time
 from collections.abc import Callable
 from typing import Any, ClassVar
 
-import psutil
-
-from imageserver.api import MB, BadRequest, ServerOptions, partial_steps
+from imageserver.api import BadRequest, ServerOptions, partial_steps
+from imageserver.jobs import Job, JobCancelled, Partial, Progress
 from imageserver.previews import make_previewer
-from imageserver.worker import Job, JobCancelled, Partial, Progress
+from imageserver.rules import call_params, size_rule
 
 log = logging.getLogger("imageserver")
 
@@ -59,8 +58,9 @@ class Pipelines:
         self.opts = opts
         self.base: Any = None
         self.device = "cpu"
-        self.derived: dict[str, Any] = {}
-        self.unsupported: dict[str, str] = {}
+        self.derived: dict[str, Any] = {}  # task -> its pipeline, derived at load
+        self.unsupported: dict[str, str] = {}  # task -> why the pipeline cannot do it
+        self.params: dict[str, dict[str, type]] = {}  # task -> the call arguments a request may set (rules.py)
         self._offloaded: Any = None  # the pipeline whose offload hooks are installed
         self.previewer: Any = None
         self.token_counter: tuple[Any, int, str] | None = None  # (tokenizer copy, limit, name)
@@ -115,6 +115,7 @@ class Pipelines:
         pipe.set_progress_bar_config(disable=True)
         self.base = pipe
         self._place(pipe)
+        self._derive()
         self.previewer = make_previewer(pipe, o.preview_vae, self.device, dtype)
         self.token_counter = self._token_counter(pipe)
         log.info("partial images: %s; prompt token limit: %s; input images per edit: %d",
@@ -126,7 +127,7 @@ class Pipelines:
         brings them back. CUDA's cached blocks go back to the driver."""
         self.base, self._offloaded = None, None
         self.previewer, self.token_counter = None, None
-        self.derived.clear()
+        self.derived, self.unsupported, self.params = {}, {}, {}
         gc.collect()
         if self.device.startswith("cuda"):
             import torch
@@ -148,44 +149,57 @@ class Pipelines:
                 pipe.enable_sequential_cpu_offload(device=self.device)
             self._offloaded = pipe
 
+    def _derive(self) -> None:
+        """Derive the pipeline of every task now, on the worker thread (from_pipe touches the shared modules, so not
+        beside a running call), so that a request is checked against the pipeline that will run it before it queues.
+        A task whose derivation fails is one the model cannot do: its requests get 400 with the reason."""
+        derived, unsupported = {}, {}
+        for task in self.TASKS:
+            try:
+                derived[task] = self._from_pipe(task)
+            except Exception as err:  # whatever from_pipe raises, the task is not served
+                unsupported[task] = f"{type(err).__name__}: {err}"
+        served = {**derived, "edit": self.base} if self.is_instruction_edit() else derived
+        params = {task: call_params(type(pipe)) for task, pipe in served.items()}
+        self.derived, self.unsupported, self.params = derived, unsupported, params
+        if self.opts.default_guidance is not None and not any("guidance_scale" in p for p in params.values()):
+            log.warning("default_guidance: %s takes no guidance_scale; the option is left out of its calls",
+                        type(self.base).__name__)
+        log.info("tasks: %s", "; ".join(f"{task}: {type(pipe).__name__} (takes {', '.join(sorted(params[task]))})"
+                                        for task, pipe in served.items()))
+
+    def _from_pipe(self, task: str) -> Any:
+        """The pipeline of `task` sharing the loaded one's modules (Diffusers' AutoPipelineFor*.from_pipe)."""
+        import diffusers
+
+        pipe = getattr(diffusers, self.TASKS[task]).from_pipe(self.base)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
     def size_rule(self) -> tuple[int, str]:
-        """The multiple that widths and heights must be for the loaded pipeline, and why, as its own check_inputs
-        has it: its VAE's scale factor times 2 where it packs latents 2x2 (FLUX, Qwen-Image), times its
-        transformer's patch size (SD3); the UNet pipelines check multiples of 8 whatever their VAE."""
-        pipe = self.base
-        vae = int(getattr(pipe, "vae_scale_factor", 8) or 8)
-        name = type(pipe).__name__
-        if hasattr(pipe, "_pack_latents"):
-            return vae * 2, f"{name}: its VAE scales by {vae} and it packs latents 2x2"
-        patch = getattr(pipe, "patch_size", None)
-        if isinstance(patch, int) and patch > 1:
-            return vae * patch, f"{name}: its VAE scales by {vae} and its transformer's patches are {patch}x{patch}"
-        return max(vae, 8), f"{name}: its VAE scales by {vae}" + (", and the pipeline checks 8" if vae < 8 else "")
+        """The multiple that widths and heights must be for the loaded pipeline, and why (rules.size_rule)."""
+        return size_rule(self.base)
 
     def is_instruction_edit(self) -> bool:
         """Whether the loaded pipeline edits images by instruction (edits go to it as is)."""
         return type(self.base).__name__.startswith(INSTRUCTION_EDIT)
 
     def get(self, task: str, param: str) -> Any:
-        """The pipeline for `task` (text2image, image2image, inpaint, edit), derived once; BadRequest if none fits."""
+        """The pipeline for `task` (text2image, image2image, inpaint, edit); BadRequest if the model cannot do it."""
         if task == "edit":
             return self.base
         if task in self.derived:
             return self.derived[task]
-        if task not in self.unsupported:
-            import diffusers
-
-            auto = getattr(diffusers, self.TASKS[task])
-            try:
-                pipe = auto.from_pipe(self.base)
-                pipe.set_progress_bar_config(disable=True)
-                self.derived[task] = pipe
-                return pipe
-            except (ValueError, TypeError, KeyError, AttributeError) as err:
-                self.unsupported[task] = str(err)
         what = {"text2image": "generate from text alone", "image2image": "edit an image without a mask",
                 "inpaint": "inpaint with a mask"}[task]
-        raise BadRequest(f"this model ({type(self.base).__name__}) cannot {what}: {self.unsupported[task]}", param)
+        why = self.unsupported.get(task, "the pipeline is not loaded")
+        raise BadRequest(f"this model ({type(self.base).__name__}) cannot {what}: {why}", param)
+
+    def call_params(self, task: str, param: str) -> tuple[str, dict[str, type]]:
+        """The class name of the pipeline that runs `task` and the call arguments a request may set for it;
+        BadRequest if the model cannot do the task."""
+        pipe = self.get(task, param)
+        return type(pipe).__name__, self.params.get(task, {})
 
     def max_input_images(self) -> int:
         """The most input images one edit may send: 1 for image-to-image and inpainting; for a pipeline that edits by
@@ -255,9 +269,11 @@ class Pipelines:
         params = inspect.signature(type(pipe).__call__).parameters
         shared = {k: v for k, v in w.shared.items() if v is not None}
         plans = self._plan(jobs, params)
+        # requests were checked against this signature (rules.py): what is left out here the server chose itself,
+        # such as the size of an image-to-image call, which resizing the input image sets
         dropped = sorted(k for k, v in (shared | plans[0][0]).items() if v is not None and k not in params)
         if dropped:
-            log.info("%s takes no %s: ignored", type(pipe).__name__, ", ".join(dropped))
+            log.debug("%s takes no %s: not passed", type(pipe).__name__, ", ".join(dropped))
         images: dict[Job, dict[int, Any]] = {job: {} for job in jobs}
         for call, members in plans:
             call = {k: v for k, v in (shared | call).items() if v is not None and k in params}
@@ -351,62 +367,3 @@ class Pipelines:
             return
         for (_, index), image in zip(rows, previews, strict=True):
             job.emit(Partial(index, k, image))
-
-
-class Memory:
-    """Peak memory of each job: CUDA's max allocated (reset per job) on CUDA, the process's sampled RSS on CPU."""
-
-    def __init__(self) -> None:
-        self.device = "cpu"
-        self.kind = "rss"
-        self.last_peak_mb: float | None = None
-        self.max_peak_mb: float | None = None
-        self.requests = 0
-        self._proc = psutil.Process()
-
-    def use(self, device: str) -> None:
-        """Measure on `device` (a torch device string) from now on."""
-        if device.startswith("cuda"):
-            import torch
-
-            index = torch.device(device).index
-            self.device = f"cuda:{torch.cuda.current_device() if index is None else index}"
-            self.kind = "torch_cuda_max_allocated"
-        else:
-            self.device, self.kind = "cpu", "rss"
-
-    def measure(self, fn: Callable[[], Any], requests: int = 1) -> tuple[Any, float]:
-        """Run fn (the pipeline call of `requests` requests); its result and the peak memory in MiB while it ran."""
-        if self.kind == "torch_cuda_max_allocated":
-            import torch
-
-            torch.cuda.reset_peak_memory_stats(self.device)
-            result = fn()
-            peak = torch.cuda.max_memory_allocated(self.device) / MB
-        else:
-            peak_bytes = self._proc.memory_info().rss
-            stop = threading.Event()
-
-            def sample() -> None:
-                nonlocal peak_bytes
-                while not stop.wait(0.01):
-                    peak_bytes = max(peak_bytes, self._proc.memory_info().rss)
-
-            sampler = threading.Thread(target=sample, name="rss-sampler", daemon=True)
-            sampler.start()
-            try:
-                result = fn()
-            finally:
-                stop.set()
-                sampler.join()
-                peak_bytes = max(peak_bytes, self._proc.memory_info().rss)
-            peak = peak_bytes / MB
-        self.last_peak_mb = round(peak, 1)
-        self.max_peak_mb = max(self.max_peak_mb or 0.0, self.last_peak_mb)
-        self.requests += requests
-        return result, self.last_peak_mb
-
-    def snapshot(self) -> dict[str, Any]:
-        """The GET /memory body."""
-        return {"device": self.device, "kind": self.kind, "last_peak_mb": self.last_peak_mb,
-                "max_peak_mb": self.max_peak_mb, "requests": self.requests}

@@ -21,7 +21,7 @@ from typing import Any
 
 from imageserver.api import BadRequest
 from imageserver.images import encode_image
-from imageserver.worker import ClientGone, Job, JobCancelled, Partial, Progress, RequestTimeout
+from imageserver.jobs import ClientGone, Job, JobCancelled, Partial, Progress, RequestTimeout
 
 log = logging.getLogger("imageserver")
 

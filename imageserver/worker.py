@@ -13,66 +13,13 @@ import threading
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
-if TYPE_CHECKING:  # pipelines imports this module: the worker only calls what it is handed
-    from imageserver.pipelines import Memory, Pipelines
+from imageserver.jobs import ClientGone, Job, JobCancelled, RequestTimeout, Work
+from imageserver.memory import Memory
 
 log = logging.getLogger("imageserver")
-
-
-class JobCancelled(Exception):
-    """Raised inside a pipeline call whose requests all timed out or whose clients all went away."""
-
-
-class RequestTimeout(Exception):
-    """The request waited and ran longer than request_timeout."""
-
-
-class ClientGone(Exception):
-    """The client disconnected before its images were ready."""
-
-
-@dataclass(eq=False)
-class Work:
-    """What one request asks of the pipeline. Image i of the request is made from seed + i, alone or in a batch."""
-
-    task: str  # text2image, image2image, inpaint, edit
-    param: str  # the request parameter blamed when the model cannot do the task
-    shared: dict[str, Any]  # call arguments a batch shares: width, height, num_inference_steps, guidance, strength
-    prompt: str
-    negative_prompt: str | None
-    n: int
-    seed: int
-    image: Any = None  # the input image (a list for a multi-image edit)
-    mask: Any = None
-    partial_images: int = 0  # previews per image, for a streaming request
-
-    def key(self) -> tuple | None:
-        """Works with equal keys can share one pipeline call; None: this one runs alone (instruction edits)."""
-        if self.task == "edit":
-            return None
-        shape = tuple(sorted((k, v) for k, v in self.shared.items() if v is not None))
-        return self.task, shape, self.negative_prompt is None
-
-
-@dataclass(frozen=True)
-class Progress:
-    """A denoising step of a job finished."""
-
-    step: int
-    steps: int
-    elapsed: float  # seconds since the job's pipeline call started
-
-
-@dataclass(frozen=True)
-class Partial:
-    """A preview of image `index` of a job, the `partial_index`-th one."""
-
-    index: int
-    partial_index: int
-    image: Any  # a PIL image (latent resolution, or full size from a preview VAE)
 
 
 @dataclass(eq=False)
@@ -84,28 +31,26 @@ class Control:
     future: asyncio.Future
 
 
-@dataclass(eq=False)
-class Job:
-    """One request's work waiting for, or running on, the worker thread."""
+class Runner(Protocol):
+    """What the worker runs jobs with (imageserver.pipelines.Pipelines): declared here, so the worker knows only the
+    calls it makes and the pipelines need not import the worker."""
 
-    work: Work
-    loop: asyncio.AbstractEventLoop
-    future: asyncio.Future
-    events: asyncio.Queue | None = None  # streaming: Progress and Partial, then None once the future is settled
-    cancelled: threading.Event = field(default_factory=threading.Event)
-    started: float = 0.0  # time.monotonic() when its pipeline call started
+    device: str  # the torch device the loaded pipeline runs on (Memory measures there)
 
-    def emit(self, event: Progress | Partial) -> None:
-        """Hand an event to the request's stream (called on the worker thread)."""
-        if self.events is not None:
-            with contextlib.suppress(RuntimeError):  # the loop is closed: the server is shutting down
-                self.loop.call_soon_threadsafe(self.events.put_nowait, event)
+    def load(self) -> None:
+        """Load the pipeline (on the worker thread: first load and wake)."""
+
+    def unload(self) -> None:
+        """Drop the pipeline (sleep)."""
+
+    def run(self, jobs: list[Job]) -> list[list[Any]]:
+        """Each job's images, for jobs of one shape; JobCancelled once all of them are cancelled."""
 
 
 class Worker:
     """The one thread that loads the pipeline and then runs jobs in arrival order, batching queued jobs of one shape."""
 
-    def __init__(self, pipes: Pipelines, memory: Memory, on_load_failure: Callable[[str], None],
+    def __init__(self, pipes: Runner, memory: Memory, on_load_failure: Callable[[str], None],
                  max_batch: int = 1, batch_wait: float = 0.0) -> None:
         self.pipes = pipes
         self.memory = memory

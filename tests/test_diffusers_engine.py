@@ -219,6 +219,7 @@ def test_url_response_through_the_hub(client, hub):
 BAD_GENERATIONS = [
     ({"size": "65x64"}, "size"), ({"size": "big"}, "size"), ({"size": "512x512"}, "size"), ({"n": 5}, "n"),
     ({"prompt": "   "}, "prompt"), ({"extra_body": {"num_inference_steps": 0}}, "num_inference_steps"),
+    ({"extra_body": {"colour": "red"}}, "colour"),
 ]
 
 
@@ -340,6 +341,41 @@ def test_sizes_follow_the_loaded_pipelines_own_rule(client):
                        r"VAE scales by 2, and the pipeline checks 8\), e\.g\. 64x56"):
         client.images.generate(model="tiny-sd", prompt="x", size="66x62")
     assert png_size(pngs(client.images.generate(model="tiny-sd", prompt="x", size="72x56"))[0]) == (72, 56)
+
+
+def test_call_arguments_follow_the_loaded_pipelines_signature(client):
+    """Parameters outside the Images API go to the pipeline when its __call__ takes them; one it does not take is a
+    400 naming it and listing what it takes (before, the pipeline's own knobs were unknown parameters and the
+    server's extensions a pipeline lacks were dropped without a word)."""
+    with pytest.raises(openai.BadRequestError) as err:
+        client.images.generate(model="tiny-sd", prompt="x", size="64x64", extra_body={"true_cfg_scale": 4})
+    assert err.value.body["param"] == "true_cfg_scale" and err.value.body["type"] == "invalid_request_error"
+    assert err.value.body["message"].startswith(
+        "unsupported parameter 'true_cfg_scale' for StableDiffusionPipeline; accepted: clip_skip, eta, "
+        "guidance_rescale, guidance_scale, negative_prompt, num_inference_steps; and the server's own: ")
+    with pytest.raises(openai.BadRequestError) as err:  # FLUX.2 klein has no negative prompt
+        client.images.generate(model="tiny-flux2", prompt="x", size="64x64", extra_body={"negative_prompt": "blur"})
+    assert err.value.body["param"] == "negative_prompt"
+    assert "unsupported parameter 'negative_prompt' for Flux2KleinPipeline; accepted: " in err.value.body["message"]
+    image = ("in.png", make_png(64, 64), "image/png")
+    with pytest.raises(openai.BadRequestError) as err:  # an instruction edit has no strength
+        client.images.edit(model="tiny-flux2", prompt="x", image=image, size="64x64", extra_body={"strength": 0.5})
+    assert err.value.body["param"] == "strength" and "Flux2KleinPipeline" in err.value.body["message"]
+    with pytest.raises(openai.BadRequestError) as err:  # multipart: a string where the pipeline wants a number
+        client.images.edit(model="tiny-sd", prompt="x", image=image, extra_body={"eta": "lots"})
+    assert err.value.body["param"] == "eta"
+    assert "'eta' must be a number for StableDiffusionImg2ImgPipeline, not 'lots'" in err.value.body["message"]
+    with pytest.raises(openai.BadRequestError) as err:
+        client.images.generate(model="tiny-sd", prompt="x", extra_body={"width": 64})
+    assert err.value.body["param"] == "width" and "the server sets it from 'size'" in err.value.body["message"]
+    # taken: they reach the pipeline (guidance_rescale changes what classifier-free guidance makes)
+    kwargs = {"model": "tiny-sd", "prompt": "a red fox", "size": "64x64"}
+    plain = pngs(client.images.generate(**kwargs, extra_body={"seed": 3, "num_inference_steps": 2}))[0]
+    rescaled = pngs(client.images.generate(**kwargs, extra_body={"seed": 3, "num_inference_steps": 2,
+                                                                 "guidance_rescale": 0.7, "eta": 0.0}))[0]
+    assert png_size(rescaled) == (64, 64) and rescaled != plain
+    edited = client.images.edit(model="tiny-sd", prompt="x", image=image, extra_body={"eta": "0.5"})
+    assert [png_size(p) for p in pngs(edited)] == [(64, 64)]
 
 
 def test_every_answer_shape_fits_openais_schema(hub):

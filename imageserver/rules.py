@@ -1,0 +1,124 @@
+"""What the loaded pipeline accepts, read from the pipeline itself rather than from a table of models: the size
+multiple from its VAE's scale factor and latent packing, and the call arguments a request may set from its
+`__call__` signature. A request that asks for what the pipeline cannot take gets a 400 naming the parameter and what
+would fit, instead of a 500 from inside the pipeline or an argument silently dropped.
+
+Torch-free: it only inspects attributes and signatures, so unit tests hand it stand-in classes.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Iterable
+from typing import Any
+
+from imageserver.api import BadRequest
+
+# Request fields that go to the pipeline under the same name, with their types: refused when its __call__ has no
+# such argument
+MAPPED: dict[str, type] = {"negative_prompt": str, "guidance_scale": float, "strength": float,
+                           "num_inference_steps": int}
+# Call arguments the server sets itself, and how. The prompt token limit is read from max_sequence_length: a request
+# changing it would let the pipeline cut prompts the server let through.
+SERVER_SET = {
+    "prompt": "from 'prompt'", "width": "from 'size'", "height": "from 'size'", "generator": "from 'seed'",
+    "latents": "from 'seed'", "num_images_per_prompt": "from 'n'",
+    "image": "from the image uploads of /v1/images/edits", "mask_image": "from the mask upload of /v1/images/edits",
+    "output_type": "itself ('output_format' picks the file format)",
+    "max_sequence_length": "itself (the prompt token limit is read from it)",
+    **dict.fromkeys(("return_dict", "callback", "callback_steps", "callback_on_step_end",
+                     "callback_on_step_end_tensor_inputs"), "itself"),
+}
+SCALARS: dict[str, type] = {"bool": bool, "int": int, "float": float, "str": str}
+KINDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
+def size_rule(pipe: Any) -> tuple[int, str]:
+    """The multiple that widths and heights must be for `pipe`, and why, as its own check_inputs has it: its VAE's
+    scale factor times 2 where it packs latents 2x2 (FLUX, Qwen-Image), times its transformer's patch size (SD3); the
+    UNet pipelines check multiples of 8 whatever their VAE."""
+    vae = int(getattr(pipe, "vae_scale_factor", 8) or 8)
+    name = type(pipe).__name__
+    if hasattr(pipe, "_pack_latents"):
+        return vae * 2, f"{name}: its VAE scales by {vae} and it packs latents 2x2"
+    patch = getattr(pipe, "patch_size", None)
+    if isinstance(patch, int) and patch > 1:
+        return vae * patch, f"{name}: its VAE scales by {vae} and its transformer's patches are {patch}x{patch}"
+    return max(vae, 8), f"{name}: its VAE scales by {vae}" + (", and the pipeline checks 8" if vae < 8 else "")
+
+
+def _scalar(param: inspect.Parameter) -> type | None:
+    """The plain type of a call argument (bool, int, float or str, None allowed), from its annotation, else from its
+    default; None for anything else (tensors, lists, callbacks, dicts), which JSON cannot carry."""
+    ann = param.annotation
+    text = ann.__name__ if isinstance(ann, type) else str(ann)
+    text = text.replace("typing.", "").replace(" ", "")
+    if text.startswith("Optional[") and text.endswith("]"):
+        text = text[len("Optional["):-1]
+    kinds = [t for t in text.split("|") if t not in ("None", "NoneType")]
+    if len(kinds) == 1 and kinds[0] in SCALARS:
+        return SCALARS[kinds[0]]
+    default = param.default
+    if ann is inspect.Parameter.empty and type(default) in (bool, int, float, str):
+        return type(default)
+    return None
+
+
+def call_params(pipe_cls: type) -> dict[str, type]:
+    """The call arguments of `pipe_cls` that a request may set, with their types: the MAPPED ones it has and every
+    other named argument of a plain type. The server's own (SERVER_SET), private ones and **kwargs are left out: a
+    pipeline takes only what its signature names."""
+    out: dict[str, type] = {}
+    for name, p in inspect.signature(pipe_cls.__call__).parameters.items():
+        if name == "self" or name.startswith("_") or name in SERVER_SET:
+            continue
+        if p.kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD):
+            continue
+        if name in MAPPED:
+            out[name] = MAPPED[name]
+        elif (kind := _scalar(p)) is not None:
+            out[name] = kind
+    return out
+
+
+def _coerce(value: Any, kind: type) -> Any:
+    """`value` as `kind`, or ValueError. Multipart fields (and lax JSON) send numbers and booleans as strings."""
+    if isinstance(value, str) and kind is not str:
+        text = value.strip().lower()
+        if kind is bool:
+            if text in ("true", "1", "false", "0"):
+                return text in ("true", "1")
+            raise ValueError(value)
+        value = int(text) if kind is int else float(text)
+    if isinstance(value, bool) != (kind is bool):
+        raise ValueError(value)
+    if kind is float and isinstance(value, int | float):
+        if not math.isfinite(value):
+            raise ValueError(value)
+        return float(value)
+    if isinstance(value, kind):
+        return value
+    raise ValueError(value)
+
+
+def check_call_args(asked: dict[str, Any], params: dict[str, type], pipeline: str,
+                    own: Iterable[str] = ()) -> dict[str, Any]:
+    """The call arguments a request asks for (`asked`: the MAPPED fields it set and the parameters outside the Images
+    API it named), typed for the pipeline's __call__ (`params`, from call_params); BadRequest naming the first the
+    pipeline cannot take, with the ones it can and the server's `own` (the Images API's fields)."""
+    out: dict[str, Any] = {}
+    for name, value in asked.items():
+        if name not in params:
+            accepted = f"accepted: {', '.join(sorted(params)) or 'none'}"
+            if mine := sorted(set(own) - set(MAPPED)):
+                accepted += f"; and the server's own: {', '.join(mine)}"
+            if name in SERVER_SET:
+                raise BadRequest(f"unsupported parameter '{name}' for {pipeline}: the server sets it "
+                                 f"{SERVER_SET[name]}; {accepted}", name)
+            raise BadRequest(f"unsupported parameter '{name}' for {pipeline}; {accepted}", name)
+        try:
+            out[name] = _coerce(value, params[name])
+        except (ValueError, TypeError, OverflowError):
+            raise BadRequest(f"'{name}' must be {KINDS[params[name]]} for {pipeline}, not {value!r}", name) from None
+    return out
