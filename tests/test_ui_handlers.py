@@ -218,6 +218,9 @@ def test_form_starts_from_the_models_defaults():
     assert size.value == "128x128" and size.choices[0] == ("128x128", "128x128")
     assert all(max(int(x) for x in c[0].split("x")) <= 512 for c in size.choices)
     assert steps.value == 4 and n.maximum == 2
+    # guidance 0 sends none (the model's own): a pipeline without guidance_scale refuses the argument with a 400
+    assert "guidance_scale" not in images._extras("", 4, 0.0, None)
+    assert images._extras("", 4, 3.5, None)["guidance_scale"] == 3.5
 
 
 def test_mask_is_transparent_where_painted():

@@ -49,7 +49,8 @@ def build(client: openai.OpenAI, admin: Admin, notes: dict[str, str] | None = No
                 n = gr.Slider(1, 4, value=1, step=1, label="n", min_width=110)
             with gr.Row():
                 steps = gr.Slider(1, 100, value=20, step=1, label="steps", min_width=110, elem_id="hub-steps")
-                guidance = gr.Slider(0.0, 20.0, value=7.0, step=0.5, label="guidance", min_width=110)
+                guidance = gr.Slider(0.0, 20.0, value=0.0, step=0.5, label="guidance (0: the model's own)",
+                                     min_width=110)
             seed = gr.Number(-1, label="seed (-1: random)", precision=0)
             with gr.Row():
                 generate = gr.Button("generate", variant="primary", elem_id="hub-generate", min_width=90)
@@ -131,7 +132,7 @@ def _extras(negative: str, steps: float | None, guidance: float | None, seed: fl
         extra["negative_prompt"] = negative.strip()
     if steps:
         extra["num_inference_steps"] = int(steps)
-    if guidance is not None:
+    if guidance:  # 0: none sent, the model's own (a pipeline without guidance_scale refuses it with a 400)
         extra["guidance_scale"] = float(guidance)
     if seed is not None and seed >= 0:
         extra["seed"] = int(seed)
