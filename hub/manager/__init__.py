@@ -42,8 +42,9 @@ acquire, the queues and the run rule), sleep.py (sleeping and the sleep budget),
 orchestration).
 """
 
-from hub.manager.core import Manager, Slot
+from hub.manager.core import Manager
 from hub.manager.queue import Lease
+from hub.manager.slot import Slot
 from hub.manager.states import HOLDS_MEMORY, TRANSITIONS, InvalidTransition, State, move
 
 __all__ = ["HOLDS_MEMORY", "TRANSITIONS", "InvalidTransition", "Lease", "Manager", "Slot", "State", "move"]

@@ -1,7 +1,7 @@
-"""Slot and Manager: the orchestration of starts, stops, placement, the memory budget and crashes.
+"""The Manager: the orchestration of starts, stops, placement, the memory budget and crashes.
 
 The rules are in the package's docstring (hub/manager/__init__.py); the states and their moves in states.py; the
-queues, limits and runs (acquire, Lease) in queue.py; sleeping and the sleep budget in sleep.py.
+queues, limits and runs (acquire, Lease) in queue.py; the Slot in slot.py; sleeping and the sleep budget in sleep.py.
 """
 
 from __future__ import annotations
@@ -10,15 +10,13 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import httpx
 
-from hub.config import HubSettings, Limits, ModelConfig, Registry
+from hub.config import ModelConfig, Registry
 from hub.engines import get_engine
-from hub.engines.base import Engine, LaunchContext, LaunchSpec
+from hub.engines.base import LaunchContext, LaunchSpec
 from hub.errors import (
     ModelNotFound,
     ModelUnavailable,
@@ -40,10 +38,11 @@ from hub.manager.planner import (
     place,
     plan,
 )
-from hub.manager.queue import Queues, Waiter
+from hub.manager.queue import Queues
 from hub.manager.sleep import Sleep
+from hub.manager.slot import Slot
 from hub.manager.states import HOLDS_MEMORY, State, move
-from hub.runtimes import Handle, Runtime, make_runtime
+from hub.runtimes import Runtime, make_runtime
 
 log = logging.getLogger("hub.manager")
 LOG_TAIL_LINES = 30
@@ -53,70 +52,6 @@ def _retrieve(task: asyncio.Task) -> None:
     """Mark a start task's exception as seen: its waiters (if any) got it already."""
     if not task.cancelled():
         task.exception()
-
-
-@dataclass(eq=False)
-class Slot:
-    """One registered model and everything the manager knows about it."""
-
-    id: str
-    cfg: ModelConfig
-    engine: Engine
-    limits: Limits = field(default_factory=lambda: Limits.of(HubSettings()))  # the registry's: Registry.limits_of
-    state: State = State.STOPPED
-    reason: str | None = None
-    host: str = ""  # where it runs, or ran last (one of cfg.hosts; placement picks it at each cold start)
-    handle: Handle | None = None
-    spec: LaunchSpec | None = None
-    in_flight: int = 0
-    queue: deque[Waiter] = field(default_factory=deque)  # requests waiting for it, oldest first (queue.py)
-    last_used: float = 0.0  # time.time() of the last request's end (or of becoming ready)
-    last_admit: float = 0.0  # time.monotonic() of the last lease granted
-    service_s: float | None = None  # mean seconds a request holds it (Retry-After estimates)
-    starts: int = 0
-    sleeps: int = 0  # times it was put to sleep
-    wakes: int = 0  # times it was woken (a start from sleeping)
-    waking: bool = False  # its start task wakes it (rather than launching an engine)
-    # counters for metrics: leases granted; requests refused (429), timed out in the queue, gone from it
-    admitted: int = 0
-    rejected: int = 0
-    timed_out: int = 0
-    abandoned: int = 0
-    start_task: asyncio.Task | None = None
-    stop_task: asyncio.Task | None = None
-    sleep_task: asyncio.Task | None = None  # while it falls asleep (sleep.py)
-    watch_task: asyncio.Task | None = None
-    idle: asyncio.Event = field(default_factory=asyncio.Event)
-    started_at: float | None = None
-    ready_at: float | None = None
-    ready_since: float | None = None  # time.monotonic() of becoming ready (min_residency)
-    blocked_on: frozenset[str] = frozenset()  # while its start waits for memory: the models it waits for
-    blocked_since: float | None = None  # time.monotonic() since when its start waits
-    loading: int = 0  # admin loads waiting for its start (they keep a start going that no request waits for)
-
-    def __post_init__(self) -> None:
-        self.idle.set()
-        self.host = self.host or self.cfg.hosts[0]
-        if not self.engine.managed:  # the initial state, not a move: an unmanaged engine is ready and stays so
-            self.state = State.READY
-
-    def waiting_since(self) -> float | None:
-        """Since when (time.monotonic) it has waited for memory: its oldest request's arrival, or its start's
-        wait when no request waits (a load); None when its start does not wait."""
-        if not self.blocked_on:
-            return None
-        since = self.blocked_since or time.monotonic()
-        return min(self.queue[0].arrival, since) if self.queue else since
-
-    @property
-    def queued(self) -> int:
-        """Requests waiting for it."""
-        return len(self.queue)
-
-    @property
-    def managed(self) -> bool:
-        """Whether the hub starts and stops this model's engine (an `openai` upstream it does not)."""
-        return self.engine.managed
 
 
 class Manager(Queues, Sleep):

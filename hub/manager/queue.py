@@ -41,7 +41,7 @@ from hub.errors import ClientLeft, ModelUnavailable, TooManyRequests, WaitTimeou
 from hub.manager.states import State
 
 if TYPE_CHECKING:
-    from hub.manager.core import Slot
+    from hub.manager.slot import Slot
 
 SERVICE_EWMA = 0.2  # weight of the latest request in a model's mean service time (Retry-After estimates)
 

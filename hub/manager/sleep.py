@@ -28,7 +28,7 @@ from hub.manager.states import State, move
 if TYPE_CHECKING:
     import httpx
 
-    from hub.manager.core import Slot
+    from hub.manager.slot import Slot
 
 log = logging.getLogger("hub.manager")
 
