@@ -45,6 +45,7 @@ orchestration).
 from hub.manager.core import Manager
 from hub.manager.queue import Lease
 from hub.manager.slot import Slot
-from hub.manager.states import HOLDS_MEMORY, TRANSITIONS, InvalidTransition, State, move
+from hub.manager.states import HOLDS_MEMORY, TRANSITIONS, InvalidTransition, Observer, Phase, State, move
 
-__all__ = ["HOLDS_MEMORY", "TRANSITIONS", "InvalidTransition", "Lease", "Manager", "Slot", "State", "move"]
+__all__ = ["HOLDS_MEMORY", "TRANSITIONS", "InvalidTransition", "Lease", "Manager", "Observer", "Phase", "Slot", "State",
+           "move"]

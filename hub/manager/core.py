@@ -41,7 +41,7 @@ from hub.manager.planner import (
 from hub.manager.queue import Queues
 from hub.manager.sleep import Sleep
 from hub.manager.slot import Slot
-from hub.manager.states import HOLDS_MEMORY, State, move
+from hub.manager.states import HOLDS_MEMORY, Phase, State, move
 from hub.runtimes import Runtime, make_runtime
 
 log = logging.getLogger("hub.manager")
@@ -217,25 +217,26 @@ class Manager(Queues, Sleep):
     async def _start(self, s: Slot) -> None:
         """Pick a host, make room, launch the engine, wait until it is ready. Runs as the model's single start
         task."""
-        s.waking = s.state == State.SLEEPING
+        wakes = s.state == State.SLEEPING  # its engine sleeps: this start wakes it rather than launching one
         try:
             if s.handle is None:  # an adopted engine (or a sleeping one) stays where it is
                 await self._place(s)
-            await self._make_room(s)  # moves s to starting
+            await self._make_room(s, wakes)  # moves s to starting (in phase waking for a wake)
             s.started_at, s.ready_at = time.time(), None
-            if s.waking:
+            if wakes:
                 s.wakes += 1
                 await self._wake(s)
             else:
                 s.starts += 1
             await self._launch_and_wait(s)
             move(s, State.READY, None)
+            s.phase = Phase.NONE  # only now: the observer told the move to ready of a wake by its phase
             s.ready_at = s.last_used = time.time()
             s.ready_since = time.monotonic()
             if s.watch_task is None or s.watch_task.done():  # a woken engine keeps its watch
                 s.watch_task = asyncio.create_task(self._watch(s), name=f"watch-{s.id}")
             log.info("%s ready after %.1fs on host %s%s", s.id, s.ready_at - (s.started_at or s.ready_at), s.host,
-                     " (woken)" if s.waking else "")
+                     " (woken)" if wakes else "")
             self._pump()
         except ModelUnavailable:  # MemoryBusy, StartFailed, StartTimeout, or nobody waits any more: said already
             raise
@@ -254,6 +255,8 @@ class Manager(Queues, Sleep):
             await self._fail(s, f"internal error: {err!r}")
         finally:
             s.start_task = None
+            if s.phase is Phase.WAKING:  # a wake that failed
+                s.phase = Phase.NONE
 
     async def _wake(self, s: Slot) -> None:
         """Ask a sleeping (now starting) model's engine to wake; StartFailed (the engine is stopped) when it
@@ -361,7 +364,7 @@ class Manager(Queues, Sleep):
     def _peer(self, o: Slot) -> Peer:
         """How the planners see another model."""
         return Peer(o.id, o.state, self.memory_of(o), o.cfg.pinned, o.in_flight, o.queued, o.last_used,
-                    stopping=o.stop_task is not None or o.sleep_task is not None,
+                    stopping=o.stop_task is not None or o.phase is Phase.FALLING_ASLEEP,
                     failed_with_handle=o.state == State.FAILED and o.handle is not None)
 
     def _peers(self, s: Slot, host: str) -> list[Slot]:
@@ -391,12 +394,12 @@ class Manager(Queues, Sleep):
         s.host = place(s.id, self.memory_of(s), views)
         log.info("%s: placed on host %s (of %s)", s.id, s.host, ", ".join(hosts))
 
-    async def _make_room(self, s: Slot) -> None:
+    async def _make_room(self, s: Slot, wakes: bool) -> None:
         """Until s fits its host's budget, do what the planner says: wait for stops in progress, stop least recently
         used idle unpinned models, release failed engines, wait for busy or starting ones, or give up; then move s
         to starting. The host's budget lock is held while deciding, stopping and moving, never while waiting for
-        other models: a start that fits meanwhile goes ahead. While it waits, s.blocked_on names the models it
-        waits for (they are contended: queue.py's run rule)."""
+        other models: a start that fits meanwhile goes ahead. While it waits (phase waiting), s.blocked_on names the
+        models it waits for (they are contended: queue.py's run rule); a wake moves to starting in phase waking."""
         host = s.host
         candidate = Candidate(s.id, self.memory_of(s), host, self.registry.budget_of(host))
         began = time.monotonic()
@@ -405,11 +408,12 @@ class Manager(Queues, Sleep):
                 async with self._budget_lock(host):  # held until it fits or must wait: no start takes what it freed
                     decision = await self._plan_under_lock(s, candidate)
                     if isinstance(decision, Fits):
+                        s.phase = Phase.WAKING if wakes else Phase.NONE  # before the move, which the observer sees
                         move(s, State.STARTING, None)
                         return
-                await self._wait_for_peers(s, decision, began)
+                await self._wait_for_peers(s, decision, began, wakes)
         finally:
-            s.blocked_on, s.blocked_since = frozenset(), None
+            s.unblock()
             self._pump()
 
     async def _plan_under_lock(self, s: Slot, candidate: Candidate) -> Fits | WaitForBusy:
@@ -430,17 +434,15 @@ class Manager(Queues, Sleep):
                 case Impossible():
                     raise decision.error()
 
-    async def _wait_for_peers(self, s: Slot, decision: WaitForBusy, began: float) -> None:
+    async def _wait_for_peers(self, s: Slot, decision: WaitForBusy, began: float, wakes: bool) -> None:
         """Wait (outside the budget lock) until a busy model is idle, a starting one is ready, or a second has
         passed; with none starting, MemoryBusy once the busy ones have admitted nothing for drain_timeout. A start
         that nobody waits for any more (its requests left, no load, not an adopted engine) gives up here, before
         it evicts anything."""
-        if not (s.queue or s.loading or (s.handle and not s.waking)):
+        if not (s.queue or s.loading or (s.handle and not wakes)):
             log.info("%s: start given up while waiting for memory: no request waits for it any more", s.id)
             raise ModelUnavailable(f"model {s.id!r}: start given up, no request waits for it any more")
-        if not s.blocked_on:
-            s.blocked_since = time.monotonic()
-        s.blocked_on = frozenset(p.id for p in (*decision.busy, *decision.starting))
+        s.block(frozenset(p.id for p in (*decision.busy, *decision.starting)))
         self._pump()  # the models it waits for are contended from now on
         busy = [self.slots[p.id] for p in decision.busy]
         timeout = 1.0
@@ -469,7 +471,7 @@ class Manager(Queues, Sleep):
                 (s, ttl) for s in self.slots.values()
                 if (ttl := self.registry.ttl_of(s.id)) > 0 and s.engine.managed and s.state == State.READY
                 and s.in_flight == 0 and not s.queue and not s.cfg.pinned and now - s.last_used >= ttl
-                and s.sleep_task is None and s.stop_task is None
+                and s.phase is not Phase.FALLING_ASLEEP and s.stop_task is None
             ]
             tasks = [t for s, ttl in expired if (t := self._evict(s, f"idle for {ttl:g}s (ttl)"))]
             await asyncio.gather(*(asyncio.shield(t) for t in tasks), return_exceptions=True)

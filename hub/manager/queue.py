@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING
 from hub.config import Limits
 from hub.engines.base import Upstream
 from hub.errors import ClientLeft, ModelUnavailable, TooManyRequests, WaitTimeout
-from hub.manager.states import State
+from hub.manager.states import Phase, State
 
 if TYPE_CHECKING:
     from hub.manager.slot import Slot
@@ -178,9 +178,9 @@ class Queues:
         ahead = s.queue.index(w) if w in s.queue else 0
         if s.state == State.STARTING:
             return "it is still waking" if s.waking else "it is still starting"
-        if s.sleep_task is not None:
+        if s.phase is Phase.FALLING_ASLEEP:
             return "it is falling asleep (it wakes once asleep)"
-        if s.blocked_on:
+        if s.phase is Phase.WAITING:
             return f"it waits for memory held by {', '.join(map(repr, sorted(s.blocked_on)))}"
         if s.state == State.READY and (others := self._contenders(s)):
             return f"it yields to {', '.join(map(repr, others))}, whose requests wait for its memory"
@@ -211,7 +211,7 @@ class Queues:
 
     def _may_serve(self, s: Slot, arrival: float, now: float) -> bool:
         """Whether s serves a request that arrived at `arrival` now: ready, a free place, the run rule."""
-        if s.state != State.READY or (s.managed and s.handle is None) or s.sleep_task is not None:
+        if s.state != State.READY or (s.managed and s.handle is None) or s.phase is Phase.FALLING_ASLEEP:
             return False
         if s.limits.max_concurrency and s.in_flight >= s.limits.max_concurrency:
             return False

@@ -23,7 +23,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from hub.config import Registry
-from hub.manager.states import State, move
+from hub.manager.states import Phase, State, move
 
 if TYPE_CHECKING:
     import httpx
@@ -54,7 +54,7 @@ class Sleep:
     def sleepers(self, host: str) -> list[Slot]:
         """A host's sleeping models and those falling asleep."""
         return [o for o in self.slots.values()
-                if o.host == host and (o.state == State.SLEEPING or o.sleep_task is not None)]
+                if o.host == host and (o.state == State.SLEEPING or o.phase is Phase.FALLING_ASLEEP)]
 
     def sleep_used_gb(self, host: str) -> float:
         """RAM in GB held on a host by its sleeping models (and those falling asleep)."""
@@ -98,6 +98,8 @@ class Sleep:
                 err = e
             finally:
                 s.sleep_task = None
+                if s.phase is Phase.FALLING_ASLEEP:
+                    s.phase = Phase.NONE
             if s.state == State.READY and s.handle is handle:
                 if err is None:
                     move(s, State.SLEEPING, why)
@@ -108,5 +110,6 @@ class Sleep:
                     await asyncio.shield(task)
             self._pump()
 
+        s.phase = Phase.FALLING_ASLEEP
         s.sleep_task = asyncio.create_task(run(), name=f"sleep-{s.id}")
         return s.sleep_task
