@@ -39,7 +39,7 @@ from hub.manager.planner import (
     plan,
 )
 from hub.manager.queue import Queues
-from hub.manager.sleep import Sleep
+from hub.manager.sleep import Sleeper, SleepTiers
 from hub.manager.slot import Slot
 from hub.manager.states import HOLDS_MEMORY, Phase, State, move
 from hub.runtimes import Runtime, make_runtime
@@ -54,8 +54,9 @@ def _retrieve(task: asyncio.Task) -> None:
         task.exception()
 
 
-class Manager(Queues, Sleep):
-    """Starts, stops, swaps and puts engines to sleep on demand; queues requests (queue.Queues: acquire)."""
+class Manager(Queues):
+    """Starts, stops, swaps and puts engines to sleep on demand (its `sleeper`: sleep.py); queues requests
+    (queue.Queues: acquire)."""
 
     def __init__(
         self,
@@ -73,6 +74,7 @@ class Manager(Queues, Sleep):
         self._memory_of = memory_of or ledger_memory_of(self.ledger)
         self._budget_locks: dict[str, asyncio.Lock] = {}
         self._http = httpx.AsyncClient(timeout=5.0, trust_env=False)  # its own engines: never via a proxy
+        self.sleeper: Sleeper = SleepTiers(registry, self.slots, self._http, stop=self._begin_stop, pump=self._pump)
         self._ttl_task: asyncio.Task | None = None
         self._closing = False
 
@@ -189,6 +191,10 @@ class Manager(Queues, Sleep):
             if s.host == host and s.engine.managed and s.state in HOLDS_MEMORY
         )
 
+    def sleep_used_gb(self, host: str) -> float:
+        """RAM in GB held on a host by its sleeping models (and those falling asleep)."""
+        return self.sleeper.used_gb(host)
+
     # ---- internals ----
 
     def runtime(self, s: Slot, host: str | None = None) -> Runtime:
@@ -262,7 +268,7 @@ class Manager(Queues, Sleep):
         """Ask a sleeping (now starting) model's engine to wake; StartFailed (the engine is stopped) when it
         cannot."""
         try:
-            await s.engine.wake(self._http, s.handle.base_url, s.cfg, self.registry.hub.start_timeout)  # type: ignore[union-attr]
+            await self.sleeper.wake(s)
         except Exception as err:
             await self._fail(s, f"it could not wake from sleep: {err!r}")
 
@@ -319,6 +325,11 @@ class Manager(Queues, Sleep):
         """Stop a ready (or failed) model's engine and wait until it is gone; concurrent calls share one stop."""
         if task := self._begin_stop(s, why):
             await asyncio.shield(task)
+
+    def _evict(self, s: Slot, why: str) -> asyncio.Task | None:
+        """Take an idle ready model out of the budget: put it to sleep where it may, else stop it. Returns the task
+        that finishes once its memory is free (None: nothing to do)."""
+        return self.sleeper.begin(s, why) or self._begin_stop(s, why)
 
     def _begin_stop(self, s: Slot, why: str) -> asyncio.Task | None:
         """Move a ready model (or a failed one that still has an engine) to stopping right away, so that no request
@@ -423,7 +434,7 @@ class Manager(Queues, Sleep):
                 case Fits() | WaitForBusy():
                     return decision
                 case AwaitStops(ids):
-                    stops = [t for i in ids if (t := self.slots[i].stop_task or self.slots[i].sleep_task)]
+                    stops = [t for i in ids if (t := self.slots[i].stop_task or self.sleeper.pending(self.slots[i]))]
                     await asyncio.gather(*(asyncio.shield(t) for t in stops), return_exceptions=True)
                 case Evict(ids):
                     # every victim stops taking requests now (stopping, or falling asleep: sleep.py); together

@@ -43,7 +43,6 @@ class Slot:
     abandoned: int = 0
     start_task: asyncio.Task | None = None
     stop_task: asyncio.Task | None = None
-    sleep_task: asyncio.Task | None = None  # while it falls asleep (sleep.py)
     watch_task: asyncio.Task | None = None
     idle: asyncio.Event = field(default_factory=asyncio.Event)
     started_at: float | None = None
