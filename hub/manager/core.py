@@ -1,7 +1,8 @@
 """The Manager: the orchestration of starts, stops, placement, the memory budget and crashes.
 
 The rules are in the package's docstring (hub/manager/__init__.py); the states and their moves in states.py; the
-queues, limits and runs (acquire, Lease) in queue.py; the Slot in slot.py; sleeping and the sleep budget in sleep.py.
+queues, limits and runs (ModelQueue, Lease) in queue.py and the pump across models in dispatch.py; the Slot in
+slot.py; sleeping and the sleep budget in sleep.py.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import httpx
 
@@ -25,6 +26,7 @@ from hub.errors import (
     StartTimeout,
 )
 from hub.ledger import Ledger, ledger_memory_of
+from hub.manager.dispatch import Dispatcher
 from hub.manager.planner import (
     AwaitStops,
     Candidate,
@@ -38,7 +40,7 @@ from hub.manager.planner import (
     place,
     plan,
 )
-from hub.manager.queue import Queues
+from hub.manager.queue import Lease
 from hub.manager.sleep import Sleeper, SleepTiers
 from hub.manager.slot import Slot
 from hub.manager.states import HOLDS_MEMORY, Phase, State, move
@@ -54,9 +56,9 @@ def _retrieve(task: asyncio.Task) -> None:
         task.exception()
 
 
-class Manager(Queues):
-    """Starts, stops, swaps and puts engines to sleep on demand (its `sleeper`: sleep.py); queues requests
-    (queue.Queues: acquire)."""
+class Manager:
+    """Starts, stops, swaps and puts engines to sleep on demand; queues requests. Each slot's queue is a
+    queue.ModelQueue, which asks `dispatch` (dispatch.py) about the other models; sleep is its `sleeper` (sleep.py)."""
 
     def __init__(
         self,
@@ -74,9 +76,10 @@ class Manager(Queues):
         self._memory_of = memory_of or ledger_memory_of(self.ledger)
         self._budget_locks: dict[str, asyncio.Lock] = {}
         self._http = httpx.AsyncClient(timeout=5.0, trust_env=False)  # its own engines: never via a proxy
-        self.sleeper: Sleeper = SleepTiers(registry, self.slots, self._http, stop=self._begin_stop, pump=self._pump)
+        self.dispatch = Dispatcher(self.slots, self._begin_start)
+        self.sleeper: Sleeper = SleepTiers(registry, self.slots, self._http, stop=self._begin_stop,
+                                           pump=self.dispatch.pump)
         self._ttl_task: asyncio.Task | None = None
-        self._closing = False
 
     # ---- lifecycle of the manager itself ----
 
@@ -112,8 +115,7 @@ class Manager(Queues):
     async def shutdown(self) -> None:
         """Fail the waiting requests, stop every engine the hub started and wait for them to exit (each within
         stop_timeout)."""
-        self._closing = True
-        self._fail_all_waiters("the hub is shutting down")
+        self.dispatch.close("the hub is shutting down")
         if self._ttl_task:
             self._ttl_task.cancel()
         for s in self.slots.values():
@@ -141,19 +143,21 @@ class Manager(Queues):
                 f"model {model_id!r} does not exist (available: {valid})", param="model"
             ) from None
 
+    async def acquire(self, model_id: str, abandoned: Callable[[], Awaitable[object]] | None = None) -> Lease:
+        """Wait until the model can serve one more request (starting it if needed, at most max_wait) and hold it:
+        its queue's ModelQueue.acquire, which says what it raises and what `abandoned` is."""
+        return await self.slot(model_id).queue.acquire(self.dispatch, abandoned)
+
     async def load(self, model_id: str) -> Slot:
         """Start a model (if it is not running) and wait until it is ready; no request slot is taken."""
         s = self.slot(model_id)
-        s.loading += 1
-        try:
+        with s.queue.loading():
             for _ in range(3):  # a model stopped between its start and our turn is started again
                 if s.state == State.READY:
                     return s
                 if s.state == State.STOPPING and s.stop_task:
                     await asyncio.shield(s.stop_task)
                 await asyncio.shield(s.start_task or self._begin_start(s))
-        finally:
-            s.loading -= 1
         if s.state == State.READY:
             return s
         raise ModelUnavailable(f"model {model_id!r} keeps stopping right after it starts ({s.reason}); "
@@ -169,7 +173,7 @@ class Manager(Queues):
             with contextlib.suppress(Exception):
                 await asyncio.shield(s.start_task)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(s.idle.wait(), self.registry.hub.drain_timeout)
+            await asyncio.wait_for(s.queue.idle.wait(), self.registry.hub.drain_timeout)
         await self._stop(s, "unloaded on request")
         return s
 
@@ -215,10 +219,10 @@ class Manager(Queues):
 
     def _start_done(self, s: Slot, task: asyncio.Task) -> None:
         if task.cancelled():
-            self._fail_waiters(s, ModelUnavailable(f"model {s.id!r}: its start was cancelled (the hub is stopping)"))
+            s.queue.fail(ModelUnavailable(f"model {s.id!r}: its start was cancelled (the hub is stopping)"))
         elif (err := task.exception()) is not None:
-            self._fail_waiters(s, err)
-        self._pump()
+            s.queue.fail(err)
+        self.dispatch.pump()
 
     async def _start(self, s: Slot) -> None:
         """Pick a host, make room, launch the engine, wait until it is ready. Runs as the model's single start
@@ -237,13 +241,13 @@ class Manager(Queues):
             await self._launch_and_wait(s)
             move(s, State.READY, None)
             s.phase = Phase.NONE  # only now: the observer told the move to ready of a wake by its phase
-            s.ready_at = s.last_used = time.time()
+            s.ready_at = s.queue.last_used = time.time()
             s.ready_since = time.monotonic()
             if s.watch_task is None or s.watch_task.done():  # a woken engine keeps its watch
                 s.watch_task = asyncio.create_task(self._watch(s), name=f"watch-{s.id}")
             log.info("%s ready after %.1fs on host %s%s", s.id, s.ready_at - (s.started_at or s.ready_at), s.host,
                      " (woken)" if wakes else "")
-            self._pump()
+            self.dispatch.pump()
         except ModelUnavailable:  # MemoryBusy, StartFailed, StartTimeout, or nobody waits any more: said already
             raise
         except asyncio.CancelledError:
@@ -350,7 +354,7 @@ class Manager(Queues):
             finally:
                 move(s, State.STOPPED, why)
                 s.stop_task = None
-                self._pump()  # its waiters (if any) start it again
+                self.dispatch.pump()  # its waiters (if any) start it again
 
         s.stop_task = asyncio.create_task(run(), name=f"stop-{s.id}")
         return s.stop_task
@@ -367,7 +371,7 @@ class Manager(Queues):
             log.warning("%s: %s", s.id, s.reason)
             with contextlib.suppress(Exception):
                 await self.runtime(s).stop(handle, self.registry.hub.stop_timeout)
-            self._pump()  # its waiters (if any) start it again
+            self.dispatch.pump()  # its waiters (if any) start it again
 
     def _budget_lock(self, host: str) -> asyncio.Lock:
         return self._budget_locks.setdefault(host, asyncio.Lock())
@@ -425,7 +429,7 @@ class Manager(Queues):
                 await self._wait_for_peers(s, decision, began, wakes)
         finally:
             s.unblock()
-            self._pump()
+            self.dispatch.pump()
 
     async def _plan_under_lock(self, s: Slot, candidate: Candidate) -> Fits | WaitForBusy:
         """Ask the planner and carry out its stops until it says Fits or WaitForBusy (raise on Impossible)."""
@@ -450,19 +454,19 @@ class Manager(Queues):
         passed; with none starting, MemoryBusy once the busy ones have admitted nothing for drain_timeout. A start
         that nobody waits for any more (its requests left, no load, not an adopted engine) gives up here, before
         it evicts anything."""
-        if not (s.queue or s.loading or (s.handle and not wakes)):
+        if not (s.queue.awaited or (s.handle and not wakes)):
             log.info("%s: start given up while waiting for memory: no request waits for it any more", s.id)
             raise ModelUnavailable(f"model {s.id!r}: start given up, no request waits for it any more")
         s.block(frozenset(p.id for p in (*decision.busy, *decision.starting)))
-        self._pump()  # the models it waits for are contended from now on
+        self.dispatch.pump()  # the models it waits for are contended from now on
         busy = [self.slots[p.id] for p in decision.busy]
         timeout = 1.0
         if not decision.starting:
-            quiet = max([began, *(o.last_admit for o in busy)])
+            quiet = max([began, *(o.queue.last_admit for o in busy)])
             timeout = min(timeout, quiet + self.registry.hub.drain_timeout - time.monotonic())
             if timeout <= 0:
                 raise decision.timeout_error()
-        idle = [asyncio.ensure_future(o.idle.wait()) for o in busy]
+        idle = [asyncio.ensure_future(o.queue.idle.wait()) for o in busy]
         starts = [t for p in decision.starting if (t := self.slots[p.id].start_task)]
         try:
             if idle or starts:

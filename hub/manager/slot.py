@@ -1,15 +1,16 @@
-"""Slot: one registered model and what the manager knows about it (hub/manager/core.py orchestrates them)."""
+"""Slot: one registered model and what the manager knows about it (hub/manager/core.py orchestrates them): its
+state and phase (states.py), where and how its engine runs, its tasks, and its queue (queue.ModelQueue), which it
+composes: one per model."""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections import deque
 from dataclasses import dataclass, field
 
 from hub.config import HubSettings, Limits, ModelConfig
-from hub.engines.base import Engine, LaunchSpec
-from hub.manager.queue import Waiter
+from hub.engines.base import Engine, LaunchSpec, Upstream
+from hub.manager.queue import ModelQueue
 from hub.manager.states import Observer, Phase, State
 from hub.runtimes import Handle
 
@@ -28,33 +29,22 @@ class Slot:
     host: str = ""  # where it runs, or ran last (one of cfg.hosts; placement picks it at each cold start)
     handle: Handle | None = None
     spec: LaunchSpec | None = None
-    in_flight: int = 0
-    queue: deque[Waiter] = field(default_factory=deque)  # requests waiting for it, oldest first (queue.py)
-    last_used: float = 0.0  # time.time() of the last request's end (or of becoming ready)
-    last_admit: float = 0.0  # time.monotonic() of the last lease granted
-    service_s: float | None = None  # mean seconds a request holds it (Retry-After estimates)
+    queue: ModelQueue = field(init=False)  # its requests: waiting (len), in flight, their counters
     starts: int = 0
     sleeps: int = 0  # times it was put to sleep
     wakes: int = 0  # times it was woken (a start from sleeping)
-    # counters for metrics: leases granted; requests refused (429), timed out in the queue, gone from it
-    admitted: int = 0
-    rejected: int = 0
-    timed_out: int = 0
-    abandoned: int = 0
     start_task: asyncio.Task | None = None
     stop_task: asyncio.Task | None = None
     watch_task: asyncio.Task | None = None
-    idle: asyncio.Event = field(default_factory=asyncio.Event)
     started_at: float | None = None
     ready_at: float | None = None
     ready_since: float | None = None  # time.monotonic() of becoming ready (min_residency)
     blocked_on: frozenset[str] = frozenset()  # in phase waiting: the models whose memory its start waits for
     blocked_since: float | None = None  # in phase waiting: time.monotonic() since when its start waits
-    loading: int = 0  # admin loads waiting for its start (they keep a start going that no request waits for)
     observer: Observer | None = None  # told of each of its moves (hub/metrics.py)
 
     def __post_init__(self) -> None:
-        self.idle.set()
+        self.queue = ModelQueue(self)
         self.host = self.host or self.cfg.hosts[0]
         if not self.engine.managed:  # the initial state, not a move: an unmanaged engine is ready and stays so
             self.state = State.READY
@@ -78,12 +68,26 @@ class Slot:
         if self.phase is not Phase.WAITING:
             return None
         since = self.blocked_since or time.monotonic()
-        return min(self.queue[0].arrival, since) if self.queue else since
+        return min(self.queue.waiting[0].arrival, since) if self.queue else since
+
+    def upstream(self) -> Upstream:
+        """Where a lease on it sends the request: its running engine, or an unmanaged engine's upstream."""
+        return self.engine.upstream(self.cfg) if not self.managed else Upstream(self.handle.base_url)  # type: ignore[union-attr]
 
     @property
     def queued(self) -> int:
         """Requests waiting for it."""
         return len(self.queue)
+
+    @property
+    def in_flight(self) -> int:
+        """Requests it serves now."""
+        return self.queue.in_flight
+
+    @property
+    def last_used(self) -> float:
+        """time.time() of its last request's end, or of its becoming ready (least recently used first)."""
+        return self.queue.last_used
 
     @property
     def waking(self) -> bool:
