@@ -240,7 +240,7 @@ class Manager:
                 s.starts += 1
             await self._launch_and_wait(s)
             move(s, State.READY, None)
-            s.phase = Phase.NONE  # only now: the observer told the move to ready of a wake by its phase
+            s.phase = Phase.NONE  # after the move: the observer told a wake's ready from a start's by the phase
             s.ready_at = s.queue.last_used = time.time()
             s.ready_since = time.monotonic()
             if s.watch_task is None or s.watch_task.done():  # a woken engine keeps its watch
