@@ -11,7 +11,7 @@ import pytest
 from hub.config import Limits
 from hub.engines.base import LaunchSpec, Upstream
 from hub.errors import ClientLeft, MemoryBusy, TooManyRequests, WaitTimeout
-from hub.manager import Manager, State
+from hub.manager import Manager, Phase, State
 from hub.manager.queue import ModelQueue, admits, retry_after
 from hub.runtimes.base import Handle, Runtime
 from tests.helpers import FakeRuntime, make, states, until, use
@@ -321,8 +321,10 @@ async def test_a_start_nobody_waits_for_any_more_gives_up_before_it_evicts() -> 
     await until(lambda: mgr.slots["a"].in_flight == 1)
     waiter = asyncio.create_task(mgr.acquire("b"))
     await until(lambda: mgr.slots["b"].blocked_on == {"a"})
+    assert mgr.slots["b"].phase is Phase.WAITING and mgr.slots["b"].waiting_since() is not None
     waiter.cancel()  # its client left
     await holder
     await until(lambda: mgr.slots["b"].start_task is None)
     assert rt.started == ["a"] and states(mgr) == {"a": "ready", "b": "stopped"}, "a was not evicted for nobody"
+    assert mgr.slots["b"].phase is Phase.NONE and not mgr.slots["b"].blocked_on
     await mgr.shutdown()
