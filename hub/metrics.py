@@ -107,7 +107,7 @@ class Metrics:
     def on_move(self, slot: Any, from_: State, to: State, reason: str | None) -> None:
         """A model changed state (hub.manager.states.move calls this as the slot's observer): count the events."""
         if to == State.READY and from_ == State.STARTING:
-            waking = getattr(slot, "waking", False)
+            waking = slot.waking  # hub.manager.Slot: its start woke it (phase waking)
             if slot.started_at:
                 took = max(0.0, time.time() - slot.started_at)
                 (self.wake_seconds if waking else self.start_seconds).labels(slot.id).observe(took)

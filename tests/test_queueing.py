@@ -4,14 +4,15 @@ test_manager.py: no processes, exact control over timing; assertions on counts a
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
 from hub.config import Limits
-from hub.engines.base import LaunchSpec
+from hub.engines.base import LaunchSpec, Upstream
 from hub.errors import ClientLeft, MemoryBusy, TooManyRequests, WaitTimeout
-from hub.manager import Manager, State
-from hub.manager.queue import admits, retry_after
+from hub.manager import Manager, Phase, State
+from hub.manager.queue import ModelQueue, admits, retry_after
 from hub.runtimes.base import Handle, Runtime
 from tests.helpers import FakeRuntime, make, states, until, use
 
@@ -27,6 +28,63 @@ def test_the_run_rule() -> None:
     off = Limits(max_concurrency=0, max_queue=10, max_wait=60, max_run=0, min_residency=0)
     assert not admits(arrival=21, now=21, contended_since=20, ready_since=0, limits=off), "arrival order"
     assert retry_after(None, 0, 1) == 1 and retry_after(2.0, 4, 2) == 5 and retry_after(30.0, 100, 1) == 60
+
+
+class Alone:
+    """A model (queue.Queued) and its Dispatch for a ModelQueue on its own: one place, served while `open`; the
+    pump serves the queue as dispatch.Dispatcher does."""
+
+    id, reason, engine = "m", None, None
+
+    def __init__(self, max_queue: int = 2, max_wait: float = 60) -> None:
+        self.limits = Limits(max_concurrency=1, max_queue=max_queue, max_wait=max_wait, max_run=0, min_residency=0)
+        self.queue, self.open, self.pumps = ModelQueue(self), True, 0
+
+    def upstream(self) -> Upstream:
+        return Upstream("http://m")
+
+    def may_serve(self, model: str, arrival: float, now: float) -> bool:
+        return self.open and self.queue.in_flight < 1
+
+    def why_waiting(self, model: str, ahead: int) -> str:
+        return f"closed with {ahead} ahead"
+
+    def pump(self) -> None:
+        self.pumps += 1
+        self.queue.drop_forfeited()
+        self.queue.serve(self, time.monotonic())
+
+
+async def test_a_model_queue_grants_in_order_refuses_when_full_and_counts() -> None:
+    m = Alone()
+    q = m.queue
+    first = await q.acquire(m)  # a free place and nobody before it: at once, without a pump
+    assert (q.in_flight, m.pumps, first.upstream.base_url, first.slot) == (1, 0, "http://m", m)
+    assert not q.idle.is_set()
+    waiting = [asyncio.create_task(q.acquire(m)) for _ in range(2)]
+    await until(lambda: len(q) == 2)
+    with pytest.raises(TooManyRequests, match=r"1 request\(s\) in flight .* 2 waiting \(max_queue 2\)"):
+        await q.acquire(m)
+    first.release()
+    first.release()  # idempotent: one place freed, not two
+    second = await waiting[0]
+    assert q.in_flight == 1 and len(q) == 1 and not waiting[1].done()
+    second.release()
+    (await waiting[1]).release()
+    assert q.in_flight == 0 and q.idle.is_set() and not q
+    assert (q.admitted, q.rejected, q.timed_out, q.abandoned) == (3, 1, 0, 0)
+    assert q.service_s is not None and q.last_used > 0
+
+
+async def test_a_model_queue_times_out_saying_why_and_counts_loads() -> None:
+    m = Alone(max_wait=0.05)
+    m.open = False
+    with pytest.raises(WaitTimeout, match="closed with 0 ahead"):
+        await m.queue.acquire(m)
+    assert m.queue.timed_out == 1 and not m.queue and not m.queue.awaited
+    with m.queue.loading():
+        assert m.queue.awaited and m.queue.loads == 1
+    assert not m.queue.awaited
 
 
 async def test_a_starting_model_is_waited_for_not_refused() -> None:
@@ -57,7 +115,7 @@ async def test_max_concurrency_and_max_queue_then_429() -> None:
     held[1].release()
     first.release()
     (await waiting[1]).release()
-    assert s.in_flight == 0 and not s.queue and (s.admitted, s.rejected) == (4, 1)
+    assert s.in_flight == 0 and not s.queue and (s.queue.admitted, s.queue.rejected) == (4, 1)
     await mgr.shutdown()
 
 
@@ -79,7 +137,7 @@ async def test_a_request_whose_client_left_leaves_the_queue() -> None:
     assert len(s.queue) == 1
     held.release()
     (await stays).release()
-    assert s.in_flight == 0 and not s.queue and s.abandoned == 2
+    assert s.in_flight == 0 and not s.queue and s.queue.abandoned == 2
     await mgr.shutdown()
 
 
@@ -102,7 +160,7 @@ async def test_max_wait_bounds_every_wait() -> None:
     held = await mgr.acquire("a")
     with pytest.raises(WaitTimeout, match=r"within max_wait \(0.2s\): 1 request\(s\) in flight"):
         await mgr.acquire("a")
-    assert not mgr.slots["a"].queue and mgr.slots["a"].timed_out == 1
+    assert not mgr.slots["a"].queue and mgr.slots["a"].queue.timed_out == 1
     held.release()
     await mgr.shutdown()
 
@@ -134,7 +192,7 @@ async def test_alternating_clients_are_all_served(max_run: float, min_residency:
     mgr, _ = make({"a": 6, "b": 6}, budget=10, rt=FakeRuntime(ready_after=0.05), max_run=max_run,
                    min_residency=min_residency)
     await ab_workload(mgr)  # raises if any request fails
-    assert mgr.used_gb("local") <= 10 and sum(s.admitted for s in mgr.slots.values()) == 24
+    assert mgr.used_gb("local") <= 10 and sum(s.queue.admitted for s in mgr.slots.values()) == 24
     await mgr.shutdown()
 
 
@@ -162,7 +220,7 @@ async def test_a_run_ends_though_its_model_is_still_asked_for() -> None:
         return n
 
     clients = [asyncio.create_task(keep_asking()) for _ in range(2)]
-    await until(lambda: mgr.slots["a"].admitted >= 4)
+    await until(lambda: mgr.slots["a"].queue.admitted >= 4)
     await use(mgr, "b")
     assert not any(c.done() for c in clients), "b was served while a was still asked for"
     stop.set()
@@ -263,8 +321,10 @@ async def test_a_start_nobody_waits_for_any_more_gives_up_before_it_evicts() -> 
     await until(lambda: mgr.slots["a"].in_flight == 1)
     waiter = asyncio.create_task(mgr.acquire("b"))
     await until(lambda: mgr.slots["b"].blocked_on == {"a"})
+    assert mgr.slots["b"].phase is Phase.WAITING and mgr.slots["b"].waiting_since() is not None
     waiter.cancel()  # its client left
     await holder
     await until(lambda: mgr.slots["b"].start_task is None)
     assert rt.started == ["a"] and states(mgr) == {"a": "ready", "b": "stopped"}, "a was not evicted for nobody"
+    assert mgr.slots["b"].phase is Phase.NONE and not mgr.slots["b"].blocked_on
     await mgr.shutdown()

@@ -9,7 +9,7 @@ import pytest
 
 from hub.engines import get_engine
 from hub.errors import HubError
-from hub.manager import TRANSITIONS, InvalidTransition, Slot, State, move
+from hub.manager import TRANSITIONS, InvalidTransition, Observer, Slot, State, move
 from hub.registry import parse_registry
 
 
@@ -19,6 +19,7 @@ class Model:
     state: State = State.STOPPED
     reason: str | None = None
     managed: bool = True
+    observer: Observer | None = None
 
 
 ALLOWED = [(a, b) for a, nexts in TRANSITIONS.items() for b in sorted(nexts)]
@@ -102,6 +103,17 @@ def test_every_move_outside_the_table_raises() -> None:
         else:
             with pytest.raises(InvalidTransition):
                 move(m, to, None)
+
+
+def test_the_observer_is_told_of_each_move_after_it_and_never_of_a_refused_one() -> None:
+    seen: list[tuple[State, State, State, str | None]] = []
+    m = Model(observer=lambda slot, from_, to, reason: seen.append((slot.state, from_, to, reason)))
+    move(m, State.STARTING, None)
+    move(m, State.FAILED, "exited")
+    with pytest.raises(InvalidTransition):
+        move(m, State.READY, None)
+    assert seen == [(State.STARTING, State.STOPPED, State.STARTING, None),
+                    (State.FAILED, State.STARTING, State.FAILED, "exited")]
 
 
 def test_invalid_transition_is_a_bug_not_a_hub_error() -> None:

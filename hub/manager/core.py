@@ -1,7 +1,8 @@
-"""Slot and Manager: the orchestration of starts, stops, placement, the memory budget and crashes.
+"""The Manager: the orchestration of starts, stops, placement, the memory budget and crashes.
 
 The rules are in the package's docstring (hub/manager/__init__.py); the states and their moves in states.py; the
-queues, limits and runs (acquire, Lease) in queue.py; sleeping and the sleep budget in sleep.py.
+queues, limits and runs (ModelQueue, Lease) in queue.py and the pump across models in dispatch.py; the Slot in
+slot.py; sleeping and the sleep budget in sleep.py.
 """
 
 from __future__ import annotations
@@ -10,15 +11,13 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
 
 import httpx
 
-from hub.config import HubSettings, Limits, ModelConfig, Registry
+from hub.config import ModelConfig, Registry
 from hub.engines import get_engine
-from hub.engines.base import Engine, LaunchContext, LaunchSpec
+from hub.engines.base import LaunchContext, LaunchSpec
 from hub.errors import (
     ModelNotFound,
     ModelUnavailable,
@@ -27,6 +26,7 @@ from hub.errors import (
     StartTimeout,
 )
 from hub.ledger import Ledger, ledger_memory_of
+from hub.manager.dispatch import Dispatcher
 from hub.manager.planner import (
     AwaitStops,
     Candidate,
@@ -40,10 +40,11 @@ from hub.manager.planner import (
     place,
     plan,
 )
-from hub.manager.queue import Queues, Waiter
-from hub.manager.sleep import Sleep
-from hub.manager.states import HOLDS_MEMORY, State, move
-from hub.runtimes import Handle, Runtime, make_runtime
+from hub.manager.queue import Lease
+from hub.manager.sleep import Sleeper, SleepTiers
+from hub.manager.slot import Slot
+from hub.manager.states import HOLDS_MEMORY, Phase, State, move
+from hub.runtimes import Runtime, make_runtime
 
 log = logging.getLogger("hub.manager")
 LOG_TAIL_LINES = 30
@@ -55,72 +56,9 @@ def _retrieve(task: asyncio.Task) -> None:
         task.exception()
 
 
-@dataclass(eq=False)
-class Slot:
-    """One registered model and everything the manager knows about it."""
-
-    id: str
-    cfg: ModelConfig
-    engine: Engine
-    limits: Limits = field(default_factory=lambda: Limits.of(HubSettings()))  # the registry's: Registry.limits_of
-    state: State = State.STOPPED
-    reason: str | None = None
-    host: str = ""  # where it runs, or ran last (one of cfg.hosts; placement picks it at each cold start)
-    handle: Handle | None = None
-    spec: LaunchSpec | None = None
-    in_flight: int = 0
-    queue: deque[Waiter] = field(default_factory=deque)  # requests waiting for it, oldest first (queue.py)
-    last_used: float = 0.0  # time.time() of the last request's end (or of becoming ready)
-    last_admit: float = 0.0  # time.monotonic() of the last lease granted
-    service_s: float | None = None  # mean seconds a request holds it (Retry-After estimates)
-    starts: int = 0
-    sleeps: int = 0  # times it was put to sleep
-    wakes: int = 0  # times it was woken (a start from sleeping)
-    waking: bool = False  # its start task wakes it (rather than launching an engine)
-    # counters for metrics: leases granted; requests refused (429), timed out in the queue, gone from it
-    admitted: int = 0
-    rejected: int = 0
-    timed_out: int = 0
-    abandoned: int = 0
-    start_task: asyncio.Task | None = None
-    stop_task: asyncio.Task | None = None
-    sleep_task: asyncio.Task | None = None  # while it falls asleep (sleep.py)
-    watch_task: asyncio.Task | None = None
-    idle: asyncio.Event = field(default_factory=asyncio.Event)
-    started_at: float | None = None
-    ready_at: float | None = None
-    ready_since: float | None = None  # time.monotonic() of becoming ready (min_residency)
-    blocked_on: frozenset[str] = frozenset()  # while its start waits for memory: the models it waits for
-    blocked_since: float | None = None  # time.monotonic() since when its start waits
-    loading: int = 0  # admin loads waiting for its start (they keep a start going that no request waits for)
-
-    def __post_init__(self) -> None:
-        self.idle.set()
-        self.host = self.host or self.cfg.hosts[0]
-        if not self.engine.managed:  # the initial state, not a move: an unmanaged engine is ready and stays so
-            self.state = State.READY
-
-    def waiting_since(self) -> float | None:
-        """Since when (time.monotonic) it has waited for memory: its oldest request's arrival, or its start's
-        wait when no request waits (a load); None when its start does not wait."""
-        if not self.blocked_on:
-            return None
-        since = self.blocked_since or time.monotonic()
-        return min(self.queue[0].arrival, since) if self.queue else since
-
-    @property
-    def queued(self) -> int:
-        """Requests waiting for it."""
-        return len(self.queue)
-
-    @property
-    def managed(self) -> bool:
-        """Whether the hub starts and stops this model's engine (an `openai` upstream it does not)."""
-        return self.engine.managed
-
-
-class Manager(Queues, Sleep):
-    """Starts, stops, swaps and puts engines to sleep on demand; queues requests (queue.Queues: acquire)."""
+class Manager:
+    """Starts, stops, swaps and puts engines to sleep on demand; queues requests. Each slot's queue is a
+    queue.ModelQueue, which asks `dispatch` (dispatch.py) about the other models; sleep is its `sleeper` (sleep.py)."""
 
     def __init__(
         self,
@@ -138,8 +76,10 @@ class Manager(Queues, Sleep):
         self._memory_of = memory_of or ledger_memory_of(self.ledger)
         self._budget_locks: dict[str, asyncio.Lock] = {}
         self._http = httpx.AsyncClient(timeout=5.0, trust_env=False)  # its own engines: never via a proxy
+        self.dispatch = Dispatcher(self.slots, self._begin_start)
+        self.sleeper: Sleeper = SleepTiers(registry, self.slots, self._http, stop=self._begin_stop,
+                                           pump=self.dispatch.pump)
         self._ttl_task: asyncio.Task | None = None
-        self._closing = False
 
     # ---- lifecycle of the manager itself ----
 
@@ -175,8 +115,7 @@ class Manager(Queues, Sleep):
     async def shutdown(self) -> None:
         """Fail the waiting requests, stop every engine the hub started and wait for them to exit (each within
         stop_timeout)."""
-        self._closing = True
-        self._fail_all_waiters("the hub is shutting down")
+        self.dispatch.close("the hub is shutting down")
         if self._ttl_task:
             self._ttl_task.cancel()
         for s in self.slots.values():
@@ -204,19 +143,21 @@ class Manager(Queues, Sleep):
                 f"model {model_id!r} does not exist (available: {valid})", param="model"
             ) from None
 
+    async def acquire(self, model_id: str, abandoned: Callable[[], Awaitable[object]] | None = None) -> Lease:
+        """Wait until the model can serve one more request (starting it if needed, at most max_wait) and hold it:
+        its queue's ModelQueue.acquire, which says what it raises and what `abandoned` is."""
+        return await self.slot(model_id).queue.acquire(self.dispatch, abandoned)
+
     async def load(self, model_id: str) -> Slot:
         """Start a model (if it is not running) and wait until it is ready; no request slot is taken."""
         s = self.slot(model_id)
-        s.loading += 1
-        try:
+        with s.queue.loading():
             for _ in range(3):  # a model stopped between its start and our turn is started again
                 if s.state == State.READY:
                     return s
                 if s.state == State.STOPPING and s.stop_task:
                     await asyncio.shield(s.stop_task)
                 await asyncio.shield(s.start_task or self._begin_start(s))
-        finally:
-            s.loading -= 1
         if s.state == State.READY:
             return s
         raise ModelUnavailable(f"model {model_id!r} keeps stopping right after it starts ({s.reason}); "
@@ -232,7 +173,7 @@ class Manager(Queues, Sleep):
             with contextlib.suppress(Exception):
                 await asyncio.shield(s.start_task)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(s.idle.wait(), self.registry.hub.drain_timeout)
+            await asyncio.wait_for(s.queue.idle.wait(), self.registry.hub.drain_timeout)
         await self._stop(s, "unloaded on request")
         return s
 
@@ -254,6 +195,10 @@ class Manager(Queues, Sleep):
             if s.host == host and s.engine.managed and s.state in HOLDS_MEMORY
         )
 
+    def sleep_used_gb(self, host: str) -> float:
+        """RAM in GB held on a host by its sleeping models (and those falling asleep)."""
+        return self.sleeper.used_gb(host)
+
     # ---- internals ----
 
     def runtime(self, s: Slot, host: str | None = None) -> Runtime:
@@ -274,34 +219,35 @@ class Manager(Queues, Sleep):
 
     def _start_done(self, s: Slot, task: asyncio.Task) -> None:
         if task.cancelled():
-            self._fail_waiters(s, ModelUnavailable(f"model {s.id!r}: its start was cancelled (the hub is stopping)"))
+            s.queue.fail(ModelUnavailable(f"model {s.id!r}: its start was cancelled (the hub is stopping)"))
         elif (err := task.exception()) is not None:
-            self._fail_waiters(s, err)
-        self._pump()
+            s.queue.fail(err)
+        self.dispatch.pump()
 
     async def _start(self, s: Slot) -> None:
         """Pick a host, make room, launch the engine, wait until it is ready. Runs as the model's single start
         task."""
-        s.waking = s.state == State.SLEEPING
+        wakes = s.state == State.SLEEPING  # its engine sleeps: this start wakes it rather than launching one
         try:
             if s.handle is None:  # an adopted engine (or a sleeping one) stays where it is
                 await self._place(s)
-            await self._make_room(s)  # moves s to starting
+            await self._make_room(s, wakes)  # moves s to starting (in phase waking for a wake)
             s.started_at, s.ready_at = time.time(), None
-            if s.waking:
+            if wakes:
                 s.wakes += 1
                 await self._wake(s)
             else:
                 s.starts += 1
             await self._launch_and_wait(s)
             move(s, State.READY, None)
-            s.ready_at = s.last_used = time.time()
+            s.phase = Phase.NONE  # after the move: the observer told a wake's ready from a start's by the phase
+            s.ready_at = s.queue.last_used = time.time()
             s.ready_since = time.monotonic()
             if s.watch_task is None or s.watch_task.done():  # a woken engine keeps its watch
                 s.watch_task = asyncio.create_task(self._watch(s), name=f"watch-{s.id}")
             log.info("%s ready after %.1fs on host %s%s", s.id, s.ready_at - (s.started_at or s.ready_at), s.host,
-                     " (woken)" if s.waking else "")
-            self._pump()
+                     " (woken)" if wakes else "")
+            self.dispatch.pump()
         except ModelUnavailable:  # MemoryBusy, StartFailed, StartTimeout, or nobody waits any more: said already
             raise
         except asyncio.CancelledError:
@@ -319,12 +265,14 @@ class Manager(Queues, Sleep):
             await self._fail(s, f"internal error: {err!r}")
         finally:
             s.start_task = None
+            if s.phase is Phase.WAKING:  # a wake that failed
+                s.phase = Phase.NONE
 
     async def _wake(self, s: Slot) -> None:
         """Ask a sleeping (now starting) model's engine to wake; StartFailed (the engine is stopped) when it
         cannot."""
         try:
-            await s.engine.wake(self._http, s.handle.base_url, s.cfg, self.registry.hub.start_timeout)  # type: ignore[union-attr]
+            await self.sleeper.wake(s)
         except Exception as err:
             await self._fail(s, f"it could not wake from sleep: {err!r}")
 
@@ -382,6 +330,11 @@ class Manager(Queues, Sleep):
         if task := self._begin_stop(s, why):
             await asyncio.shield(task)
 
+    def _evict(self, s: Slot, why: str) -> asyncio.Task | None:
+        """Take an idle ready model out of the budget: put it to sleep where it may, else stop it. Returns the task
+        that finishes once its memory is free (None: nothing to do)."""
+        return self.sleeper.begin(s, why) or self._begin_stop(s, why)
+
     def _begin_stop(self, s: Slot, why: str) -> asyncio.Task | None:
         """Move a ready model (or a failed one that still has an engine) to stopping right away, so that no request
         leases it any more, and return the task that stops its engine: the one in progress, if any. None when
@@ -401,7 +354,7 @@ class Manager(Queues, Sleep):
             finally:
                 move(s, State.STOPPED, why)
                 s.stop_task = None
-                self._pump()  # its waiters (if any) start it again
+                self.dispatch.pump()  # its waiters (if any) start it again
 
         s.stop_task = asyncio.create_task(run(), name=f"stop-{s.id}")
         return s.stop_task
@@ -418,7 +371,7 @@ class Manager(Queues, Sleep):
             log.warning("%s: %s", s.id, s.reason)
             with contextlib.suppress(Exception):
                 await self.runtime(s).stop(handle, self.registry.hub.stop_timeout)
-            self._pump()  # its waiters (if any) start it again
+            self.dispatch.pump()  # its waiters (if any) start it again
 
     def _budget_lock(self, host: str) -> asyncio.Lock:
         return self._budget_locks.setdefault(host, asyncio.Lock())
@@ -426,7 +379,7 @@ class Manager(Queues, Sleep):
     def _peer(self, o: Slot) -> Peer:
         """How the planners see another model."""
         return Peer(o.id, o.state, self.memory_of(o), o.cfg.pinned, o.in_flight, o.queued, o.last_used,
-                    stopping=o.stop_task is not None or o.sleep_task is not None,
+                    stopping=o.stop_task is not None or o.phase is Phase.FALLING_ASLEEP,
                     failed_with_handle=o.state == State.FAILED and o.handle is not None)
 
     def _peers(self, s: Slot, host: str) -> list[Slot]:
@@ -456,12 +409,12 @@ class Manager(Queues, Sleep):
         s.host = place(s.id, self.memory_of(s), views)
         log.info("%s: placed on host %s (of %s)", s.id, s.host, ", ".join(hosts))
 
-    async def _make_room(self, s: Slot) -> None:
+    async def _make_room(self, s: Slot, wakes: bool) -> None:
         """Until s fits its host's budget, do what the planner says: wait for stops in progress, stop least recently
         used idle unpinned models, release failed engines, wait for busy or starting ones, or give up; then move s
         to starting. The host's budget lock is held while deciding, stopping and moving, never while waiting for
-        other models: a start that fits meanwhile goes ahead. While it waits, s.blocked_on names the models it
-        waits for (they are contended: queue.py's run rule)."""
+        other models: a start that fits meanwhile goes ahead. While it waits (phase waiting), s.blocked_on names the
+        models it waits for (they are contended: queue.py's run rule); a wake moves to starting in phase waking."""
         host = s.host
         candidate = Candidate(s.id, self.memory_of(s), host, self.registry.budget_of(host))
         began = time.monotonic()
@@ -470,12 +423,13 @@ class Manager(Queues, Sleep):
                 async with self._budget_lock(host):  # held until it fits or must wait: no start takes what it freed
                     decision = await self._plan_under_lock(s, candidate)
                     if isinstance(decision, Fits):
+                        s.phase = Phase.WAKING if wakes else Phase.NONE  # before the move, which the observer sees
                         move(s, State.STARTING, None)
                         return
-                await self._wait_for_peers(s, decision, began)
+                await self._wait_for_peers(s, decision, began, wakes)
         finally:
-            s.blocked_on, s.blocked_since = frozenset(), None
-            self._pump()
+            s.unblock()
+            self.dispatch.pump()
 
     async def _plan_under_lock(self, s: Slot, candidate: Candidate) -> Fits | WaitForBusy:
         """Ask the planner and carry out its stops until it says Fits or WaitForBusy (raise on Impossible)."""
@@ -484,7 +438,7 @@ class Manager(Queues, Sleep):
                 case Fits() | WaitForBusy():
                     return decision
                 case AwaitStops(ids):
-                    stops = [t for i in ids if (t := self.slots[i].stop_task or self.slots[i].sleep_task)]
+                    stops = [t for i in ids if (t := self.slots[i].stop_task or self.sleeper.pending(self.slots[i]))]
                     await asyncio.gather(*(asyncio.shield(t) for t in stops), return_exceptions=True)
                 case Evict(ids):
                     # every victim stops taking requests now (stopping, or falling asleep: sleep.py); together
@@ -495,26 +449,24 @@ class Manager(Queues, Sleep):
                 case Impossible():
                     raise decision.error()
 
-    async def _wait_for_peers(self, s: Slot, decision: WaitForBusy, began: float) -> None:
+    async def _wait_for_peers(self, s: Slot, decision: WaitForBusy, began: float, wakes: bool) -> None:
         """Wait (outside the budget lock) until a busy model is idle, a starting one is ready, or a second has
         passed; with none starting, MemoryBusy once the busy ones have admitted nothing for drain_timeout. A start
         that nobody waits for any more (its requests left, no load, not an adopted engine) gives up here, before
         it evicts anything."""
-        if not (s.queue or s.loading or (s.handle and not s.waking)):
+        if not (s.queue.awaited or (s.handle and not wakes)):
             log.info("%s: start given up while waiting for memory: no request waits for it any more", s.id)
             raise ModelUnavailable(f"model {s.id!r}: start given up, no request waits for it any more")
-        if not s.blocked_on:
-            s.blocked_since = time.monotonic()
-        s.blocked_on = frozenset(p.id for p in (*decision.busy, *decision.starting))
-        self._pump()  # the models it waits for are contended from now on
+        s.block(frozenset(p.id for p in (*decision.busy, *decision.starting)))
+        self.dispatch.pump()  # the models it waits for are contended from now on
         busy = [self.slots[p.id] for p in decision.busy]
         timeout = 1.0
         if not decision.starting:
-            quiet = max([began, *(o.last_admit for o in busy)])
+            quiet = max([began, *(o.queue.last_admit for o in busy)])
             timeout = min(timeout, quiet + self.registry.hub.drain_timeout - time.monotonic())
             if timeout <= 0:
                 raise decision.timeout_error()
-        idle = [asyncio.ensure_future(o.idle.wait()) for o in busy]
+        idle = [asyncio.ensure_future(o.queue.idle.wait()) for o in busy]
         starts = [t for p in decision.starting if (t := self.slots[p.id].start_task)]
         try:
             if idle or starts:
@@ -534,7 +486,7 @@ class Manager(Queues, Sleep):
                 (s, ttl) for s in self.slots.values()
                 if (ttl := self.registry.ttl_of(s.id)) > 0 and s.engine.managed and s.state == State.READY
                 and s.in_flight == 0 and not s.queue and not s.cfg.pinned and now - s.last_used >= ttl
-                and s.sleep_task is None and s.stop_task is None
+                and s.phase is not Phase.FALLING_ASLEEP and s.stop_task is None
             ]
             tasks = [t for s, ttl in expired if (t := self._evict(s, f"idle for {ttl:g}s (ttl)"))]
             await asyncio.gather(*(asyncio.shield(t) for t in tasks), return_exceptions=True)

@@ -1,16 +1,17 @@
 """Per-model queues, limits and runs: which waiting request a model serves now, and what a request gets that waits
 too long or finds the queue full.
 
-A request asks `acquire(model)` for a Lease. It gets one at once when its model is ready, has a free place
-(max_concurrency) and nobody queues before it; else it joins the model's queue (FIFO), or gets TooManyRequests
-(429, Retry-After) when max_queue requests wait already. Every change that can let a request through (a lease
-released, a model ready or stopped, a waiter gone, a start that stops waiting) calls `_pump`, which grants leases in
-queue order and asks for a start of a model that has waiters and is stopped, failed or sleeping (a start wakes a
-sleeping model: hub/manager/sleep.py).
+A request asks `acquire(model)` for a Lease (Manager.acquire: the model's ModelQueue, one per Slot). It gets one at
+once when its model is ready, has a free place (max_concurrency) and nobody queues before it; else it joins the
+model's queue (FIFO), or gets TooManyRequests (429, Retry-After) when max_queue requests wait already. Every change
+that can let a request through (a lease released, a model ready or stopped, a waiter gone, a start that stops
+waiting) calls the pump (dispatch.py), which grants leases in queue order and asks for a start of a model that has
+waiters and is stopped, failed or sleeping (a start wakes a sleeping model: hub/manager/sleep.py).
 
-The run rule (anti-thrash): a model is contended while another model's start waits for its memory (the start
-marked it in `blocked_on`; see planner.py). `contended_since` is when the oldest of those waits began: the arrival of
-the other model's oldest waiting request. A contended model serves a waiting request only if one holds:
+The run rule (anti-thrash, `admits`; dispatch.py applies it across models): a model is contended while another
+model's start waits for its memory (that start is in phase waiting with the model in its `blocked_on`; see
+planner.py). `contended_since` is when the oldest of those waits began: the arrival of the other model's oldest
+waiting request. A contended model serves a waiting request only if one holds:
 - the request came first (arrived before contended_since): arrival order across models;
 - the model's run is not over: now < contended_since + max_run;
 - the model is new: now < ready_since + min_residency (each start pays off before the model yields).
@@ -24,26 +25,56 @@ Retry-After). Before that, between two models: the other model's start (start_ti
 (max(max_run, min_residency) from the wait's start), the drain of its requests in flight (drain_timeout counted
 from its last admitted request, else MemoryBusy), and this model's own start. A request whose awaiting task is
 cancelled, or whose `abandoned` awaitable returns (the client left), leaves the queue at once (ClientLeft).
+
+A ModelQueue knows only its own model (`Queued`); what needs every model (may it serve now, what does a request
+wait for, the pump) it asks through `Dispatch`. So this module imports nothing of the manager's.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from hub.config import Limits
-from hub.engines.base import Upstream
-from hub.errors import ClientLeft, ModelUnavailable, TooManyRequests, WaitTimeout
-from hub.manager.states import State
-
-if TYPE_CHECKING:
-    from hub.manager.core import Slot
+from hub.engines.base import Engine, Upstream
+from hub.errors import ClientLeft, TooManyRequests, WaitTimeout
 
 SERVICE_EWMA = 0.2  # weight of the latest request in a model's mean service time (Retry-After estimates)
+
+
+class Queued(Protocol):
+    """What a model's queue and the holder of a lease read of the model (hub.manager.Slot is one)."""
+
+    id: str
+    limits: Limits
+    reason: str | None
+    engine: Engine
+
+    def upstream(self) -> Upstream:
+        """Where a lease on it sends the request."""
+        ...
+
+
+class Dispatch(Protocol):
+    """What a model's queue asks of the one who sees every model (dispatch.Dispatcher is it)."""
+
+    def may_serve(self, model: str, arrival: float, now: float) -> bool:
+        """Whether the model serves a request that arrived at `arrival` now: ready, a free place, the run rule."""
+        ...
+
+    def why_waiting(self, model: str, ahead: int) -> str:
+        """What a request waiting for the model (`ahead` requests before it) waits for, in words."""
+        ...
+
+    def pump(self) -> None:
+        """Grant what may be granted and start what must start, after a change that may let a request through."""
+        ...
 
 
 @dataclass(eq=False)
@@ -58,7 +89,7 @@ class Waiter:
 class Lease:
     """A request's hold on a ready model; release it when the response (or stream) is done."""
 
-    slot: Slot
+    slot: Queued
     upstream: Upstream
     _on_release: Callable[[Lease], None] | None = field(default=None, repr=False)
     granted: float = field(default_factory=time.monotonic)
@@ -69,13 +100,6 @@ class Lease:
         if self._released:
             return
         self._released = True
-        s = self.slot
-        s.in_flight -= 1
-        s.last_used = time.time()
-        took = time.monotonic() - self.granted
-        s.service_s = took if s.service_s is None else (1 - SERVICE_EWMA) * s.service_s + SERVICE_EWMA * took
-        if s.in_flight == 0:
-            s.idle.set()
         if self._on_release:
             self._on_release(self)
 
@@ -96,153 +120,146 @@ def retry_after(service_s: float | None, queued: int, places: int) -> int:
     return max(1, min(60, math.ceil((service_s or 1.0) * (queued + 1) / max(1, places))))
 
 
-class Queues:
-    """The queueing half of the Manager (hub/manager/core.py): acquire, the queues and the run rule."""
+@dataclass(eq=False)
+class ModelQueue:
+    """One model's queue: its waiting requests (oldest first), its leases in flight, and their counters (for
+    metrics: leases granted; requests refused with 429, timed out in the queue, gone from it). `len()` is the
+    number of requests waiting."""
 
-    slots: dict[str, Slot]
-    _closing: bool
+    model: Queued = field(repr=False)
+    waiting: deque[Waiter] = field(default_factory=deque)
+    in_flight: int = 0
+    idle: asyncio.Event = field(default_factory=asyncio.Event)  # set while nothing is in flight
+    last_used: float = 0.0  # time.time() of the last request's end (or of its model becoming ready: core.py)
+    last_admit: float = 0.0  # time.monotonic() of the last lease granted
+    service_s: float | None = None  # mean seconds a request holds it (Retry-After estimates)
+    admitted: int = 0
+    rejected: int = 0
+    timed_out: int = 0
+    abandoned: int = 0
+    loads: int = 0  # admin loads waiting for its model's start (they keep a start going that no request waits for)
 
-    def slot(self, model_id: str) -> Slot:  # pragma: no cover - the Manager's
-        raise NotImplementedError
+    def __post_init__(self) -> None:
+        self.idle.set()
 
-    def _begin_start(self, s: Slot) -> asyncio.Task:  # pragma: no cover - the Manager's
-        raise NotImplementedError
+    def __len__(self) -> int:
+        return len(self.waiting)
 
-    async def acquire(self, model_id: str, abandoned: Callable[[], Awaitable[object]] | None = None) -> Lease:
-        """Wait until the model can serve one more request (starting it if needed, at most max_wait) and hold it.
-        Raises TooManyRequests when its queue is full, WaitTimeout past max_wait, the start's error when its start
+    @property
+    def awaited(self) -> bool:
+        """Whether a request or a load waits for the model."""
+        return bool(self.waiting) or self.loads > 0
+
+    @contextlib.contextmanager
+    def loading(self) -> Iterator[None]:
+        """An admin load waits for the model while in this block."""
+        self.loads += 1
+        try:
+            yield
+        finally:
+            self.loads -= 1
+
+    async def acquire(self, dispatch: Dispatch, abandoned: Callable[[], Awaitable[object]] | None = None) -> Lease:
+        """Wait until the model can serve one more request (its start included, at most max_wait) and hold it.
+        Raises TooManyRequests when the queue is full, WaitTimeout past max_wait, the start's error when its start
         fails, and ClientLeft once `abandoned()` returns: a coroutine function that returns when the client has
         gone (the gateway's reads ASGI `receive` until http.disconnect), called only if the request has to wait.
         Cancelling the caller takes the request off the queue too."""
-        s = self.slot(model_id)
+        m = self.model
         now = time.monotonic()
-        if not s.queue and self._may_serve(s, now, now):
-            return self._grant(s)
-        lim = s.limits
-        if len(s.queue) >= lim.max_queue:
-            s.rejected += 1
-            places = lim.max_concurrency or max(1, s.in_flight)
-            wait = retry_after(s.service_s, len(s.queue), places)
+        if not self.waiting and dispatch.may_serve(m.id, now, now):
+            return self.grant(dispatch)
+        lim = m.limits
+        if len(self.waiting) >= lim.max_queue:
+            self.rejected += 1
+            places = lim.max_concurrency or max(1, self.in_flight)
+            wait = retry_after(self.service_s, len(self.waiting), places)
             limit = f"max_concurrency {lim.max_concurrency}" if lim.max_concurrency else "no max_concurrency"
             raise TooManyRequests(
-                f"model {s.id!r} is at its limits: {s.in_flight} request(s) in flight ({limit}) and "
-                f"{len(s.queue)} waiting (max_queue {lim.max_queue}); retry after {wait}s, or raise max_queue "
+                f"model {m.id!r} is at its limits: {self.in_flight} request(s) in flight ({limit}) and "
+                f"{len(self.waiting)} waiting (max_queue {lim.max_queue}); retry after {wait}s, or raise max_queue "
                 "in models.toml", headers={"Retry-After": str(wait)})
         w = Waiter(now, asyncio.get_running_loop().create_future())
-        s.queue.append(w)
+        self.waiting.append(w)
         try:
-            self._pump()
-            return await self._await_turn(s, w, abandoned)
+            dispatch.pump()
+            return await self._await_turn(dispatch, w, abandoned)
         finally:
-            if w in s.queue:
-                s.queue.remove(w)
-                self._pump()
+            if w in self.waiting:
+                self.waiting.remove(w)
+                dispatch.pump()
 
-    async def _await_turn(self, s: Slot, w: Waiter, abandoned: Callable[[], Awaitable[object]] | None) -> Lease:
+    async def _await_turn(self, dispatch: Dispatch, w: Waiter,
+                          abandoned: Callable[[], Awaitable[object]] | None) -> Lease:
         """Wait for w's lease (or its start's error) until max_wait or until `abandoned()` returns."""
-        left = w.arrival + s.limits.max_wait - time.monotonic()
+        m = self.model
+        left = w.arrival + m.limits.max_wait - time.monotonic()
         gone = asyncio.ensure_future(abandoned()) if abandoned else None
         try:
             done, _ = await asyncio.wait([w.future, *([gone] if gone else [])], timeout=max(0.0, left),
                                          return_when=asyncio.FIRST_COMPLETED)
         except asyncio.CancelledError:
-            self._forfeit(s, w)
-            s.abandoned += 1
+            self._forfeit(dispatch, w)
+            self.abandoned += 1
             raise
         finally:
             if gone:
                 gone.cancel()
         if w.future.done():
             return w.future.result()
-        why = self._why_waiting(s, w)
-        self._forfeit(s, w)
+        why = dispatch.why_waiting(m.id, self.waiting.index(w) if w in self.waiting else 0)
+        self._forfeit(dispatch, w)
         if gone in done:
-            s.abandoned += 1
-            raise ClientLeft(f"the client left while its request waited for model {s.id!r}")
-        s.timed_out += 1
-        raise WaitTimeout(f"model {s.id!r} could not take this request within max_wait ({s.limits.max_wait:g}s): "
+            self.abandoned += 1
+            raise ClientLeft(f"the client left while its request waited for model {m.id!r}")
+        self.timed_out += 1
+        raise WaitTimeout(f"model {m.id!r} could not take this request within max_wait ({m.limits.max_wait:g}s): "
                           f"{why}; retry later, or raise max_wait in models.toml", headers={"Retry-After": "10"})
 
-    def _forfeit(self, s: Slot, w: Waiter) -> None:
+    def _forfeit(self, dispatch: Dispatch, w: Waiter) -> None:
         """Take w off the queue; a lease granted in the same instant goes back."""
-        if w in s.queue:
-            s.queue.remove(w)
+        if w in self.waiting:
+            self.waiting.remove(w)
         if not w.future.done():
             w.future.cancel()
         elif not w.future.cancelled() and w.future.exception() is None:
             w.future.result().release()
-        self._pump()
+        dispatch.pump()
 
-    def _why_waiting(self, s: Slot, w: Waiter) -> str:
-        """What a waiting request of s waits for, in words."""
-        ahead = s.queue.index(w) if w in s.queue else 0
-        if s.state == State.STARTING:
-            return "it is still waking" if s.waking else "it is still starting"
-        if s.sleep_task is not None:
-            return "it is falling asleep (it wakes once asleep)"
-        if s.blocked_on:
-            return f"it waits for memory held by {', '.join(map(repr, sorted(s.blocked_on)))}"
-        if s.state == State.READY and (others := self._contenders(s)):
-            return f"it yields to {', '.join(map(repr, others))}, whose requests wait for its memory"
-        return f"{s.in_flight} request(s) in flight and {ahead} ahead of it in the queue"
+    def grant(self, dispatch: Dispatch) -> Lease:
+        """A lease on the model, which may serve one more request now; its release lets `dispatch` pump."""
+        self.in_flight += 1
+        self.admitted += 1
+        self.idle.clear()
+        self.last_admit = time.monotonic()
+        return Lease(self.model, self.model.upstream(), lambda lease: self._release(lease, dispatch))
 
-    # ---- the pump ----
+    def _release(self, lease: Lease, dispatch: Dispatch) -> None:
+        self.in_flight -= 1
+        self.last_used = time.time()
+        took = time.monotonic() - lease.granted
+        self.service_s = took if self.service_s is None else (1 - SERVICE_EWMA) * self.service_s + SERVICE_EWMA * took
+        if self.in_flight == 0:
+            self.idle.set()
+        dispatch.pump()
 
-    def _grant(self, s: Slot) -> Lease:
-        """A lease on a model that may serve one more request now."""
-        s.in_flight += 1
-        s.admitted += 1
-        s.idle.clear()
-        s.last_admit = time.monotonic()
-        upstream = s.engine.upstream(s.cfg) if not s.managed else Upstream(s.handle.base_url)  # type: ignore[union-attr]
-        return Lease(s, upstream, self._released)
+    def drop_forfeited(self) -> None:
+        """Drop the requests at the front that were forfeited in this instant (their futures are done)."""
+        while self.waiting and self.waiting[0].future.done():
+            self.waiting.popleft()
 
-    def _released(self, lease: Lease) -> None:
-        self._pump()
+    def serve(self, dispatch: Dispatch, now: float) -> None:
+        """Grant leases to the waiting requests in queue order while the model may serve them (the pump's part for
+        one model)."""
+        while self.waiting and dispatch.may_serve(self.model.id, self.waiting[0].arrival, now):
+            w = self.waiting.popleft()
+            if not w.future.done():
+                w.future.set_result(self.grant(dispatch))
 
-    def _contenders(self, s: Slot) -> list[str]:
-        """The models whose starts wait for s's memory."""
-        return [o.id for o in self.slots.values() if s.id in o.blocked_on]
-
-    def _contended_since(self, s: Slot) -> float | None:
-        """When the oldest wait for s's memory began (time.monotonic), or None."""
-        times = [o.waiting_since() for o in self.slots.values() if s.id in o.blocked_on]
-        return min((t for t in times if t is not None), default=None)
-
-    def _may_serve(self, s: Slot, arrival: float, now: float) -> bool:
-        """Whether s serves a request that arrived at `arrival` now: ready, a free place, the run rule."""
-        if s.state != State.READY or (s.managed and s.handle is None) or s.sleep_task is not None:
-            return False
-        if s.limits.max_concurrency and s.in_flight >= s.limits.max_concurrency:
-            return False
-        return admits(arrival, now, self._contended_since(s), s.ready_since, s.limits)
-
-    def _pump(self) -> None:
-        """Grant leases to waiting requests in queue order, and start models that have waiters but no engine."""
-        if self._closing:
-            return
-        now = time.monotonic()
-        for s in self.slots.values():
-            while s.queue and s.queue[0].future.done():  # forfeited in this instant
-                s.queue.popleft()
-            if not s.queue:
-                continue
-            if s.state == State.READY:
-                while s.queue and self._may_serve(s, s.queue[0].arrival, now):
-                    w = s.queue.popleft()
-                    if not w.future.done():
-                        w.future.set_result(self._grant(s))
-            elif s.managed and s.start_task is None and s.state in (State.STOPPED, State.FAILED, State.SLEEPING):
-                self._begin_start(s)
-
-    def _fail_waiters(self, s: Slot, err: BaseException) -> None:
-        """Every request waiting for s gets `err` (its start failed, or the hub is shutting down)."""
-        while s.queue:
-            w = s.queue.popleft()
+    def fail(self, err: BaseException) -> None:
+        """Every waiting request gets `err` (its model's start failed, or the hub is shutting down)."""
+        while self.waiting:
+            w = self.waiting.popleft()
             if not w.future.done():
                 w.future.set_exception(err)
                 w.future.exception()  # retrieved: a waiter that left in this instant never reads it
-
-    def _fail_all_waiters(self, why: str) -> None:
-        for s in self.slots.values():
-            self._fail_waiters(s, ModelUnavailable(f"model {s.id!r} cannot serve: {why}"))

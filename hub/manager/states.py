@@ -22,8 +22,16 @@
 - failed:    keeps the reason; the next request starts the model again.
 
 Every change of a managed model's state goes through `move`, which raises InvalidTransition (a bug in the hub,
-never an HTTP error) for a move the table does not list, and tells the slot's `observer` (the metrics) of each
-move. A model starts stopped; an unmanaged engine (`openai`) starts ready and never moves.
+never an HTTP error) for a move the table does not list, and tells the slot's `observer` (an Observer: the metrics)
+of each move. A model starts stopped; an unmanaged engine (`openai`) starts ready and never moves.
+
+Within a state, a model's `Phase` says what its tasks are doing where the state alone does not (one at a time):
+
+- waiting:        stopped, failed or sleeping: its start waits for memory that busy or starting models hold (its
+                  `blocked_on`); they are contended meanwhile (the run rule, hub/manager/queue.py).
+- waking:         from the move out of sleeping to the move to ready: its start wakes the engine instead of launching
+                  one (the observer tells a wake from a start by it).
+- falling asleep: ready: its engine is being put to sleep; it takes no new request and still holds its memory.
 """
 
 from __future__ import annotations
@@ -44,6 +52,16 @@ class State(StrEnum):
     STOPPING = "stopping"
     FAILED = "failed"
     SLEEPING = "sleeping"
+
+
+class Phase(StrEnum):
+    """What a model's tasks are doing within its state (the module's docstring): the sub-states, which the hub's
+    own logic reads and the API does not show."""
+
+    NONE = "none"
+    WAITING = "waiting"
+    WAKING = "waking"
+    FALLING_ASLEEP = "falling asleep"
 
 
 TRANSITIONS: dict[State, frozenset[State]] = {
@@ -74,12 +92,20 @@ class InvalidTransition(RuntimeError):
         super().__init__(f"model {model!r}: invalid state change {from_} -> {to}: {why}")
 
 
+class Observer(Protocol):
+    """Told of every move of a model, after the move: the model, its state before and after, and its new reason
+    (hub/metrics.py counts them)."""
+
+    def __call__(self, slot: Movable, from_: State, to: State, reason: str | None, /) -> None: ...
+
+
 class Movable(Protocol):
     """What `move` needs of a model (hub.manager.Slot is one)."""
 
     id: str
     state: State
     reason: str | None
+    observer: Observer | None
 
     @property
     def managed(self) -> bool: ...
@@ -92,6 +118,6 @@ def move(slot: Movable, to: State, reason: str | None) -> None:
     if not slot.managed or to not in TRANSITIONS[from_]:
         raise InvalidTransition(slot.id, from_, to, slot.managed)
     slot.state, slot.reason = to, reason
-    if observer := getattr(slot, "observer", None):
-        observer(slot, from_, to, reason)
+    if slot.observer:
+        slot.observer(slot, from_, to, reason)
     log.debug("%s: %s -> %s%s", slot.id, from_, to, f" ({reason})" if reason else "")
