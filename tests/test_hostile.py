@@ -430,7 +430,7 @@ def image_cases() -> list[Case]:
         ("seed-negative", {"seed": -1}, "seed"), ("seed-2**64", {"seed": 2**64}, "seed"),
         ("format-xml", {"response_format": "xml"}, "response_format"),
         ("output-tiff", {"output_format": "tiff"}, "output_format"),
-        ("unknown-param", {"colour": "red"}, "unknown parameter 'colour'"),
+        ("unknown-param", {"colour": "red"}, "unsupported parameter 'colour'"),
         ("prompt-blank", {"prompt": "   \n\t"}, "prompt is empty"),
         ("prompt-number", {"prompt": 5}, "'prompt'"),
     ]
