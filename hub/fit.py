@@ -9,7 +9,8 @@ adds (TEMPLATE_SLACK). When the output limit and that bound fit in the context, 
 no round trip. Only otherwise is the prompt counted by the engine's own tokenizer: vLLM's /tokenize (chat and
 completions; Responses input converted to chat messages, which counts a little more than vLLM renders, so the
 clamp errs on the safe side) or /v1/messages/count_tokens (Anthropic). The context is the model's `max_model_len`
-from the registry, else what the engine's /tokenize says once per engine (kept by its address).
+from the registry, else what the engine's /tokenize says, asked once per engine (kept by its address); an engine
+that does not say is left alone.
 
 A prompt that leaves no room at all gets the engine's context-length error, in the client's dialect (hub/vocab.py:
 Anthropic's "prompt is too long", on which Claude Code compacts): its limit, if larger than the whole context, is
@@ -58,13 +59,19 @@ class Fit:
 
     def __init__(self, pool: EnginePool) -> None:
         self.pool = pool
-        self.contexts: OrderedDict[str, int] = OrderedDict()  # an engine's address -> its max_model_len
+        self.contexts: OrderedDict[str, int] = OrderedDict()  # an engine's address -> its max_model_len (0: unknown)
 
-    @staticmethod
-    def asks(task: str, body: dict[str, Any]) -> bool:
-        """Whether the body sets an output limit this module looks at (the cheap test, on every request)."""
+    def may_clamp(self, task: str, body: dict[str, Any], raw: bytes, base_url: str, context: int | None) -> bool:
+        """Whether fit() has anything to do (the cheap test, without a coroutine, on every request): the body sets
+        an output limit, and the engine's context is not known to hold it with the body's bound."""
         keys = OUTPUT_KEYS.get(task)
-        return keys is not None and any(k in body for k in keys)
+        if keys is None:
+            return False
+        limits = [v for k in keys if type(v := body.get(k)) is int]
+        if not limits:
+            return False
+        context = context or self.contexts.get(base_url)
+        return context is None or (context > 0 and max(limits) + len(raw) + TEMPLATE_SLACK > context)
 
     async def fit(self, task: str, body: dict[str, Any], raw: bytes, base_url: str, model: str,
                   context: int | None) -> Fitted | None:
@@ -74,20 +81,13 @@ class Fit:
         if not asked:
             return None  # absent, null or invalid: the engine's own default or its own 400
         limit = max(asked.values())
-        context = context or self.contexts.get(base_url)
-        if context is not None and limit + len(raw) + TEMPLATE_SLACK <= context:
-            return None
+        context = context or await self.context_of(base_url, model)
+        if not context or limit + len(raw) + TEMPLATE_SLACK <= context:
+            return None  # an engine that does not say its context is left alone, as is a request that fits
         counted = await self.count(task, body, base_url, model)
         if counted is None:
             return None
-        prompt, reported = counted
-        if reported:
-            self.remember(base_url, reported)
-        context = context or reported or self.contexts.get(base_url)
-        if context is None:
-            context = await self.context_of(base_url, model)
-            if context is None:
-                return None
+        prompt = counted
         room = 0 if prompt == FULL else context - prompt
         if limit <= room or (room < 1 and limit <= context):
             return None  # it fits, or the engine's context-length error will name the prompt
@@ -107,18 +107,17 @@ class Fit:
         while len(self.contexts) > REMEMBERED_ENGINES:
             self.contexts.popitem(last=False)
 
-    async def count(self, task: str, body: dict[str, Any], base_url: str, model: str
-                    ) -> tuple[int, int | None] | None:
-        """The prompt's tokens by the engine's tokenizer, and the context if the engine said it; None if unknown."""
+    async def count(self, task: str, body: dict[str, Any], base_url: str, model: str) -> int | None:
+        """The prompt's tokens by the engine's tokenizer (FULL: past the context); None if it cannot say."""
         if task == "messages":
             ask = {k: v for k, v in body.items() if k not in ("max_tokens", "stream", "metadata")}
             answer = await self.ask(base_url, "/v1/messages/count_tokens", {**ask, "model": model})
             n = answer.get("input_tokens") if answer else None
-            return (n, None) if isinstance(n, int) else None
+            return n if isinstance(n, int) else None
         if task == "completions":
             prompt = body.get("prompt")
             if isinstance(prompt, list) and prompt and all(isinstance(t, int) for t in prompt):
-                return len(prompt), None
+                return len(prompt)
             if not isinstance(prompt, str):
                 return None  # a batch of prompts: each is counted by the engine, which refuses what does not fit
             ask: dict[str, Any] = {"model": model, "prompt": prompt}
@@ -132,21 +131,18 @@ class Fit:
                 ask["tools"] = responses_tools(body)
         answer = await self.ask(base_url, "/tokenize", ask)
         n = answer.get("count") if answer else None
-        if n == FULL:
-            return FULL, None
-        if not isinstance(n, int):
-            return None
-        reported = answer.get("max_model_len") if answer else None
-        return n, reported if isinstance(reported, int) and reported > 0 else None
+        return n if isinstance(n, int) else None
 
-    async def context_of(self, base_url: str, model: str) -> int | None:
-        """The engine's context, asked once (vLLM's /tokenize answers it with any count)."""
+    async def context_of(self, base_url: str, model: str) -> int:
+        """The engine's context, asked once per engine (vLLM's /tokenize says it with any count); 0: unknown, and
+        not asked again (the engine's address changes with each start)."""
+        if (known := self.contexts.get(base_url)) is not None:
+            return known
         answer = await self.ask(base_url, "/tokenize", {"model": model, "prompt": "."})
         context = answer.get("max_model_len") if answer else None
-        if isinstance(context, int) and context > 0:
-            self.remember(base_url, context)
-            return context
-        return None
+        context = context if isinstance(context, int) and not isinstance(context, bool) and context > 0 else 0
+        self.remember(base_url, context)
+        return context
 
     async def ask(self, base_url: str, path: str, body: dict[str, Any]) -> dict[str, Any] | None:
         """POST a JSON body to the engine; its JSON answer, or None on any failure (logged)."""

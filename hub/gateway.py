@@ -385,11 +385,12 @@ class Gateway:
         if body is not None and up.model and up.model != model:
             body = {**body, "model": up.model}
             raw = json.dumps(body).encode()
-        if body is not None and limits.fit_max_tokens and lease.slot.engine.managed and Fit.asks(ep.task, body):
-            fitted = await self.fit.fit(ep.task, body, raw, up.base_url, up.model or model,
-                                        lease.slot.engine.context_length(lease.slot.cfg))
-            if fitted is not None:
-                raw, clamped = fitted.body, fitted.note
+        if body is not None and limits.fit_max_tokens and lease.slot.engine.managed:
+            context = lease.slot.engine.context_length(lease.slot.cfg)
+            if self.fit.may_clamp(ep.task, body, raw, up.base_url, context):
+                fitted = await self.fit.fit(ep.task, body, raw, up.base_url, up.model or model, context)
+                if fitted is not None:
+                    raw, clamped = fitted.body, fitted.note
         headers = ENGINE_HEADERS
         if req.content_type:
             headers += b"content-type: " + req.content_type.encode("latin-1") + b"\r\n"

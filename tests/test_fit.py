@@ -25,7 +25,9 @@ def hub(tmp_path_factory) -> Iterator[HubProcess]:
     registry = (f'[models.roomy]\ntype = "text"\nengine = "command"\n[models.roomy.args]\n'
                 f'command = {responder_command("--context", str(CONTEXT))}\n'
                 f'[models.strict]\ntype = "text"\nengine = "command"\nfit_max_tokens = false\n[models.strict.args]\n'
-                f'command = {responder_command("--context", str(CONTEXT))}\n')
+                f'command = {responder_command("--context", str(CONTEXT))}\n'
+                f'[models.plain]\ntype = "text"\nengine = "command"\n[models.plain.args]\n'
+                f'command = {responder_command()}\n')
     h = start_hub(tmp_path_factory.mktemp("fit"), registry)
     yield h
     h.stop_leaving_nothing()
@@ -62,6 +64,13 @@ def test_a_request_that_fits_costs_no_count(hub: HubProcess, client: OpenAI):
     raw = client.chat.completions.with_raw_response.create(model="roomy", messages=PROMPT, max_tokens=256)
     assert raw.headers["x-engine-max-tokens"] == "256" and "x-hub-max-tokens-clamped" not in raw.headers
     assert counts(hub, "roomy") == before
+
+
+def test_an_engine_that_does_not_say_its_context_is_asked_once_and_left_alone(hub: HubProcess, client: OpenAI):
+    for _ in range(3):
+        raw = client.chat.completions.with_raw_response.create(model="plain", messages=PROMPT, max_tokens=32000)
+        assert raw.http_response.status_code == 200 and "x-hub-max-tokens-clamped" not in raw.headers
+    assert counts(hub, "plain") == 1  # one /tokenize when the engine was first seen, none per request
 
 
 def test_anthropic_messages_asking_for_20000_tokens_get_what_fits(hub: HubProcess):
