@@ -78,9 +78,10 @@ def registry(tmp: Path, models: str, hub: str = "", hosts: str = "") -> str:
             f'[hosts.local]\nnetwork = "host"\nhf_cache = "{tmp / "hf"}"\n{hosts}\n{models}')
 
 
-def responder_model(mid: str, kind: str = "text", host: str = "local") -> str:
+def responder_model(mid: str, kind: str = "text", host: str = "local", more: str = "") -> str:
+    """A registry table: the responder image as a command engine; `more`: other keys of the model's table."""
     return (f'[models.{mid}]\ntype = "{kind}"\nengine = "command"\nimage = "{RESPONDER_IMAGE}"\nhost = "{host}"\n'
-            f'[models.{mid}.args]\ncommand = ["--port", "{{port}}", "--model", "{mid}"]\n')
+            f'{more}[models.{mid}.args]\ncommand = ["--port", "{{port}}", "--model", "{mid}"]\n')
 
 
 def wait_state(hub, mid: str, state: str, timeout: float = 60) -> dict:
@@ -186,7 +187,7 @@ def test_changed_config_is_not_adopted(local, hub_factory, tmp_path):
 def test_clear_errors_and_nothing_left(local, hub_factory, tmp_path):
     missing = responder_model("ghost").replace(RESPONDER_IMAGE, "hub-no-such-image:1")
     dead = responder_model("dead", host="dead")
-    gpu = responder_model("gpu") + "gpus = \"all\"\n"
+    gpu = responder_model("gpu", more='gpus = "all"\n')
     hosts = f'[hosts.dead]\ndocker = "unix://{tmp_path / "nothing.sock"}"\nnetwork = "host"\n'
     hub = hub_factory(registry(tmp_path, missing + dead + gpu, hosts=hosts))
 
