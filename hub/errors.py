@@ -3,7 +3,8 @@
     HubError                       base; `status`, `type`, `code`, `param` say how the API boundary shows it
     ├── ConfigError                the registry is invalid; `problems` holds one "key.path: message" per line
     ├── RequestError (400)         the request is malformed (bad JSON, a missing or wrong field)
-    │   └── WrongModelType (400)   a text request for an image model or the other way round; names the endpoint
+    │   ├── WrongModelType (400)   a text request for an image model or the other way round; names the endpoint
+    │   └── ContextLengthExceeded  the prompt alone fills the model's context (hub/fit.py counted it)
     ├── AuthError (401)            API key missing or wrong
     ├── NotFound (404)             no such thing: a path the hub does not serve, a response it did not relay
     │   └── ModelNotFound (404)    no such model in the registry; lists the ones that exist
@@ -59,6 +60,16 @@ class RequestError(HubError):
     status = 400
     type = "invalid_request_error"
     code = "invalid_request"
+
+
+class ContextLengthExceeded(RequestError):
+    """The prompt alone fills the model's context: no room for an answer (OpenAI's code for it; on /v1/messages the
+    message starts as Anthropic's does, "prompt is too long")."""
+
+    code = "context_length_exceeded"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, param="messages")
 
 
 class WrongModelType(RequestError):

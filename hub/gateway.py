@@ -387,8 +387,9 @@ class Gateway:
             raw = json.dumps(body).encode()
         if body is not None and limits.fit_max_tokens and lease.slot.engine.managed:
             context = lease.slot.engine.context_length(lease.slot.cfg)
-            if self.fit.may_clamp(ep.task, body, raw, up.base_url, context):
-                fitted = await self.fit.fit(ep.task, body, raw, up.base_url, up.model or model, context)
+            engine = f"{up.base_url}#{lease.slot.starts}"  # one engine start: a later one may reuse the port
+            if self.fit.may_clamp(ep.paths[0], body, raw, engine, context):
+                fitted = await self.fit.fit(ep.paths[0], body, raw, up.base_url, engine, up.model or model, context)
                 if fitted is not None:
                     raw, clamped = fitted.body, fitted.note
         headers = ENGINE_HEADERS

@@ -24,7 +24,7 @@ from hub.errors import HubError, MethodNotAllowed, NotFound, RequestError, Upstr
 from hub.gateway import ApiKeyMiddleware, Gateway
 from hub.manager import Manager
 from hub.metrics import CONTENT_TYPE, Metrics
-from hub.vocab import error_body, shaped_error
+from hub.vocab import OPENAI_KINDS, error_body, shaped_error
 
 # The names the image server gives its files (imageserver/files.py: secrets.token_urlsafe, then the format's
 # extension); anything else is refused before an engine is asked. tests/test_hostile.py checks that they agree.
@@ -103,9 +103,10 @@ def create_app(registry: Registry, manager: Manager | None = None, ui: bool = Tr
 
     @app.exception_handler(StarletteHTTPException)
     async def on_http(request: Request, err: StarletteHTTPException) -> JSONResponse:
-        kind = "invalid_request_error" if err.status_code < 500 else "server_error"
+        kind, code = OPENAI_KINDS.get(err.status_code, ("invalid_request_error", None) if err.status_code < 500
+                                      else ("server_error", None))
         msg = f"{request.method} {request.url.path}: {err.detail}"
-        return JSONResponse(error_body(msg, kind, None, str(err.status_code)), err.status_code)
+        return JSONResponse(error_body(msg, kind, None, code), err.status_code)
 
     @app.get("/health")
     async def health() -> dict[str, str]:

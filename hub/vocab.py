@@ -26,9 +26,16 @@ OPENAI_KINDS: dict[int, tuple[str, str | None]] = {
     429: ("requests", "rate_limit_exceeded"),
 }
 # How engines say that a prompt does not fit the context (vLLM's wordings across its versions, and the
-# OpenAI-compatible servers that copy OpenAI's "maximum context length")
-CONTEXT_EXCEEDED = re.compile(r"maximum context length|context length|context window|prompt is too long|"
-                              r"exceeds? (the )?(model'?s? )?max(imum)?[ _]model[ _]len", re.I)
+# OpenAI-compatible servers that copy OpenAI's "maximum context length"); a message that names an output-limit
+# parameter is about the limit, not the prompt ("max_tokens must be less than the context length")
+CONTEXT_EXCEEDED = re.compile(r"maximum context length|context window|prompt is too long|"
+                              r"(input|prompt)[^.]{0,80}exceeds?[^.]{0,40}(context|max_model_len)", re.I)
+OUTPUT_PARAM = re.compile(r"\bmax_(completion_|output_|new_)?tokens\b")
+
+
+def context_exceeded(message: str) -> bool:
+    """Whether an engine's error message says that the prompt does not fit the model's context."""
+    return CONTEXT_EXCEEDED.search(message) is not None and OUTPUT_PARAM.search(message) is None
 
 
 def error_body(message: str, type_: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
@@ -79,7 +86,10 @@ def engine_error(data: bytes, status: int, dialect: Dialect) -> bytes:
     else:
         text = data.decode("utf-8", "replace")[:2000].strip()
         message, param, code = f"the engine answered: {text}" if text else f"the engine answered {status}", None, None
-    context = status in (400, 413, 422) and CONTEXT_EXCEEDED.search(message) is not None
+    context = status in (400, 413, 422) and context_exceeded(message)
+    if status in (401, 403):  # the engine refused the hub's own credentials (an `openai` engine's api_key_env)
+        message = f"the engine refused the hub's credentials for it (the model's args.api_key_env): {message}"
+        code = "engine_unauthorized"
     if dialect == "anthropic":
         kind = err.get("type") if isinstance(err, dict) else None
         if context:
@@ -91,6 +101,6 @@ def engine_error(data: bytes, status: int, dialect: Dialect) -> bytes:
                                           else ("server_error", None))
     if context:
         code = "context_length_exceeded"
-    elif not isinstance(code, str) or not code or code.isdigit():
+    elif status not in (401, 403) and (not isinstance(code, str) or not code or code.isdigit()):
         code = default_code
     return json.dumps(error_body(message, kind, param if isinstance(param, str) else None, code)).encode()

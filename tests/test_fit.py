@@ -90,17 +90,24 @@ def test_with_fit_max_tokens_off_the_engines_400_comes_back_in_openais_words(cli
 
 
 def test_a_prompt_over_the_context_is_context_length_exceeded_in_each_dialect(hub: HubProcess, client: OpenAI):
+    """From the engine (fit off: its own error, in the client's words) and from the hub (its count found it)."""
     long = [{"role": "user", "content": "word " * (CONTEXT + 10)}]
     with pytest.raises(BadRequestError) as e:
-        client.chat.completions.create(model="roomy", messages=long, max_tokens=10)
+        client.chat.completions.create(model="strict", messages=long, max_tokens=10)
     assert e.value.code == "context_length_exceeded" and e.value.body["type"] == "invalid_request_error"
-    assert "maximum context length is 2048 tokens" in e.value.message
+    assert "maximum context length is 2048 tokens" in e.value.message  # the engine's message, kept
     c = anthropic.Anthropic(base_url=hub.url, api_key="unused", max_retries=0)
     with pytest.raises(anthropic.BadRequestError) as a:
-        c.messages.create(model="roomy", max_tokens=10, messages=long)
+        c.messages.create(model="strict", max_tokens=10, messages=long)
     body = a.value.body
     assert body["type"] == "error" and body["error"]["type"] == "invalid_request_error"
     assert body["error"]["message"].startswith("prompt is too long: This model's maximum context length")
+    with pytest.raises(BadRequestError) as e:
+        client.chat.completions.create(model="roomy", messages=long, max_tokens=10)
+    assert e.value.code == "context_length_exceeded" and e.value.body["param"] == "messages"
+    assert e.value.body["message"] == ("prompt is too long: model 'roomy' has a context of 2048 tokens (its "
+                                       "max_model_len) and the prompt has 2058 tokens, which leaves no room for an "
+                                       "answer; shorten the conversation")
 
 
 def test_a_prompt_over_the_context_with_a_huge_limit_gets_the_prompts_error_not_the_limits(hub, client):
@@ -114,6 +121,52 @@ def test_a_prompt_over_the_context_with_a_huge_limit_gets_the_prompts_error_not_
     with pytest.raises(anthropic.BadRequestError) as a:  # its count_tokens refuses the prompt, as vLLM's does
         c.messages.create(model="roomy", max_tokens=20000, messages=long)
     assert a.value.body["error"]["message"].startswith("prompt is too long"), a.value.body
+
+
+def test_what_depends_on_the_limit_is_clamped_with_it():
+    """Anthropic's thinking budget stays below max_tokens (or thinking goes off where the room is under its minimum
+    budget of 1024), min_tokens does not pass the limit, and a request that truncates its own prompt is left be."""
+    from hub.fit import Fit
+
+    fit = Fit(None)  # type: ignore[arg-type]  # nothing is asked: the context is given, the count replaced
+    fit.count = lambda *a: _async(100)  # type: ignore[method-assign]
+    body = {"model": "m", "max_tokens": 32000, "messages": PROMPT, "thinking": {"type": "enabled",
+                                                                                "budget_tokens": 31999}}
+    out = json.loads(_run(fit.fit("/v1/messages", body, b"x" * 3000, "http://e", "e#1", "m", 2048)).body)
+    assert out["max_tokens"] == 1948 and out["thinking"] == {"type": "enabled", "budget_tokens": 1947}
+    out = json.loads(_run(fit.fit("/v1/messages", body, b"x" * 3000, "http://e", "e#1", "m", 1100)).body)
+    assert out["max_tokens"] == 1000 and out["thinking"] == {"type": "disabled"}
+    chat = {"model": "m", "messages": PROMPT, "max_tokens": 5000.0, "max_completion_tokens": 9000, "min_tokens": 4000}
+    out = json.loads(_run(fit.fit("/v1/chat/completions", chat, b"{}", "http://e", "e#1", "m", 2048)).body)
+    assert out["max_tokens"] == out["max_completion_tokens"] == out["min_tokens"] == 1948
+    assert out["messages"] == PROMPT and out["model"] == "m"
+    assert not fit.may_clamp("/v1/chat/completions", {**chat, "truncate_prompt_tokens": 10}, b"{}", "e#1", 2048)
+    assert not fit.may_clamp("/v1/messages/count_tokens", body, b"{}", "e#1", 2048)  # it generates nothing
+    assert not fit.may_clamp("/v1/chat/completions", {"max_tokens": True}, b"{}", "e#1", 2048)
+    assert fit.may_clamp("/v1/responses", {"max_output_tokens": 4000, "tools": 5}, b"{}", "e#1", 2048)
+    fit.count = lambda *a: _async(3000)  # type: ignore[method-assign]
+    # a Responses count is an estimate: past the context, the engine decides (no 400 from the hub)
+    assert _run(fit.fit("/v1/responses", {"max_output_tokens": 4000, "input": "hi"}, b"{}", "http://e", "e#1", "m",
+                        2048)) is None
+    from hub.errors import ContextLengthExceeded
+
+    with pytest.raises(ContextLengthExceeded, match="the prompt has 3000 tokens"):
+        _run(fit.fit("/v1/chat/completions", chat, b"{}", "http://e", "e#1", "m", 2048))
+    from hub.fit import responses_tools
+
+    assert responses_tools({"tools": 5}) is None and responses_tools({"tools": [1, None]}) is None
+
+
+def _async(value):
+    async def f():
+        return value
+    return f()
+
+
+def _run(coro):
+    import asyncio
+
+    return asyncio.run(coro)
 
 
 def test_engine_errors_are_rewritten_into_each_protocols_vocabulary():
@@ -134,6 +187,15 @@ def test_engine_errors_are_rewritten_into_each_protocols_vocabulary():
     assert json.loads(engine_error(b"slow down", 429, "openai"))["error"] == {
         "message": "the engine answered: slow down", "type": "requests", "param": None, "code": "rate_limit_exceeded"}
     assert json.loads(engine_error(b'{"detail": "Not Found"}', 404, "openai"))["error"]["code"] == "not_found"
+    # about the limit, not the prompt: no context_length_exceeded, no "prompt is too long"
+    limit = json.dumps({"error": {"message": "max_tokens must be less than the context length", "code": 400}}).encode()
+    assert json.loads(engine_error(limit, 400, "openai"))["error"]["code"] is None
+    assert not json.loads(engine_error(limit, 400, "anthropic"))["error"]["message"].startswith("prompt is too long")
+    older = b'{"error": {"message": "Input length (3000) exceeds model\'s maximum context length (2048)."}}'
+    assert json.loads(engine_error(older, 400, "openai"))["error"]["code"] == "context_length_exceeded"
+    # an engine that refuses the hub's own key is not the client's key being wrong
+    refused = json.loads(engine_error(b'{"error": {"message": "bad key", "code": "invalid_api_key"}}', 401, "openai"))
+    assert refused["error"]["code"] == "engine_unauthorized" and "args.api_key_env" in refused["error"]["message"]
 
 
 def test_responses_input_is_counted_as_chat_messages():
