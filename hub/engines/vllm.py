@@ -184,7 +184,8 @@ class VllmEngine(Engine):
         return argv + list(a.extra_args)
 
     def context_length(self, model: Any) -> int | None:
-        return self.args(model).max_model_len
+        # on every request: read from the table the registry validated, not validated again (a few µs each)
+        return model.args.get("max_model_len")
 
     def describe(self, model: Any) -> dict[str, Any]:
         """The context length, as vLLM's own /v1/models gives it (`max_model_len`), where the registry sets it."""
@@ -195,7 +196,7 @@ class VllmEngine(Engine):
         """A request with tools to a model whose tool calling is off: say which key turns it on."""
         if task not in ("chat", "responses") or not body.get("tools") or body.get("tool_choice") == "none":
             return None
-        if self.args(model).tool_call_parser == NO_TOOLS:
+        if model.args.get("tool_call_parser") == NO_TOOLS:
             return ("this model has tool calling off (args.tool_call_parser = \"none\"): set args.tool_call_parser "
                     "to its family's parser (hermes, llama3_json, mistral, ...) or leave it out to derive it, or "
                     "send the request without tools")
