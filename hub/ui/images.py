@@ -49,7 +49,7 @@ def build(client: openai.OpenAI, admin: Admin, notes: dict[str, str] | None = No
                 n = gr.Slider(1, 4, value=1, step=1, label="n", min_width=110)
             with gr.Row():
                 steps = gr.Slider(1, 100, value=20, step=1, label="steps", min_width=110, elem_id="hub-steps")
-                guidance = gr.Slider(0.0, 20.0, value=0.0, step=0.5, label="guidance (0: the model's own)",
+                guidance = gr.Slider(0.0, 20.0, value=0.0, step=0.5, label="guidance", info="0: the model's own",
                                      min_width=110)
             seed = gr.Number(-1, label="seed (-1: random)", precision=0)
             with gr.Row():
