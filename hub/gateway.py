@@ -53,7 +53,7 @@ from hub.errors import (
     UpstreamError,
     WrongModelType,
 )
-from hub.fit import Fit
+from hub.fit import OUTPUT_KEYS, Fit
 from hub.hosted import HostedAnswer, HostedPool
 from hub.manager import Lease, Manager
 from hub.metrics import Exchange, Metrics
@@ -385,7 +385,7 @@ class Gateway:
         if body is not None and up.model and up.model != model:
             body = {**body, "model": up.model}
             raw = json.dumps(body).encode()
-        if body is not None and limits.fit_max_tokens and lease.slot.engine.managed:
+        if body is not None and ep.paths[0] in OUTPUT_KEYS and limits.fit_max_tokens and lease.slot.engine.managed:
             context = lease.slot.engine.context_length(lease.slot.cfg)
             engine = f"{up.base_url}#{lease.slot.starts}"  # one engine start: a later one may reuse the port
             if self.fit.may_clamp(ep.paths[0], body, raw, engine, context):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import reprlib
 from collections.abc import Iterable
 from typing import Any
 
@@ -27,11 +28,15 @@ SERVER_SET = {
     "image": "from the image uploads of /v1/images/edits", "mask_image": "from the mask upload of /v1/images/edits",
     "output_type": "itself ('output_format' picks the file format)",
     "max_sequence_length": "itself (the prompt token limit is read from it)",
+    "max_area": "from 'size' (FLUX Kontext derives its size from it: max_size would not hold)",
     **dict.fromkeys(("return_dict", "callback", "callback_steps", "callback_on_step_end",
                      "callback_on_step_end_tensor_inputs"), "itself"),
 }
 SCALARS: dict[str, type] = {"bool": bool, "int": int, "float": float, "str": str}
-KINDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+# Numbers a pipeline argument may hold: anything a sampler takes, nothing that overflows inside the pipeline (a 500)
+MAX_INT, MAX_FLOAT = 2**31 - 1, 1e6
+KINDS = {bool: "true or false", int: f"an integer between -{MAX_INT} and {MAX_INT}",
+         float: f"a number between -{MAX_FLOAT:.0f} and {MAX_FLOAT:.0f}", str: "a string"}
 
 
 def size_rule(pipe: Any) -> tuple[int, str]:
@@ -94,9 +99,11 @@ def _coerce(value: Any, kind: type) -> Any:
     if isinstance(value, bool) != (kind is bool):
         raise ValueError(value)
     if kind is float and isinstance(value, int | float):
-        if not math.isfinite(value):
+        if not math.isfinite(value) or abs(value) > MAX_FLOAT:
             raise ValueError(value)
         return float(value)
+    if kind is int and isinstance(value, int) and abs(value) > MAX_INT:
+        raise ValueError(value)
     if isinstance(value, kind):
         return value
     raise ValueError(value)
@@ -120,5 +127,6 @@ def check_call_args(asked: dict[str, Any], params: dict[str, type], pipeline: st
         try:
             out[name] = _coerce(value, params[name])
         except (ValueError, TypeError, OverflowError):
-            raise BadRequest(f"'{name}' must be {KINDS[params[name]]} for {pipeline}, not {value!r}", name) from None
+            raise BadRequest(f"'{name}' must be {KINDS[params[name]]} for {pipeline}, not {reprlib.repr(value)}",
+                             name) from None
     return out

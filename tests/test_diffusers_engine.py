@@ -364,7 +364,8 @@ def test_call_arguments_follow_the_loaded_pipelines_signature(client):
     with pytest.raises(openai.BadRequestError) as err:  # multipart: a string where the pipeline wants a number
         client.images.edit(model="tiny-sd", prompt="x", image=image, extra_body={"eta": "lots"})
     assert err.value.body["param"] == "eta"
-    assert "'eta' must be a number for StableDiffusionImg2ImgPipeline, not 'lots'" in err.value.body["message"]
+    assert ("'eta' must be a number between -1000000 and 1000000 for StableDiffusionImg2ImgPipeline, not 'lots'"
+            in err.value.body["message"])
     with pytest.raises(openai.BadRequestError) as err:
         client.images.generate(model="tiny-sd", prompt="x", extra_body={"width": 64})
     assert err.value.body["param"] == "width" and "the server sets it from 'size'" in err.value.body["message"]

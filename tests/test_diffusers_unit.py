@@ -312,10 +312,15 @@ def test_an_argument_the_pipeline_does_not_take_is_400_naming_it():
     assert e.param == "width" and "for SDLike: the server sets it from 'size'" in e.message
     assert "the prompt token limit" in refused({"max_sequence_length": 77}, FluxLike).message
     assert refused({"output_type": "latent"}).param == "output_type"
+    assert "from 'size'" in refused({"max_area": 10**10}, FluxLike).message  # Kontext's size, past max_size
     # taken, but not as sent
-    for asked, words in [({"eta": "abc"}, "'eta' must be a number for SDLike, not 'abc'"),
+    for asked, words in [({"eta": "abc"}, "'eta' must be a number between -1000000 and 1000000 for SDLike, not 'abc'"),
                          ({"clip_skip": 1.5}, "an integer"), ({"clip_skip": True}, "an integer"),
                          ({"eta": float("nan")}, "a number"), ({"eta": [1]}, "a number"),
+                         # numbers that would overflow inside the pipeline (a 500 there) are refused here
+                         ({"clip_skip": 10**400}, "an integer between -2147483647 and 2147483647"),
+                         ({"eta": 1e308}, "a number between"),
+                         ({"eta": list(range(100_000))}, "not [0, 1, 2, 3, 4, 5, ...]"),  # echoed short
                          ({"use_kv_cache": "maybe"}, "true or false")]:
         cls = KleinLike if "use_kv_cache" in asked else SDLike
         e = refused(asked, cls)

@@ -239,8 +239,7 @@ class Manager:
             else:
                 s.starts += 1
             await self._launch_and_wait(s)
-            move(s, State.READY, None)
-            s.phase = Phase.NONE  # after the move: the observer told a wake's ready from a start's by the phase
+            move(s, State.READY, None)  # the observer tells a wake's ready from a start's by the phase (cleared below)
             s.ready_at = s.queue.last_used = time.time()
             s.ready_since = time.monotonic()
             if s.watch_task is None or s.watch_task.done():  # a woken engine keeps its watch
@@ -265,7 +264,7 @@ class Manager:
             await self._fail(s, f"internal error: {err!r}")
         finally:
             s.start_task = None
-            if s.phase is Phase.WAKING:  # a wake that failed
+            if s.phase is Phase.WAKING:  # the wake is over: ready, or failed
                 s.phase = Phase.NONE
 
     async def _wake(self, s: Slot) -> None:

@@ -65,8 +65,11 @@ class Dispatcher:
             return
         now = time.monotonic()
         for s in self.slots.values():
-            s.queue.drop_forfeited()
-            if not s.queue:
+            q = s.queue
+            if not q.waiting:  # most models, on every enqueue and release: one attribute read each
+                continue
+            q.drop_forfeited()
+            if not q.waiting:
                 continue
             if s.state == State.READY:
                 s.queue.serve(self, now)

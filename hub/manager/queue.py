@@ -41,7 +41,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from hub.config import Limits
+from hub.config import Limits, ModelConfig
 from hub.engines.base import Engine, Upstream
 from hub.errors import ClientLeft, TooManyRequests, WaitTimeout
 
@@ -55,6 +55,8 @@ class Queued(Protocol):
     limits: Limits
     reason: str | None
     engine: Engine
+    cfg: ModelConfig  # the gateway reads these two of a lease's model: its registry table
+    starts: int  # and how many times it was started (an engine start's identity, with its address)
 
     def upstream(self) -> Upstream:
         """Where a lease on it sends the request."""
