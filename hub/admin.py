@@ -7,12 +7,14 @@ entries and budgets are built here from the manager's slots, and the CLI, the we
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import PlainTextResponse
 
+from hub import __version__
 from hub.ledger import MemoryReport
 from hub.manager import Manager, Slot
 
@@ -63,7 +65,29 @@ def budgets(manager: Manager) -> list[dict[str, Any]]:
 
 def listing(manager: Manager) -> dict[str, Any]:
     """The body of GET /hub/models."""
-    return {"object": "list", "data": model_entries(manager), "budgets": budgets(manager), "time": time.time()}
+    return {"object": "list", "data": model_entries(manager), "budgets": budgets(manager), "time": time.time(),
+            "version": __version__}
+
+
+SECRET = re.compile(r"key|token|secret|password|auth|credential", re.IGNORECASE)
+
+
+def redacted(value: Any, name: str = "") -> Any:
+    """A registry value with what may be a secret hidden: every value of an environment table, and any value under
+    a key that names a key, token, secret, password or credential."""
+    if isinstance(value, dict):
+        hide = name == "env"
+        return {k: "***" if (hide or SECRET.search(str(k))) and v not in (None, "") else redacted(v, str(k))
+                for k, v in value.items()}
+    if isinstance(value, list):
+        return [redacted(v) for v in value]
+    return value
+
+
+def model_config(manager: Manager, s: Slot) -> dict[str, Any]:
+    """A model's registry entry as the file gives it (defaults left out), secrets hidden: what a run's manifest
+    keeps of the models it used."""
+    return redacted(s.cfg.model_dump(mode="json", exclude_unset=True))
 
 
 def manager_of(request: Request) -> Manager:
@@ -77,6 +101,13 @@ router = APIRouter()
 @router.get("/hub/models")
 async def hub_models(manager: Manager = Depends(manager_of)) -> dict[str, Any]:
     return listing(manager)
+
+
+@router.get("/hub/models/{model_id}")
+async def hub_model(model_id: str, manager: Manager = Depends(manager_of)) -> dict[str, Any]:
+    """One model's entry, with its registry entry under "config" (secrets hidden) and the hub's version."""
+    s = manager.slot(model_id)
+    return {**model_entry(manager, s), "config": model_config(manager, s), "version": __version__}
 
 
 @router.post("/hub/models/{model_id}/load")

@@ -21,7 +21,7 @@ def error_message(body: Any, fallback: str) -> str:
 
 
 class Admin:
-    """GET /hub/models, POST /hub/models/{id}/load|unload and GET /hub/models/{id}/logs of one hub."""
+    """GET /hub/models[/{id}], POST /hub/models/{id}/load|unload and GET /hub/models/{id}/logs of one hub."""
 
     def __init__(self, base_url: str, api_key: str | None = None, timeout: float = 30.0,
                  trust_env: bool = True) -> None:
@@ -49,6 +49,10 @@ class Admin:
     def models(self) -> dict[str, Any]:
         """The admin listing: {"data": [model entries], "budgets": [...], "time": now}."""
         return self._call("GET", "/hub/models").json()
+
+    def model(self, model_id: str) -> dict[str, Any]:
+        """One model's entry, with its registry entry under "config" (secrets hidden) and the hub's version."""
+        return self._call("GET", f"/hub/models/{model_id}").json()
 
     def state(self, model_id: str) -> str | None:
         """The model's lifecycle state, or None when the hub cannot tell (it is never an error to ask)."""

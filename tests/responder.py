@@ -183,6 +183,12 @@ def make_app(opts: argparse.Namespace) -> Starlette:
                 obj = {"id": rid, "object": "chat.completion.chunk" if is_chat else "text_completion",
                        "created": created, "model": body["model"], "choices": [end]}
                 yield f"data: {json.dumps(obj)}\n\n"
+                if (body.get("stream_options") or {}).get("include_usage"):  # OpenAI's last chunk: usage only
+                    n = len(words)
+                    usage = {"prompt_tokens": 1, "completion_tokens": n, "total_tokens": 1 + n}
+                    obj = {"id": rid, "object": obj["object"], "created": created, "model": body["model"],
+                           "choices": [], "usage": usage}
+                    yield f"data: {json.dumps(obj)}\n\n"
                 yield "data: [DONE]\n\n"
             return StreamingResponse(events(), media_type="text/event-stream", headers=limit_header(body))
         usage = {"prompt_tokens": 1, "completion_tokens": len(text.split()), "total_tokens": 1 + len(text.split())}

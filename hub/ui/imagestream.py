@@ -19,6 +19,7 @@ import httpx
 import openai
 from PIL import Image
 
+from hub.sse import sse
 from hub.ui.clients import error_message
 
 PREVIEWS = 2  # partial images asked for per request (OpenAI allows 0 to 3)
@@ -77,28 +78,6 @@ class ImageStream:
             raise gr.Error(f"the image stream broke off: {type(err).__name__}: {err}") from None
         finally:
             self.close()
-
-
-def sse(lines: Iterator[str]) -> Iterator[tuple[str, str]]:
-    """(event name, data) of each server-sent event, and ("comment", text) of each comment line."""
-    event, data = None, []
-    for line in lines:
-        if line.startswith(":"):
-            yield "comment", line[1:].strip()
-            continue
-        if not line:
-            if data:
-                yield event or "message", "\n".join(data)
-            event, data = None, []
-            continue
-        name, _, value = line.partition(":")
-        value = value.removeprefix(" ")
-        if name == "event":
-            event = value
-        elif name == "data":
-            data.append(value)
-    if data:
-        yield event or "message", "\n".join(data)
 
 
 def decode(item: dict[str, Any]) -> Image.Image:

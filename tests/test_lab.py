@@ -1,0 +1,242 @@
+"""The experiment API (hub.lab) against a real `hub serve` with the test responder as its engines: grids run through
+the openai client, kept as runs (journal, Parquet, images, manifest), loaded, diffed, interrupted, killed and resumed;
+failed cells are rows with their error. The same API on the demo's real engines is in tests/test_lab_demo.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import pandas as pd
+import pytest
+
+from hub import lab
+from hub.lab import store
+from tests.conftest import ROOT, responder_command, start_hub
+
+REGISTRY = f"""
+[hub]
+memory_budget_gb = 4
+
+[models.echo]
+type = "text"
+engine = "command"
+memory_gb = 1
+env = {{ SOME_TOKEN = "s3cret" }}
+[models.echo.args]
+command = {responder_command("--chunk-delay", "0.002")}
+
+[models.echo2]
+type = "text"
+engine = "command"
+memory_gb = 1
+[models.echo2.args]
+command = {responder_command("--chunk-delay", "0.002")}
+
+[models.slow]
+type = "text"
+engine = "command"
+memory_gb = 1
+[models.slow.args]
+command = {responder_command("--chunk-delay", "0.25")}
+
+[models.pix]
+type = "image"
+engine = "command"
+memory_gb = 1
+[models.pix.args]
+command = {responder_command("--step-delay", "0.01")}
+
+[models.broken]
+type = "text"
+engine = "command"
+[models.broken.args]
+command = {responder_command("--fail-start")}
+"""
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory):
+    h = start_hub(tmp_path_factory.mktemp("lab"), REGISTRY)
+    yield h
+    h.stop_leaving_nothing()
+
+
+@pytest.fixture
+def root(tmp_path):
+    return tmp_path / "runs"
+
+
+def text_grid(**kw) -> lab.Grid:
+    return lab.text_grid(["echo", "echo2"], ["one two three", "four five"], params={"temperature": [0.0, 0.7]},
+                         max_tokens=32, **kw)
+
+
+def test_a_text_grid_is_a_table_kept_as_a_run(hub, root):
+    grid = text_grid(system="be brief")
+    assert grid.size == 8
+    run = lab.run(grid, url=hub.url, root=root, name="first grid", concurrency=3, progress=False)
+    t = run.table
+    assert len(t) == 8 and t["error"].isna().all(), t[["model", "error"]]
+    assert set(t["model"]) == {"echo", "echo2"} and sorted(set(t["temperature"])) == [0.0, 0.7]
+    assert t["answer"].str.contains("echo:").all(), "the responder echoes the last user message"
+    assert (t["ttft_s"] > 0).all() and (t["total_s"] >= t["ttft_s"]).all()
+    assert (t["completion_tokens"] > 1).all() and (t["tokens_per_s"] > 0).all()
+    assert set(t["finish_reason"]) == {"stop"} and (t["system"] == "be brief").all()
+    assert t["cell"].is_unique
+
+    # the folder: manifest, journal, Parquet; the manifest names the hub, its version and the models' entries
+    folder = root / run.id
+    assert {p.name for p in folder.iterdir()} >= {"manifest.json", "cells.jsonl", "table.parquet"}
+    m = json.loads((folder / "manifest.json").read_text())
+    assert m["status"] == "done" and m["cells_done"] == 8 and m["cells_total"] == 8 and m["errors"] == 0
+    assert m["hub_url"] == hub.url and m["hub_version"]
+    assert m["models"]["echo"]["engine"] == "command" and "command" in m["models"]["echo"]["args"]
+    assert m["models"]["echo"]["env"] == {"SOME_TOKEN": "***"}, "a secret never lands in a run"
+    assert pd.read_parquet(folder / "table.parquet").shape == t.shape
+
+    # listed, loaded back, the same table
+    listed = lab.runs(root)
+    assert listed.loc[0, "id"] == run.id and listed.loc[0, "cells_done"] == 8
+    again = lab.load(run.id, root)
+    pd.testing.assert_frame_equal(again.table, t)
+    assert again.manifest.grid == grid.model_dump(mode="json")
+
+
+def test_failed_cells_are_rows_and_the_run_goes_on(hub, root):
+    grid = lab.text_grid(["echo", "broken", "nothing-here"], ["hi there"], max_tokens=8)
+    run = lab.run(grid, url=hub.url, root=root, progress=False)
+    t = run.table.set_index("model")
+    assert run.manifest.status == "done" and run.manifest.errors == 2
+    assert pd.isna(t.loc["echo", "error"]) and t.loc["echo", "answer"]
+    assert "broken" in t.loc["broken", "error"] and t.loc["broken", "error"].startswith("503")
+    assert "does not exist" in t.loc["nothing-here", "error"] and t.loc["nothing-here", "error"].startswith("404")
+    assert run.manifest.models["nothing-here"]["error"], "the manifest says the model is not in the registry"
+
+
+def test_an_image_grid_keeps_each_image_with_its_seed_and_settings(hub, root):
+    steps: list[tuple[str, int, int]] = []
+    grid = lab.image_grid(["pix"], ["a red fox"], params={"seed": [1, 2], "steps": [2, 3]}, size="32x32")
+    run = lab.run(grid, url=hub.url, root=root, progress=False, concurrency=4,
+                  on_step=lambda c, k, n: steps.append((c.key, k, n)))
+    t = run.table
+    assert len(t) == 4 and t["error"].isna().all(), t["error"].tolist()
+    assert sorted(zip(t["seed"], t["num_inference_steps"], strict=True)) == [(1, 2), (1, 3), (2, 2), (2, 3)]
+    assert (t["size"] == "32x32").all() and t["image"].str.endswith(".png").all()
+    for _, row in t.iterrows():
+        img = run.image(row)
+        assert img is not None and img.size == (32, 32)
+    assert {n for _, _, n in steps} == {2, 3}, "each cell's own denoising steps were seen"
+    # a grid without seeds gets one per cell, recorded, different per repeat
+    seedless = lab.run(lab.image_grid(["pix"], ["x"], repeats=2, size="16x16"), url=hub.url, root=root,
+                       progress=False)
+    assert seedless.table["seed"].nunique() == 2
+
+
+def test_stop_then_resume_runs_each_cell_once(hub, root):
+    stop = threading.Event()
+    seen: list[str] = []
+
+    def after(row):
+        seen.append(row["cell"])
+        if len(seen) == 3:
+            stop.set()
+
+    grid = text_grid()
+    run = lab.run(grid, url=hub.url, root=root, concurrency=1, progress=False, stop=stop, on_cell=after)
+    assert run.manifest.status == "interrupted" and run.manifest.cells_done == 3
+    assert len(run.table) == 3, "the interrupted run's table holds the cells that ended"
+    first = run.table.set_index("cell")["started_at"]
+
+    done = lab.resume(run.id, root=root, progress=False)
+    assert done.manifest.status == "done" and len(done.table) == 8
+    lines = (root / run.id / "cells.jsonl").read_text().splitlines()
+    assert len(lines) == 8, "no cell ran twice"
+    assert (done.table.set_index("cell").loc[first.index, "started_at"] == first).all()
+
+
+def test_a_killed_run_resumes_where_it_stopped(hub, root):
+    """A notebook kernel killed mid-run: every cell that ended is kept, the rest run on resume, none twice."""
+    script = ("import sys; from hub import lab\n"
+              "g = lab.text_grid(['slow'], ['a b c d e f'], params={'seed': list(range(6))}, max_tokens=8)\n"
+              f"lab.run(g, url={hub.url!r}, root={str(root)!r}, concurrency=1, progress=False, name='killed')\n")
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, env={**os.environ, "HUB_URL": ""})
+    try:
+        deadline = time.monotonic() + 60
+        journal = None
+        while time.monotonic() < deadline:
+            found = list(root.glob("*/cells.jsonl")) if root.exists() else []
+            if found and len(found[0].read_text().splitlines()) >= 2:
+                journal = found[0]
+                break
+            time.sleep(0.05)
+        assert journal is not None, "the run recorded two cells"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    run_id = journal.parent.name
+    killed = lab.load(run_id, root)
+    assert killed.manifest.status == "running", "nobody marked it: it was killed"
+    kept = len(killed.table)
+    assert 2 <= kept < 6
+    done = lab.resume(run_id, root=root, progress=False)
+    assert done.manifest.status == "done" and len(done.table) == 6 and done.table["error"].isna().all()
+    assert len(journal.read_text().splitlines()) == 6, "the cells kept before the kill did not run again"
+
+
+def test_diff_of_two_runs_of_one_grid(hub, root):
+    grid = text_grid()
+    a = lab.run(grid, url=hub.url, root=root, progress=False)
+    b = lab.run(grid, url=hub.url, root=root, progress=False)
+    d = lab.diff(a.id, b.id, root)
+    assert len(d) == 8 and d["same_answer"].all()
+    assert {"ttft_s_a", "ttft_s_b", "ttft_s_ratio", "tokens_per_s_ratio", "model", "temperature"} <= set(d.columns)
+    other = lab.run(lab.text_grid(["echo"], ["unrelated"]), url=hub.url, root=root, progress=False)
+    with pytest.raises(ValueError, match="share no cell"):
+        lab.diff(a.id, other.id, root)
+    pix = lab.run(lab.image_grid(["pix"], ["x"], size="16x16"), url=hub.url, root=root, progress=False)
+    with pytest.raises(ValueError, match="text run"):
+        lab.diff(a.id, pix.id, root)
+
+
+def test_runs_dir_and_bad_ids(root, tmp_path, monkeypatch):
+    monkeypatch.delenv("HUB_RUNS_DIR", raising=False)
+    monkeypatch.setenv("HUB_STATE_DIR", str(tmp_path / "state"))
+    assert lab.runs_dir() == tmp_path / "state" / "runs"
+    monkeypatch.setenv("HUB_RUNS_DIR", str(root))
+    assert lab.runs_dir() == root and lab.runs().empty
+    with pytest.raises(KeyError, match="no run"):
+        lab.load("20990101-000000-none")
+    with pytest.raises(KeyError, match="not a run id"):
+        lab.load("../../etc")
+    with pytest.raises(ValueError, match="both swept"):
+        lab.text_grid(["a"], ["b"], params={"temperature": [1]}, temperature=0)
+    with pytest.raises(ValueError, match="result column"):
+        lab.text_grid(["a"], ["b"], params={"answer": [1]})
+
+
+def test_a_journal_cut_by_a_kill_keeps_its_whole_lines(root):
+    run = store.create("text", "cut", root=root, cells_total=3)
+    run.record({"cell": "a", "answer": "x"})
+    run.record({"cell": "b", "answer": "y"})
+    with open(run.path / store.JOURNAL, "a") as f:
+        f.write('{"cell": "c", "answ')  # the kill landed mid-line
+    assert set(lab.load(run.id, root).rows()) == {"a", "b"}
+    run.record({"cell": "a", "answer": "again"})  # a cell recorded again: the last line wins
+    assert lab.load(run.id, root).rows()["a"]["answer"] == "again"
+
+
+def test_the_admin_api_gives_a_models_registry_entry(hub):
+    r = httpx.get(hub.url + "/hub/models/echo", timeout=10)
+    assert r.status_code == 200
+    body = r.json()
+    assert body["id"] == "echo" and body["config"]["engine"] == "command" and body["version"]
+    assert body["config"]["env"] == {"SOME_TOKEN": "***"}
+    missing = httpx.get(hub.url + "/hub/models/nope", timeout=10)
+    assert missing.status_code == 404 and "does not exist" in missing.json()["error"]["message"]
