@@ -1,0 +1,1 @@
+"""Experiments against a hub: grids of models, prompts and settings, kept as runs."""
