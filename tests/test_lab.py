@@ -240,3 +240,36 @@ def test_the_admin_api_gives_a_models_registry_entry(hub):
     assert body["config"]["env"] == {"SOME_TOKEN": "***"}
     missing = httpx.get(hub.url + "/hub/models/nope", timeout=10)
     assert missing.status_code == 404 and "does not exist" in missing.json()["error"]["message"]
+
+
+def test_an_xyz_plot_runs_as_a_grid_and_draws_back_from_its_run(hub, root):
+    axes = lab.parse_axes([("seed", "1-3"), ("steps", "2, 3"), ("prompt_sr", "fox, cat")])
+    grid = lab.plot_grid(axes, model="pix", prompt="a red fox", size="24x24")
+    assert grid.size == 12
+    run = lab.run(grid, url=hub.url, root=root, progress=False, concurrency=4)
+    t = run.table
+    assert len(t) == 12 and t["error"].isna().all()
+    assert set(zip(t["x"], t["y"], t["z"], strict=True)) == {(x, y, z) for x in range(3) for y in range(2)
+                                                              for z in range(2)}
+    assert set(t["prompt"]) == {"a red fox", "a red cat"}
+    picture = lab.draw(run.id, root)
+    assert picture.width > 2 * 3 * 24 and picture.height > 2 * 24, "two grids of 3x2 cells, with margins"
+    # a random base seed is one seed for the whole plot, not one per cell
+    steps_only = lab.plot_grid(lab.parse_axes([("steps", "1-3")]), model="pix", prompt="p", seed=-1)
+    assert len({c.settings["seed"] for c in steps_only.cells()}) == 1
+    with pytest.raises(ValueError, match="not in the prompt"):
+        lab.plot_grid(lab.parse_axes([("prompt_sr", "dog, cat")]), model="pix", prompt="a fox")
+    with pytest.raises(ValueError, match="not an X/Y/Z plot"):
+        lab.draw(lab.run(lab.image_grid(["pix"], ["x"], size="16x16"), url=hub.url, root=root, progress=False))
+
+
+def test_image_cells_of_one_shape_are_sent_together():
+    from hub.lab.runner import order
+
+    grid = lab.image_grid(["m"], ["a", "b"], params={"steps": [2, 4], "seed": [1, 2]}, size="64x64")
+    sent = order(grid, grid.cells())
+    shapes = [c.settings["num_inference_steps"] for c in sent]
+    assert shapes == sorted(shapes, key=shapes.index) and shapes.count(2) == 4
+    assert [shapes[i] != shapes[i + 1] for i in range(len(shapes) - 1)].count(True) == 1, "one switch of shape"
+    text = lab.text_grid(["m"], ["a", "b"], params={"temperature": [0, 1]})
+    assert order(text, text.cells()) == text.cells(), "text cells go as they come"

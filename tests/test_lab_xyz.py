@@ -16,14 +16,12 @@ from hub.lab.xyz import (
     Axis,
     Cell,
     apply,
-    batch_order,
     cells,
     check_axes,
     check_prompt_sr,
     draw_grid,
     draw_grids,
     parse_axis,
-    shape_key,
 )
 
 COLOURS = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0), (0, 255, 255), (255, 0, 255)]
@@ -229,23 +227,6 @@ def test_check_prompt_sr() -> None:
     check_prompt_sr(parse_axis("seed", "1"), "anything")
     with pytest.raises(ValueError, match="prompt S/R: 'dog' is not in the prompt"):
         check_prompt_sr(sr, "a cat")
-
-
-def test_batch_order_groups_shapes() -> None:
-    axes = [parse_axis("seed", "1, 2"), parse_axis("steps", "10, 20"), parse_axis("model", "a, b")]
-    settings = [apply(c.values, BASE) for c in cells(axes)]
-    assert shape_key(settings[0]) == ("a", "512x512", 10, 7.0, "blurry dog")
-    assert shape_key(settings[0]) == shape_key(settings[1]) != shape_key(settings[2])
-    order = batch_order(settings)
-    assert sorted(order) == list(range(8))
-    keys = [shape_key(settings[i]) for i in order]
-    assert all(keys[i] == keys[i + 1] for i in (0, 2, 4, 6)) and len(set(keys)) == 4
-    mixed = [{"steps": 1, "seed": 1}, {"steps": 2, "seed": 1}, {"steps": 1, "seed": 2}, {"steps": 2, "seed": 2}]
-    assert batch_order(mixed) == [0, 2, 1, 3]
-    assert batch_order([]) == []
-
-
-# drawing
 
 
 def pixels(im: Image.Image) -> list[tuple[int, ...]]:

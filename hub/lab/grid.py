@@ -83,6 +83,7 @@ class Grid(BaseModel):
     repeats: int = Field(1, ge=1, le=1000)
     # an X/Y/Z plot's cells (hub.lab.xyz): the settings of each cell and its place, instead of the product above
     plot: list[dict[str, Any]] | None = None
+    axes: list[dict[str, Any]] | None = None  # the plot's axes (hub.lab.xyz.Axis), for its labels
 
     @field_validator("params")
     @classmethod

@@ -216,9 +216,9 @@ def order(grid: Grid, cells: list[Cell]) -> list[Cell]:
     if grid.kind != "image":
         return cells
 
-    def shape(c: Cell) -> str:
-        s = {k: v for k, v in c.settings.items() if k != "seed"}
-        return json.dumps([c.model, sorted(s.items())], default=str)
+    def shape(c: Cell) -> str:  # what the image server's batch key holds: not the prompts, nor the seed
+        s = {k: v for k, v in c.settings.items() if k not in ("seed", "negative_prompt")}
+        return json.dumps([c.model, sorted(s.items()), c.settings.get("negative_prompt") is None], default=str)
 
     first: dict[str, int] = {}
     for i, c in enumerate(cells):

@@ -286,19 +286,6 @@ def apply(values: dict[str, Any], base: dict[str, Any], search: str | None = Non
     return out
 
 
-def shape_key(settings: dict[str, Any]) -> tuple[Any, ...]:
-    """What decides whether the image server can batch two cells: everything but the seed and the prompt."""
-    return tuple(settings.get(k) for k in ("model", "size", "steps", "guidance", "negative"))
-
-
-def batch_order(cells_settings: list[dict[str, Any]]) -> list[int]:
-    """The cells' indexes grouped by shape_key (groups in order of first appearance), in order within a group."""
-    groups: dict[tuple[Any, ...], list[int]] = {}
-    for i, s in enumerate(cells_settings):
-        groups.setdefault(shape_key(s), []).append(i)
-    return [i for g in groups.values() for i in g]
-
-
 # drawing
 
 _WHITE, _BLACK, _GREY = (255, 255, 255), (0, 0, 0), (160, 160, 160)
