@@ -6,25 +6,29 @@ handlers; this module composes them and fills the model pickers once the page lo
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
 import openai
 
-from hub.ui import chat, images, models
+from hub.ui import chat, images, models, runs
 from hub.ui.clients import Admin
 from hub.ui.common import model_choices, note_update
 
 
-def build_ui(client: openai.OpenAI, admin: Admin, notes: dict[str, str] | None = None) -> gr.Blocks:
-    """The web app: Chat, Image and Models tabs over the hub's /v1 (openai client) and /hub (admin client).
+def build_ui(client: openai.OpenAI, admin: Admin, notes: dict[str, str] | None = None,
+             runs_root: Path | None = None) -> gr.Blocks:
+    """The web app: Chat, Image, Runs and Models tabs over the hub's /v1 (openai client) and /hub (admin client).
 
-    `notes` maps model ids to a note shown when that model is picked: its registry `description`.
+    `notes` maps model ids to a note shown when that model is picked: its registry `description`. Experiment runs
+    (X/Y/Z plots, Compare rounds) are kept under `runs_root` (None: hub.lab's default, $HUB_RUNS_DIR ...).
     """
     with gr.Blocks(title="hub", analytics_enabled=False, fill_width=True) as demo:
         gr.Markdown("# hub\none endpoint for every model: chat, images, models", elem_id="hub-title")
         chat_tab = chat.build(client, admin, notes)
-        image_tab = images.build(client, admin, notes)
+        image_tab = images.build(client, admin, notes, runs_root)
+        runs.build(runs_root)
         admin_model = models.build(demo, admin)
 
         def init() -> tuple[Any, ...]:

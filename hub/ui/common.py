@@ -84,6 +84,17 @@ def wait_for(call: Callable[[], T], admin: Admin, model: str, doing: str,
     return box["value"]
 
 
+# ---- bars ----
+
+def bar_html(label: str, done: float, total: float, name: str, level: str = "ok") -> str:
+    """A labelled progress bar (the Models tab's memory, the image grid's cells and steps), with its ARIA values."""
+    pct = min(100.0, 100.0 * done / total) if total else 0.0
+    return (f'<div class="hub-budget"><div class="hub-budget-label">{label}</div>'
+            f'<div class="hub-bar" role="progressbar" aria-valuemin="0" aria-valuemax="{total:g}" '
+            f'aria-valuenow="{done:g}" aria-label="{name}"><div class="hub-bar-fill {level}" '
+            f'style="width:{pct:.1f}%"></div></div></div>')
+
+
 # ---- pickers ----
 
 def model_choices(client: openai.OpenAI) -> dict[str, list[str]]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import time
 from collections.abc import Callable, Generator, Iterator
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import gradio as gr
@@ -14,6 +15,7 @@ import httpx
 import openai
 from PIL import Image, ImageChops
 
+from hub.ui import imagegrid
 from hub.ui.clients import SDK_ERRORS, Admin, AdminError
 from hub.ui.common import POLL_S, note_update, ui_error, wait_for
 from hub.ui.imagestream import ImageStream, open_stream, step_line
@@ -33,8 +35,10 @@ class ImageTab(NamedTuple):
     note: gr.Markdown
 
 
-def build(client: openai.OpenAI, admin: Admin, notes: dict[str, str] | None = None) -> ImageTab:
-    """The Image tab's components and events (inside the app's Blocks)."""
+def build(client: openai.OpenAI, admin: Admin, notes: dict[str, str] | None = None,
+          runs_root: Path | None = None) -> ImageTab:
+    """The Image tab's components and events (inside the app's Blocks); X/Y/Z plots are kept as runs under
+    `runs_root` (None: hub.lab's default)."""
     history = gr.State([])
     last = gr.State(None)
     with gr.Tab("Image", id="image"), gr.Row(equal_height=False):
@@ -55,6 +59,9 @@ def build(client: openai.OpenAI, admin: Admin, notes: dict[str, str] | None = No
             with gr.Row():
                 generate = gr.Button("generate", variant="primary", elem_id="hub-generate", min_width=90)
                 stop = gr.Button("stop", variant="stop", elem_id="hub-image-stop", min_width=70)
+            imagegrid.build(client, admin, runs_root, {"model": model, "prompt": prompt, "negative": negative,
+                                                       "size": size, "steps": steps, "guidance": guidance,
+                                                       "seed": seed})
         with gr.Column(scale=2, min_width=280):
             status = gr.Markdown("", elem_classes=["hub-status"], elem_id="hub-image-status")
             results = gr.Gallery(label="results", columns=2, height=360, format="png", object_fit="contain",

@@ -9,7 +9,7 @@ from typing import Any
 import gradio as gr
 
 from hub.ui.clients import Admin, AdminError
-from hub.ui.common import POLL_S, ui_error, wait_for
+from hub.ui.common import POLL_S, bar_html, ui_error, wait_for
 
 # state early: phones scroll; "running / waiting": requests in flight / in the model's queue
 COLUMNS = ["id", "state", "type", "engine", "runtime", "memory", "running / waiting", "last used"]
@@ -72,19 +72,18 @@ def budget_html(listing: dict[str, Any]) -> str:
     parts = []
     for b in listing.get("budgets", []):
         used, total = b.get("used_gb") or 0.0, b.get("budget_gb")
+        asleep, sleep_total = b.get("sleep_used_gb") or 0.0, b.get("sleep_budget_gb")
+        sleeping = ""
+        if asleep or sleep_total is not None:  # RAM held by sleeping models (not in the memory budget)
+            sleeping = f"; asleep: {asleep:g}" + (f" / {sleep_total:g}" if sleep_total is not None else "") + " GB RAM"
         if total:
             pct = min(100.0, 100.0 * used / total)
             level = "hot" if pct >= 90 else "warm" if pct >= 70 else "ok"
-            label = f"{b['host']}: {used:g} / {total:g} GB ({pct:.0f}%)"
-            bar = (f'<div class="hub-bar" role="progressbar" aria-valuemin="0" aria-valuemax="{total:g}" '
-                   f'aria-valuenow="{used:g}" aria-label="memory budget {b["host"]}">'
-                   f'<div class="hub-bar-fill {level}" style="width:{pct:.1f}%"></div></div>')
+            label = f"memory {b['host']}: {used:g} / {total:g} GB ({pct:.0f}%){sleeping}"
+            parts.append(bar_html(label, used, total, f"memory budget {b['host']}", level))
         else:
-            label, bar = f"{b['host']}: {used:g} GB in use (no budget set)", ""
-        asleep, sleep_total = b.get("sleep_used_gb") or 0.0, b.get("sleep_budget_gb")
-        if asleep or sleep_total is not None:  # RAM held by sleeping models (not in the memory budget)
-            label += f"; asleep: {asleep:g}" + (f" / {sleep_total:g}" if sleep_total is not None else "") + " GB RAM"
-        parts.append(f'<div class="hub-budget"><div class="hub-budget-label">memory {label}</div>{bar}</div>')
+            parts.append(f'<div class="hub-budget"><div class="hub-budget-label">memory {b["host"]}: {used:g} GB '
+                         f'in use (no budget set){sleeping}</div></div>')
     return "".join(parts) or '<div class="hub-budget">no hosts</div>'
 
 
