@@ -10,6 +10,7 @@ import os
 
 import pytest
 
+from benchmarks import image_grid
 from benchmarks.image_batching import report as image_report
 from benchmarks.image_batching import run_image_batching, run_previews
 from benchmarks.images import run_images
@@ -98,6 +99,19 @@ def test_image_batching_benchmark_on_the_tiny_model() -> None:
     assert previews[0]["model"] == "batch-off" and previews[0]["partials_seen"] == 2
     assert 0 <= previews[0]["engine_callback_pct"] < 100, "the engine timed its step callback"
     assert "batching on / off" in image_report(rows, previews)
+
+
+@pytest.mark.engine
+def test_image_grid_benchmark_on_the_tiny_model() -> None:
+    require((ENVS_DIR / "diffusers" / "bin" / "python").exists(), "the diffusers engine environment is missing")
+    require((DEMO_MODELS / "tiny-sd" / "model_index.json").exists(), "the tiny model is missing")
+    rows = image_grid.measure(seeds=2, steps=(1, 2), size="64x64", rounds=1, concurrency=4, max_batch=4)
+    ways = {r["way"]: r for r in rows}
+    assert set(ways) == set(image_grid.WAYS) and all(r["images"] == 4 for r in rows)
+    assert ways["one-by-one"]["pipeline_calls"] == 4 and ways["grid-no-batching"]["pipeline_calls"] == 4
+    assert ways["grid"]["pipeline_calls"] < 4, "the grid's cells of one shape went to the engine together"
+    s = image_grid.summary(rows)
+    assert s["one-by-one"]["ratio"] == 1 and s["grid"]["images_per_s"] > 0
 
 
 def test_memory_benchmark_fills_the_ledger_that_budgets_and_ps_shows(hub_factory) -> None:

@@ -61,7 +61,7 @@ def test_a_plot_shows_its_progress_then_the_labelled_grid_and_is_kept(clients, t
     assert "6 of 6 cells" in final_bars and "images/s" in final_bars
     assert picture.width > 3 * 32 and picture.height > 2 * 32
     assert len(gallery) == 6 and all(img.size == (32, 32) for img, _ in gallery)
-    assert any("seed 2" in cap and "steps 4" in cap for _, cap in gallery)
+    assert {cap for _, cap in gallery} == {f"seed: {s}, steps: {k}" for s in (1, 2, 3) for k in (2, 4)}
     run_id = re.search(r"kept as run ([\w.-]+)", final_bars).group(1)
     run = store.load(run_id, tmp_path)
     assert run.manifest.kind == "image" and run.manifest.status == "done" and len(run.table) == 6

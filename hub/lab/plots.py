@@ -53,6 +53,17 @@ def parse_axes(rows: list[tuple[str | None, str]], models: list[str] | None = No
     return [xyz.parse_axis(kind, text, models) for kind, text in rows if kind and text and text.strip()]
 
 
+def cell_label(axes: list[xyz.Axis], row: Any) -> str:
+    """A plot cell's caption: its value on each axis ("seed: 2, steps: 4")."""
+    return ", ".join(a.value_label(a.values[int(row.get(role, 0) or 0)]) for a, role in zip(axes, "xyz"[:len(axes)],
+                                                                                         strict=True))
+
+
+def axes_of(run: store.Run) -> list[xyz.Axis]:
+    """The axes of a plot's run (none for another run)."""
+    return [xyz.Axis.model_validate(a) for a in (run.manifest.grid or {}).get("axes") or []]
+
+
 def draw(run: str | store.Run, root: str | os.PathLike[str] | None = None, repeat: int = 0) -> Image.Image:
     """The labelled picture of a plot's run (one grid per Z value, side by side): axis titles and values on the
     margins, a grey "failed" cell where a cell has no image."""
@@ -60,7 +71,7 @@ def draw(run: str | store.Run, root: str | os.PathLike[str] | None = None, repea
     grid = run.manifest.grid or {}
     if grid.get("plot") is None:
         raise ValueError(f"run {run.id} is not an X/Y/Z plot (make one with hub.lab.plot_grid)")
-    axes = [xyz.Axis.model_validate(a) for a in grid.get("axes") or []]
+    axes = axes_of(run)
     size = [len(a.values) for a in axes] + [1] * (3 - len(axes))
     table = run.table
     if "repeat" in table.columns:

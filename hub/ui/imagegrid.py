@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import gradio as gr
 import openai
@@ -31,9 +31,25 @@ CONCURRENCY = 4  # cells under way at once: enough for the image server to batch
 PlotOut = tuple[Any, Any, Any]  # the progress bars, the grid picture, the cells gallery
 
 
-def build(client: openai.OpenAI, admin: Admin, runs_root: Path | None, form: dict[str, Any]) -> None:
-    """The X/Y/Z plot accordion, inside the Image tab's column; `form` holds the tab's model, prompt, negative,
-    size, steps, guidance and seed components, which give every cell's base settings."""
+class PlotForm(NamedTuple):
+    """The plot's inputs, in the tab's settings column: three (axis, values) pairs and its buttons."""
+
+    axes: list[Any]
+    make: gr.Button
+    stop: gr.Button
+
+
+class PlotView(NamedTuple):
+    """The plot's outputs, in the tab's results column (hidden until a plot is made)."""
+
+    box: gr.Group
+    bars: gr.HTML
+    picture: gr.Image
+    cells: gr.Gallery
+
+
+def form() -> PlotForm:
+    """The X/Y/Z plot accordion of the settings column."""
     with gr.Accordion("X/Y/Z plot", open=False, elem_id="hub-plot"):
         axes = []
         for name in ("X", "Y", "Z"):
@@ -46,20 +62,33 @@ def build(client: openai.OpenAI, admin: Admin, runs_root: Path | None, form: dic
         with gr.Row():
             make = gr.Button("make grid", variant="primary", elem_id="hub-plot-make", min_width=90)
             stop = gr.Button("stop", variant="stop", elem_id="hub-plot-stop", min_width=70)
-        bars = gr.HTML("", elem_id="hub-plot-progress")
-        picture = gr.Image(label="grid", type="pil", format="png", interactive=False,
-                           buttons=["download", "fullscreen"], elem_id="hub-plot-grid")
-        cells = gr.Gallery(label="cells", columns=6, height=220, format="png", object_fit="contain",
-                           buttons=["download", "fullscreen"], elem_id="hub-plot-cells")
+    return PlotForm(axes, make, stop)
 
+
+def view() -> PlotView:
+    """The plot's bars, labelled grid and cells, for the results column."""
+    with gr.Group(visible=False, elem_id="hub-plot-view") as box:
+        bars = gr.HTML("", elem_id="hub-plot-progress", padding=True)
+        picture = gr.Image(label="X/Y/Z plot", type="pil", format="png", interactive=False,
+                           buttons=["download", "fullscreen"], elem_id="hub-plot-grid")
+        cells = gr.Gallery(label="cells (click one to open it)", columns=6, height=220, format="png",
+                           object_fit="contain", buttons=["download", "fullscreen"], elem_id="hub-plot-cells")
+    return PlotView(box, bars, picture, cells)
+
+
+def wire(client: openai.OpenAI, admin: Admin, runs_root: Path | None, settings: dict[str, Any], f: PlotForm,
+         v: PlotView) -> None:
+    """The plot's events: `settings` holds the tab's model, prompt, negative, size, steps, guidance and seed
+    components, which give every cell's base settings."""
     def go(model, prompt, negative, size, steps, guidance, seed, *axis_rows) -> Iterator[PlotOut]:
         yield from make_plot(client, admin, runs_root, model, prompt, negative, size, steps, guidance, seed,
                              list(axis_rows))
 
-    inputs = [form[k] for k in ("model", "prompt", "negative", "size", "steps", "guidance", "seed")] + axes
-    ev = make.click(go, inputs, [bars, picture, cells], concurrency_limit=1)
-    stop.click(lambda: gr.HTML("stopped: the cells that ended are kept in the run"), None, bars, cancels=[ev],
-               queue=False)
+    inputs = [settings[k] for k in ("model", "prompt", "negative", "size", "steps", "guidance", "seed")] + f.axes
+    shown = f.make.click(lambda: gr.Group(visible=True), None, v.box, queue=False)
+    ev = shown.then(go, inputs, [v.bars, v.picture, v.cells], concurrency_limit=1)
+    f.stop.click(lambda: gr.HTML("stopped: the cells that ended are kept in the run"), None, v.bars,
+                 cancels=[ev], queue=False)
 
 
 def progress_html(done: int, total: int, errors: int, step: tuple[int, int] | None, note: str) -> str:
@@ -136,21 +165,12 @@ def make_plot(client: openai.OpenAI, admin: Admin, runs_root: Path | None, model
     run: store.Run = state["run"]
     took = time.monotonic() - t0
     picture = plots.draw(run)
-    gallery = [(img, caption(row)) for _, row in run.table.iterrows() if (img := run.image(row)) is not None]
+    axes = plots.axes_of(run)
+    gallery = [(img, plots.cell_label(axes, row)) for _, row in run.table.iterrows()
+               if (img := run.image(row)) is not None]
     ok = grid.size - run.manifest.errors
     note = f"{ok} image(s) in {took:.1f}s ({ok / took:.2f} images/s), kept as run {run.id}"
     if run.manifest.errors:
         first = next((r["error"] for r in run.rows().values() if r.get("error")), "")
         note += f"; {run.manifest.errors} cell(s) failed: {first}"
     yield progress_html(grid.size, grid.size, run.manifest.errors, None, note), picture, gallery
-
-
-def caption(row: Any) -> str:
-    """A cell's caption in the gallery: its model, seed, steps, guidance and size."""
-    bits = [str(row.get("model"))]
-    for key, name in (("seed", "seed"), ("num_inference_steps", "steps"), ("guidance_scale", "guidance"),
-                      ("size", "size"), ("negative_prompt", "negative")):
-        v = row.get(key)
-        if v is not None and v == v:  # not NaN
-            bits.append(f"{name} {v:g}" if isinstance(v, float) else f"{name} {v}")
-    return ", ".join(bits)

@@ -59,13 +59,12 @@ def build(client: openai.OpenAI, admin: Admin, notes: dict[str, str] | None = No
             with gr.Row():
                 generate = gr.Button("generate", variant="primary", elem_id="hub-generate", min_width=90)
                 stop = gr.Button("stop", variant="stop", elem_id="hub-image-stop", min_width=70)
-            imagegrid.build(client, admin, runs_root, {"model": model, "prompt": prompt, "negative": negative,
-                                                       "size": size, "steps": steps, "guidance": guidance,
-                                                       "seed": seed})
+            plot_form = imagegrid.form()
         with gr.Column(scale=2, min_width=280):
             status = gr.Markdown("", elem_classes=["hub-status"], elem_id="hub-image-status")
             results = gr.Gallery(label="results", columns=2, height=360, format="png", object_fit="contain",
                                  buttons=["download", "fullscreen"], elem_id="hub-results")
+            plot_view = imagegrid.view()
             with gr.Accordion("edit", open=True):
                 editor = gr.ImageEditor(label="image to edit (paint to mask: only painted parts change)",
                                         type="pil", image_mode="RGBA", height=360, elem_id="hub-editor",
@@ -78,6 +77,9 @@ def build(client: openai.OpenAI, admin: Admin, notes: dict[str, str] | None = No
             session = gr.Gallery(label="this session's images", columns=4, height=200, format="png",
                                  buttons=["download", "fullscreen"], elem_id="hub-history")
 
+    imagegrid.wire(client, admin, runs_root, {"model": model, "prompt": prompt, "negative": negative, "size": size,
+                                              "steps": steps, "guidance": guidance, "seed": seed},
+                   plot_form, plot_view)
     model.change(lambda m: note_update(m, notes), model, note)
     model.change(lambda m: form_defaults(image_options(client, m)), model, [size, steps, n, guidance], queue=False)
 

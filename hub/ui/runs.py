@@ -92,8 +92,9 @@ def open_run(runs_root: Path | None, run_id: str | None) -> tuple[Any, ...]:
     if m.grid and m.grid.get("plot") is not None and m.cells_done:
         picture = gr.Image(value=plots.draw(run), visible=True)
     rows = run.table
-    images = [(img, str(r.get("model", ""))) for _, r in rows.iterrows() if "image" in rows.columns
-              and (img := run.image(r)) is not None]
+    axes = plots.axes_of(run)
+    images = [(img, plots.cell_label(axes, r) if axes else str(r.get("model", ""))) for _, r in rows.iterrows()
+              if "image" in rows.columns and (img := run.image(r)) is not None]
     parquet = run.path / store.TABLE
     return ("  \n".join(lines), picture,
             gr.Dataframe(value=shown_table(run), visible=not rows.empty),
