@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tomllib
 from pathlib import Path
 
@@ -58,6 +59,13 @@ WATCH_IMAGE = """() => {
     .observe(status, {subtree: true, childList: true, characterData: true});
   new MutationObserver(() => { if (/preview \\d/.test(results.innerText)) window.__previews += 1; })
     .observe(results, {subtree: true, childList: true, characterData: true});
+}"""
+# Records what the X/Y/Z plot's bars say while it runs.
+WATCH_PLOT = """() => {
+  window.__bars = [];
+  const bars = document.querySelector('#hub-plot-progress');
+  new MutationObserver(() => window.__bars.push(bars.innerText.trim()))
+    .observe(bars, {subtree: true, childList: true, characterData: true});
 }"""
 # Records every text the last chat bubble shows, so the test can see the reply grow (streaming), not just its end.
 WATCH_CHAT = """() => {
@@ -202,9 +210,11 @@ def test_chat_image_edit_models_in_a_browser(browser, hub_factory, tmp_path):
     assert not errors, errors
 
 
-def test_demo_image_tab_starts_from_the_models_defaults_and_streams(browser, hub_factory):
+def test_demo_image_tab_streams_and_makes_an_xyz_plot(browser, hub_factory):
     """The real demo image model (tiny-sd on the diffusers engine): the form shows its own size and steps, and the
-    first generate from a fresh page shows previews and a moving step counter, then the image, in seconds."""
+    first generate from a fresh page shows previews and a moving step counter, then the image, in seconds. Then an
+    X/Y plot of seeds x steps: its bars move (cells, and each cell's steps), the labelled grid appears with its cells,
+    and the Runs tab opens it."""
     from tests.conftest import DEMO_MODELS, ENVS_DIR
 
     require((ENVS_DIR / "diffusers" / "bin" / "python").exists(), "no diffusers engine environment")
@@ -230,4 +240,37 @@ def test_demo_image_tab_starts_from_the_models_defaults_and_streams(browser, hub
     seen = [t for t in page.evaluate("window.__steps") if ": step " in t]
     assert any("step 1/" in t for t in seen) and len(set(seen)) >= 2, seen
     assert page.evaluate("window.__previews") >= 1, "no preview before the image"
+
+    # an X/Y plot over the same form: seed 1-3 x steps 2, 4
+    page.get_by_text("X/Y/Z plot").first.click()
+    for axis, kind, values in (("x", "seed", "1-3"), ("y", "steps", "2, 4")):
+        page.locator(f"#hub-plot-{axis}-kind input").click()
+        page.locator(f"#hub-plot-{axis}-kind").get_by_role("option", name=kind, exact=True).click()
+        page.locator(f"#hub-plot-{axis}-values textarea").fill(values)
+    page.locator("#hub-plot-make").click()
+    page.locator("#hub-plot-progress").wait_for(state="attached")  # the plot's view shows once it starts
+    page.evaluate(WATCH_PLOT)
+    page.get_by_text("6 of 6 cells").wait_for(timeout=120_000)
+    page.locator("#hub-plot-grid img").wait_for()
+    shot(page, "11-demo-xyz-plot")
+    bars = page.evaluate("window.__bars")
+    cells = {int(m) for b in bars for m in re.findall(r"cell (\d) of 6", b)}
+    assert len(cells) >= 2, f"the cells bar moved: {bars[-5:]}"
+    assert any(re.search(r"this cell: step \d/[24]", b) for b in bars), "each cell's steps showed"
+    grid = page.evaluate("() => { const i = document.querySelector('#hub-plot-grid img');"
+                         " return [i.naturalWidth, i.naturalHeight]; }")
+    assert grid[0] > 3 * 64 and grid[1] > 2 * 64, f"a labelled 3x2 grid of 64px cells: {grid}"
+    thumbs = page.locator("#hub-plot-cells .thumbnail-item, #hub-plot-cells button img")
+    page.wait_for_function("() => document.querySelectorAll('#hub-plot-cells img').length >= 6")
+    thumbs.first.click()  # a cell opens on its own
+    page.get_by_text("seed: 1, steps: 2").first.wait_for()
+    shot(page, "12-demo-xyz-cell")
+    run_id = re.search(r"kept as run ([\w.-]+)", page.locator("#hub-plot-progress").inner_text()).group(1)
+
+    # the Runs tab lists the plot and opens it: the grid, the table, the line for a notebook
+    tab(page, "Runs")
+    page.wait_for_function(f"() => (document.querySelector('#hub-runs-list')?.innerText || '').includes('{run_id}')")
+    page.locator("#hub-runs-summary").get_by_text(f"lab.load('{run_id}')").wait_for()
+    page.locator("#hub-runs-grid img").wait_for()
+    shot(page, "13-runs")
     assert not errors, errors
