@@ -1,4 +1,4 @@
-"""The web app (Gradio): Chat, Image and Models tabs, mounted at / by `hub serve`.
+"""The web app (Gradio): Chat, Image, Compare and Models tabs, mounted at / by `hub serve`.
 
 The app is a client of the hub like any other: the official openai client on the hub's own /v1 and a small client
 for /hub, both at the address the hub serves on and both sending the hub's API key when one is set. With a key set,
@@ -36,7 +36,7 @@ def _blocks(registry: Registry):
     from hub.ui.clients import make_clients
 
     client, admin = make_clients(registry.url, registry.api_key())
-    return build_ui(client, admin, model_notes(registry))
+    return build_ui(client, admin, model_notes(registry), runs_root=registry.state_dir / "runs")
 
 
 def mount_ui(app: FastAPI, registry: Registry) -> None:

@@ -6,25 +6,29 @@ handlers; this module composes them and fills the model pickers once the page lo
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import gradio as gr
 import openai
 
-from hub.ui import chat, images, models
+from hub.ui import chat, compare, images, models
 from hub.ui.clients import Admin
 from hub.ui.common import model_choices, note_update
 
 
-def build_ui(client: openai.OpenAI, admin: Admin, notes: dict[str, str] | None = None) -> gr.Blocks:
-    """The web app: Chat, Image and Models tabs over the hub's /v1 (openai client) and /hub (admin client).
+def build_ui(client: openai.OpenAI, admin: Admin, notes: dict[str, str] | None = None,
+             runs_root: str | os.PathLike[str] | None = None) -> gr.Blocks:
+    """The web app: Chat, Image, Compare and Models tabs over the hub's /v1 (openai client) and /hub (admin client).
 
-    `notes` maps model ids to a note shown when that model is picked: its registry `description`.
+    `notes` maps model ids to a note shown when that model is picked: its registry `description`. `runs_root` is
+    where Compare keeps its rounds and votes as runs (the hub's `<state_dir>/runs`; None: hub.lab's default).
     """
     with gr.Blocks(title="hub", analytics_enabled=False, fill_width=True) as demo:
         gr.Markdown("# hub\none endpoint for every model: chat, images, models", elem_id="hub-title")
         chat_tab = chat.build(client, admin, notes)
         image_tab = images.build(client, admin, notes)
+        compare_tab = compare.build(client, admin, notes, runs_root)
         admin_model = models.build(demo, admin)
 
         def init() -> tuple[Any, ...]:
@@ -35,8 +39,10 @@ def build_ui(client: openai.OpenAI, admin: Admin, notes: dict[str, str] | None =
             return (gr.Dropdown(choices=text, value=first_text),
                     gr.Dropdown(choices=image, value=first_image),
                     gr.Dropdown(choices=every, value=every[0] if every else None),
-                    note_update(first_text, notes), note_update(first_image, notes))
+                    note_update(first_text, notes), note_update(first_image, notes),
+                    gr.Dropdown(choices=text, value=text[:2]))
 
-        demo.load(init, None, [chat_tab.model, image_tab.model, admin_model, chat_tab.note, image_tab.note])
+        demo.load(init, None, [chat_tab.model, image_tab.model, admin_model, chat_tab.note, image_tab.note,
+                               compare_tab.models])
     demo.queue(default_concurrency_limit=16)
     return demo
