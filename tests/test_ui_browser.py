@@ -274,3 +274,90 @@ def test_demo_image_tab_streams_and_makes_an_xyz_plot(browser, hub_factory):
     page.locator("#hub-runs-grid img").wait_for()
     shot(page, "13-runs")
     assert not errors, errors
+
+
+# A second text model for the Compare tab, before the image model so the picker starts with echo and parrot.
+PARROT = f"""[models.parrot]
+type = "text"
+engine = "command"
+memory_gb = 2
+[models.parrot.args]
+command = {responder_command("--chunk-delay", "0.12")}
+
+"""
+# Records every text the answer panes A and B show, so the test can see both grow (streaming), not just their ends.
+WATCH_COMPARE = """() => {
+  window.__panes = {a: [], b: []};
+  for (const pos of ['a', 'b']) {
+    const pane = document.querySelector(`#hub-compare-answer-${pos}`);
+    new MutationObserver(() => window.__panes[pos].push(pane.innerText.trim()))
+      .observe(pane, {subtree: true, childList: true, characterData: true});
+  }
+}"""
+
+
+def test_compare_streams_side_by_side_then_a_blind_vote_moves_the_standings(browser, hub_factory):
+    hub = hub_factory(REGISTRY.replace("[models.tiny-sd]", PARROT + "[models.tiny-sd]"), ui=True)
+    page, errors = open_app(browser, hub.url + "/", 1280, 900)
+    tab(page, "Compare")
+    picker = "document.querySelector('#hub-compare-models')?.innerText || ''"
+    page.wait_for_function(f"() => /echo/.test({picker}) && /parrot/.test({picker})")  # the first two text models
+    standings = page.locator("#hub-compare-standings")
+    assert "echo" not in standings.inner_text(), "no vote yet"
+    shot(page, "2x-compare-empty")
+
+    # two models at once: both answers grow side by side, then each shows its speed
+    prompt = "compare these two answers word by word please"
+    answer = f"echo: {prompt}"
+    page.evaluate(WATCH_COMPARE)
+    page.locator("#hub-compare-prompt textarea").fill(prompt)
+    page.locator("#hub-compare-send").click()
+    page.get_by_text("starting echo...").first.wait_for()
+    shot(page, "2x-compare-starting")
+    for pos in "ab":
+        page.locator(f"#hub-compare-answer-{pos}").get_by_text(answer).wait_for()
+    for pos, model in (("a", "echo"), ("b", "parrot")):
+        assert page.locator(f"#hub-compare-head-{pos}").inner_text().strip() == f"{pos.upper()} · {model}"
+        page.wait_for_function(f"() => /first token [0-9.]+s · [0-9.]+ tok\\/s · 9 tokens/.test("
+                               f"document.querySelector('#hub-compare-stats-{pos}').innerText)")
+    page.get_by_text("which is better? vote below").wait_for()
+    shot(page, "2x-compare-answers")
+    seen = page.evaluate("window.__panes")
+    for pos in "ab":
+        partial = {s for s in seen[pos] if s.startswith("echo:") and s != answer}
+        assert len(partial) >= 2, f"pane {pos} never showed a partial answer (not streamed): {seen[pos][-5:]}"
+    assert page.locator("#hub-compare-col-c").is_hidden() and page.locator("#hub-compare-col-d").is_hidden()
+
+    # blind: the names are hidden until the vote, then revealed, and the standings count the vote
+    page.locator("#hub-compare-blind input").check()
+    page.locator("#hub-compare-prompt textarea").fill("who am I talking to")
+    page.locator("#hub-compare-send").click()
+    page.wait_for_function("() => /round 2: .*which is better/.test("
+                           "document.querySelector('#hub-compare-status').innerText)"
+                           " && !document.querySelector('#hub-compare-vote-a').disabled")
+    heads = [page.locator(f"#hub-compare-head-{pos}").inner_text().strip() for pos in "ab"]
+    assert heads == ["model A", "model B"], heads
+    assert "parrot" not in page.locator("#hub-compare-answers").inner_text()
+    shot(page, "2x-compare-blind")
+    page.locator("#hub-compare-vote-a").click()
+    page.get_by_text("vote saved: A is better").wait_for()
+    page.wait_for_function("() => /echo[\\s\\S]*parrot|parrot[\\s\\S]*echo/.test("
+                           "document.querySelector('#hub-compare-standings').innerText)")
+    heads = [page.locator(f"#hub-compare-head-{pos}").inner_text().strip() for pos in "ab"]
+    assert sorted(h.split(" · ")[1] for h in heads) == ["echo", "parrot"], heads
+    assert "100%" in standings.inner_text() and "0%" in standings.inner_text()
+    assert page.locator("#hub-compare-vote-b").is_disabled(), "one vote per round"
+    shot(page, "2x-compare-voted")
+    assert not errors, errors
+
+    # a phone: the columns stack, nothing is wider than the screen, the standings are there
+    phone, errors = open_app(browser, hub.url + "/", 430, 900)
+    tab(phone, "Compare")
+    phone.wait_for_function("() => /parrot/.test(document.querySelector('#hub-compare-standings')?.innerText||'')")
+    phone.locator("#hub-compare-prompt textarea").fill("short")
+    phone.locator("#hub-compare-send").click()
+    phone.locator("#hub-compare-answer-b").get_by_text("echo: short").wait_for()
+    shot(phone, "2x-compare-phone")
+    width = phone.evaluate("() => document.documentElement.scrollWidth")
+    assert width <= 430, f"the page is {width}px wide on a 430px screen"
+    assert not errors, errors

@@ -92,6 +92,8 @@ input[type="range"] {{ accent-color: {AMBER}; }}
 .hub-status {{ color: {AMBER}; min-height: 1.5em; }}
 .hub-note {{ border-left: 3px solid {AMBER}; padding-left: 0.6rem; color: {AMBER}; }}
 .hub-note strong {{ color: {AMBER}; }}
+.hub-compare-head strong {{ color: {AMBER}; }}
+.hub-compare-stats p {{ color: {GREEN_DIM} !important; font-size: 0.85rem; }}
 button[role="tab"] {{ color: {GREEN_DIM} !important; }}
 button[role="tab"][aria-selected="true"] {{ color: {AMBER} !important; border-color: {AMBER} !important; }}
 .message.user, .message-row.user-row .message {{ border-color: {AMBER} !important; }}
