@@ -18,47 +18,13 @@ import pytest
 
 from hub import lab
 from hub.lab import store
-from tests.conftest import ROOT, responder_command, start_hub
+from tests.conftest import ROOT, start_hub
+from tests.helpers import image_model, text_model
 
-REGISTRY = f"""
-[hub]
-memory_budget_gb = 4
-
-[models.echo]
-type = "text"
-engine = "command"
-memory_gb = 1
-env = {{ SOME_TOKEN = "s3cret" }}
-[models.echo.args]
-command = {responder_command("--chunk-delay", "0.002")}
-
-[models.echo2]
-type = "text"
-engine = "command"
-memory_gb = 1
-[models.echo2.args]
-command = {responder_command("--chunk-delay", "0.002")}
-
-[models.slow]
-type = "text"
-engine = "command"
-memory_gb = 1
-[models.slow.args]
-command = {responder_command("--chunk-delay", "0.25")}
-
-[models.pix]
-type = "image"
-engine = "command"
-memory_gb = 1
-[models.pix.args]
-command = {responder_command("--step-delay", "0.01")}
-
-[models.broken]
-type = "text"
-engine = "command"
-[models.broken.args]
-command = {responder_command("--fail-start")}
-"""
+REGISTRY = ("[hub]\nmemory_budget_gb = 4\n"
+            + text_model("echo", "--chunk-delay", "0.002", more='env = { SOME_TOKEN = "s3cret" }')
+            + text_model("echo2", "--chunk-delay", "0.002") + text_model("slow", "--chunk-delay", "0.25")
+            + image_model("pix", "--step-delay", "0.01") + text_model("broken", "--fail-start", memory=0))
 
 
 @pytest.fixture(scope="module")

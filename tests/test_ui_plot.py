@@ -12,26 +12,11 @@ import pytest
 from hub.lab import store
 from hub.ui import imagegrid, runs
 from hub.ui.clients import make_clients
-from tests.conftest import responder_command, start_hub
+from tests.conftest import start_hub
+from tests.helpers import image_model
 
-REGISTRY = f"""
-[hub]
-memory_budget_gb = 4
-
-[models.pix]
-type = "image"
-engine = "command"
-memory_gb = 1
-[models.pix.args]
-command = {responder_command("--start-delay", "1", "--step-delay", "0.05")}
-
-[models.pix2]
-type = "image"
-engine = "command"
-memory_gb = 1
-[models.pix2.args]
-command = {responder_command("--step-delay", "0.01")}
-"""
+REGISTRY = ("[hub]\nmemory_budget_gb = 4\n" + image_model("pix", "--start-delay", "1", "--step-delay", "0.05")
+            + image_model("pix2", "--step-delay", "0.01"))
 
 
 @pytest.fixture(scope="module")
