@@ -1,24 +1,27 @@
-"""What several test modules share: registry tables, clients, the in-memory manager's fakes and the scripted HTTP
-engine. Test modules import from here, never from each other."""
+"""What several test modules share: registry tables, clients, the demo registry, notebooks run with nbclient, the
+in-memory manager's fakes and the scripted HTTP engine. Test modules import from here, never from each other."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import re
 import ssl
 import tomllib
 from collections.abc import Awaitable, Callable
-from typing import ClassVar
+from pathlib import Path
+from typing import Any, ClassVar
 
 import httpx
 import openai
+import pytest
 
 from hub.engines.base import Engine as HubEngine
 from hub.engines.base import LaunchContext, LaunchSpec
 from hub.manager import Manager
 from hub.registry import parse_registry
 from hub.runtimes.base import Handle, Runtime
-from tests.conftest import DEMO_MODELS, ROOT, responder_command
+from tests.conftest import DEMO_MODELS, ENVS_DIR, ROOT, require, responder_command
 
 # ---- registries and clients for a real `hub serve` ----
 
@@ -60,6 +63,58 @@ def client(hub, key: str = "none") -> openai.OpenAI:
     """The official openai client on a hub."""
     return openai.OpenAI(base_url=hub.v1, api_key=key, max_retries=0, timeout=60)
 
+
+
+# ---- the demo registry and notebooks, against a real `hub serve` ----
+
+NOTEBOOK_ARTIFACTS = ROOT / "artifacts" / "notebooks"
+
+
+def demo_registry(text: str) -> str:
+    """The demo registry for start_hub: its own port and state dir go, its models' folders are the shared ones."""
+    text = re.sub(r"(?m)^\s*(port|state_dir)\s*=.*$", "", text)
+    return text.replace("{state_dir}/models", str(DEMO_MODELS))
+
+
+def require_demo(registry: str) -> dict[str, Any]:
+    """The models of a demo registry (from demo_registry), once its engine environments and model folders are
+    found; skip (fail under HUB_STRICT=1) naming what is missing and the command that makes it."""
+    for env_name in ("vllm", "diffusers"):
+        require((ENVS_DIR / env_name / "bin" / "python").exists(),
+                f"engine environment {ENVS_DIR / env_name} is missing: run `make engines`")
+    models = tomllib.loads(registry)["models"]
+    for c in models.values():
+        if c.get("source", "").startswith("/"):
+            require(Path(c["source"]).exists(), f"demo model folder {c['source']} is missing: run `make demo-models`")
+    return models
+
+
+def execute(name: str, tag: str, env: dict[str, str], monkeypatch: pytest.MonkeyPatch, timeout: int = 900) -> Any:
+    """Run notebooks/<name>.ipynb with env set for its kernel; save it as artifacts/notebooks/<name>-<tag>.ipynb."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    nb = nbformat.read(ROOT / "notebooks" / f"{name}.ipynb", as_version=4)
+    client = NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}})
+    NOTEBOOK_ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    try:
+        client.execute()
+    finally:
+        nbformat.write(nb, NOTEBOOK_ARTIFACTS / f"{name}-{tag}.ipynb")
+    return nb
+
+
+def outputs(nb: Any, kind: str) -> int:
+    """How many outputs of a MIME type (e.g. image/png, text/html) the executed notebook holds."""
+    return sum(kind in o.get("data", {}) for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
+
+
+def printed(nb: Any) -> str:
+    """Everything the executed notebook's cells printed (their stdout and stderr streams), in order."""
+    return "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
+                   if o.get("output_type") == "stream")
 
 
 # ---- the manager in memory: a fake runtime and engine ----

