@@ -239,3 +239,15 @@ def test_image_cells_of_one_shape_are_sent_together():
     assert [shapes[i] != shapes[i + 1] for i in range(len(shapes) - 1)].count(True) == 1, "one switch of shape"
     text = lab.text_grid(["m"], ["a", "b"], params={"temperature": [0, 1]})
     assert order(text, text.cells()) == text.cells(), "text cells go as they come"
+
+
+def test_keys_see_settings_not_their_spelling_and_tables_keep_the_grid_order(hub, root):
+    a = lab.text_grid(["echo"], ["x"], params={"temperature": [0, 1]})
+    b = lab.text_grid(["echo"], ["x"], params={"temperature": [0.0, 1.0]})
+    assert [c.key for c in a.cells()] == [c.key for c in b.cells()], "temperature 0 and 0.0 ask the same"
+    grid = lab.text_grid(["slow", "echo"], ["one two"], params={"seed": [1, 2, 3]}, max_tokens=4)
+    run = lab.run(grid, url=hub.url, root=root, progress=False, concurrency=6)
+    assert run.manifest.warmed == {"slow": "ready", "echo": "ready"}, "the models were loaded before the cells"
+    assert list(run.table["cell"]) == [c.key for c in grid.cells()], "slow's cells ended last but come first"
+    assert (run.table["output_tokens_per_s"] > 0).all()
+    assert str(run.table["started_at"].dtype).startswith("datetime64")

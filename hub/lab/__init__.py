@@ -18,8 +18,8 @@ says what a run folder holds.
 from hub.lab.diff import diff
 from hub.lab.grid import Cell, Grid, image_grid, text_grid
 from hub.lab.plots import draw, parse_axes, plot_grid
-from hub.lab.runner import make_client, resume, run
+from hub.lab.runner import make_client, resume, run, warm
 from hub.lab.store import Run, load, runs, runs_dir
 
 __all__ = ["Cell", "Grid", "Run", "diff", "draw", "image_grid", "load", "make_client", "parse_axes", "plot_grid",
-           "resume", "run", "runs", "runs_dir", "text_grid"]
+           "resume", "run", "runs", "runs_dir", "text_grid", "warm"]

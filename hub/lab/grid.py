@@ -52,9 +52,20 @@ class Cell:
         return ""
 
 
+def _plain(v: Any) -> Any:
+    """A setting as its key sees it: a whole float is its int (temperature 0 and 0.0 ask the same)."""
+    if isinstance(v, float) and v.is_integer():
+        return int(v)
+    if isinstance(v, list | tuple):
+        return [_plain(x) for x in v]
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
+    return v
+
+
 def cell_key(model: str, prompt: Prompt, swept: dict[str, Any], repeat: int) -> str:
     """A cell's key: what it asks, hashed (stable across runs and across Python processes)."""
-    what = json.dumps([model, prompt, sorted(swept.items()), repeat], sort_keys=True, default=str)
+    what = json.dumps([model, prompt, sorted(_plain(swept).items()), repeat], sort_keys=True, default=str)
     return hashlib.sha256(what.encode()).hexdigest()[:16]
 
 

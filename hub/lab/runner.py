@@ -1,8 +1,11 @@
 """Running a grid against a hub with the official openai client: a few cells at a time, each cell timed, its result
 recorded as it ends (hub/lab/store.py), progress on a bar.
 
-Text cells stream (`stream_options.include_usage`), which gives the time to the first token; tokens/s is the decode
-rate after it: (completion tokens - 1) / (total - first token). Image cells ask the image server for its stream
+Text cells stream (`stream_options.include_usage`), which gives the time to the first token; tokens_per_s is the
+decode rate after it, (completion tokens - 1) / (total - first token), as vLLM's benchmark derives it from TPOT (an
+engine that sends its tokens in bursts inflates it), and output_tokens_per_s is completion tokens / total time.
+Before its first cell, a run loads the grid's models side by side (`warm`), so a cold start is not timed as a
+cell's first token. Image cells ask the image server for its stream
 (with no previews) to see each denoising step; an engine that does not stream images answers with JSON, read the
 same way. Cells of one shape (model, size, steps, guidance, negative prompt) are sent next to each other, so the
 image server runs them as one batch (its max_batch) when the concurrency lets them queue together.
@@ -135,7 +138,8 @@ def text_cell(client: openai.OpenAI, grid: Grid, cell: Cell, stop: threading.Eve
     if out and ttft is not None and out > 1 and total > ttft:
         rate = (out - 1) / (total - ttft)
     row = {"answer": "".join(parts), "finish_reason": finish, "ttft_s": ttft, "total_s": total,
-           "prompt_tokens": usage.prompt_tokens if usage else None, "completion_tokens": out, "tokens_per_s": rate}
+           "prompt_tokens": usage.prompt_tokens if usage else None, "completion_tokens": out, "tokens_per_s": rate,
+           "output_tokens_per_s": out / total if out and total > 0 else None}
     if reasoning:
         row["reasoning"] = "".join(reasoning)
     return row
@@ -275,20 +279,43 @@ def execute(run: store.Run, grid: Grid, client: openai.OpenAI, *, concurrency: i
         raise
     finally:
         bar.close()
-        run.finish(status)
+        run.finish(status, [c.key for c in grid.cells()])
     return run
+
+
+def warm(models: list[str], *, url: str | None = None, api_key: str | None = None,
+         client: openai.OpenAI | None = None, timeout: float = 900.0) -> dict[str, str]:
+    """Load models on a hub side by side and wait for them: each model's state, or why it could not load (a hub
+    whose budget cannot hold them all swaps them as usual; a server without the /hub API says so)."""
+    client = client or make_client(url, api_key)
+    admin = Admin(hub_of(client), client.api_key if client.api_key != "no-key" else None, timeout=timeout)
+
+    def load(model: str) -> str:
+        try:
+            return str(admin.load(model, timeout=timeout).get("state"))
+        except AdminError as err:
+            return f"not loaded: {err}"
+
+    try:
+        with ThreadPoolExecutor(max_workers=max(1, len(models)), thread_name_prefix="lab-warm") as pool:
+            return dict(zip(models, pool.map(load, models), strict=True))
+    finally:
+        admin.close()
 
 
 def run(grid: Grid, *, url: str | None = None, api_key: str | None = None, client: openai.OpenAI | None = None,
         name: str = "", concurrency: int = 4, progress: bool = True, root: str | None = None,
         stop: threading.Event | None = None, on_cell: OnCell | None = None, on_step: OnStep | None = None,
-        timeout: float = 600.0) -> store.Run:
+        timeout: float = 600.0, warm_up: bool = True) -> store.Run:
     """Run a grid against a hub (`url`, else $HUB_URL) and keep it as a run: returns the Run (`.table` is a
-    DataFrame). `concurrency` cells at a time; a tqdm bar (a widget in notebooks) unless `progress` is False."""
+    DataFrame). `concurrency` cells at a time; a tqdm bar (a widget in notebooks) unless `progress` is False;
+    the grid's models loaded first unless `warm_up` is False (their states go in the manifest as `warmed`)."""
     client = client or make_client(url, api_key, timeout)
-    models, version = describe_models(client, sorted({c.model for c in grid.cells()}))
+    used = list(dict.fromkeys(c.model for c in grid.cells()))
+    models, version = describe_models(client, sorted(used))
+    warmed = warm(used, client=client) if warm_up else {}
     new = store.create(grid.kind, name, root=root, grid=grid.model_dump(mode="json"), models=models,
-                       hub_url=hub_of(client), hub_version=version, cells_total=grid.size)
+                       hub_url=hub_of(client), hub_version=version, cells_total=grid.size, warmed=warmed)
     return execute(new, grid, client, concurrency=concurrency, progress=progress, stop=stop, on_cell=on_cell,
                    on_step=on_step)
 

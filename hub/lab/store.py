@@ -174,9 +174,13 @@ class Run:
             data = self.manifest.model_dump_json(indent=2)
         atomic_write(self.path / MANIFEST, data.encode())
 
-    def finish(self, status: RunStatus) -> Run:
-        """Mark the run done, interrupted or failed, and write its table as Parquet."""
+    def finish(self, status: RunStatus, order: list[str] | None = None) -> Run:
+        """Mark the run done, interrupted or failed, and write its table as Parquet (rows in `order`, the grid's
+        cell keys, where given; else in the order the cells ended)."""
         rows = list(self.rows().values())
+        if order is not None:
+            place = {k: i for i, k in enumerate(order)}
+            rows.sort(key=lambda r: place.get(r["cell"], len(place)))
         self.manifest.cells_done = len(rows)
         self.manifest.errors = sum(bool(r.get("error")) for r in rows)
         table = frame(rows)
@@ -216,6 +220,9 @@ def read_journal(path: Path) -> dict[str, dict[str, Any]]:
 def frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
     """Rows as a DataFrame whose columns Parquet can hold (values that are lists or dicts become JSON text)."""
     table = pd.DataFrame(rows)
+    for col in ("started_at", "recorded_at"):
+        if col in table.columns:
+            table[col] = pd.to_datetime(table[col], unit="s")
     for col in table.columns:
         if table[col].map(lambda v: isinstance(v, list | dict)).any():
             table[col] = table[col].map(lambda v: json.dumps(v) if isinstance(v, list | dict) else v)
