@@ -96,10 +96,13 @@ class Round(BaseModel):
         row = {k: (None if _missing(v) else v) for k, v in dict(row).items()}
         answers = [Answer(**{field: row.get(f"{field}_{pos}") for field in PER_POSITION})
                    for pos in POSITIONS if row.get(f"model_{pos}")]
+        started = row.get("started_at") or 0.0
+        if isinstance(started, pd.Timestamp):  # a table row: the table shows times as datetimes
+            started = started.timestamp()
         return cls(id=str(row["cell"]), round=int(row.get("round") or 0), prompt=row.get("prompt") or "",
                    system=row.get("system") or "", temperature=row.get("temperature"),
                    max_tokens=row.get("max_tokens"), blind=bool(row.get("blind")), answers=answers,
-                   started_at=row.get("started_at") or 0.0, vote=row.get("vote"), voted_at=row.get("voted_at"))
+                   started_at=started, vote=row.get("vote"), voted_at=row.get("voted_at"))
 
 
 def _missing(value: Any) -> bool:
