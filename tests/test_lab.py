@@ -251,3 +251,20 @@ def test_keys_see_settings_not_their_spelling_and_tables_keep_the_grid_order(hub
     assert list(run.table["cell"]) == [c.key for c in grid.cells()], "slow's cells ended last but come first"
     assert (run.table["output_tokens_per_s"] > 0).all()
     assert str(run.table["started_at"].dtype).startswith("datetime64")
+
+
+def test_an_image_path_from_an_edited_journal_stays_in_the_runs_images(root, tmp_path):
+    from PIL import Image
+
+    outside = tmp_path / "secret.png"
+    Image.new("RGB", (4, 4)).save(outside)
+    run = store.create("image", "tampered", root=root)
+    run.record({"cell": "ok", "x": 0}, Image.new("RGB", (4, 4)))
+    for key, rel in [("up", "../../secret.png"), ("abs", str(outside)), ("side", "images/../manifest.json")]:
+        with open(run.path / store.JOURNAL, "a") as f:
+            f.write(json.dumps({"cell": key, "image": rel}) + "\n")
+    run = lab.load(run.id, root)
+    assert run.image_path("ok") == run.path / "images" / "ok.png" and run.image("ok") is not None
+    for key in ("up", "abs", "side"):
+        assert run.image_path(key) is None and run.image(key) is None, key
+        assert run.image_path(run.rows()[key]) is None

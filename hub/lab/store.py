@@ -114,10 +114,15 @@ class Run:
         return frame(list(self.rows().values()))
 
     def image_path(self, cell: str | dict[str, Any] | pd.Series) -> Path | None:
-        """The file of an image cell (a cell key or a row), None for a cell without an image."""
+        """The file of an image cell (a cell key or a row), None for a cell without an image. Only a file in the
+        run's images folder counts: a journal edited to point elsewhere (`../../etc/passwd`) gives None."""
         row = self.rows().get(cell) if isinstance(cell, str) else dict(cell)
         rel = (row or {}).get("image")
-        return self.path / rel if isinstance(rel, str) and rel else None
+        if not isinstance(rel, str) or not rel:
+            return None
+        path = self.path / rel
+        inside = path.resolve().parent == (self.path / IMAGES).resolve()
+        return path if inside else None
 
     def image(self, cell: str | dict[str, Any] | pd.Series) -> Image.Image | None:
         """The image of an image cell, opened (None for a cell without one)."""
