@@ -268,3 +268,22 @@ def test_an_image_path_from_an_edited_journal_stays_in_the_runs_images(root, tmp
     for key in ("up", "abs", "side"):
         assert run.image_path(key) is None and run.image(key) is None, key
         assert run.image_path(run.rows()[key]) is None
+
+
+def test_a_cell_whose_file_is_no_image_is_drawn_as_failed_and_the_runs_tab_opens(root):
+    from PIL import Image
+
+    from hub.lab.runner import cell_row
+    from hub.ui import runs as runs_tab
+
+    grid = lab.plot_grid(lab.parse_axes([("seed", "1, 2")]), model="m", prompt="p", size="8x8")
+    run = store.create("image", "plot", root=root, grid=grid.model_dump(mode="json"), cells_total=grid.size)
+    first, second = grid.cells()
+    run.record({**cell_row(grid, first), "error": None}, Image.new("RGB", (8, 8), (255, 0, 0)))
+    run.record({**cell_row(grid, second), "error": None}, b"<html>not a png</html>")  # an engine's odd answer
+    run.finish("done")
+    assert run.image(first.key) is not None and run.image(second.key) is None
+    picture = lab.draw(run.id, root)
+    assert (160, 160, 160) in {c for _, c in picture.getcolors(2**16)}, "the unreadable cell is grey"
+    _, shown_picture, _, gallery, _ = runs_tab.open_run(root, run.id)
+    assert shown_picture.visible and len(gallery.value) == 1

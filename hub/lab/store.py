@@ -125,13 +125,16 @@ class Run:
         return path if inside else None
 
     def image(self, cell: str | dict[str, Any] | pd.Series) -> Image.Image | None:
-        """The image of an image cell, opened (None for a cell without one)."""
+        """The image of an image cell, opened (None for a cell without one, or whose file is no image PIL reads)."""
         path = self.image_path(cell)
-        if path is None or not path.exists():
+        if path is None or not path.is_file():
             return None
-        with Image.open(path) as img:
-            img.load()
-            return img
+        try:
+            with Image.open(path) as img:
+                img.load()
+                return img
+        except (OSError, ValueError, Image.DecompressionBombError):
+            return None
 
     # ---- writing ----
 
