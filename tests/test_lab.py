@@ -287,3 +287,17 @@ def test_a_cell_whose_file_is_no_image_is_drawn_as_failed_and_the_runs_tab_opens
     assert (160, 160, 160) in {c for _, c in picture.getcolors(2**16)}, "the unreadable cell is grey"
     _, shown_picture, _, gallery, _ = runs_tab.open_run(root, run.id)
     assert shown_picture.visible and len(gallery.value) == 1
+
+
+def test_a_column_of_mixed_types_is_kept_as_text_in_the_parquet_file(root):
+    run = store.create("text", "mixed", root=root, cells_total=4)
+    run.record({"cell": "a", "seed": 1, "flag": True, "big": 2**70, "error": None})
+    run.record({"cell": "b", "seed": "random", "flag": 3, "big": 1, "error": "400: bad seed"})
+    run.record({"cell": "c", "seed": None, "flag": None, "error": None})
+    run.finish("done")  # Arrow holds no column of ints and strings: this raised, and the run stayed "running"
+    loaded = lab.load(run.id, root)
+    assert loaded.manifest.status == "done" and (run.path / store.TABLE).exists()
+    t = loaded.table.set_index("cell")
+    assert t.loc["a", "seed"] == "1" and t.loc["b", "seed"] == "random" and pd.isna(t.loc["c", "seed"])
+    assert t.loc["a", "big"] == str(2**70) and t.loc["b", "flag"] == "3"
+    assert t.loc["b", "error"] == "400: bad seed"

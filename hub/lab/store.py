@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import re
 import secrets
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pandas as pd
+import pyarrow as pa
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -226,7 +228,9 @@ def read_journal(path: Path) -> dict[str, dict[str, Any]]:
 
 
 def frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
-    """Rows as a DataFrame whose columns Parquet can hold (values that are lists or dicts become JSON text)."""
+    """Rows as a DataFrame whose columns Parquet can hold (values that are lists or dicts become JSON text, and so
+    does every value of a column whose rows mix types Arrow cannot hold in one column: 1 and "x", True and 3, an
+    integer beyond 64 bits)."""
     table = pd.DataFrame(rows)
     for col in ("started_at", "recorded_at"):
         if col in table.columns:
@@ -234,7 +238,21 @@ def frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
     for col in table.columns:
         if table[col].map(lambda v: isinstance(v, list | dict)).any():
             table[col] = table[col].map(lambda v: json.dumps(v) if isinstance(v, list | dict) else v)
+        if table[col].dtype == object:
+            try:
+                pa.array(table[col], from_pandas=True)
+            except (pa.ArrowException, OverflowError):
+                table[col] = table[col].map(_text)
     return table
+
+
+def _text(value: Any) -> str | None:
+    """A value of a column of mixed types as text (None and NaN stay empty)."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return json.dumps(value, default=str)
 
 
 # ---- the runs dir ----
