@@ -301,3 +301,14 @@ def test_a_column_of_mixed_types_is_kept_as_text_in_the_parquet_file(root):
     assert t.loc["a", "seed"] == "1" and t.loc["b", "seed"] == "random" and pd.isna(t.loc["c", "seed"])
     assert t.loc["a", "big"] == str(2**70) and t.loc["b", "flag"] == "3"
     assert t.loc["b", "error"] == "400: bad seed"
+
+
+def test_a_manifest_with_an_impossible_time_does_not_break_the_runs_list(root):
+    from hub.ui import runs as runs_tab
+
+    good = store.create("text", "good", root=root)
+    for name, created in [("far", "1e20"), ("nan", "NaN"), ("inf", "Infinity")]:
+        (root / name).mkdir()
+        (root / name / store.MANIFEST).write_text(f'{{"id": "{name}", "kind": "text", "created": {created}}}')
+    assert list(lab.runs(root)["id"]) == [good.id]
+    assert [r[0] for r in runs_tab.run_rows(root)] == [good.id]

@@ -293,12 +293,13 @@ def runs(root: str | os.PathLike[str] | None = None, kind: RunKind | None = None
     for path in folder.iterdir() if folder.is_dir() else ():
         try:
             m = Manifest.model_validate_json((path / MANIFEST).read_bytes())
-        except (OSError, ValueError):
+            created = pd.Timestamp(m.created, unit="s")
+        except (OSError, ValueError, OverflowError):  # no manifest, or not a run's (a created time of 1e20)
             continue
-        if kind is not None and m.kind != kind:
+        if (kind is not None and m.kind != kind) or pd.isna(created):
             continue
         found.append({"id": m.id, "kind": m.kind, "name": m.name, "status": m.status,
-                      "created": pd.Timestamp(m.created, unit="s"), "cells_done": m.cells_done,
+                      "created": created, "cells_done": m.cells_done,
                       "cells_total": m.cells_total, "errors": m.errors, "models": ", ".join(m.models)})
     table = pd.DataFrame(found, columns=cols)
     return table.sort_values("created", ascending=False, ignore_index=True)
