@@ -312,3 +312,20 @@ def test_a_manifest_with_an_impossible_time_does_not_break_the_runs_list(root):
         (root / name / store.MANIFEST).write_text(f'{{"id": "{name}", "kind": "text", "created": {created}}}')
     assert list(lab.runs(root)["id"]) == [good.id]
     assert [r[0] for r in runs_tab.run_rows(root)] == [good.id]
+
+
+def test_a_value_given_twice_is_refused_rather_than_losing_a_cell():
+    # two cells asking the same thing have one key: the run kept one, a plot drew the other place as "failed"
+    with pytest.raises(ValueError, match='seed: "1" is on the axis twice'):
+        lab.parse_axes([("seed", "1, 1, 2")])
+    with pytest.raises(ValueError, match='size: "64x64" is on the axis twice'):
+        lab.parse_axes([("size", "64, 64x64")])
+    with pytest.raises(ValueError, match=r"params.temperature: 0.7 is given twice"):
+        lab.text_grid(["m"], ["p"], params={"temperature": [0.7, 0.7]})
+    with pytest.raises(ValueError, match="ask the same thing"):
+        lab.Grid(kind="image", models=["m"], prompts=["p"], plot=[{"model": "m", "prompt": "p", "seed": 1, "x": 0},
+                                                                  {"model": "m", "prompt": "p", "seed": 1, "x": 1}])
+    with pytest.raises(ValueError, match=r"params.temperature: 0.0 is given twice"):
+        lab.text_grid(["m"], ["p"], params={"temperature": [0, 0.0]})  # one key: 0 and 0.0 ask the same
+    grid = lab.text_grid(["m"], ["p"], params={"temperature": [0.7, 0.70000001, 1]})
+    assert len({c.key for c in grid.cells()}) == grid.size == 3

@@ -102,6 +102,12 @@ class Grid(BaseModel):
         for name, values in params.items():
             if not values:
                 raise ValueError(f"params.{name}: give at least one value to sweep")
+            seen = set()
+            for v in values:  # the same value twice makes cells of one key: a run would hold one of them
+                what = json.dumps(_plain(v), sort_keys=True, default=str)  # as the key sees it: 0 is 0.0
+                if what in seen:
+                    raise ValueError(f"params.{name}: {v!r} is given twice: give each value once")
+                seen.add(what)
         return params
 
     @model_validator(mode="after")
@@ -119,6 +125,14 @@ class Grid(BaseModel):
             raise ValueError(f"{sorted(taken)}: a setting may not take the name of a result column")
         if len(set(self.models)) != len(self.models):
             raise ValueError("a model is named twice in models")
+        seen: dict[str, dict[str, Any]] = {}
+        for spec in self.plot or []:
+            what = json.dumps(_plain({IMAGE_ALIASES.get(k, k): v for k, v in spec.items() if k not in ("x", "y", "z")}),
+                              sort_keys=True, default=str)
+            place = {k: spec[k] for k in ("x", "y", "z") if k in spec}
+            if what in seen:
+                raise ValueError(f"plot cells {seen[what]} and {place} ask the same thing: give each axis value once")
+            seen[what] = place
         return self
 
     @property

@@ -98,6 +98,11 @@ class Axis(BaseModel):
         if len(self.values) > MAX_VALUES:
             raise ValueError(f"{self.label}: {len(self.values)} values, more than {MAX_VALUES} on one axis")
         self.values = [_check_value(self.kind, v) for v in self.values]
+        seen: set[Any] = set()
+        for v in self.values:
+            if v in seen:  # two cells that ask the same thing are one cell of a run: the grid lost one of its places
+                raise ValueError(f'{self.label}: "{v}" is on the axis twice: give each value once')
+            seen.add(v)
         return self
 
     @property
