@@ -329,3 +329,17 @@ def test_a_value_given_twice_is_refused_rather_than_losing_a_cell():
         lab.text_grid(["m"], ["p"], params={"temperature": [0, 0.0]})  # one key: 0 and 0.0 ask the same
     grid = lab.text_grid(["m"], ["p"], params={"temperature": [0.7, 0.70000001, 1]})
     assert len({c.key for c in grid.cells()}) == grid.size == 3
+
+
+def test_a_sweep_over_numpy_numbers_is_a_sweep_over_numbers(root):
+    import numpy as np
+
+    grid = lab.text_grid(["m"], ["p"], params={"seed": np.arange(3), "top_p": np.linspace(0.5, 1, 2)},
+                         max_tokens=np.int64(8))
+    by_hand = lab.text_grid(["m"], ["p"], params={"seed": [0, 1, 2], "top_p": [0.5, 1.0]}, max_tokens=8)
+    assert [c.key for c in grid.cells()] == [c.key for c in by_hand.cells()]
+    assert type(grid.cells()[0].settings["seed"]) is int and type(grid.fixed["max_tokens"]) is int
+    # what lab.run keeps in the manifest (this raised PydanticSerializationError for numpy.int64)
+    run = store.create("text", "np", root=root, grid=grid.model_dump(mode="json"))
+    again = lab.Grid.model_validate(lab.load(run.id, root).manifest.grid)
+    assert [c.key for c in again.cells()] == [c.key for c in grid.cells()]

@@ -69,6 +69,18 @@ def cell_key(model: str, prompt: Prompt, swept: dict[str, Any], repeat: int) -> 
     return hashlib.sha256(what.encode()).hexdigest()[:16]
 
 
+def _python(value: Any) -> Any:
+    """A setting as plain Python: numpy's numbers (a sweep over np.arange) as int and float, which the manifest and
+    the request body can hold and which hash to the same cell key as the numbers written by hand."""
+    if type(value).__module__ == "numpy" and hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, list | tuple):
+        return [_python(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _python(v) for k, v in value.items()}
+    return value
+
+
 def key_seed(key: str) -> int:
     """The seed of an image cell that names none: a number derived from its key."""
     return int(key[:8], 16) % (2**31 - 1)
@@ -99,6 +111,7 @@ class Grid(BaseModel):
     @field_validator("params")
     @classmethod
     def _sweeps(cls, params: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        params = {name: [_python(v) for v in values] for name, values in params.items()}
         for name, values in params.items():
             if not values:
                 raise ValueError(f"params.{name}: give at least one value to sweep")
@@ -109,6 +122,11 @@ class Grid(BaseModel):
                     raise ValueError(f"params.{name}: {v!r} is given twice: give each value once")
                 seen.add(what)
         return params
+
+    @field_validator("fixed")
+    @classmethod
+    def _fixed(cls, fixed: dict[str, Any]) -> dict[str, Any]:
+        return {name: _python(v) for name, v in fixed.items()}
 
     @model_validator(mode="after")
     def _names(self) -> Grid:
