@@ -343,3 +343,13 @@ def test_a_sweep_over_numpy_numbers_is_a_sweep_over_numbers(root):
     run = store.create("text", "np", root=root, grid=grid.model_dump(mode="json"))
     again = lab.Grid.model_validate(lab.load(run.id, root).manifest.grid)
     assert [c.key for c in again.cells()] == [c.key for c in grid.cells()]
+
+
+def test_nan_and_infinity_are_refused_when_the_grid_is_made():
+    # they reached the journal, whose JSON has no NaN: the first cell's record raised and the run ended as failed
+    with pytest.raises(ValueError, match=r"params.temperature: nan is not a number a request can send"):
+        lab.text_grid(["m"], ["p"], params={"temperature": [0.5, float("nan")]})
+    with pytest.raises(ValueError, match="max_tokens: inf"):
+        lab.text_grid(["m"], ["p"], max_tokens=float("inf"))
+    with pytest.raises(ValueError, match="logit_bias: -inf"):
+        lab.text_grid(["m"], ["p"], logit_bias={"1": float("-inf")})

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -69,15 +70,18 @@ def cell_key(model: str, prompt: Prompt, swept: dict[str, Any], repeat: int) -> 
     return hashlib.sha256(what.encode()).hexdigest()[:16]
 
 
-def _python(value: Any) -> Any:
+def _python(value: Any, name: str = "") -> Any:
     """A setting as plain Python: numpy's numbers (a sweep over np.arange) as int and float, which the manifest and
-    the request body can hold and which hash to the same cell key as the numbers written by hand."""
+    the request body can hold and which hash to the same cell key as the numbers written by hand. ValueError for NaN
+    and infinities, which no JSON body (nor the run's journal) holds."""
     if type(value).__module__ == "numpy" and hasattr(value, "item"):
         value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{name}: {value} is not a number a request can send (JSON has no NaN nor infinity)")
     if isinstance(value, list | tuple):
-        return [_python(v) for v in value]
+        return [_python(v, name) for v in value]
     if isinstance(value, dict):
-        return {k: _python(v) for k, v in value.items()}
+        return {k: _python(v, name) for k, v in value.items()}
     return value
 
 
@@ -111,7 +115,7 @@ class Grid(BaseModel):
     @field_validator("params")
     @classmethod
     def _sweeps(cls, params: dict[str, list[Any]]) -> dict[str, list[Any]]:
-        params = {name: [_python(v) for v in values] for name, values in params.items()}
+        params = {name: [_python(v, f"params.{name}") for v in values] for name, values in params.items()}
         for name, values in params.items():
             if not values:
                 raise ValueError(f"params.{name}: give at least one value to sweep")
@@ -126,7 +130,7 @@ class Grid(BaseModel):
     @field_validator("fixed")
     @classmethod
     def _fixed(cls, fixed: dict[str, Any]) -> dict[str, Any]:
-        return {name: _python(v) for name, v in fixed.items()}
+        return {name: _python(v, name) for name, v in fixed.items()}
 
     @model_validator(mode="after")
     def _names(self) -> Grid:
