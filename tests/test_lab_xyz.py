@@ -338,3 +338,9 @@ def test_draw_grids() -> None:
     labelled = draw_grids([tall], ["model: a"], "")
     assert labelled.width == tall.width and labelled.height > tall.height
     assert any(p != WHITE for p in pixels(labelled.crop((0, 0, tall.width, labelled.height - tall.height))))
+
+
+def test_a_value_too_long_to_read_is_a_value_error() -> None:
+    # csv.Error is no ValueError: the Image tab showed a bare "Error" instead of what to fix
+    with pytest.raises(ValueError, match="negative prompt: the values cannot be read"):
+        parse_axis("negative", "blurry, " + "x" * 200_000)

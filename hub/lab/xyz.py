@@ -124,10 +124,13 @@ class Axis(BaseModel):
         return str(v)
 
 
-def _items(text: str) -> list[str]:
+def _items(text: str, label: str = "axis") -> list[str]:
     """The values of an axis's text: CSV over one or more lines, trimmed, empty ones dropped."""
     rows = csv.reader(io.StringIO(text), skipinitialspace=True)
-    return [s.strip() for s in itertools.chain.from_iterable(rows) if s.strip()]
+    try:
+        return [s.strip() for s in itertools.chain.from_iterable(rows) if s.strip()]
+    except csv.Error as err:  # a value over the csv module's field limit (128 KiB)
+        raise ValueError(f"{label}: the values cannot be read ({err}): write shorter values") from None
 
 
 def _too_many(kind: str, item: str, n: int) -> None:
@@ -194,7 +197,7 @@ def parse_axis(kind: str, text: str, models: list[str] | None = None) -> Axis:
     if kind not in AXES:
         raise ValueError(f"unknown axis {kind!r} (one of {', '.join(AXES)})")
     label, values = AXES[kind], []
-    items = _items(text)
+    items = _items(text, label)
     if not items:
         raise ValueError(f"{label}: no values (write them separated by commas)")
     for item in items:
