@@ -69,18 +69,36 @@ def listing(manager: Manager) -> dict[str, Any]:
             "version": __version__}
 
 
-SECRET = re.compile(r"key|token|secret|password|auth|credential", re.IGNORECASE)
+# "token" as a word: hf_token, --api-token, not max_tokens, --max-num-batched-tokens nor --tokenizer
+SECRET = re.compile(r"key|token(?![a-z])|secret|passw|auth|credential", re.IGNORECASE)
+URL_SECRETS = (re.compile(r"(://)[^/@\s]+(@)"),  # user:password@host
+               re.compile(r"([?&][^=&\s]*(?:key|token|secret|passw|auth)[^=&\s]*=)[^&\s]*()", re.IGNORECASE))
 
 
 def redacted(value: Any, name: str = "") -> Any:
-    """A registry value with what may be a secret hidden: every value of an environment table, and any value under
-    a key that names a key, token, secret, password or credential."""
+    """A registry value with what may be a secret hidden: every value of an environment table, any value under a
+    key that names a key, token, secret, password or credential, the value after such a flag in a command line
+    (`--api-key X`, `--hf-token=X`), and the password and key parameters of a URL."""
     if isinstance(value, dict):
         hide = name == "env"
         return {k: "***" if (hide or SECRET.search(str(k))) and v not in (None, "") else redacted(v, str(k))
                 for k, v in value.items()}
     if isinstance(value, list):
-        return [redacted(v) for v in value]
+        out: list[Any] = []
+        for i, v in enumerate(value):
+            before = value[i - 1] if i else None
+            if (isinstance(before, str) and before.startswith("-") and "=" not in before and SECRET.search(before)
+                    and not (isinstance(v, str) and v.startswith("-"))):
+                out.append("***")
+            elif isinstance(v, str) and v.startswith("-") and "=" in v and SECRET.search(v.partition("=")[0]):
+                out.append(v.partition("=")[0] + "=***")
+            else:
+                out.append(redacted(v))
+        return out
+    if isinstance(value, str):
+        for pattern in URL_SECRETS:
+            value = pattern.sub(r"\1***\2", value)
+        return value
     return value
 
 

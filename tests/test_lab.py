@@ -353,3 +353,22 @@ def test_nan_and_infinity_are_refused_when_the_grid_is_made():
         lab.text_grid(["m"], ["p"], max_tokens=float("inf"))
     with pytest.raises(ValueError, match="logit_bias: -inf"):
         lab.text_grid(["m"], ["p"], logit_bias={"1": float("-inf")})
+
+
+def test_a_registry_entry_hides_secrets_in_command_lines_and_urls_and_keeps_token_counts():
+    from hub.admin import redacted
+
+    entry = {"fit_max_tokens": True, "env": {"HF_TOKEN": "hf_1"},
+             "args": {"command": ["llama-server", "--port", "{port}", "--api-key", "sk-live-1", "--hf-token=hf_2",
+                                  "--no-auth", "--tokenizer", "Qwen/Qwen2.5", "--max-num-batched-tokens", "8192"],
+                      "extra_args": ["--api-key", "sk-live-3"],
+                      "base_url": "https://me:pa55@host:8000/v1?api_key=sk-live-4&x=1",
+                      "override_generation_config": {"max_tokens": 512}, "hf_token": "hf_5"}}
+    shown = redacted(entry)
+    text = json.dumps(shown)
+    for secret in ("sk-live", "hf_1", "hf_2", "hf_5", "pa55"):
+        assert secret not in text, secret
+    assert shown["args"]["command"] == ["llama-server", "--port", "{port}", "--api-key", "***", "--hf-token=***",
+                                        "--no-auth", "--tokenizer", "Qwen/Qwen2.5", "--max-num-batched-tokens", "8192"]
+    assert shown["args"]["base_url"] == "https://***@host:8000/v1?api_key=***&x=1"
+    assert shown["fit_max_tokens"] is True and shown["args"]["override_generation_config"] == {"max_tokens": 512}
