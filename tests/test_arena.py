@@ -80,7 +80,7 @@ def test_rounds_are_rows_of_a_compare_run_and_a_vote_replaces_the_row(tmp_path):
     rnd = round_of(1, ["llama", "qwen"])
     arena.record_round(run, rnd, describe=lambda ms: {m: {"engine": "vllm"} for m in ms})
     rnd.vote, rnd.voted_at = "b", 123.0
-    arena.record_round(run, rnd)
+    arena.record_round(run, rnd, describe=lambda ms: {m: {"engine": "vllm"} for m in ms})  # blind: named now
     arena.record_round(run, round_of(2, ["llama", "qwen", "mistral"], vote="a"))  # 3 models: no battle
 
     again = store.load(run.id, tmp_path)
@@ -115,3 +115,27 @@ def test_failed_answers_count_as_the_rounds_error(tmp_path):
     assert row["error"] == "qwen: model 'qwen' failed to start" and row["error_a"] is None
     assert store.load(run.id, tmp_path).manifest.errors == 1
     assert arena.votes(tmp_path).empty and arena.votes(tmp_path / "nowhere").empty
+
+
+def test_a_blind_round_awaiting_its_vote_is_named_nowhere_the_app_shows(tmp_path):
+    from hub.ui import runs as runs_tab
+
+    describe = lambda ms: {m: {"engine": "vllm"} for m in ms}  # noqa: E731
+    run = arena.session_run(None, tmp_path)
+    rnd = round_of(1, ["llama-3", "qwen"])
+    rnd.answers[1].error = "model 'qwen' is busy"
+    arena.record_round(run, rnd, describe)
+    # the runs list, the Runs tab's summary, its table and its Parquet file named them, in A/B order, before the vote
+    assert store.runs(tmp_path)["models"].tolist() == [""]
+    summary, _, table, _, download = runs_tab.open_run(tmp_path, run.id)
+    shown = " ".join(map(str, table.value["data"])) + summary
+    assert "llama" not in shown and "qwen" not in shown and "model A" in shown and not download.visible
+    rnd.vote = "a"
+    arena.record_round(run, rnd, describe)
+    assert store.runs(tmp_path)["models"].tolist() == ["llama-3, qwen"]
+    _, _, table, _, download = runs_tab.open_run(tmp_path, run.id)
+    assert "llama-3" in " ".join(map(str, table.value["data"])) and download.visible
+    # a blind round left without a vote can get none once the next round is recorded: its models are named then
+    arena.record_round(run, round_of(2, ["mistral", "phi"]), describe)
+    arena.record_round(run, round_of(3, ["gemma", "phi"], blind=False), describe)
+    assert list(store.load(run.id, tmp_path).manifest.models) == ["llama-3", "qwen", "mistral", "phi", "gemma"]

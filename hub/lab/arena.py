@@ -131,11 +131,30 @@ def session_run(run_id: str | None, root: Root = None, name: str = "compare") ->
     return store.create("compare", name, root=root, models={})
 
 
+def hidden_round(rows: dict[str, dict[str, Any]]) -> str | None:
+    """The id of a compare run's last round when it is blind and has no vote yet: the one round that can still get
+    its vote, whose models no view of the run names until then (older unvoted rounds can no longer get one)."""
+    if not rows:
+        return None
+    last = max(rows.values(), key=lambda r: (int(r.get("round") or 0), r.get("started_at") or 0.0))
+    return str(last["cell"]) if last.get("blind") and last.get("vote") not in VOTES else None
+
+
+def round_models(row: dict[str, Any]) -> list[str]:
+    """The models of a round's row, in A..D order."""
+    return [m for pos in POSITIONS if isinstance(m := row.get(f"model_{pos}"), str) and m]
+
+
 def record_round(run: store.Run, rnd: Round,
                  describe: Callable[[list[str]], dict[str, Any]] | None = None) -> dict[str, Any]:
     """Record a round (again: its vote replaces the earlier row); models new to the run are added to its manifest
-    with `describe(models)` (their registry entries) when given. Returns the row as recorded."""
-    new = [m for m in dict.fromkeys(rnd.models) if m not in run.manifest.models]
+    with `describe(models)` (their registry entries) when given, except those of a blind round awaiting its vote
+    (the runs list shows a run's models): they join at its vote, or at the next round. Returns the row as
+    recorded."""
+    rows = {**run.rows(), rnd.id: rnd.row()}
+    hidden = hidden_round(rows)
+    named = [m for key, row in rows.items() if key != hidden for m in round_models(row)]
+    new = [m for m in dict.fromkeys(named) if m not in run.manifest.models]
     if new:
         entries = describe(new) if describe is not None else {}
         run.save_manifest(models={**run.manifest.models, **{m: entries.get(m, {}) for m in new}})

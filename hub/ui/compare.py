@@ -13,7 +13,7 @@ import os
 import random
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 import gradio as gr
@@ -128,8 +128,11 @@ def build(client: openai.OpenAI, admin: Admin, notes: dict[str, str] | None = No
     ev2 = prompt.submit(answer, ins, outs, show_progress="hidden")
     stop.click(None, None, None, cancels=[ev1, ev2])
 
+    def describe(models: list[str]) -> dict[str, Any]:
+        return describe_models(client, models)[0]
+
     def voter(vote: str):
-        return lambda state: (*shown(cast_vote(state, vote, runs_root)), standings_table(runs_root))
+        return lambda state: (*shown(cast_vote(state, vote, runs_root, describe)), standings_table(runs_root))
 
     for vote, button in zip(arena.VOTE_LABELS, buttons, strict=True):
         button.click(voter(vote), session, [*outs, table])
@@ -342,8 +345,10 @@ def record(client: openai.OpenAI, run: Any, rnd: arena.Round, quiet: bool = Fals
             raise gr.Error(f"could not save the round in {run.path}: {err} (is the disk full or read-only?)") from None
 
 
-def cast_vote(session: Session | None, vote: str, runs_root: Root = None) -> Frame:
-    """Record the vote on the session's last round and reveal its models. One vote per round."""
+def cast_vote(session: Session | None, vote: str, runs_root: Root = None,
+              describe: Callable[[list[str]], dict[str, Any]] | None = None) -> Frame:
+    """Record the vote on the session's last round and reveal its models (a blind round's join the run's manifest
+    now, with `describe(models)`, their registry entries). One vote per round."""
     if session is None or session.current is None:
         raise gr.Error("send a prompt to two models first, then vote on their answers")
     session = session.model_copy(deep=True)
@@ -365,7 +370,7 @@ def cast_vote(session: Session | None, vote: str, runs_root: Root = None) -> Fra
     run = arena.session_run(session.run, runs_root)
     session.run = run.id
     try:
-        arena.record_round(run, rnd)
+        arena.record_round(run, rnd, describe)
     except OSError as err:
         rnd.vote = rnd.voted_at = None
         raise gr.Error(f"could not save the vote in {run.path}: {err} (is the disk full or read-only?)") from None

@@ -11,7 +11,7 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
-from hub.lab import plots, store
+from hub.lab import arena, plots, store
 
 LIST_COLUMNS = ["id", "kind", "name", "status", "created", "cells", "errors", "models"]
 HIDDEN = {"cell", "started_at", "recorded_at", "image", "messages"}  # kept in the run, too wide for the page
@@ -63,13 +63,30 @@ def run_rows(runs_root: Path | None) -> list[list[Any]]:
 
 
 def shown_table(run: store.Run) -> pd.DataFrame:
-    """A run's table as the page shows it: the wide columns left out, long answers cut (the run keeps them)."""
+    """A run's table as the page shows it: the wide columns left out, long answers cut (the run keeps them), and
+    the names of a blind Compare round that still awaits its vote replaced by their letters."""
     t = run.table
+    hidden = arena.hidden_round(run.rows()) if run.manifest.kind == "compare" else None
+    if hidden is not None and "cell" in t.columns:
+        mask = t["cell"] == hidden
+        names = sorted(((m, f"model {p.upper()}") for p in arena.POSITIONS
+                        for m in t.loc[mask, f"model_{p}"] if isinstance(m, str) and m), key=lambda n: -len(n[0]))
+        for col in t.columns:
+            if t[col].dtype.kind == "O":  # object, or pandas 3's str
+                t.loc[mask, col] = t.loc[mask, col].map(lambda v: _unnamed(v, names))
     t = t[[c for c in t.columns if c not in HIDDEN]]
     for col in t.columns:
         if t[col].dtype == object:
             t[col] = t[col].map(lambda v: v[:MAX_TEXT] + "…" if isinstance(v, str) and len(v) > MAX_TEXT else v)
     return t.round(3)
+
+
+def _unnamed(value: Any, names: list[tuple[str, str]]) -> Any:
+    """A value of a blind round's row with its models' names replaced by their letters."""
+    if isinstance(value, str):
+        for name, letter in names:
+            value = value.replace(name, letter)
+    return value
 
 
 def open_run(runs_root: Path | None, run_id: str | None) -> tuple[Any, ...]:
@@ -96,7 +113,8 @@ def open_run(runs_root: Path | None, run_id: str | None) -> tuple[Any, ...]:
     images = [(img, plots.cell_label(axes, r) if axes else str(r.get("model", ""))) for _, r in rows.iterrows()
               if "image" in rows.columns and (img := run.image(r)) is not None]
     parquet = run.path / store.TABLE
+    blind = m.kind == "compare" and arena.hidden_round(run.rows()) is not None  # the file names the models
     return ("  \n".join(lines), picture,
             gr.Dataframe(value=shown_table(run), visible=not rows.empty),
             gr.Gallery(value=images, visible=bool(images)),
-            gr.File(value=str(parquet), visible=parquet.exists()))
+            gr.File(value=None if blind else str(parquet), visible=parquet.exists() and not blind))
