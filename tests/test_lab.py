@@ -372,3 +372,13 @@ def test_a_registry_entry_hides_secrets_in_command_lines_and_urls_and_keeps_toke
                                         "--no-auth", "--tokenizer", "Qwen/Qwen2.5", "--max-num-batched-tokens", "8192"]
     assert shown["args"]["base_url"] == "https://***@host:8000/v1?api_key=***&x=1"
     assert shown["fit_max_tokens"] is True and shown["args"]["override_generation_config"] == {"max_tokens": 512}
+
+
+def test_the_runs_tab_cuts_long_answers(root):
+    from hub.ui import runs as runs_tab
+
+    run = store.create("text", "long", root=root)
+    run.record({"cell": "a", "model": "m", "answer": "word " * 400, "error": None})
+    run.finish("done")
+    shown = runs_tab.shown_table(run)  # pandas 3 reads text as its str dtype, not object: nothing was cut
+    assert len(shown.loc[0, "answer"]) == runs_tab.MAX_TEXT + 1 and shown.loc[0, "answer"].endswith("…")

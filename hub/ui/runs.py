@@ -76,7 +76,7 @@ def shown_table(run: store.Run) -> pd.DataFrame:
                 t.loc[mask, col] = t.loc[mask, col].map(lambda v: _unnamed(v, names))
     t = t[[c for c in t.columns if c not in HIDDEN]]
     for col in t.columns:
-        if t[col].dtype == object:
+        if t[col].dtype.kind == "O":  # object, or pandas 3's str
             t[col] = t[col].map(lambda v: v[:MAX_TEXT] + "…" if isinstance(v, str) and len(v) > MAX_TEXT else v)
     return t.round(3)
 
