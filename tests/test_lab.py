@@ -382,3 +382,37 @@ def test_the_runs_tab_cuts_long_answers(root):
     run.finish("done")
     shown = runs_tab.shown_table(run)  # pandas 3 reads text as its str dtype, not object: nothing was cut
     assert len(shown.loc[0, "answer"]) == runs_tab.MAX_TEXT + 1 and shown.loc[0, "answer"].endswith("…")
+
+
+@pytest.mark.parametrize("answer", [b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: 6\r\n\r\n<html>",
+                                    b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nnull", b""])
+def test_a_server_that_is_no_hub_leaves_a_note_for_each_model(answer):
+    """Another OpenAI-compatible server (a web UI's catch-all page, a proxy that drops the line) is asked for the
+    registry entries and to load the models too: its answer is a note in the manifest, never an error that stops
+    the run."""
+    import socket
+
+    from hub.lab.runner import describe_models, make_client, warm
+
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(10)
+
+    def serve():
+        for _ in range(4):
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            with conn:
+                conn.recv(65536)
+                conn.sendall(answer)
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        client = make_client(f"http://127.0.0.1:{server.getsockname()[1]}")
+        found, version = describe_models(client, ["a", "b"])
+        warmed = warm(["a", "b"], client=client, timeout=10)  # what lab.run does next
+    finally:
+        server.close()
+    assert set(found) == {"a", "b"} and all(found[m]["error"] for m in found) and version is None
+    assert set(warmed) == {"a", "b"} and all(w.startswith("not loaded: ") for w in warmed.values())

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any
 
+import httpx
 import openai
 from tqdm.auto import tqdm
 
@@ -71,8 +72,10 @@ def describe_models(client: openai.OpenAI, models: list[str]) -> tuple[dict[str,
         for m in models:
             try:
                 entry = admin.model(m)
-            except AdminError as err:
-                found[m] = {"error": str(err)}
+                if not isinstance(entry, dict):
+                    raise ValueError(f"GET /hub/models/{m} gave no model entry")
+            except (AdminError, httpx.HTTPError, ValueError) as err:  # not JSON: a server other than a hub
+                found[m] = {"error": str(err) or type(err).__name__}
                 continue
             version = entry.get("version") or version
             found[m] = {"type": entry.get("type"), "engine": entry.get("engine"), "host": entry.get("host"),
@@ -292,9 +295,12 @@ def warm(models: list[str], *, url: str | None = None, api_key: str | None = Non
 
     def load(model: str) -> str:
         try:
-            return str(admin.load(model, timeout=timeout).get("state"))
-        except AdminError as err:
-            return f"not loaded: {err}"
+            entry = admin.load(model, timeout=timeout)
+            if not isinstance(entry, dict):
+                raise ValueError(f"POST /hub/models/{model}/load gave no model entry")
+            return str(entry.get("state"))
+        except (AdminError, httpx.HTTPError, ValueError) as err:  # not JSON: a server other than a hub
+            return f"not loaded: {str(err) or type(err).__name__}"
 
     try:
         with ThreadPoolExecutor(max_workers=max(1, len(models)), thread_name_prefix="lab-warm") as pool:
