@@ -184,22 +184,31 @@ def votes(root: Root = None, blind_only: bool = False) -> pd.DataFrame:
     return table.sort_values(["voted_at", "run", "cell"], ignore_index=True, na_position="first")
 
 
-def bradley_terry(wins: np.ndarray, prior: float = 1.0, tol: float = 1e-10, max_iter: int = 10_000) -> np.ndarray:
-    """Bradley-Terry strengths from a matrix of wins (`wins[i, j]`: times i beat j; a tie is half a win each way),
-    fitted by the MM algorithm (Hunter 2004). The prior is `prior` games of each model against a fixed opponent of
-    strength 1, split half and half: it keeps an undefeated model finite and models with no common opponent
-    comparable."""
+def bradley_terry(wins: np.ndarray, prior: float = 1.0, tol: float = 1e-10, max_iter: int = 1000) -> np.ndarray:
+    """Bradley-Terry strengths from a matrix of wins (`wins[i, j]`: times i beat j; a tie is half a win each way):
+    the maximum of the posterior whose prior is `prior` games of each model against a fixed opponent of strength
+    1, split half and half. The prior keeps an undefeated model finite and models with no common opponent
+    comparable, and makes the log posterior strictly concave: Newton's method on the log strengths (each step at
+    most a factor e^2) finds it in a few steps, where MM (Hunter 2004) crawls (a model 1000-0 up stopped 260 points
+    short after 10,000 steps)."""
+    if not prior > 0:
+        raise ValueError(f"prior must be above 0 (it is {prior}): without it an undefeated model has no finite score")
     games = wins + wins.T
-    won = wins.sum(axis=1) + prior / 2
-    p = np.ones(len(wins))
-    for _ in range(max_iter):
-        denom = (games / (p[:, None] + p[None, :])).sum(axis=1) + prior / (p + 1.0)
-        new = won / denom
-        done = np.max(np.abs(np.log(new) - np.log(p))) < tol if len(p) else True
-        p = new
-        if done:
+    np.fill_diagonal(games, 0.0)
+    won = wins.sum(axis=1) - np.diag(wins) + prior / 2
+    t = np.zeros(len(wins))
+    for _ in range(max_iter if len(t) else 0):
+        beat = 0.5 * (1.0 + np.tanh((t[:, None] - t[None, :]) / 2))  # P(i beats j), without overflow
+        vs_prior = 0.5 * (1.0 + np.tanh(t / 2))
+        grad = won - (games * beat).sum(axis=1) - prior * vs_prior
+        curve = games * beat * beat.T
+        hess = curve - np.diag(curve.sum(axis=1) + prior * vs_prior * (1.0 - vs_prior))
+        step = np.linalg.solve(hess, -grad)
+        step *= min(1.0, 2.0 / max(np.max(np.abs(step)), 1e-300))
+        t += step
+        if np.max(np.abs(step)) < tol:
             break
-    return p
+    return np.exp(t)
 
 
 def standings(votes_df: pd.DataFrame, prior: float = 1.0) -> pd.DataFrame:
