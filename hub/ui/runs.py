@@ -16,6 +16,8 @@ from hub.lab import arena, plots, store
 LIST_COLUMNS = ["id", "kind", "name", "status", "created", "cells", "errors", "models"]
 HIDDEN = {"cell", "started_at", "recorded_at", "image", "messages"}  # kept in the run, too wide for the page
 MAX_TEXT = 160  # characters of an answer shown per cell
+MAX_ROWS = 2000  # rows of a run's table shown on the page (the run and its Parquet file keep them all)
+MAX_IMAGES = 120  # images of a run shown in its gallery, each opened and sent to the page
 
 
 def build(runs_root: Path | None) -> None:
@@ -65,7 +67,7 @@ def run_rows(runs_root: Path | None) -> list[list[Any]]:
 def shown_table(run: store.Run) -> pd.DataFrame:
     """A run's table as the page shows it: the wide columns left out, long answers cut (the run keeps them), and
     the names of a blind Compare round that still awaits its vote replaced by their letters."""
-    t = run.table
+    t = run.table.head(MAX_ROWS)
     hidden = arena.hidden_round(run.rows()) if run.manifest.kind == "compare" else None
     if hidden is not None and "cell" in t.columns:
         mask = t["cell"] == hidden
@@ -110,8 +112,15 @@ def open_run(runs_root: Path | None, run_id: str | None) -> tuple[Any, ...]:
         picture = gr.Image(value=plots.draw(run), visible=True)
     rows = run.table
     axes = plots.axes_of(run)
-    images = [(img, plots.cell_label(axes, r) if axes else str(r.get("model", ""))) for _, r in rows.iterrows()
-              if "image" in rows.columns and (img := run.image(r)) is not None]
+    images = []
+    for _, r in rows.iterrows() if "image" in rows.columns else ():
+        if len(images) == MAX_IMAGES:  # each is opened here and sent to the page: thousands took minutes and GBs
+            lines.insert(-1, f"showing the first {MAX_IMAGES} images (the run keeps all of them)")
+            break
+        if (img := run.image(r)) is not None:
+            images.append((img, plots.cell_label(axes, r) if axes else str(r.get("model", ""))))
+    if len(rows) > MAX_ROWS:
+        lines.insert(-1, f"showing the first {MAX_ROWS} of {len(rows)} rows (the Parquet file has them all)")
     parquet = run.path / store.TABLE
     blind = m.kind == "compare" and arena.hidden_round(run.rows()) is not None  # the file names the models
     return ("  \n".join(lines), picture,
