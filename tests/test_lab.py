@@ -437,3 +437,9 @@ def test_the_runs_tab_opens_a_huge_run_in_bounded_time(root, monkeypatch):
     assert len(gallery.value) == 5 and len(opened) == 5
     assert len(table.value["data"]) == 30
     assert "first 5 images" in summary and "first 30 of 40 rows" in summary
+
+
+def test_a_bad_concurrency_leaves_no_run_behind(root):
+    with pytest.raises(ValueError, match="concurrency must be at least 1"):
+        lab.run(lab.text_grid(["m"], ["p"]), url="http://127.0.0.1:9", root=root, concurrency=0, progress=False)
+    assert lab.runs(root).empty, "a run folder stayed behind, 'running' with no cell"

@@ -316,6 +316,8 @@ def run(grid: Grid, *, url: str | None = None, api_key: str | None = None, clien
     """Run a grid against a hub (`url`, else $HUB_URL) and keep it as a run: returns the Run (`.table` is a
     DataFrame). `concurrency` cells at a time; a tqdm bar (a widget in notebooks) unless `progress` is False;
     the grid's models loaded first unless `warm_up` is False (their states go in the manifest as `warmed`)."""
+    if concurrency < 1:  # before the run folder exists: it would stay "running" with no cell
+        raise ValueError("concurrency must be at least 1")
     client = client or make_client(url, api_key, timeout)
     used = list(dict.fromkeys(c.model for c in grid.cells()))
     models, version = describe_models(client, sorted(used))
