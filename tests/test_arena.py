@@ -151,3 +151,16 @@ def test_a_blind_round_awaiting_its_vote_is_named_nowhere_the_app_shows(tmp_path
     arena.record_round(run, round_of(2, ["mistral", "phi"]), describe)
     arena.record_round(run, round_of(3, ["gemma", "phi"], blind=False), describe)
     assert list(store.load(run.id, tmp_path).manifest.models) == ["llama-3", "qwen", "mistral", "phi", "gemma"]
+
+
+def test_a_damaged_journal_line_does_not_break_the_standings(tmp_path):
+    from hub.ui import compare
+
+    run = arena.session_run(None, tmp_path)
+    arena.record_round(run, round_of(1, ["a", "b"], vote="a"))
+    with open(run.path / store.JOURNAL, "ab") as f:  # a byte that is no UTF-8, and names that are no names
+        f.write(b'{"cell": "round-0002", "model_a": ["x"], "model_b": {"y": 1}, "vote": "a", "prompt": "\xff"}\n')
+        f.write(b'{"cell": "round-0003", "model_a": "a", "model_b": "b", "vote": "b", "prompt": "\xfe"}\n')
+    # UnicodeDecodeError (then a list as a model) made the Compare tab's standings, and every vote, fail
+    assert arena.votes(tmp_path)[["model_a", "vote"]].values.tolist() == [["a", "a"], ["a", "b"]]
+    assert list(compare.standings_table(tmp_path)["battles"]) == [2, 2]

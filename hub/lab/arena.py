@@ -176,7 +176,8 @@ def votes(root: Root = None, blind_only: bool = False) -> pd.DataFrame:
             continue
         for row in rows.values():
             a, b, vote = row.get("model_a"), row.get("model_b"), row.get("vote")
-            if vote not in VOTES or not a or not b or row.get("model_c") or (blind_only and not row.get("blind")):
+            if (vote not in VOTES or not isinstance(a, str) or not isinstance(b, str) or not a or not b
+                    or row.get("model_c") or (blind_only and not row.get("blind"))):
                 continue
             found.append({"run": run_id, "cell": row["cell"], "model_a": a, "model_b": b, "vote": vote,
                           "blind": bool(row.get("blind")), "voted_at": row.get("voted_at")})

@@ -214,11 +214,12 @@ def atomic_write(path: Path, data: bytes) -> None:
 
 
 def read_journal(path: Path) -> dict[str, dict[str, Any]]:
-    """A journal's rows by cell key; a last line cut short by a kill is skipped."""
+    """A journal's rows by cell key; a last line cut short by a kill is skipped, and so is any line that is no
+    row (bytes that are not UTF-8 are read as U+FFFD: one damaged line does not hide the others)."""
     rows: dict[str, dict[str, Any]] = {}
     if not path.exists():
         return rows
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8", errors="replace") as f:
         for line in f:
             with contextlib.suppress(ValueError):
                 row = json.loads(line)
