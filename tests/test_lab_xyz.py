@@ -344,3 +344,15 @@ def test_a_value_too_long_to_read_is_a_value_error() -> None:
     # csv.Error is no ValueError: the Image tab showed a bare "Error" instead of what to fix
     with pytest.raises(ValueError, match="negative prompt: the values cannot be read"):
         parse_axis("negative", "blurry, " + "x" * 200_000)
+
+
+def test_a_long_label_without_spaces_draws_at_once() -> None:
+    # a negative prompt such as "lowres,bad_anatomy,bad_hands,..." is one word: each line measured every prefix of
+    # the rest, so 500 characters took 10 s and 2000 more than 5 minutes, holding the Image tab's plot
+    import time
+
+    word = "lowres,bad_anatomy,bad_hands,text,error," * 50
+    t0 = time.monotonic()
+    grid = draw_grid([[Image.new("RGB", (64, 64)), Image.new("RGB", (64, 64))]], ["a", word], [word], "X", word)
+    assert time.monotonic() - t0 < 10
+    assert grid.width < 4000 and grid.height < 4000, "a label is cut, not drawn whole"

@@ -37,6 +37,7 @@ MAX_CELLS = 256
 MAX_STEPS = 500  # the image server's own limit on num_inference_steps
 MAX_SEED = 2**63 - 1
 MAX_SIDE = 8192  # the model decides its own limit and multiple; this only catches typos
+MAX_LABEL = 400  # characters of a label, a title or a value drawn on a grid's margin
 ROLES = ("x", "y", "z")
 
 _INT = r"[+-]?\d+"
@@ -316,17 +317,36 @@ def _line_h(font: _Font) -> int:
     return int(bottom + max(2, bottom // 5))
 
 
+def _fitting(word: str, font: _Font, width: float) -> int:
+    """How many leading characters of `word` fit in `width` pixels (at least 1): a galloping search, so a long word
+    costs a few measures of short prefixes per line, not one measure of every prefix."""
+    fit, step = 1, 1
+    while fit + step <= len(word) and font.getlength(word[:fit + step]) <= width:
+        fit += step
+        step *= 2
+    hi = min(fit + step, len(word) + 1)  # word[:hi] is too wide (or past the end)
+    while hi - fit > 1:
+        mid = (fit + hi) // 2
+        if font.getlength(word[:mid]) <= width:
+            fit = mid
+        else:
+            hi = mid
+    return fit
+
+
 def _wrap(text: str, font: _Font, width: float) -> list[str]:
-    """Lines of text no wider than `width` pixels: words greedily, a word too long broken between characters."""
+    """Lines of text no wider than `width` pixels: words greedily, a word too long broken between characters; text
+    beyond MAX_LABEL characters is cut (with "…"), a label is no place for a whole prompt."""
+    if len(text) > MAX_LABEL:
+        text = text[:MAX_LABEL - 1] + "…"
     lines: list[str] = []
     for para in text.splitlines() or [""]:
         line = ""
         for word in para.split():
-            while font.getlength(word) > width and len(word) > 1:
+            while len(word) > 1 and (cut := _fitting(word, font, width)) < len(word):
                 if line:
                     lines.append(line)
                     line = ""
-                cut = max((i for i in range(1, len(word)) if font.getlength(word[:i]) <= width), default=1)
                 lines.append(word[:cut])
                 word = word[cut:]
             joined = f"{line} {word}" if line else word
