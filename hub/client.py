@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -52,7 +53,7 @@ class Admin:
 
     def model(self, model_id: str) -> dict[str, Any]:
         """One model's entry, with its registry entry under "config" (secrets hidden) and the hub's version."""
-        return self._call("GET", f"/hub/models/{model_id}").json()
+        return self._call("GET", f"/hub/models/{quote(model_id, safe='')}").json()
 
     def state(self, model_id: str) -> str | None:
         """The model's lifecycle state, or None when the hub cannot tell (it is never an error to ask)."""

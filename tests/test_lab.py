@@ -443,3 +443,9 @@ def test_a_bad_concurrency_leaves_no_run_behind(root):
     with pytest.raises(ValueError, match="concurrency must be at least 1"):
         lab.run(lab.text_grid(["m"], ["p"]), url="http://127.0.0.1:9", root=root, concurrency=0, progress=False)
     assert lab.runs(root).empty, "a run folder stayed behind, 'running' with no cell"
+
+
+def test_settings_the_runner_gives_itself_are_refused():
+    for name in ("stream", "stream_options", "n", "extra_body"):
+        with pytest.raises(ValueError, match="the runner sets these itself"):
+            lab.text_grid(["a"], ["b"], **{name: 1})

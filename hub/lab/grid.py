@@ -21,6 +21,9 @@ GridKind = Literal["text", "image"]
 RESERVED = frozenset({"cell", "model", "prompt", "messages", "prompt_index", "repeat", "answer", "finish_reason",
                       "ttft_s", "total_s", "prompt_tokens", "completion_tokens", "tokens_per_s", "error", "image",
                       "started_at", "recorded_at", "x", "y", "z", "run"})
+# what the runner itself gives the openai client: a cell is one streamed answer (or one image)
+SDK_OWN = frozenset({"stream", "stream_options", "n", "extra_body", "extra_headers", "extra_query", "timeout",
+                     "partial_images"})
 # short names people write for the image server's extensions of the Images API
 IMAGE_ALIASES = {"steps": "num_inference_steps", "guidance": "guidance_scale", "negative": "negative_prompt"}
 Prompt = str | list[dict[str, Any]]
@@ -145,6 +148,10 @@ class Grid(BaseModel):
         taken = (set(self.params) | set(self.fixed)) & RESERVED
         if taken:
             raise ValueError(f"{sorted(taken)}: a setting may not take the name of a result column")
+        sdk = (set(self.params) | set(self.fixed)) & SDK_OWN
+        if sdk:
+            raise ValueError(f"{sorted(sdk)}: the runner sets these itself (one streamed answer per cell); "
+                             "an engine's own parameters go in as settings of their own")
         if len(set(self.models)) != len(self.models):
             raise ValueError("a model is named twice in models")
         seen: dict[str, dict[str, Any]] = {}

@@ -263,9 +263,16 @@ def create(kind: RunKind, name: str = "", *, root: str | os.PathLike[str] | None
     """A new run folder with its manifest (`fields`: Manifest fields such as grid, models, cells_total)."""
     folder = runs_dir(root)
     folder.mkdir(parents=True, exist_ok=True)
-    run_id = new_id(name)
-    path = folder / run_id
-    path.mkdir()
+    for _ in range(8):  # two runs made in one second with one name may draw the same 16 random bits
+        run_id = new_id(name)
+        path = folder / run_id
+        try:
+            path.mkdir()
+            break
+        except FileExistsError:
+            continue
+    else:
+        raise FileExistsError(f"no free run id in {folder} after 8 tries")
     run = Run(path, Manifest(id=run_id, kind=kind, name=name, **fields))
     run.save_manifest()
     return run
