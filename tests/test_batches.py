@@ -191,3 +191,18 @@ def test_a_batch_past_its_completion_window_expires(hub) -> None:
     done, errors = read_lines(c, b.output_file_id), read_lines(c, b.error_file_id)
     assert set(done) | set(errors) == {f"req-{i}" for i in range(40)} and len(done) < 40
     assert all(e["error"]["code"] == "batch_expired" for e in errors.values())
+
+
+def test_a_batch_leaves_the_last_place_to_interactive_requests(hub) -> None:
+    c = client(hub)
+    bid = run_batch(c, [chat_line(i, model="slow") for i in range(12)])
+    wait_for(lambda: c.batches.retrieve(bid).request_counts.completed >= 1, "a first line done", 60)
+    seen = set()
+    for _ in range(10):  # max_concurrency 2: the batch keeps one place free
+        seen.add(hub.models()["slow"]["in_flight"])
+        time.sleep(0.05)
+    assert seen == {1}, seen
+    answer = c.chat.completions.create(model="slow", messages=[{"role": "user", "content": "now"}])
+    assert answer.choices[0].message.content == "echo: now"
+    assert c.batches.retrieve(bid).status == "in_progress", "the request did not wait for the batch"
+    assert wait_ended(c, bid).status == "completed"

@@ -33,13 +33,13 @@ from typing import Any, TypeVar
 from starlette.types import ASGIApp, Message
 
 from hub.batches.store import ACTIVE, Store
+from hub.gateway import BACKGROUND
 
 log = logging.getLogger("hub.batches")
 T = TypeVar("T")
 TICK_S = 1.0  # the longest the runner sleeps between looks at the batches (a new line, cancel or end wakes it)
 MAX_ATTEMPTS = 3
 RETRY = frozenset({429, 502, 503, 504})
-BACKGROUND = "hub.background"  # the ASGI scope extension that marks a request as a batch line
 
 
 class Db:

@@ -143,10 +143,11 @@ class Manager:
                 f"model {model_id!r} does not exist (available: {valid})", param="model"
             ) from None
 
-    async def acquire(self, model_id: str, abandoned: Callable[[], Awaitable[object]] | None = None) -> Lease:
+    async def acquire(self, model_id: str, abandoned: Callable[[], Awaitable[object]] | None = None,
+                      background: bool = False) -> Lease:
         """Wait until the model can serve one more request (starting it if needed, at most max_wait) and hold it:
-        its queue's ModelQueue.acquire, which says what it raises and what `abandoned` is."""
-        return await self.slot(model_id).queue.acquire(self.dispatch, abandoned)
+        its queue's ModelQueue.acquire, which says what it raises, what `abandoned` and `background` are."""
+        return await self.slot(model_id).queue.acquire(self.dispatch, abandoned, background)
 
     async def load(self, model_id: str) -> Slot:
         """Start a model (if it is not running) and wait until it is ready; no request slot is taken."""

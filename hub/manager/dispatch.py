@@ -66,10 +66,10 @@ class Dispatcher:
         now = time.monotonic()
         for s in self.slots.values():
             q = s.queue
-            if not q.waiting:  # most models, on every enqueue and release: one attribute read each
+            if not q.waiting and not q.background:  # most models, on every enqueue and release: two reads each
                 continue
             q.drop_forfeited()
-            if not q.waiting:
+            if not q.waiting and not q.background:
                 continue
             if s.state == State.READY:
                 s.queue.serve(self, now)
