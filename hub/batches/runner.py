@@ -116,6 +116,9 @@ class Runner:
         self.wakeup = asyncio.Event()
         self.lines: dict[tuple[str, int], asyncio.Task] = {}
         self.per_model: Counter[str] = Counter()
+        # the models each active batch still has pending lines for: read once, dropped as their lines run out
+        # (lines become pending only at start, so the set only shrinks); a round costs no scan of the lines
+        self.pending: dict[str, set[str]] = {}
         self.task: asyncio.Task | None = None
 
     @property
@@ -166,14 +169,19 @@ class Runner:
                     await self.close(bid, "cancelled", "the batch was cancelled before this request was sent")
                     await self.finish(b, "cancelled")
             elif b["status"] == "in_progress":
-                models = await self.db.run(self.store.pending_models, bid)
-                if not models and not under_way:
-                    await self.finish(b, "completed")
-                for m in models:
+                if bid not in self.pending:
+                    self.pending[bid] = set(await self.db.run(self.store.pending_models, bid))
+                models = self.pending[bid]
+                for m in sorted(models):
                     room = self.cap(m) - self.per_model[m]
                     if room > 0:
-                        for row in await self.db.run(self.store.claim, bid, m, room):
+                        rows = await self.db.run(self.store.claim, bid, m, room)
+                        for row in rows:
                             self._spawn(bid, row)
+                        if len(rows) < room:
+                            models.discard(m)
+                if not models and not any(k[0] == bid for k in self.lines):
+                    await self.finish(b, "completed")
 
     def _spawn(self, bid: str, row: dict[str, Any]) -> None:
         self.per_model[row["model"]] += 1
@@ -244,4 +252,5 @@ class Runner:
                           "bytes": len(content), "created_at": now, "path": path})
             fields[f"{kind}_file_id"] = fid
         await self.db.run(self.store.finish, bid, fields, files)
+        self.pending.pop(bid, None)
         log.info("batch %s %s", bid, status)
