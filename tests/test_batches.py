@@ -206,3 +206,20 @@ def test_a_batch_leaves_the_last_place_to_interactive_requests(hub) -> None:
     assert answer.choices[0].message.content == "echo: now"
     assert c.batches.retrieve(bid).status == "in_progress", "the request did not wait for the batch"
     assert wait_ended(c, bid).status == "completed"
+
+
+def test_the_cli_lists_shows_and_cancels_batches(hub) -> None:
+    c = client(hub)
+    bid = run_batch_done(c)
+    r = hub.cli("batch", "ls")
+    assert r.returncode == 0 and any(bid in ln and "completed" in ln and "1+0/1" in ln for ln in r.stdout.splitlines())
+    r = hub.cli("batch", "show", bid)
+    assert r.returncode == 0 and f"output_file_id: {c.batches.retrieve(bid).output_file_id}" in r.stdout
+    r = hub.cli("batch", "show", bid, "--json")
+    assert json.loads(r.stdout)["request_counts"] == {"total": 1, "completed": 1, "failed": 0}
+    r = hub.cli("batch", "cancel", bid)
+    assert r.returncode == 1 and "only a batch in progress can be cancelled" in r.stderr
+    slow = run_batch(c, [chat_line(i, model="slow") for i in range(10)])
+    r = hub.cli("batch", "cancel", slow)
+    assert r.returncode == 0 and "cancelling" in r.stdout
+    assert wait_ended(c, slow).status == "cancelled"
