@@ -6,7 +6,7 @@ The schema is versioned with `PRAGMA user_version`: MIGRATIONS is a list of step
 version. Add a step at the end, never edit one that shipped.
 
 Threads: a Store holds one connection and is not safe to share between threads that use it at the same time; the
-hub runs every call of its Store in one worker thread (hub/batches/service.py: `Db`), so calls are serialized in
+hub runs every call of its Store in one worker thread (hub/batches/runner.py: `Db`), so calls are serialized in
 the order they were made. The connection is opened with check_same_thread=False only so that tests may use a Store
 from the thread that made it.
 
