@@ -4,6 +4,7 @@ chat and image batches run to the end, bad files and lines refused with their ow
 from __future__ import annotations
 
 import json
+import re
 import time
 
 import httpx
@@ -173,6 +174,9 @@ def test_cancel_lets_running_lines_finish_and_sends_no_more(hub) -> None:
     assert len(done) == b.request_counts.completed and 1 <= len(done) < 20
     assert set(done) | set(errors) == {f"req-{i}" for i in range(20)} and not set(done) & set(errors)
     assert all(e["error"]["code"] == "batch_cancelled" and e["response"] is None for e in errors.values())
+    metrics = httpx.get(hub.url + "/metrics", timeout=10).text
+    counted = re.search(r'^hub_batch_lines_total\{model="slow",status="cancelled"\} (\S+)$', metrics, re.M)
+    assert counted and float(counted.group(1)) >= len(errors)
     with pytest.raises(openai.ConflictError):
         c.batches.cancel(run_batch_done(c))
 

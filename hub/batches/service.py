@@ -48,9 +48,12 @@ class Batches:
         return self.db.store
 
     def cap(self, model: str) -> int:
-        """How many lines of batches go to a model at once: its max_concurrency, else [hub] batch_concurrency."""
+        """How many lines of batches go to a model at once: the places background work may take under its
+        max_concurrency (all but one, hub/manager/queue.py), else [hub] batch_concurrency. More would only wait in
+        the model's queue, where a cancel no longer stops them."""
         s = self.manager.slots.get(model)
-        return (s.limits.max_concurrency if s else 0) or self.registry.hub.batch_concurrency
+        places = s.limits.max_concurrency if s else 0
+        return max(1, places - 1) if places else self.registry.hub.batch_concurrency
 
     # ---- files ----
 
