@@ -29,7 +29,7 @@ class Model:
     def upstream(self) -> Upstream:
         return Upstream("http://m")
 
-    def may_serve(self, model: str, arrival: float, now: float) -> bool:
+    def may_serve(self, model: str, arrival: float, now: float, background: bool = False) -> bool:
         places = self.limits.max_concurrency
         return self.open and (not places or self.queue.in_flight < places)
 
@@ -127,4 +127,19 @@ async def test_background_work_starts_a_stopped_model_through_the_manager() -> N
     chat.release()
     lease.release()
     (await asyncio.wait_for(waiting, 1)).release()
+    await mgr.shutdown()
+
+
+async def test_background_work_yields_at_once_to_another_models_start_that_waits_for_its_memory() -> None:
+    mgr, _ = make({"a": 6, "b": 6}, budget=10, drain_timeout=30)
+    batch = await asyncio.wait_for(mgr.acquire("a", background=True), 5)  # a runs a batch line
+    chat = asyncio.create_task(mgr.acquire("b"))  # b's start waits for a's memory: a is contended
+    await until(lambda: mgr.slots["b"].blocked_on == frozenset({"a"}))
+    more = asyncio.create_task(mgr.acquire("a", background=True))
+    await asyncio.sleep(0.05)
+    assert not more.done() and mgr.slots["a"].in_flight == 1, "no new batch line on a contended model"
+    batch.release()  # a is idle: evicted, b starts and serves the request
+    (await asyncio.wait_for(chat, 5)).release()
+    assert mgr.slots["b"].state == State.READY and not more.done()
+    more.cancel()
     await mgr.shutdown()

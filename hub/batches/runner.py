@@ -9,7 +9,8 @@ as to any client's request. The runner keeps up to `cap(model)` lines of each mo
 A line is claimed (marked running) before it is sent and recorded (done or failed, with its result, in one
 transaction) after its answer: a hub stopped or killed between the two leaves it running, and the next hub's
 `start` makes it pending again, so it is sent again (at least once to the engine) and recorded once. Answers that
-say "later" (429, 502, 503, 504) are tried again up to MAX_ATTEMPTS, then recorded as failed.
+say "later" (429, 502, 503, 504) are tried again, with a growing pause: the hub's own "busy, wait" (WAITING: a full
+queue, memory held by busy models) until the batch ends, the others up to MAX_ATTEMPTS, then recorded as failed.
 
 A batch ends when no line is pending or running (completed), after a cancel once its running lines have finished
 (cancelled: the pending ones are marked so), or at its expiry (expired: the pending and running ones are marked so,
@@ -40,6 +41,11 @@ T = TypeVar("T")
 TICK_S = 1.0  # the longest the runner sleeps between looks at the batches (a new line, cancel or end wakes it)
 MAX_ATTEMPTS = 3
 RETRY = frozenset({429, 502, 503, 504})
+# The hub's own "later" (hub/errors.py codes): the model is busy, starting or waiting for memory. A line that gets
+# one is tried again until its batch ends, however long; other RETRY answers (a failed start, an engine that broke
+# off) MAX_ATTEMPTS times in all.
+WAITING = frozenset({"queue_full", "queue_timeout", "memory_busy", "model_unavailable"})
+MAX_BACKOFF_S = 30.0
 
 
 class Db:
@@ -96,6 +102,13 @@ async def local_post(app: ASGIApp, host: str, path: str, body: bytes) -> tuple[i
     return status, b"".join(chunks), request_id
 
 
+def error_code(data: bytes) -> str | None:
+    """The `code` of an OpenAI-shaped error body, if it is one."""
+    body = parsed(data)
+    error = body.get("error") if isinstance(body, dict) else None
+    return error.get("code") if isinstance(error, dict) else None
+
+
 def parsed(data: bytes) -> Any:
     """An answer's body as JSON where it is JSON, else as text."""
     try:
@@ -120,6 +133,7 @@ class Runner:
         # (lines become pending only at start, so the set only shrinks); a round costs no scan of the lines
         self.pending: dict[str, set[str]] = {}
         self.task: asyncio.Task | None = None
+        self.backing_off: set[tuple[str, int]] = set()  # lines waiting to be tried again (a cancel drops them)
 
     @property
     def store(self) -> Store:
@@ -165,6 +179,8 @@ class Runner:
             elif b["expires_at"] and now >= b["expires_at"] and b["status"] in ("in_progress", "cancelling"):
                 await self.expire(b)
             elif b["status"] == "cancelling":
+                for key in [k for k in self.backing_off if k[0] == bid]:
+                    self.lines[key].cancel()  # not under way at an engine: it stays unsent (cancelled below)
                 if not under_way:
                     await self.close(bid, "cancelled", "the batch was cancelled before this request was sent")
                     await self.finish(b, "cancelled")
@@ -195,10 +211,15 @@ class Runner:
             try:
                 while True:
                     status, data, request_id = await self.send(row["url"], row["body"].encode())
-                    if status not in RETRY or attempts >= MAX_ATTEMPTS:
+                    waits = status in RETRY and error_code(data) in WAITING
+                    if status not in RETRY or (attempts >= MAX_ATTEMPTS and not waits):
                         break
                     attempts += 1
-                    await asyncio.sleep(self.retry_s * attempts)
+                    self.backing_off.add((bid, row["line"]))
+                    try:
+                        await asyncio.sleep(min(MAX_BACKOFF_S, self.retry_s * 2 ** min(attempts - 1, 10)))
+                    finally:
+                        self.backing_off.discard((bid, row["line"]))
                 response = {"status_code": status, "request_id": request_id or f"req_{secrets.token_hex(12)}",
                             "body": parsed(data)}
                 result = {"id": f"batch_req_{secrets.token_hex(12)}", "custom_id": row["custom_id"],

@@ -27,8 +27,9 @@ from its last admitted request, else MemoryBusy), and this model's own start. A 
 cancelled, or whose `abandoned` awaitable returns (the client left), leaves the queue at once (ClientLeft).
 
 Background work (batch lines: hub/batches/) waits in a queue of its own, after every request: a background request
-is served only while no request waits for the model, never takes the last place under a max_concurrency above 1
-(an interactive request finds one free), and has no max_wait (its batch's expiry cancels it). While nobody else
+is served only while no request waits for the model, nor another model's start for its memory (it yields at once,
+where requests keep their run), never takes the last place under a max_concurrency above 1 (an interactive request
+finds one free), and has no max_wait (its batch's expiry cancels it). While nobody else
 waits, background requests fill the model up to that limit, so the engine batches them. Under max_concurrency 1 a
 background request may take the only place when nobody waits (else it would never run): a request that comes then
 waits for that one to end. Background requests are not counted as queued (`len()`, metrics).
@@ -73,8 +74,9 @@ class Queued(Protocol):
 class Dispatch(Protocol):
     """What a model's queue asks of the one who sees every model (dispatch.Dispatcher is it)."""
 
-    def may_serve(self, model: str, arrival: float, now: float) -> bool:
-        """Whether the model serves a request that arrived at `arrival` now: ready, a free place, the run rule."""
+    def may_serve(self, model: str, arrival: float, now: float, background: bool = False) -> bool:
+        """Whether the model serves a request that arrived at `arrival` now: ready, a free place, the run rule;
+        `background` work never while another model's start waits for its memory."""
         ...
 
     def why_waiting(self, model: str, ahead: int) -> str:
@@ -222,11 +224,11 @@ class ModelQueue:
 
     def background_may_serve(self, dispatch: Dispatch, now: float) -> bool:
         """Whether background work may take a place now: no request waits, a place stays free for one under a
-        max_concurrency above 1, and the model serves (ready, the run rule, as for a request arriving now)."""
+        max_concurrency above 1, and the model serves (ready, and no other model's start waits for its memory)."""
         limit = self.model.limits.max_concurrency
         if self.waiting or (limit > 1 and self.in_flight >= limit - 1):
             return False
-        return dispatch.may_serve(self.model.id, now, now)
+        return dispatch.may_serve(self.model.id, now, now, background=True)
 
     async def _await_turn(self, dispatch: Dispatch, w: Waiter,
                           abandoned: Callable[[], Awaitable[object]] | None) -> Lease:
