@@ -12,8 +12,8 @@ import pytest
 from hub.config import Limits
 from hub.engines.base import Upstream
 from hub.errors import ModelUnavailable
-from hub.manager import ModelQueue, State
-from tests.helpers import make, until
+from hub.manager import ModelQueue, Phase, State
+from tests.helpers import make, states, until, use
 
 
 class Model:
@@ -143,3 +143,36 @@ async def test_background_work_yields_at_once_to_another_models_start_that_waits
     assert mgr.slots["b"].state == State.READY and not more.done()
     more.cancel()
     await mgr.shutdown()
+
+
+async def test_with_a_batch_idle_window_batch_lines_wait_for_it_before_evicting_a_model_requests_use() -> None:
+    mgr, _ = make({"chat": 6, "batch": 6}, budget=10, batch_idle_window=0.4)
+    await use(mgr, "chat")  # requests use chat: it is protected for 0.4 s after each
+    line = asyncio.create_task(mgr.acquire("batch", background=True))
+    await until(lambda: mgr.slots["batch"].phase is Phase.WAITING)
+    for _ in range(3):  # requests keep using chat: it is not contended, and the window starts again
+        await asyncio.sleep(0.2)
+        await asyncio.wait_for(use(mgr, "chat"), 1)
+        assert not line.done() and states(mgr) == {"chat": "ready", "batch": "stopped"}
+        assert mgr.slots["batch"].phase is Phase.WAITING and not mgr.slots["batch"].blocked_on
+    quiet = time.monotonic()
+    lease = await asyncio.wait_for(line, 5)  # no MemoryBusy past drain_timeout: it waits for the window
+    assert time.monotonic() - quiet >= 0.35 and states(mgr) == {"chat": "stopped", "batch": "ready"}
+    lease.release()
+    await mgr.shutdown()
+
+
+async def test_without_the_window_or_with_a_request_waiting_the_start_evicts_at_once() -> None:
+    off, _ = make({"chat": 6, "batch": 6}, budget=10)
+    await use(off, "chat")
+    (await asyncio.wait_for(off.acquire("batch", background=True), 2)).release()
+    assert states(off) == {"chat": "stopped", "batch": "ready"}
+    await off.shutdown()
+    on, _ = make({"chat": 6, "batch": 6}, budget=10, batch_idle_window=60)
+    await use(on, "chat")
+    line = asyncio.create_task(on.acquire("batch", background=True))
+    await until(lambda: on.slots["batch"].phase is Phase.WAITING)
+    (await asyncio.wait_for(on.acquire("batch"), 2)).release()  # a request for it: a normal start
+    (await asyncio.wait_for(line, 2)).release()
+    assert states(on) == {"chat": "stopped", "batch": "ready"}
+    await on.shutdown()

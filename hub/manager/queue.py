@@ -104,6 +104,7 @@ class Lease:
     upstream: Upstream
     _on_release: Callable[[Lease], None] | None = field(default=None, repr=False)
     granted: float = field(default_factory=time.monotonic)
+    background: bool = False  # background work's (a batch line)
     _released: bool = False
 
     def release(self) -> None:
@@ -143,6 +144,7 @@ class ModelQueue:
     in_flight: int = 0
     idle: asyncio.Event = field(default_factory=asyncio.Event)  # set while nothing is in flight
     last_used: float = 0.0  # time.time() of the last request's end (or of its model becoming ready: core.py)
+    last_request: float = 0.0  # time.time() of the last end of a request that was not background work
     last_admit: float = 0.0  # time.monotonic() of the last lease granted
     service_s: float | None = None  # mean seconds a request holds it (Retry-After estimates)
     admitted: int = 0
@@ -208,7 +210,7 @@ class ModelQueue:
     async def _acquire_background(self, dispatch: Dispatch, now: float) -> Lease:
         """Background work's acquire: at once when it may take a place now, else in the background queue."""
         if self.background_may_serve(dispatch, now) and not self.background:
-            return self.grant(dispatch)
+            return self.grant(dispatch, background=True)
         w = Waiter(now, asyncio.get_running_loop().create_future())
         self.background.append(w)
         try:
@@ -269,17 +271,20 @@ class ModelQueue:
             w.future.result().release()
         dispatch.pump()
 
-    def grant(self, dispatch: Dispatch) -> Lease:
+    def grant(self, dispatch: Dispatch, background: bool = False) -> Lease:
         """A lease on the model, which may serve one more request now; its release lets `dispatch` pump."""
         self.in_flight += 1
         self.admitted += 1
         self.idle.clear()
         self.last_admit = time.monotonic()
-        return Lease(self.model, self.model.upstream(), lambda lease: self._release(lease, dispatch))
+        return Lease(self.model, self.model.upstream(), lambda lease: self._release(lease, dispatch),
+                     background=background)
 
     def _release(self, lease: Lease, dispatch: Dispatch) -> None:
         self.in_flight -= 1
         self.last_used = time.time()
+        if not lease.background:
+            self.last_request = self.last_used
         took = time.monotonic() - lease.granted
         self.service_s = took if self.service_s is None else (1 - SERVICE_EWMA) * self.service_s + SERVICE_EWMA * took
         if self.in_flight == 0:
@@ -303,7 +308,7 @@ class ModelQueue:
         while self.background and self.background_may_serve(dispatch, now):
             w = self.background.popleft()
             if not w.future.done():
-                w.future.set_result(self.grant(dispatch))
+                w.future.set_result(self.grant(dispatch, background=True))
 
     def fail(self, err: BaseException) -> None:
         """Every waiting request and background work gets `err` (its model's start failed, or the hub is shutting
