@@ -263,14 +263,11 @@ class Runner:
             await self.db.run(self.store.set_batch, bid, status="finalizing", finalizing_at=now)
         files, fields = [], {"status": status, f"{status}_at": now}
         for kind, states in (("output", ("done",)), ("error", ("failed", "expired", "cancelled"))):
-            results = await self.db.run(self.store.results, bid, states)
-            if not results:
-                continue
             fid = f"file-{secrets.token_hex(12)}"
-            content = ("\n".join(results) + "\n").encode()
-            path = await self.db.run(self.store.write_content, fid, content)
+            if (written := await self.db.run(self.store.write_results, bid, states, fid)) is None:
+                continue
             files.append({"id": fid, "purpose": "batch_output", "filename": f"{bid}_{kind}.jsonl",
-                          "bytes": len(content), "created_at": now, "path": path})
+                          "bytes": written[1], "created_at": now, "path": written[0]})
             fields[f"{kind}_file_id"] = fid
         await self.db.run(self.store.finish, bid, fields, files)
         self.pending.pop(bid, None)

@@ -239,10 +239,28 @@ class Store:
 
     def results(self, batch_id: str, states: Sequence[str]) -> list[str]:
         """The recorded results (JSON lines) of a batch's lines in `states`, in line order."""
+        return list(self._results(batch_id, states))
+
+    def _results(self, batch_id: str, states: Sequence[str]) -> Iterator[str]:
         rows = self.conn.execute(
             f"SELECT result FROM lines WHERE batch_id = ? AND state IN ({', '.join('?' * len(states))}) "
             "AND result IS NOT NULL ORDER BY line", (batch_id, *states))
-        return [r[0] for r in rows]
+        return (r[0] for r in rows)
+
+    def write_results(self, batch_id: str, states: Sequence[str], file_id: str) -> tuple[str, int] | None:
+        """Write the results of a batch's lines in `states` as a JSONL file under files/, one row at a time (an
+        image batch's results may not fit in memory together), synced; its stored name and size, or None (and no
+        file) when there are none."""
+        path, size = self.files_dir / file_id, 0
+        with path.open("wb") as f:
+            for result in self._results(batch_id, states):
+                size += f.write(result.encode() + b"\n")
+            f.flush()
+            os.fsync(f.fileno())
+        if not size:
+            path.unlink()
+            return None
+        return path.name, size
 
     def finish(self, batch_id: str, fields: dict[str, Any], files: list[dict[str, Any]]) -> None:
         """A batch's end: its output and error files' rows (their content is written already) and its fields, in
