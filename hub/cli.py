@@ -1,4 +1,4 @@
-"""The `hub` command: serve the hub, check a registry, and control a running hub (ps, up, down, logs)."""
+"""The `hub` command: serve the hub, check a registry, and control a running hub (ps, up, down, logs, batch)."""
 
 from __future__ import annotations
 
@@ -168,6 +168,36 @@ def cmd_logs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _batch_line(b: dict[str, Any]) -> str:
+    counts = b.get("request_counts") or {}
+    done = f"{counts.get('completed', 0)}+{counts.get('failed', 0)}/{counts.get('total', 0)}"
+    return f"{b['id']:<32} {b['status']:<11} {done:<15} {b['endpoint']:<24} {b.get('created_at', 0)}"
+
+
+def cmd_batch(args: argparse.Namespace) -> int:
+    """List, show or cancel the batches of a running hub."""
+    admin = _admin(args)
+    if args.action == "ls":
+        data: Any = admin.batches(args.limit)
+    elif args.action == "show":
+        data = admin.batch(args.batch_id)
+    else:
+        data = admin.cancel_batch(args.batch_id)
+    if args.json:
+        print(json.dumps(data, indent=2))
+        return 0
+    print(f"{'BATCH':<32} {'STATUS':<11} {'DONE+FAILED':<15} {'ENDPOINT':<24} CREATED")
+    for b in data if isinstance(data, list) else [data]:
+        print(_batch_line(b))
+    if args.action == "show":
+        for key in ("input_file_id", "output_file_id", "error_file_id", "expires_at", "completed_at", "metadata"):
+            if data.get(key) is not None:
+                print(f"  {key}: {data[key]}")
+        for e in (data.get("errors") or {}).get("data", []):
+            print(f"  error: {e.get('message')}")
+    return 0
+
+
 def cmd_build(args: argparse.Namespace) -> int:
     """Build the Diffusers engine image (docker/diffusers/Dockerfile) on a Docker host of the registry."""
     from hub.build import build_image
@@ -251,6 +281,19 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("--timeout", type=float, default=900.0, help="seconds to wait (default: 900)")
         if name == "logs":
             sp.add_argument("-n", "--tail", type=int, default=200, help="lines (default: 200)")
+    sp = add("batch", cmd_batch, "list, show or cancel the batches of a running hub (OpenAI's Batch API)")
+    bsub = sp.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for action, help_ in (("ls", "list the newest batches"), ("show", "one batch with its files"),
+                          ("cancel", "cancel a batch: no more lines are sent, those under way finish")):
+        bp = bsub.add_parser(action, help=help_)
+        bp.add_argument("--url", help="the hub's URL (default: $HUB_URL, else the registry's host and port)")
+        bp.add_argument("--json", action="store_true", help="print the raw JSON")
+        bp.add_argument("--config", default=argparse.SUPPRESS,
+                        help="registry file (default: $HUB_CONFIG, else models.toml)")
+        if action == "ls":
+            bp.add_argument("-n", "--limit", type=int, default=20, help="how many (default: 20, at most 100)")
+        else:
+            bp.add_argument("batch_id", help="batch id (batch_...)")
     sp = add("engines", cmd_engines_setup, "manage the engines' own virtual environments")
     esub = sp.add_subparsers(dest="action", required=True, metavar="ACTION")
     ep = esub.add_parser("setup", help="create or update engine environments under the envs dir ($HUB_ENVS_DIR, "

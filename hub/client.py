@@ -1,4 +1,5 @@
-"""A client for the hub's /hub admin API, shared by the `hub` CLI and the web app."""
+"""A client for the hub's /hub admin API (and its batches under /v1/batches), shared by the `hub` CLI and the web
+app."""
 
 from __future__ import annotations
 
@@ -74,6 +75,18 @@ class Admin:
     def logs(self, model_id: str, tail: int = 60) -> str:
         """The tail of a model's engine log."""
         return self._call("GET", f"/hub/models/{model_id}/logs?tail={tail}").text
+
+    def batches(self, limit: int = 100) -> list[dict[str, Any]]:
+        """The newest batches (OpenAI's Batch objects), newest first."""
+        return self._call("GET", f"/v1/batches?limit={limit}").json()["data"]
+
+    def batch(self, batch_id: str) -> dict[str, Any]:
+        """One batch."""
+        return self._call("GET", f"/v1/batches/{batch_id}").json()
+
+    def cancel_batch(self, batch_id: str) -> dict[str, Any]:
+        """Cancel a batch: no more of its lines are sent; those under way finish."""
+        return self._call("POST", f"/v1/batches/{batch_id}/cancel").json()
 
     def close(self) -> None:
         """Close the pooled connection."""

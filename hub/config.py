@@ -97,6 +97,13 @@ class HubSettings(_Strict):
                                                               "status and headers) once the request is sent")
     stream_idle_timeout: Duration = Field(300.0, ge=0, description="longest silence of an engine in the middle of "
                                                                    "an answer or a stream")
+    # batches (hub/batches/): OpenAI's limits by default
+    max_batch_lines: int = Field(50000, ge=1, description="lines in one batch's input file; more get a 400")
+    max_batch_file_mb: float = Field(200, gt=0, description="size of a file uploaded to /v1/files; larger get a 400")
+    batch_concurrency: int = Field(16, ge=1, description="lines of batches sent to one model at once where the model "
+                                                         "has no max_concurrency")
+    batch_idle_window: Duration = Field(0.0, description="a start that only batch lines wait for evicts no model that "
+                                                         "served a request within this long: it waits (0: off)")
     fit_max_tokens: bool = Field(True, description="clamp an output limit (max_tokens ...) to what the model's "
                                                    "context leaves after the prompt (hub/fit.py); false: the "
                                                    "engine's 400")

@@ -9,6 +9,7 @@
     ├── NotFound (404)             no such thing: a path the hub does not serve, a response it did not relay
     │   └── ModelNotFound (404)    no such model in the registry; lists the ones that exist
     ├── MethodNotAllowed (405)     the path is served, not with this method; carries Allow
+    ├── Conflict (409)             the thing is not in a state that allows it (cancelling a finished batch)
     ├── PayloadTooLarge (413)      the body is over the hub's limit for its kind
     ├── HeadersTooLarge (431)      the request line and headers are over the hub's limits (sent by `hub serve`)
     ├── TooManyRequests (429)      the model's queue is full (max_concurrency, max_queue); carries Retry-After
@@ -110,6 +111,14 @@ class MethodNotAllowed(HubError):
     def __init__(self, method: str, path: str, allowed: list[str]) -> None:
         super().__init__(f"{method} {path} is not allowed: use {' or '.join(allowed)}",
                          headers={"Allow": ", ".join(allowed)})
+
+
+class Conflict(HubError):
+    """The thing exists but its state does not allow what was asked (cancel a batch that has ended)."""
+
+    status = 409
+    type = "invalid_request_error"
+    code = "conflict"
 
 
 class PayloadTooLarge(HubError):

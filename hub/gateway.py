@@ -83,6 +83,9 @@ ENGINE_KEEPALIVE_S = 4.0  # below the engines' own 5 s
 STREAM_ERROR = re.compile(rb"^(event: ?error|data: ?\{\"error\")", re.M)
 SEQUENCE = re.compile(rb'"sequence_number": ?(\d+)')
 TAIL_BYTES = 64  # what of a chunk is kept to find a last event split across two chunks
+# The ASGI scope extension of a request made in the hub's own process as background work (a batch line:
+# hub/batches/runner.py); servers never set it, so no client can. Its model is acquired as background work.
+BACKGROUND = "hub.background"
 
 
 @dataclass(slots=True)
@@ -98,6 +101,7 @@ class Outgoing:
     content_type: str = ""
     stream: bool = False
     headers: dict[str, str] = field(default_factory=dict)  # the hub's own headers for the engine
+    background: bool = False  # a batch line: its model is acquired as background work (hub/manager/queue.py)
 
 
 def target_of(path: str, scope: Scope) -> str:
@@ -280,7 +284,8 @@ class Gateway:
             raise RequestError(why)
         extra = {"x-hub-files-url": f"{base_url(scope)}/files/{model}"} if ep.files else {}
         await self.forward(receive, send, Outgoing(model, ep, ep.method, target_of(ep.upstream or scope["path"], scope),
-                                                   raw, body, content_type, bool(stream), extra))
+                                                   raw, body, content_type, bool(stream), extra,
+                                                   BACKGROUND in (scope.get("extensions") or ())))
 
     async def serve_by_id(self, scope: Scope, receive: Receive, send: Send, response_id: str, x: Exchange) -> None:
         """GET, DELETE, cancel and input_items of a response: sent to the model that made it, if still running."""
@@ -370,7 +375,7 @@ class Gateway:
         call = Call()
         watch = Watch(receive, call.close)
         try:
-            lease = await self.manager.acquire(req.model, abandoned=watch.wait)
+            lease = await self.manager.acquire(req.model, abandoned=watch.wait, background=req.background)
             try:
                 await self._exchange(send, lease, req, call, watch.gone)
             finally:

@@ -19,6 +19,8 @@ scrapes. Each hub app has its own registry (tests run several in one process).
                                                        stopping, stopped, failed, starting, sleeping)
     hub_model_start_seconds{model}                     histogram: launch to ready
     hub_model_wake_seconds{model}                      histogram: wake asked to ready
+    hub_batch_lines_total{model,status}                counter: batch lines recorded (completed, failed, expired,
+                                                       cancelled)
 """
 
 from __future__ import annotations
@@ -85,6 +87,9 @@ class Metrics:
                                        buckets=START_BUCKETS, registry=self.registry)
         self.wake_seconds = Histogram("hub_model_wake_seconds", "Engine wake: asked to ready", ["model"],
                                       buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.batch_lines_total = Counter("hub_batch_lines", "Batch lines recorded, by model and how they ended "
+                                         "(completed, failed, expired, cancelled)", ["model", "status"],
+                                         registry=self.registry)
         self.registry.register(ManagerCollector(manager))
         for s in manager.slots.values():
             s.observer = self.on_move
@@ -103,6 +108,10 @@ class Metrics:
             log.info(json.dumps({"model": x.model, "endpoint": x.endpoint, "status": status,
                                  "first_byte_ms": round((x.first_byte - x.t0) * 1000, 1) if x.first_byte else None,
                                  "total_ms": round((now - x.t0) * 1000, 1), **tokens}))
+
+    def batch_lines(self, model: str, status: str, n: int = 1) -> None:
+        """Count n batch lines of a model that ended with `status` (the batch runner calls this)."""
+        self.batch_lines_total.labels(model, status).inc(n)
 
     def on_move(self, slot: Any, from_: State, to: State, reason: str | None) -> None:
         """A model changed state (hub.manager.states.move calls this as the slot's observer): count the events."""

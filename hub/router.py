@@ -18,6 +18,8 @@ from starlette.routing import Match, Mount
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from hub.admin import router as admin_router
+from hub.batches.api import router as batch_router
+from hub.batches.service import Batches
 from hub.config import Registry
 from hub.endpoints import API_PREFIXES, ENDPOINTS, dialect_of, endpoints_of, tasks_of
 from hub.errors import HubError, MethodNotAllowed, NotFound, RequestError, UpstreamError
@@ -71,13 +73,16 @@ def create_app(registry: Registry, manager: Manager | None = None, ui: bool = Tr
     files_client = httpx.AsyncClient(timeout=httpx.Timeout(connect=10.0, read=60.0, write=60.0, pool=None),
                                      trust_env=False)  # the hub's own engines: never via a proxy
     api_key = registry.api_key()
+    batches = Batches(registry, manager, gateway, metrics.batch_lines)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         await manager.startup()
+        await batches.start()
         try:
             yield
         finally:
+            await batches.stop()
             await manager.shutdown()
             await gateway.close()
             await files_client.aclose()
@@ -87,6 +92,7 @@ def create_app(registry: Registry, manager: Manager | None = None, ui: bool = Tr
     app.state.manager = manager
     app.state.registry = registry
     app.state.gateway = gateway
+    app.state.batches = batches
 
     gateway.wrap(app.behind)
     app.front = ApiKeyMiddleware(gateway, key=api_key, env_name=registry.hub.api_key_env or "") if api_key else gateway
@@ -162,9 +168,10 @@ def create_app(registry: Registry, manager: Manager | None = None, ui: bool = Tr
         app.add_api_route(path, served_by_the_gateway, methods=[method], tags=["models"], summary=summary,
                           operation_id=f"{method.lower()}{path.replace('/', '_').replace('{', '').replace('}', '')}")
 
-    # ---- admin (hub/admin.py): before the web app, which is mounted at / and would shadow it ----
+    # ---- admin (hub/admin.py), batches (hub/batches/api.py): before the web app, mounted at /, would shadow them ----
 
     app.include_router(admin_router)
+    app.include_router(batch_router)
 
     # ---- anything else under the API's prefixes: a 404 or 405 in the API's shape, never the web app's page ----
 

@@ -12,7 +12,9 @@ wakes. With --context N it has a context of N "tokens" (a token is a word of the
 /v1/messages/count_tokens count as vLLM's do, chat, completions and messages refuse an output limit that does not fit
 with vLLM's message, and every answer says in `x-engine-max-tokens` which output limit it got. With --hold-file a
 test holds chat and completion answers (counted in /test/stats as they arrive) until
-it creates that file: a request stays in flight as long as the test needs, however slow the machine. Only the
+it creates that file: a request stays in flight as long as the test needs, however slow the machine. With --record
+FILE it appends each chat and completion request's answer text to FILE as the request arrives (a count that
+outlives the responder: a hub killed and started again starts a new one). Only the
 standard library and uvicorn/starlette (the hub's own environment).
 """
 
@@ -155,6 +157,9 @@ def make_app(opts: argparse.Namespace) -> Starlette:
                                            "param": "max_tokens", "code": None}}, status_code=400)
         if refused := refuse_output(body):
             return refused
+        if opts.record:  # one line per request as it arrives, kept across the responder's restarts
+            with open(opts.record, "a") as f:
+                f.write(reply_text(body) + "\n")
         if opts.delay:
             await asyncio.sleep(opts.delay)
         while opts.hold_file and not os.path.exists(opts.hold_file):  # held until the test releases it
@@ -362,6 +367,8 @@ def main() -> None:
     p.add_argument("--model", default="test")
     p.add_argument("--delay", type=float, default=0.0, help="seconds before each answer")
     p.add_argument("--hold-file", help="hold every chat and completion answer until this file exists")
+    p.add_argument("--record", help="append the answer text of each chat and completion request to this file as it "
+                   "arrives")
     p.add_argument("--chunk-delay", type=float, default=0.01, help="seconds between stream chunks")
     p.add_argument("--start-delay", type=float, default=0.0, help="seconds before listening")
     p.add_argument("--die-mid-stream", action="store_true", help="exit in the middle of every stream")

@@ -36,8 +36,8 @@ def assert_openai_error(r: httpx.Response, status: int) -> dict:
 
 
 UNKNOWN = ["/v1", "/v1/", "/v1/nothing", "/v1/chat", "/v1/chat/completions/extra", "/v1/engines/x/completions",
-           "/v1/files", "/v1/batches", "/v1/fine_tuning/jobs", "/v1/assistants", "/hub", "/hub/", "/hub/nothing",
-           "/hub/models/echo/restart", "/files", "/files/pix", "/v2", "/v2/nothing", "/v1/audio",
+           "/v1/files/f/content/x", "/v1/batches/b/x", "/v1/fine_tuning/jobs", "/v1/assistants", "/hub", "/hub/",
+           "/hub/nothing", "/hub/models/echo/restart", "/files", "/files/pix", "/v2", "/v2/nothing", "/v1/audio",
            "/v1/responses/resp_1/x/y", "/v1/embeddings/x", "/v1/audio/speech/x"]
 WRONG_METHODS = [
     ("GET", "/v1/chat/completions", "POST"),
@@ -56,6 +56,10 @@ WRONG_METHODS = [
     ("GET", "/v1/audio/transcriptions", "POST"),
     ("GET", "/v2/rerank", "POST"),
     ("GET", "/tokenize", "POST"),
+    ("PUT", "/v1/files", "POST"),
+    ("POST", "/v1/files/f", "DELETE"),
+    ("DELETE", "/v1/batches", "GET"),
+    ("GET", "/v1/batches/b/cancel", "POST"),
 ]
 
 

@@ -143,10 +143,11 @@ class Manager:
                 f"model {model_id!r} does not exist (available: {valid})", param="model"
             ) from None
 
-    async def acquire(self, model_id: str, abandoned: Callable[[], Awaitable[object]] | None = None) -> Lease:
+    async def acquire(self, model_id: str, abandoned: Callable[[], Awaitable[object]] | None = None,
+                      background: bool = False) -> Lease:
         """Wait until the model can serve one more request (starting it if needed, at most max_wait) and hold it:
-        its queue's ModelQueue.acquire, which says what it raises and what `abandoned` is."""
-        return await self.slot(model_id).queue.acquire(self.dispatch, abandoned)
+        its queue's ModelQueue.acquire, which says what it raises, what `abandoned` and `background` are."""
+        return await self.slot(model_id).queue.acquire(self.dispatch, abandoned, background)
 
     async def load(self, model_id: str) -> Slot:
         """Start a model (if it is not running) and wait until it is ready; no request slot is taken."""
@@ -375,11 +376,18 @@ class Manager:
     def _budget_lock(self, host: str) -> asyncio.Lock:
         return self._budget_locks.setdefault(host, asyncio.Lock())
 
-    def _peer(self, o: Slot) -> Peer:
-        """How the planners see another model."""
+    def _peer(self, o: Slot, used_after: float | None = None) -> Peer:
+        """How the planners see another model; protected when a request ended on it after `used_after`."""
         return Peer(o.id, o.state, self.memory_of(o), o.cfg.pinned, o.in_flight, o.queued, o.last_used,
                     stopping=o.stop_task is not None or o.phase is Phase.FALLING_ASLEEP,
-                    failed_with_handle=o.state == State.FAILED and o.handle is not None)
+                    failed_with_handle=o.state == State.FAILED and o.handle is not None,
+                    protected=used_after is not None and o.queue.last_request > used_after)
+
+    def _batch_only(self, s: Slot) -> bool:
+        """Whether only batch lines wait for s's start while [hub] batch_idle_window is on: the start evicts no
+        model that served a request within the window, and waits for it without a deadline."""
+        q = s.queue
+        return self.registry.hub.batch_idle_window > 0 and bool(q.background) and not q.waiting and not q.loads
 
     def _peers(self, s: Slot, host: str) -> list[Slot]:
         """The other managed models placed on a host."""
@@ -433,7 +441,8 @@ class Manager:
     async def _plan_under_lock(self, s: Slot, candidate: Candidate) -> Fits | WaitForBusy:
         """Ask the planner and carry out its stops until it says Fits or WaitForBusy (raise on Impossible)."""
         while True:
-            match decision := plan(candidate, [self._peer(o) for o in self._peers(s, candidate.host)]):
+            used_after = time.time() - self.registry.hub.batch_idle_window if self._batch_only(s) else None
+            match decision := plan(candidate, [self._peer(o, used_after) for o in self._peers(s, candidate.host)]):
                 case Fits() | WaitForBusy():
                     return decision
                 case AwaitStops(ids):
@@ -456,11 +465,12 @@ class Manager:
         if not (s.queue.awaited or (s.handle and not wakes)):
             log.info("%s: start given up while waiting for memory: no request waits for it any more", s.id)
             raise ModelUnavailable(f"model {s.id!r}: start given up, no request waits for it any more")
-        s.block(frozenset(p.id for p in (*decision.busy, *decision.starting)))
+        # protected models are not contended: their requests keep coming, and the window opens only when they stop
+        s.block(frozenset(p.id for p in (*decision.busy, *decision.starting) if not p.protected))
         self.dispatch.pump()  # the models it waits for are contended from now on
-        busy = [self.slots[p.id] for p in decision.busy]
+        busy = [self.slots[p.id] for p in decision.busy if not p.protected]
         timeout = 1.0
-        if not decision.starting:
+        if not decision.starting and not self._batch_only(s):
             quiet = max([began, *(o.queue.last_admit for o in busy)])
             timeout = min(timeout, quiet + self.registry.hub.drain_timeout - time.monotonic())
             if timeout <= 0:

@@ -37,14 +37,18 @@ class Dispatcher:
         times = [o.waiting_since() for o in self.slots.values() if s.id in o.blocked_on]
         return min((t for t in times if t is not None), default=None)
 
-    def may_serve(self, model: str, arrival: float, now: float) -> bool:
-        """Whether a model serves a request that arrived at `arrival` now: ready, a free place, the run rule."""
+    def may_serve(self, model: str, arrival: float, now: float, background: bool = False) -> bool:
+        """Whether a model serves a request that arrived at `arrival` now: ready, a free place, the run rule;
+        `background` work (batch lines) not at all while it is contended."""
         s = self.slots[model]
         if s.state != State.READY or (s.managed and s.handle is None) or s.phase is Phase.FALLING_ASLEEP:
             return False
         if s.limits.max_concurrency and s.in_flight >= s.limits.max_concurrency:
             return False
-        return admits(arrival, now, self.contended_since(s), s.ready_since, s.limits)
+        contended_since = self.contended_since(s)
+        if background:
+            return contended_since is None
+        return admits(arrival, now, contended_since, s.ready_since, s.limits)
 
     def why_waiting(self, model: str, ahead: int) -> str:
         """What a request waiting for a model (`ahead` requests before it) waits for, in words."""
@@ -66,10 +70,10 @@ class Dispatcher:
         now = time.monotonic()
         for s in self.slots.values():
             q = s.queue
-            if not q.waiting:  # most models, on every enqueue and release: one attribute read each
+            if not q.waiting and not q.background:  # most models, on every enqueue and release: two reads each
                 continue
             q.drop_forfeited()
-            if not q.waiting:
+            if not q.waiting and not q.background:
                 continue
             if s.state == State.READY:
                 s.queue.serve(self, now)

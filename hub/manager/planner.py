@@ -8,14 +8,16 @@ it) and asks again until the answer is `Fits` or an error. In order:
 2. some other model is being stopped already: its memory is about to be freed:     AwaitStops
 3. ready, idle, unpinned models: the least recently used ones, as few as fit:      Evict
 4. a failed model that still has an engine:                                       Release
-5. ready unpinned models, all busy, or unpinned models still starting: their
+5. ready unpinned models, all busy (or protected), or unpinned models still starting: their
    requests will end (drain_timeout once they stop taking new ones, see
    queue.py) and a started model can be evicted once it is idle:                  WaitForBusy
 6. only pinned models hold the memory (or the model alone exceeds the budget):     Impossible
 
 A model counts against the budget while it is starting, ready or stopping (states.HOLDS_MEMORY). Pinned models
-are never chosen; busy and starting ones are only waited for. Idle means no request in flight: a ready model whose
-queued requests must wait for another model's turn (queue.py) is idle.
+are never chosen; busy and starting ones are only waited for, and so are protected ones: models that served a
+request within [hub] batch_idle_window, when only batch lines wait for the candidate (the manager marks them).
+Idle means no request in flight: a ready model whose queued requests must wait for another model's turn (queue.py)
+is idle.
 
 `place` picks a host among a model's hosts: one where it fits without eviction (one that already holds its image
 first, then the least loaded, then the registry's order), else one where room can be made, preferring hosts with
@@ -56,6 +58,7 @@ class Peer:
     last_used: float = 0.0
     stopping: bool = False  # a stop is in progress
     failed_with_handle: bool = False  # failed, but its engine was not released
+    protected: bool = False  # requests used it within [hub] batch_idle_window: a start for batch lines waits for it
 
 
 @dataclass(frozen=True)
@@ -144,8 +147,8 @@ def plan(candidate: Candidate, peers: Sequence[Peer]) -> Decision:
         return Fits()
     if stopping := [p.id for p in peers if p.stopping]:
         return AwaitStops(tuple(stopping))
-    victims = sorted((p for p in peers if p.state == State.READY and not p.pinned), key=lambda p: p.last_used)
-    if idle := [p for p in victims if p.in_flight == 0]:
+    ready = sorted((p for p in peers if p.state == State.READY and not p.pinned), key=lambda p: p.last_used)
+    if idle := [p for p in ready if p.in_flight == 0 and not p.protected]:
         chosen: list[str] = []
         for p in idle:
             chosen.append(p.id)
@@ -155,11 +158,11 @@ def plan(candidate: Candidate, peers: Sequence[Peer]) -> Decision:
     if failed := [p for p in peers if p.failed_with_handle]:
         return Release(failed[0].id)
     starting = tuple(p for p in peers if p.state == State.STARTING and not p.pinned)
-    movable = sum(p.memory_gb for p in (*victims, *starting))
-    if not (victims or starting) or used_gb(peers) - movable + need > budget:
+    movable = sum(p.memory_gb for p in (*ready, *starting))
+    if not (ready or starting) or used_gb(peers) - movable + need > budget:
         holders = tuple(p for p in peers if p.state in HOLDS_MEMORY)
         return Impossible(candidate.id, need, candidate.host, budget, budget - used_gb(peers), holders)
-    return WaitForBusy(candidate.id, need, candidate.host, budget, tuple(victims), starting)
+    return WaitForBusy(candidate.id, need, candidate.host, budget, tuple(ready), starting)
 
 
 @dataclass(frozen=True)

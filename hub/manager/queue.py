@@ -26,6 +26,14 @@ Retry-After). Before that, between two models: the other model's start (start_ti
 from its last admitted request, else MemoryBusy), and this model's own start. A request whose awaiting task is
 cancelled, or whose `abandoned` awaitable returns (the client left), leaves the queue at once (ClientLeft).
 
+Background work (batch lines: hub/batches/) waits in a queue of its own, after every request: a background request
+is served only while no request waits for the model, nor another model's start for its memory (it yields at once,
+where requests keep their run), never takes the last place under a max_concurrency above 1 (an interactive request
+finds one free), and has no max_wait (its batch's expiry cancels it). While nobody else
+waits, background requests fill the model up to that limit, so the engine batches them. Under max_concurrency 1 a
+background request may take the only place when nobody waits (else it would never run): a request that comes then
+waits for that one to end. Background requests are not counted as queued (`len()`, metrics).
+
 A ModelQueue knows only its own model (`Queued`); what needs every model (may it serve now, what does a request
 wait for, the pump) it asks through `Dispatch`. So this module imports nothing of the manager's.
 """
@@ -66,8 +74,9 @@ class Queued(Protocol):
 class Dispatch(Protocol):
     """What a model's queue asks of the one who sees every model (dispatch.Dispatcher is it)."""
 
-    def may_serve(self, model: str, arrival: float, now: float) -> bool:
-        """Whether the model serves a request that arrived at `arrival` now: ready, a free place, the run rule."""
+    def may_serve(self, model: str, arrival: float, now: float, background: bool = False) -> bool:
+        """Whether the model serves a request that arrived at `arrival` now: ready, a free place, the run rule;
+        `background` work never while another model's start waits for its memory."""
         ...
 
     def why_waiting(self, model: str, ahead: int) -> str:
@@ -95,6 +104,7 @@ class Lease:
     upstream: Upstream
     _on_release: Callable[[Lease], None] | None = field(default=None, repr=False)
     granted: float = field(default_factory=time.monotonic)
+    background: bool = False  # background work's (a batch line)
     _released: bool = False
 
     def release(self) -> None:
@@ -130,9 +140,11 @@ class ModelQueue:
 
     model: Queued = field(repr=False)
     waiting: deque[Waiter] = field(default_factory=deque)
+    background: deque[Waiter] = field(default_factory=deque)  # batch lines, served after every waiting request
     in_flight: int = 0
     idle: asyncio.Event = field(default_factory=asyncio.Event)  # set while nothing is in flight
     last_used: float = 0.0  # time.time() of the last request's end (or of its model becoming ready: core.py)
+    last_request: float = 0.0  # time.time() of the last end of a request that was not background work
     last_admit: float = 0.0  # time.monotonic() of the last lease granted
     service_s: float | None = None  # mean seconds a request holds it (Retry-After estimates)
     admitted: int = 0
@@ -149,8 +161,8 @@ class ModelQueue:
 
     @property
     def awaited(self) -> bool:
-        """Whether a request or a load waits for the model."""
-        return bool(self.waiting) or self.loads > 0
+        """Whether a request, background work or a load waits for the model."""
+        return bool(self.waiting) or bool(self.background) or self.loads > 0
 
     @contextlib.contextmanager
     def loading(self) -> Iterator[None]:
@@ -161,14 +173,18 @@ class ModelQueue:
         finally:
             self.loads -= 1
 
-    async def acquire(self, dispatch: Dispatch, abandoned: Callable[[], Awaitable[object]] | None = None) -> Lease:
+    async def acquire(self, dispatch: Dispatch, abandoned: Callable[[], Awaitable[object]] | None = None,
+                      background: bool = False) -> Lease:
         """Wait until the model can serve one more request (its start included, at most max_wait) and hold it.
         Raises TooManyRequests when the queue is full, WaitTimeout past max_wait, the start's error when its start
         fails, and ClientLeft once `abandoned()` returns: a coroutine function that returns when the client has
         gone (the gateway's reads ASGI `receive` until http.disconnect), called only if the request has to wait.
-        Cancelling the caller takes the request off the queue too."""
+        Cancelling the caller takes the request off the queue too. `background`: the request is background work
+        (the module's docstring): it waits without max_wait, until its caller is cancelled or the start fails."""
         m = self.model
         now = time.monotonic()
+        if background:
+            return await self._acquire_background(dispatch, now)
         if not self.waiting and dispatch.may_serve(m.id, now, now):
             return self.grant(dispatch)
         lim = m.limits
@@ -190,6 +206,31 @@ class ModelQueue:
             if w in self.waiting:
                 self.waiting.remove(w)
                 dispatch.pump()
+
+    async def _acquire_background(self, dispatch: Dispatch, now: float) -> Lease:
+        """Background work's acquire: at once when it may take a place now, else in the background queue."""
+        if self.background_may_serve(dispatch, now) and not self.background:
+            return self.grant(dispatch, background=True)
+        w = Waiter(now, asyncio.get_running_loop().create_future())
+        self.background.append(w)
+        try:
+            dispatch.pump()
+            return await asyncio.shield(w.future)
+        except asyncio.CancelledError:
+            self._forfeit(dispatch, w)
+            raise
+        finally:
+            if w in self.background:
+                self.background.remove(w)
+                dispatch.pump()
+
+    def background_may_serve(self, dispatch: Dispatch, now: float) -> bool:
+        """Whether background work may take a place now: no request waits, a place stays free for one under a
+        max_concurrency above 1, and the model serves (ready, and no other model's start waits for its memory)."""
+        limit = self.model.limits.max_concurrency
+        if self.waiting or (limit > 1 and self.in_flight >= limit - 1):
+            return False
+        return dispatch.may_serve(self.model.id, now, now, background=True)
 
     async def _await_turn(self, dispatch: Dispatch, w: Waiter,
                           abandoned: Callable[[], Awaitable[object]] | None) -> Lease:
@@ -219,26 +260,31 @@ class ModelQueue:
                           f"{why}; retry later, or raise max_wait in models.toml", headers={"Retry-After": "10"})
 
     def _forfeit(self, dispatch: Dispatch, w: Waiter) -> None:
-        """Take w off the queue; a lease granted in the same instant goes back."""
+        """Take w off its queue; a lease granted in the same instant goes back."""
         if w in self.waiting:
             self.waiting.remove(w)
+        if w in self.background:
+            self.background.remove(w)
         if not w.future.done():
             w.future.cancel()
         elif not w.future.cancelled() and w.future.exception() is None:
             w.future.result().release()
         dispatch.pump()
 
-    def grant(self, dispatch: Dispatch) -> Lease:
+    def grant(self, dispatch: Dispatch, background: bool = False) -> Lease:
         """A lease on the model, which may serve one more request now; its release lets `dispatch` pump."""
         self.in_flight += 1
         self.admitted += 1
         self.idle.clear()
         self.last_admit = time.monotonic()
-        return Lease(self.model, self.model.upstream(), lambda lease: self._release(lease, dispatch))
+        return Lease(self.model, self.model.upstream(), lambda lease: self._release(lease, dispatch),
+                     background=background)
 
     def _release(self, lease: Lease, dispatch: Dispatch) -> None:
         self.in_flight -= 1
         self.last_used = time.time()
+        if not lease.background:
+            self.last_request = self.last_used
         took = time.monotonic() - lease.granted
         self.service_s = took if self.service_s is None else (1 - SERVICE_EWMA) * self.service_s + SERVICE_EWMA * took
         if self.in_flight == 0:
@@ -249,19 +295,27 @@ class ModelQueue:
         """Drop the requests at the front that were forfeited in this instant (their futures are done)."""
         while self.waiting and self.waiting[0].future.done():
             self.waiting.popleft()
+        while self.background and self.background[0].future.done():
+            self.background.popleft()
 
     def serve(self, dispatch: Dispatch, now: float) -> None:
         """Grant leases to the waiting requests in queue order while the model may serve them (the pump's part for
-        one model)."""
+        one model), then background work while it may take a place."""
         while self.waiting and dispatch.may_serve(self.model.id, self.waiting[0].arrival, now):
             w = self.waiting.popleft()
             if not w.future.done():
                 w.future.set_result(self.grant(dispatch))
+        while self.background and self.background_may_serve(dispatch, now):
+            w = self.background.popleft()
+            if not w.future.done():
+                w.future.set_result(self.grant(dispatch, background=True))
 
     def fail(self, err: BaseException) -> None:
-        """Every waiting request gets `err` (its model's start failed, or the hub is shutting down)."""
-        while self.waiting:
-            w = self.waiting.popleft()
-            if not w.future.done():
-                w.future.set_exception(err)
-                w.future.exception()  # retrieved: a waiter that left in this instant never reads it
+        """Every waiting request and background work gets `err` (its model's start failed, or the hub is shutting
+        down)."""
+        for queue in (self.waiting, self.background):
+            while queue:
+                w = queue.popleft()
+                if not w.future.done():
+                    w.future.set_exception(err)
+                    w.future.exception()  # retrieved: a waiter that left in this instant never reads it
