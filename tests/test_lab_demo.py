@@ -126,3 +126,33 @@ def test_the_embeddings_notebook_on_the_demo_engines(hub, tmp_path, monkeypatch)
     assert "384 dimensions" in text, "all-MiniLM-L6-v2's vectors"
     top1 = re.search(r"top-1 accuracy ([\d.]+)", text)
     assert top1 and float(top1.group(1)) >= 0.8, text
+
+
+def test_the_demo_smollm2_completes_a_small_real_batch(hub):
+    """OpenAI's Batch API on a real engine: five chat lines for smollm2, run at background priority."""
+    import io
+    import json
+    import time
+
+    import openai
+
+    client = openai.OpenAI(base_url=hub.v1, api_key="none", max_retries=0)
+    lines = [{"custom_id": f"q{i}", "method": "POST", "url": "/v1/chat/completions",
+              "body": {"model": "smollm2", "max_tokens": 8, "temperature": 0,
+                       "messages": [{"role": "user", "content": f"Count to {i + 2}."}]}} for i in range(5)]
+    data = "\n".join(json.dumps(x) for x in lines).encode()
+    f = client.files.create(file=("lines.jsonl", io.BytesIO(data)), purpose="batch")
+    batch = client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
+    deadline = time.monotonic() + 180
+    while batch.status not in ("completed", "failed", "expired", "cancelled") and time.monotonic() < deadline:
+        time.sleep(0.5)
+        batch = client.batches.retrieve(batch.id)
+    assert batch.status == "completed", batch
+    assert batch.request_counts.total == 5 and batch.request_counts.completed == 5 and batch.request_counts.failed == 0
+    out = [json.loads(x) for x in client.files.content(batch.output_file_id).text.splitlines() if x.strip()]
+    assert sorted(o["custom_id"] for o in out) == [f"q{i}" for i in range(5)]
+    for o in out:
+        body = o["response"]["body"]
+        assert o["response"]["status_code"] == 200 and o["error"] is None
+        assert body["model"] == "smollm2" and body["choices"][0]["message"]["content"]
+        assert body["usage"]["completion_tokens"] <= 8
