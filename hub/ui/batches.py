@@ -39,7 +39,7 @@ def build(client: openai.OpenAI) -> gr.Dropdown:
                 with gr.Row():
                     model = gr.Dropdown(label="model", choices=[], scale=2, min_width=160,
                                         elem_id="hub-batch-model")
-                    max_tokens = gr.Number(label="max_tokens (optional)", value=None, precision=0, minimum=1,
+                    max_tokens = gr.Number(label="max_tokens (0: default)", value=0, precision=0, minimum=0,
                                            scale=1, min_width=120, elem_id="hub-batch-max-tokens")
             with gr.Column(scale=2, min_width=240):
                 upload = gr.File(label="or a JSONL file (used instead of the prompts)", file_types=[".jsonl"],
@@ -52,7 +52,7 @@ def build(client: openai.OpenAI) -> gr.Dropdown:
         with gr.Row():
             picked = gr.Dropdown(label="batch", choices=[], scale=3, min_width=240, elem_id="hub-batch-pick")
             cancel = gr.Button("cancel", variant="stop", scale=0, min_width=90, elem_id="hub-batch-cancel")
-            download = gr.Button("download results", scale=0, min_width=160, elem_id="hub-batch-download")
+            download = gr.Button("download results", scale=0, min_width=200, elem_id="hub-batch-download")
         details = gr.Markdown("", elem_id="hub-batch-details")
         with gr.Row():
             output = gr.File(label="output (.jsonl)", visible=False, elem_id="hub-batch-output")
@@ -95,7 +95,7 @@ def prompts_jsonl(prompts: str, model: str | None, max_tokens: float | None = No
     texts = [p.strip() for p in (prompts or "").splitlines() if p.strip()]
     if not texts:
         raise gr.Error("write one prompt per line, or upload a JSONL file")
-    extra = {"max_tokens": int(max_tokens)} if max_tokens else {}
+    extra = {"max_tokens": int(max_tokens)} if max_tokens and max_tokens > 0 else {}
     return b"".join(json.dumps({"custom_id": f"line-{n}", "method": "POST", "url": CHAT,
                                 "body": {"model": model, "messages": [{"role": "user", "content": t}], **extra}},
                                ensure_ascii=False).encode() + b"\n" for n, t in enumerate(texts, 1))
