@@ -361,3 +361,25 @@ def test_compare_streams_side_by_side_then_a_blind_vote_moves_the_standings(brow
     width = phone.evaluate("() => document.documentElement.scrollWidth")
     assert width <= 430, f"the page is {width}px wide on a 430px screen"
     assert not errors, errors
+
+
+def test_batches_tab_runs_a_batch_of_prompts(browser, hub_factory):
+    """The Batches tab: three prompts for echo become a batch; its bar reaches 3/3 and the table says completed."""
+    hub = hub_factory(REGISTRY.split("[models.tiny-sd]")[0], ui=True)
+    page, errors = open_app(browser, hub.url + "/", 1280, 900)
+    tab(page, "Batches")
+    page.wait_for_function("() => document.querySelector('#hub-batch-model input')?.value === 'echo'")
+    page.locator("#hub-batch-prompts textarea").fill("name a river\nname a mountain\nname a sea")
+    page.locator("#hub-batch-submit").click()
+    page.get_by_text(re.compile(r"batch_\w+: in_progress, 3 line\(s\)")).wait_for()
+    page.wait_for_function("() => /batch_\\w+: 3\\/3 · completed/.test("
+                           "document.querySelector('#hub-batch-progress')?.innerText || '')")
+    page.wait_for_function("() => /completed/.test(document.querySelector('#hub-batch-list')?.innerText || '')")
+    assert page.locator("#hub-batch-progress [role=progressbar]").first.get_attribute("aria-valuenow") == "3"
+    page.locator("#hub-batch-details").get_by_text("3 completed, 0 failed of 3").wait_for()
+    page.locator("#hub-batch-download").click()
+    link = page.locator("#hub-batch-output a[download$='-output.jsonl']")
+    link.wait_for()
+    assert page.locator("#hub-batch-errors").is_hidden(), "no error file: none offered"
+    shot(page, "14-batches")
+    assert not errors, errors

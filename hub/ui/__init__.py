@@ -1,4 +1,4 @@
-"""The web app (Gradio): Chat, Image, Compare, Runs and Models tabs, mounted at / by `hub serve`.
+"""The web app (Gradio): Chat, Image, Compare, Runs, Batches and Models tabs, mounted at / by `hub serve`.
 
 The app is a client of the hub like any other: the official openai client on the hub's own /v1 and a small client
 for /hub, both at the address the hub serves on and both sending the hub's API key when one is set. With a key set,
