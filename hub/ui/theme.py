@@ -106,7 +106,7 @@ button[role="tab"][aria-selected="true"] {{ color: {AMBER} !important; border-co
 #hub-logs textarea {{ font-size: 0.8rem; }}
 @media (max-width: 640px) {{
   .gradio-container {{ padding: 0.4rem !important; }}
-  .tab-container button {{ padding-left: 0.4rem !important; padding-right: 0.4rem !important; }}
+  .tab-container button {{ padding-left: 0.3rem !important; padding-right: 0.3rem !important; font-size: 0.8rem; }}
   #hub-title p {{ font-size: 0.8rem; }}
 }}
 """
