@@ -109,3 +109,15 @@ def test_files_are_kept_listed_in_pages_and_deleted(tmp_path) -> None:
     assert s.delete_file("file-2") and not s.delete_file("file-2")
     assert s.content("file-2") is None and not (tmp_path / "files" / "file-2").exists()
     s.close()
+
+
+def test_batch_metadata_has_openais_limits():
+    import pydantic
+
+    from hub.batches.shapes import BatchCreate
+
+    ok = {"input_file_id": "f", "endpoint": "/v1/chat/completions", "completion_window": "24h"}
+    assert BatchCreate(**ok, metadata={"k" * 64: "v" * 512}).metadata
+    for bad in ({"k" * 65: "v"}, {"k": "v" * 513}, {f"k{i}": "v" for i in range(17)}, {"k": 1}):
+        with pytest.raises(pydantic.ValidationError):
+            BatchCreate(**ok, metadata=bad)

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from hub.endpoints import BY_PATH
 from hub.errors import RequestError
@@ -103,7 +103,9 @@ class BatchCreate(BaseModel):
     input_file_id: str
     endpoint: str
     completion_window: str = Field(description='"24h" as OpenAI takes it; the hub takes any duration ("2s", "1h")')
-    metadata: dict[str, str] | None = Field(None, max_length=16)
+    # OpenAI's limits: 16 pairs, keys of 64 characters, values of 512
+    metadata: dict[Annotated[str, StringConstraints(max_length=64)],
+                   Annotated[str, StringConstraints(max_length=512)]] | None = Field(None, max_length=16)
 
 
 class InputLine(BaseModel):
