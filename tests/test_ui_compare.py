@@ -14,39 +14,13 @@ from hub.lab import arena, store
 from hub.ui import compare
 from hub.ui.app import build_ui
 from hub.ui.clients import make_clients
-from tests.conftest import responder_command, start_hub
+from tests.conftest import start_hub
+from tests.helpers import image_model, text_model
 
-REGISTRY = f"""
-[hub]
-memory_budget_gb = 10
-
-[models.llama]
-type = "text"
-engine = "command"
-memory_gb = 3
-[models.llama.args]
-command = {responder_command("--start-delay", "1.5", "--chunk-delay", "0.04")}
-
-[models.qwen]
-type = "text"
-engine = "command"
-memory_gb = 3
-[models.qwen.args]
-command = {responder_command("--chunk-delay", "0.06")}
-
-[models.broken]
-type = "text"
-engine = "command"
-[models.broken.args]
-command = {responder_command("--fail-start")}
-
-[models.tiny-sd]
-type = "image"
-engine = "command"
-memory_gb = 2
-[models.tiny-sd.args]
-command = {responder_command()}
-"""
+REGISTRY = ("[hub]\nmemory_budget_gb = 10\n"
+            + text_model("llama", "--start-delay", "1.5", "--chunk-delay", "0.04", memory=3)
+            + text_model("qwen", "--chunk-delay", "0.06", memory=3) + text_model("broken", "--fail-start", memory=0)
+            + image_model("tiny-sd", memory=2))
 PROMPT = "tell me about " + " ".join(f"w{i}" for i in range(24))
 ANSWER = f"echo: {PROMPT}"
 
