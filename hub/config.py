@@ -50,7 +50,8 @@ def parse_duration(value: Any) -> float:
 
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
-RuntimeName = Literal["process", "docker"]
+RuntimeName = Literal["process", "docker", "ray"]
+RAY_HOST = "ray"  # the host of every ray model: the Ray cluster places it (hub/runtimes/ray.py)
 ModelType = Literal[KINDS]  # type: ignore[valid-type]
 Task = Literal[TASKS]  # type: ignore[valid-type]
 
@@ -72,6 +73,12 @@ class HubSettings(_Strict):
     drain_timeout: Duration = 30.0
     stop_timeout: Duration = 15.0
     runtime: RuntimeName = "process"
+    # the ray runtime (hub/runtimes/ray.py): one cluster per hub
+    ray_address: str | None = Field(None, description="the Ray cluster: \"host:6379\" or \"ray://host:10001\"; "
+                                                      "unset: $RAY_ADDRESS, else the cluster started on this machine")
+    ray_namespace: str = Field("hub", min_length=1, description="the Ray namespace of the hub's actors")
+    ray_place_timeout: Duration = Field(60.0, description="how long a start waits for a node with the model's "
+                                                          "resources before it fails with 503")
     api_key_env: str | None = None
     state_dir: str = ".hub"
     keep_running: bool = False
@@ -148,6 +155,8 @@ class ModelConfig(_Strict):
     env: dict[str, str] = Field(default_factory=dict)
     description: str | None = Field(None, description="a note for people: shown by the web app and /v1/models")
     tasks: list[Task] | None = Field(None, description="what the model serves, where its kind's tasks do not fit")
+    # ray runtime: Ray resources the engine's actor asks for besides its gpus and memory_gb ("CPU": cores)
+    resources: dict[str, Annotated[float, Field(gt=0)]] = Field(default_factory=dict)
     # docker runtime
     image: str | None = None
     gpus: Literal["all"] | list[int] | None = None
@@ -255,6 +264,14 @@ class Registry(_Strict):
         p = Path(value).expanduser()
         return p if p.is_absolute() else (self.base_dir / p).resolve()
 
+    @model_validator(mode="after")
+    def _ray_models_on_the_cluster(self) -> Registry:
+        """A ray model's host is the Ray cluster (RAY_HOST), which places it: Ray's accounting, not a host budget."""
+        for m in self.models.values():
+            if (m.runtime or self.hub.runtime) == "ray" and "host" not in m.model_fields_set:
+                m.host = RAY_HOST
+        return self
+
     def runtime_of(self, model_id: str) -> str:
         """The runtime a model runs under."""
         return self.models[model_id].runtime or self.hub.runtime
@@ -270,6 +287,8 @@ class Registry(_Strict):
 
     def budget_of(self, host: str) -> float | None:
         """The memory budget in GB of a host (None: unlimited)."""
+        if host == RAY_HOST:
+            return None  # Ray accounts for what its nodes hold
         if host != "local" and host in self.hosts:
             return self.hosts[host].memory_budget_gb
         return self.hub.memory_budget_gb
@@ -302,6 +321,8 @@ class Registry(_Strict):
         for mid, m in self.models.items():
             at = f"models.{mid}"
             for host in m.hosts:
+                if host == RAY_HOST or (self.runtime_of(mid) == "ray"):
+                    continue  # hub/runtimes/rayplace.py checks ray models
                 if host != "local" and host not in self.hosts:
                     valid = ", ".join(["local", *self.hosts])
                     out.append(f"{at}.host: unknown host {host!r} (valid: {valid})")

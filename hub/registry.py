@@ -15,6 +15,7 @@ from pydantic import ValidationError
 from hub.config import Registry, format_validation_error
 from hub.engines import available_engines, get_engine
 from hub.errors import ConfigError
+from hub.runtimes import rayplace
 
 
 def engine_problems(reg: Registry) -> list[str]:
@@ -38,7 +39,7 @@ def parse_registry(data: dict[str, Any], path: Path | None = None) -> Registry:
     except ValidationError as err:
         raise ConfigError(format_validation_error(err), source) from None
     reg.path = path.resolve() if path else None
-    if problems := engine_problems(reg) + reg.problems():
+    if problems := engine_problems(reg) + reg.problems() + rayplace.problems(reg):
         raise ConfigError(problems, source)
     return reg
 

@@ -52,6 +52,7 @@ calls a slot's `states.Observer`. Modules, each importing only those before it:
   slot.py      Slot: one model's state, phase, engine, tasks and its ModelQueue
   dispatch.py  Dispatcher: the pump and the run rule's view of contention across models
   sleep.py     Sleeper and SleepTiers: sleeping, waking and the sleep budget
+  rayplan.py   ray models: Ray's accounting instead of a budget, the hub's LRU and turns (planner's decisions)
   core.py      Manager
 """
 

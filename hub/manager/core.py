@@ -30,6 +30,7 @@ from hub.manager.dispatch import Dispatcher
 from hub.manager.planner import (
     AwaitStops,
     Candidate,
+    Decision,
     Evict,
     Fits,
     HostView,
@@ -41,6 +42,7 @@ from hub.manager.planner import (
     plan,
 )
 from hub.manager.queue import Lease
+from hub.manager.rayplan import ray_plan
 from hub.manager.sleep import Sleeper, SleepTiers
 from hub.manager.slot import Slot
 from hub.manager.states import HOLDS_MEMORY, Phase, State, move
@@ -126,7 +128,8 @@ class Manager:
         )
         keep = self.registry.hub.keep_running
         await asyncio.gather(*(self._stop(s, "hub shutdown") for s in self.slots.values()
-                               if not (keep and self.registry.runtime_of(s.id) == "docker")), return_exceptions=True)
+                               if not (keep and self.registry.runtime_of(s.id) in ("docker", "ray"))),
+                             return_exceptions=True)
         for rt in self._runtimes.values():
             await rt.close()
         await self._http.aclose()
@@ -442,7 +445,7 @@ class Manager:
         """Ask the planner and carry out its stops until it says Fits or WaitForBusy (raise on Impossible)."""
         while True:
             used_after = time.time() - self.registry.hub.batch_idle_window if self._batch_only(s) else None
-            match decision := plan(candidate, [self._peer(o, used_after) for o in self._peers(s, candidate.host)]):
+            match decision := await self._plan(s, candidate, used_after):
                 case Fits() | WaitForBusy():
                     return decision
                 case AwaitStops(ids):
@@ -456,6 +459,15 @@ class Manager:
                     await self._stop(self.slots[mid], "released after failure")
                 case Impossible():
                     raise decision.error()
+
+    async def _plan(self, s: Slot, candidate: Candidate, used_after: float | None) -> Decision:
+        """The planner's next step for s: its host's budget (planner.plan), or for a ray model Ray's view of the
+        cluster (rayplan.ray_plan)."""
+        others = self._peers(s, candidate.host)
+        peers = [self._peer(o, used_after) for o in others]
+        if self.registry.runtime_of(s.id) == "ray":
+            return await ray_plan(self.runtime(s), s, others, peers)  # type: ignore[arg-type]
+        return plan(candidate, peers)
 
     async def _wait_for_peers(self, s: Slot, decision: WaitForBusy, began: float, wakes: bool) -> None:
         """Wait (outside the budget lock) until a busy model is idle, a starting one is ready, or a second has

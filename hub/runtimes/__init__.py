@@ -1,4 +1,5 @@
-"""Runtimes run engines: `process` (a local subprocess) and `docker` (a container on a local or remote host)."""
+"""Runtimes run engines: `process` (a local subprocess), `docker` (a container on a local or remote host) and `ray`
+(a detached actor on a node of a Ray cluster)."""
 
 from __future__ import annotations
 
@@ -17,4 +18,8 @@ def make_runtime(name: str, registry, host: str = "local") -> Runtime:
         from hub.runtimes.docker import DockerRuntime
 
         return DockerRuntime(registry, host)
+    if name == "ray":  # imports Ray: only a registry with ray models gets here
+        from hub.runtimes.ray import RayRuntime
+
+        return RayRuntime(registry)
     raise ValueError(f"unknown runtime {name!r}")
