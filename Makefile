@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 HUB := $(VENV)/bin/hub
 
-.PHONY: demo test test-setup setup engines demo-models system docker litellm vllm-router claude-code lint lock \
+.PHONY: demo test test-setup setup engines demo-models system docker litellm vllm-router claude-code ray lint lock \
 	check-locks test-latest
 
 $(VENV)/.installed: pyproject.toml locks/hub-test.txt locks/build.txt
@@ -54,6 +54,10 @@ docker: system
 claude-code:
 	bash scripts/claude-code.sh
 
+# Ray (the ray runtime and its test tier) added to .venv from locks/ray.txt: only what hub-test lacks, nothing moved.
+ray: setup
+	$(PYTHON) -m hub.locks add ray $(VENV)
+
 # LiteLLM's proxy in its own environment, for the router-overhead comparison.
 litellm: setup
 	$(VENV)/bin/python -m benchmarks.router_overhead --setup-litellm
@@ -64,7 +68,7 @@ vllm-router: setup
 
 # The slow set-up steps are independent: run them side by side.
 test-setup: setup
-	$(MAKE) --no-print-directory -j4 demo-models docker litellm vllm-router claude-code
+	$(MAKE) --no-print-directory -j4 demo-models docker litellm vllm-router claude-code ray
 
 test: lint test-setup
 	HUB_STRICT=1 $(VENV)/bin/pytest -ra --durations=15

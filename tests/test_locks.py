@@ -57,6 +57,17 @@ def test_the_runtime_lock_keeps_the_test_locks_versions():
     assert {p: v for p, v in test.items() if p in runtime} == runtime
 
 
+def test_the_ray_lock_only_adds_to_the_test_lock(monkeypatch, tmp_path):
+    """`make ray` adds Ray to .venv: nothing hub-test pins moves, and `add` refuses a lock that would move one."""
+    ray, test = locks.pinned(LOCKS["ray"]), locks.pinned(LOCKS["hub-test"])
+    assert "ray" in set(ray) - set(test) and "pytest" not in ray
+    assert {p: v for p, v in ray.items() if p in test} == {p: test[p] for p in ray if p in test}
+    real = locks.pinned
+    monkeypatch.setattr(locks, "pinned", lambda lk: {**real(lk), "httpx": "0.0.1"} if lk.name == "ray" else real(lk))
+    with pytest.raises(LockError, match=r"locks/ray.txt would move packages of locks/hub-test.txt \(\{'httpx'"):
+        locks.add(tmp_path / "venv", "ray")
+
+
 def test_the_installer_is_pinned_once():
     """uv's version is pyproject's pin, the hub lock's pin, and the one the hub's environment runs."""
     want = locks.uv_pin().split("==")[1]

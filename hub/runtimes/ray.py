@@ -35,6 +35,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+# Ray's C++ failure handler would catch the SIGTERM of the hub's own graceful shutdown and exit by the signal; Ray
+# reads this when it is imported
+os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
+
 import ray
 from ray import cloudpickle
 from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutError, RayError
@@ -89,8 +93,6 @@ class RayRuntime(Runtime):
 
     def _connect(self) -> None:
         if not ray.is_initialized():
-            # Ray's C++ failure handler would take SIGTERM from the hub's own graceful shutdown (and exit by signal)
-            os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
             try:
                 ray.init(address=self.address, namespace=self.namespace, log_to_driver=False,
                          logging_level=logging.WARNING)
