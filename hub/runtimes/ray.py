@@ -154,6 +154,7 @@ class RayRuntime(Runtime):
         settings = {**plan, "request": request_of(self.registry, model_id).options()}
         plan["hash"] = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
         plan["namespace"] = self.namespace
+        plan["num_cpus"] = settings["request"]["num_cpus"]
         plan["missing_hint"] = hint
         return plan
 

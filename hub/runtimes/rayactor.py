@@ -12,6 +12,8 @@ Rules:
   the node's address: nodes of one machine all report its network address, and the hub reaches them on loopback.
 - What can be checked before starting is checked and reported by `info()["error"]` (the program or the working
   folder missing on this node, the port taken), never raised from the constructor: the hub then says it plainly.
+- The engine gets the actor's environment (Ray's CUDA_VISIBLE_DEVICES for its GPUs, the spec's variables), less the
+  OMP_NUM_THREADS=1 that Ray gives a worker reserving no CPU (an engine would run its CPU work on one thread).
 - The engine's output goes to a file on the node; `logs` reads its tail, `log_text` its last MB for the hub to keep.
 """
 
@@ -108,6 +110,9 @@ class EngineActor:
             bind = [self.plan["bind_flag"], self.host] if self.plan.get("bind_flag") else []
             argv = [*self.plan["program"], *bind, *self.plan["args"]]
             env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.plan.get("env", {})}
+            if not self.plan.get("num_cpus") and env.get("OMP_NUM_THREADS") == "1" and \
+                    "OMP_NUM_THREADS" not in self.plan.get("env", {}):
+                del env["OMP_NUM_THREADS"]  # Ray's default for a worker without CPUs: an engine uses the node's
             try:
                 with open(self.log_path, "w") as log:
                     log.write(f"# hub: {time.strftime('%Y-%m-%d %H:%M:%S')} starting {self.model_id} on "
