@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -37,6 +38,7 @@ class LocalCluster:
     nodes: dict[str, Any]  # "a", "b" -> the worker node (ray's Node), replaced when a test removes one
     start_seconds: float
     rss_mb: float
+    peak_mb: float = 0.0
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -88,12 +90,21 @@ def cluster() -> Iterator[LocalCluster]:
         lc.add_worker("b")
         lc.start_seconds = time.monotonic() - began
         ray.init(address=c.address, namespace="hub-tests", log_to_driver=False, logging_level="WARNING")
-        lc.rss_mb = ray_rss_mb()
+        lc.rss_mb = lc.peak_mb = ray_rss_mb()
+        done = threading.Event()
+
+        def sample() -> None:  # the Ray processes' peak RSS while the tests run (workers and actors come and go)
+            while not done.wait(1.0):
+                lc.peak_mb = max(lc.peak_mb, ray_rss_mb())
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
         yield lc
+        done.set()
+        sampler.join()
     finally:
-        peak = ray_rss_mb()
-        print(f"\nray cluster: started in {lc.start_seconds:.1f}s, {lc.rss_mb:.0f} MB RSS then, {peak:.0f} MB at the "
-              f"end; {'; '.join(lc.notes)}")
+        print(f"\nray cluster: started in {lc.start_seconds:.1f}s, {lc.rss_mb:.0f} MB RSS then, {lc.peak_mb:.0f} MB at "
+              f"the peak; {'; '.join(lc.notes)}")
         ray.shutdown()
         c.shutdown()
         for p in psutil.Process().children(recursive=True):  # a node that failed to start may leave some behind

@@ -6,21 +6,23 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import importlib.util
 import subprocess
 import sys
 
 import pytest
 
 from hub.config import RAY_HOST
-from hub.errors import ConfigError
+from hub.errors import ConfigError, RuntimeFailure
 from hub.manager.planner import AwaitStops, Evict, Fits, Peer, Release
 from hub.manager.rayplan import RayWaitForBusy, plan_ray
 from hub.manager.states import State
+from hub.procs import free_port
 from hub.registry import parse_registry
 from hub.runtimes import rayplace
 from hub.runtimes.base import Handle
 from hub.runtimes.rayplace import GB, Node, Request, Room, request_of, room, start_flags, unplaced
-from tests.conftest import ROOT
+from tests.conftest import ROOT, require
 from tests.helpers import FakeRuntime, make, states, until, use
 
 CMD = {"command": ["x", "{port}"]}
@@ -191,6 +193,17 @@ async def test_the_manager_evicts_the_least_recently_used_idle_ray_model_when_ra
     assert rt.stopped == ["a", "c"] and states(mgr)["b"] == "ready"
     await held
     await mgr.shutdown()
+
+
+async def test_an_unreachable_cluster_fails_at_once_saying_what_to_do():
+    require(importlib.util.find_spec("ray") is not None, "Ray is not installed in the hub's environment: make ray")
+    from hub.runtimes.ray import RayRuntime
+
+    rt = RayRuntime(registry({"a": {"runtime": "ray"}}, ray_address=f"127.0.0.1:{free_port()}"))
+    with pytest.raises(RuntimeFailure, match=r"cannot reach the Ray cluster at '127.0.0.1:\d+' \(.*\): start it "
+                                             r"\(`ray start --head` on one box\) or fix \[hub\] ray_address"):
+        await rt.connect()
+    assert "ray" not in sys.modules or not sys.modules["ray"].is_initialized()
 
 
 # ---- the layers ----

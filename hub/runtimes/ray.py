@@ -31,6 +31,7 @@ import hashlib
 import json
 import logging
 import os
+import socket
 import time
 from collections.abc import Callable
 from typing import Any
@@ -54,6 +55,7 @@ from hub.runtimes.rayplace import Node, Request, Room, nodes_of, request_of, roo
 log = logging.getLogger("hub.ray")
 POLL_SECONDS = 5.0  # how long one call to the actor waits for the engine to exit
 CALL_SLACK = 30.0  # what a call to the actor may take beyond its own wait (a busy node, a slow network)
+PROBE_SECONDS = 5.0  # how long the first connection to the cluster's address may take
 LOG_CALL_SECONDS = 5.0  # `logs` blocks its caller: it gives up on the actor after this long and reads the kept log
 
 
@@ -93,6 +95,7 @@ class RayRuntime(Runtime):
 
     def _connect(self) -> None:
         if not ray.is_initialized():
+            self._probe()
             try:
                 ray.init(address=self.address, namespace=self.namespace, log_to_driver=False,
                          logging_level=logging.WARNING)
@@ -105,6 +108,19 @@ class RayRuntime(Runtime):
         self._actor_class = ray.remote(rayactor.EngineActor)
         self._hub_address = ray.util.get_node_ip_address()
         log.info("connected to the Ray cluster at %s (namespace %s)", self.address, self.namespace)
+
+    def _probe(self) -> None:
+        """Fail at once when a named cluster address does not answer: Ray's own connect retries for minutes."""
+        if self.address == "auto":
+            return
+        host, _, port = self.address.removeprefix("ray://").rpartition(":")
+        try:
+            socket.create_connection((host.strip("[]"), int(port)), timeout=PROBE_SECONDS).close()
+        except (OSError, ValueError) as err:
+            raise RuntimeFailure(
+                f"cannot reach the Ray cluster at {self.address!r} ({getattr(err, 'strerror', None) or err}): start "
+                "it (`ray start --head` on one box) or fix [hub] ray_address (host:6379, or ray://host:10001)"
+            ) from None
 
     def _nodes(self) -> list[Node]:
         from ray._private import state  # per-node availability has no public API without the dashboard
