@@ -85,8 +85,6 @@ _REQ = "hub/engines/requirements/"
 LOCKS: dict[str, Lock] = {lk.name: lk for lk in (
     Lock("hub-test", "pyproject[test]", "the hub's environment (.venv) with the test extra: make setup, make test"),
     Lock("hub", "pyproject", "the hub alone, as docker/hub/Dockerfile installs it", after="hub-test"),
-    Lock("ray", "pyproject[ray]", "the hub with the ray extra (the ray runtime and its test tier): added to .venv "
-         "on top of hub-test by make ray", after="hub-test"),
     Lock("build", "build-system", "the build backend of the project's own editable install"),
     Lock("vllm-cpu", _REQ + "vllm-cpu.txt", "the vllm engine without a CUDA GPU", LINUX, True, CPU_BREAKERS),
     Lock("vllm-cuda", _REQ + "vllm-cuda.txt", "the vllm engine with a CUDA GPU (resolved, installed on GPU boxes)",
@@ -99,6 +97,8 @@ LOCKS: dict[str, Lock] = {lk.name: lk for lk in (
     Lock("litellm", "benchmarks/requirements/litellm.txt", "LiteLLM's proxy, a benchmark peer", LINUX),
     Lock("vllm-router", "benchmarks/requirements/vllm-router.txt", "vllm-router, a benchmark peer", LINUX),
     Lock("responder", "tests/docker/requirements.txt", "the docker tier's responder image", LINUX),
+    Lock("ray", "pyproject[ray]", "the hub with the ray extra (the ray runtime and its test tier): added to .venv "
+         "on top of hub-test by make ray", after="hub-test"),
 )}
 
 

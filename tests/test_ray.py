@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -27,7 +28,7 @@ pytestmark = [pytest.mark.ray, pytest.mark.serve]
 
 GB = 1024**3
 OBJECT_STORE = 80 * 1024**2  # Ray's minimum (the default takes 30% of RAM in /dev/shm)
-RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
+RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled", "RAY_DISABLE_FAILURE_SIGNAL_HANDLER": "1"}
 
 
 @dataclass
@@ -89,7 +90,10 @@ def cluster() -> Iterator[LocalCluster]:
         lc.add_worker("a")
         lc.add_worker("b")
         lc.start_seconds = time.monotonic() - began
+        handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
         ray.init(address=c.address, namespace="hub-tests", log_to_driver=False, logging_level="WARNING")
+        for sig, handler in handlers.items():  # the driver's handlers stay out of the rest of the test session
+            signal.signal(sig, handler)
         lc.rss_mb = lc.peak_mb = ray_rss_mb()
         done = threading.Event()
 

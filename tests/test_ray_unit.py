@@ -143,6 +143,8 @@ def test_plan_ray_decisions():
     lru = [peer("new", last_used=20), peer("old", last_used=10), peer("busy", last_used=1, in_flight=1),
            peer("pin", last_used=0, pinned=True)]
     assert plan_ray("m", later, lru) == Evict(("old",)), "one at a time, least recently used first"
+    assert plan_ray("m", later, [*lru, peer("zzz", State.SLEEPING, last_used=5)]) == Evict(("zzz",)), \
+        "a sleeper's actor holds its resources: it goes first when it was used least recently"
     assert plan_ray("m", later, [peer("f", State.FAILED, failed_with_handle=True)]) == Release("f")
     wait = plan_ray("m", later, [peer("busy", in_flight=2), peer("s", State.STARTING)])
     assert isinstance(wait, RayWaitForBusy) and [p.id for p in wait.busy] == ["busy"]

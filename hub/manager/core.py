@@ -86,7 +86,7 @@ class Manager:
     # ---- lifecycle of the manager itself ----
 
     async def startup(self) -> None:
-        """Adopt engines an earlier hub left running (docker), then start the idle-TTL sweeper."""
+        """Adopt engines an earlier hub left running (docker, ray), then start the idle-TTL sweeper."""
         await asyncio.gather(*(self._adopt(s) for s in self.slots.values() if s.engine.managed))
         self._ttl_task = asyncio.create_task(self._ttl_loop(), name="hub-ttl")
 

@@ -9,8 +9,8 @@ Manager._make_room carries out and asks again until Fits:
    or no node could ever host it (evicting would not help: Ray queues the actor and the runtime fails the start
    after [hub] ray_place_timeout, naming what is missing):                                        Fits
 2. a ray model on a node that could host it is being stopped: its resources are about to be freed: AwaitStops
-3. ready, idle, unpinned ones there, least recently used first: ONE at a time (Ray alone knows
-   whether that made room; it is asked again after each):                                         Evict
+3. idle (or sleeping: its actor keeps what it asked for) unpinned ones there, least recently used
+   first: ONE at a time (Ray alone knows whether that made room; it is asked again after each):   Evict
 4. a failed one there that still has an engine:                                                   Release
 5. busy or starting unpinned ones there: their turns end (queue.py's run rule):                   WaitForBusy
 6. only pinned ones, or work that is not the hub's, hold it: Ray queues the actor (ray_place_timeout) Fits
@@ -60,7 +60,9 @@ def plan_ray(model: str, room: Room, peers: Sequence[Peer]) -> Decision:
     if stopping := [p.id for p in peers if p.stopping]:
         return AwaitStops(tuple(stopping))
     ready = sorted((p for p in peers if p.state == State.READY and not p.pinned), key=lambda p: p.last_used)
-    if idle := [p for p in ready if p.in_flight == 0 and not p.protected]:
+    asleep = [p for p in peers if p.state == State.SLEEPING and not p.pinned]  # asleep, its actor holds it all
+    if idle := sorted([*asleep, *(p for p in ready if p.in_flight == 0 and not p.protected)],
+                      key=lambda p: p.last_used):
         return Evict((idle[0].id,))
     if failed := [p for p in peers if p.failed_with_handle]:
         return Release(failed[0].id)
