@@ -209,6 +209,34 @@ def _starts_a_hub(func: Callable) -> bool:
     return "start_hub(" in src or "hub_factory" in src
 
 
+SERIAL_MARK = "pytest.mark.engine"
+"""Test modules that use this marker run one after another on one pytest-xdist worker (`make test` runs two side
+by side): real engines on CPU take every core and GBs of memory each, so two such modules at once would only slow
+each other down (and push their starts past start_timeout). Every other module is a unit of its own, beside them;
+a module always stays on one worker, so its module-scoped fixtures start once."""
+
+
+def _serial(path: str) -> bool:
+    with contextlib.suppress(OSError):
+        return SERIAL_MARK in (ROOT / path).read_text()
+    return False
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
+    """The scheduler of `pytest -n N`: pytest-xdist's per-module one, with every module that SERIAL_MARK marks in
+    a single unit. (Its `--dist loadgroup` cannot do this under pytest 9: it renames test ids through a private
+    attribute that pytest 9 no longer reads.) The controller sees test ids only, so a module's marker is read from
+    its source."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class Tiers(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return "engine tier" if _serial(path) else path
+
+    return Tiers(config, log)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Mark `serve` every test whose fixtures start a real `hub serve`, or that starts one itself: `-m "not serve"`
     runs what needs no server."""
