@@ -33,9 +33,9 @@ class Admin:
         headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
         self.http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout, trust_env=trust_env)
 
-    def _call(self, method: str, path: str, timeout: float | None = None) -> httpx.Response:
+    def _call(self, method: str, path: str, timeout: float | None = None, json: Any = None) -> httpx.Response:
         try:
-            r = self.http.request(method, path, timeout=timeout or self.http.timeout)
+            r = self.http.request(method, path, timeout=timeout or self.http.timeout, json=json)
         except httpx.ConnectError:
             raise AdminError(f"cannot reach the hub at {self.base_url}: is `hub serve` running?") from None
         except httpx.TimeoutException:
@@ -75,6 +75,11 @@ class Admin:
     def logs(self, model_id: str, tail: int = 60) -> str:
         """The tail of a model's engine log."""
         return self._call("GET", f"/hub/models/{model_id}/logs?tail={tail}").text
+
+    def reload(self, restart: bool = False, timeout: float = 120.0) -> dict[str, Any]:
+        """Reread the hub's registry file and apply it: the report ({"changes": [...], "hub", "needs_restart",
+        "hosts"}); AdminError with every problem of a broken file."""
+        return self._call("POST", "/hub/reload", timeout=timeout, json={"restart": restart}).json()
 
     def batches(self, limit: int = 100) -> list[dict[str, Any]]:
         """The newest batches (OpenAI's Batch objects), newest first."""

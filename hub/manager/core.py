@@ -41,9 +41,10 @@ from hub.manager.planner import (
     plan,
 )
 from hub.manager.queue import Lease
+from hub.manager.reload import ReloadReport, Reloads
 from hub.manager.sleep import Sleeper, SleepTiers
 from hub.manager.slot import Slot
-from hub.manager.states import HOLDS_MEMORY, Phase, State, move
+from hub.manager.states import HOLDS_MEMORY, Observer, Phase, State, move
 from hub.runtimes import Runtime, make_runtime
 
 log = logging.getLogger("hub.manager")
@@ -67,10 +68,9 @@ class Manager:
         memory_of: Callable[[str, ModelConfig], float] | None = None,
     ) -> None:
         self.registry = registry
-        self.slots: dict[str, Slot] = {
-            mid: Slot(mid, cfg, get_engine(cfg.engine), registry.limits_of(mid)) for mid, cfg in registry.models.items()
-        }
-        self._runtime_factory = runtime_factory or (lambda name, host: make_runtime(name, registry, host))
+        self.observer: Observer | None = None  # given to every slot, those a reload adds too (hub/metrics.py)
+        self.slots: dict[str, Slot] = {mid: self._make_slot(mid, cfg) for mid, cfg in registry.models.items()}
+        self._runtime_factory = runtime_factory or (lambda name, host: make_runtime(name, self.registry, host))
         self._runtimes: dict[tuple[str, str], Runtime] = {}
         self.ledger = Ledger.of(registry)  # measured peaks (benchmarks/memory.py): budget of undeclared models
         self._memory_of = memory_of or ledger_memory_of(self.ledger)
@@ -80,6 +80,8 @@ class Manager:
         self.sleeper: Sleeper = SleepTiers(registry, self.slots, self._http, stop=self._begin_stop,
                                            pump=self.dispatch.pump)
         self._ttl_task: asyncio.Task | None = None
+        self.reloads = Reloads(self.slots, self._make_slot, self._runtimes, start=self._begin_start,
+                               stop=self._begin_stop, pump=self.dispatch.pump)
 
     # ---- lifecycle of the manager itself ----
 
@@ -116,6 +118,7 @@ class Manager:
         """Fail the waiting requests, stop every engine the hub started and wait for them to exit (each within
         stop_timeout)."""
         self.dispatch.close("the hub is shutting down")
+        self.reloads.close()
         if self._ttl_task:
             self._ttl_task.cancel()
         for s in self.slots.values():
@@ -126,7 +129,7 @@ class Manager:
         )
         keep = self.registry.hub.keep_running
         await asyncio.gather(*(self._stop(s, "hub shutdown") for s in self.slots.values()
-                               if not (keep and self.registry.runtime_of(s.id) == "docker")), return_exceptions=True)
+                               if not (keep and s.runtime_name == "docker")), return_exceptions=True)
         for rt in self._runtimes.values():
             await rt.close()
         await self._http.aclose()
@@ -134,14 +137,33 @@ class Manager:
     # ---- what the router and the admin API call ----
 
     def slot(self, model_id: str) -> Slot:
-        """The slot of a registered model, or ModelNotFound listing the ones that exist."""
-        try:
-            return self.slots[model_id]
-        except KeyError:
-            valid = ", ".join(self.slots) or "none registered"
-            raise ModelNotFound(
-                f"model {model_id!r} does not exist (available: {valid})", param="model"
-            ) from None
+        """The slot of a registered model, or ModelNotFound listing the ones that exist (a model removed by a reload
+        is gone for new requests at once, while it drains)."""
+        s = self.slots.get(model_id)
+        if s is None or s.removed:
+            valid = ", ".join(m for m, o in self.slots.items() if not o.removed) or "none registered"
+            gone = " was removed from the registry" if s else " does not exist"
+            raise ModelNotFound(f"model {model_id!r}{gone} (available: {valid})", param="model")
+        return s
+
+    async def reload(self, new: Registry, restart: bool = False) -> ReloadReport:
+        """Take a new (already validated) registry while serving: models added, changed and removed as
+        hub/manager/reload.py says, `restart` restarting changed engines at once; two reloads never mix."""
+        return await self.reloads.apply(self.registry, new, restart, self._use)
+
+    def _use(self, registry: Registry) -> None:
+        """Hold `registry` from now on (a reload), the sleeper too; runtimes made from now on see it."""
+        self.registry = registry
+        self.sleeper.registry = registry  # type: ignore[attr-defined]
+
+    def _make_slot(self, mid: str, cfg: ModelConfig) -> Slot:
+        """A new model's slot under the current registry."""
+        return Slot(mid, cfg, get_engine(cfg.engine), self.registry.limits_of(mid),
+                    runtime_name=self.registry.runtime_of(mid), observer=self.observer)
+
+    def ttl_of(self, s: Slot) -> float:
+        """Seconds of idleness after which a model is stopped (0: never): its own ttl, else [hub] idle_ttl."""
+        return self.registry.hub.idle_ttl if s.cfg.ttl is None else s.cfg.ttl
 
     async def acquire(self, model_id: str, abandoned: Callable[[], Awaitable[object]] | None = None,
                       background: bool = False) -> Lease:
@@ -205,7 +227,7 @@ class Manager:
     def runtime(self, s: Slot, host: str | None = None) -> Runtime:
         """The runtime instance a model runs under on `host` (default: where it runs or ran last); one per runtime
         name and host."""
-        key = (self.registry.runtime_of(s.id), host or s.host)
+        key = (s.runtime_name, host or s.host)
         if key not in self._runtimes:
             self._runtimes[key] = self._runtime_factory(*key)
         return self._runtimes[key]
@@ -493,7 +515,7 @@ class Manager:
             now = time.time()
             expired = [
                 (s, ttl) for s in self.slots.values()
-                if (ttl := self.registry.ttl_of(s.id)) > 0 and s.engine.managed and s.state == State.READY
+                if (ttl := self.ttl_of(s)) > 0 and s.engine.managed and s.state == State.READY
                 and s.in_flight == 0 and not s.queue and not s.cfg.pinned and now - s.last_used >= ttl
                 and s.phase is not Phase.FALLING_ASLEEP and s.stop_task is None
             ]

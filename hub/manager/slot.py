@@ -42,6 +42,8 @@ class Slot:
     blocked_on: frozenset[str] = frozenset()  # in phase waiting: the models whose memory its start waits for
     blocked_since: float | None = None  # in phase waiting: time.monotonic() since when its start waits
     observer: Observer | None = None  # told of each of its moves (hub/metrics.py)
+    runtime_name: str = "process"  # the runtime its engine runs (or will run) under: the registry's at its config
+    removed: bool = False  # removed from the registry by a reload: no new request, gone once drained (reload.py)
 
     def __post_init__(self) -> None:
         self.queue = ModelQueue(self)

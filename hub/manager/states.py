@@ -32,6 +32,9 @@ Within a state, a model's `Phase` says what its tasks are doing where the state 
 - waking:         from the move out of sleeping to the move to ready: its start wakes the engine instead of launching
                   one (the observer tells a wake from a start by it).
 - falling asleep: ready: its engine is being put to sleep; it takes no new request and still holds its memory.
+- draining:       a registry reload restarts (or removes) it (hub/manager/reload.py): ready, it takes no new request
+                  while its requests in flight finish; then, stopped, it is not started again until it has its new
+                  config. Its waiting requests wait for the new engine.
 """
 
 from __future__ import annotations
@@ -62,6 +65,7 @@ class Phase(StrEnum):
     WAITING = "waiting"
     WAKING = "waking"
     FALLING_ASLEEP = "falling asleep"
+    DRAINING = "draining"
 
 
 TRANSITIONS: dict[State, frozenset[State]] = {
