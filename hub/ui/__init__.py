@@ -53,6 +53,7 @@ def mount_ui(app: FastAPI, registry: Registry) -> None:
         notes.update(model_notes(new))
 
     app.state.manager.reloads.listen(took)
+    app.state.notes = notes
     gr.mount_gradio_app(app, _blocks(registry, notes), path="/", theme=Terminal(), css=CSS, footer_links=[],
                         auth=key_auth(key) if key else None, auth_message=AUTH_MESSAGE if key else None,
                         server_name=registry.hub.host, server_port=registry.hub.port, ssr_mode=False)
