@@ -12,7 +12,8 @@ huggingface_hub 2.x asks of a hub (HF_ENDPOINT pointed here) to list, size and d
 
 Repos are folders the test builds: `add_repo("org/name", {"main": folder, "v1": other})`, a revision per folder.
 `sizes` declares sizes that differ from the files' (a file that claims a petabyte: the disk check refuses it before
-any byte is asked for). The server runs uvicorn in a thread (start/stop) and records the files it sent (`sent`).
+any byte is asked for). `gate` holds every file's bytes while it is clear. The server runs uvicorn in a thread
+(start/stop) and records the files it began to send (`sent`).
 """
 
 from __future__ import annotations
@@ -71,6 +72,8 @@ class FakeHub:
     def __init__(self) -> None:
         self.repos: dict[str, Repo] = {}
         self.throttle = 0  # bytes a second of a GET (0: no limit)
+        self.gate = threading.Event()  # GETs of files send nothing while it is clear (a download held, then let go)
+        self.gate.set()
         self.sent: list[tuple[str, str]] = []  # (repo, path) of every GET of a file begun
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -159,6 +162,8 @@ class FakeHub:
         self.sent.append((f"{request.path_params['org']}/{request.path_params['name']}", rel))
 
         async def body():
+            while not self.gate.is_set():
+                await asyncio.sleep(0.05)
             for i in range(0, len(data), CHUNK):
                 chunk = data[i:i + CHUNK]
                 if self.throttle:
@@ -202,7 +207,7 @@ def tiny_checkpoint(folder: Path, weights: int = 64 * 1024, bin_too: bool = True
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.json").write_text('{"model_type": "tiny"}')
     (folder / "tokenizer.json").write_text('{"version": "1.0"}')
-    (folder / "model.safetensors").write_bytes(bytes(range(256)) * (weights // 256))
+    (folder / "model.safetensors").write_bytes((bytes(range(256)) * (weights // 256 + 1))[:weights])
     if bin_too:
         (folder / "pytorch_model.bin").write_bytes(b"\x01" * weights)
         (folder / "original").mkdir(exist_ok=True)
