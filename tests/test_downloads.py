@@ -231,7 +231,7 @@ def test_ctrl_c_cancels_the_pull_of_hub_pull(hub: HubProcess, fake: FakeHub, cac
         wait_for(lambda: any(w for w in workers(hub)), "the pull's worker runs", 60)
         wait_for(lambda: (hub.models()["slow"].get("download") or {}).get("bytes_done", 0) > 0, "bytes arrive", 60)
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=60)
+        _, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -79,18 +79,19 @@ class Downloads:
 
     def running(self, target: Target) -> Job | None:
         """The job that downloads the target now, if any."""
-        return self._running.get(target.key)
+        job = self._running.get(target.key)
+        return job if job and job.running else None
 
     async def pull(self, target: Target, models: list[str]) -> Job:
         """The target's running job (joined); else a finished job when the cache holds it complete already (no
         network); else a new job."""
-        if self._running.get(target.key) is None and (path := await asyncio.to_thread(complete_path, target)):
+        if not self.running(target) and (path := await asyncio.to_thread(complete_path, target)):
             return self.done(target, models, path)
         return self.start(target, models)
 
     def start(self, target: Target, models: list[str]) -> Job:
         """The running job of the target's key (joined), else a new one."""
-        if job := self._running.get(target.key):
+        if (job := self._running.get(target.key)) and job.running:
             for m in models:
                 if m not in job.models:
                     job.models.append(m)
@@ -99,8 +100,14 @@ class Downloads:
                             list(models)))
         self._running[target.key] = job
         self._targets[job.id] = target
-        self._tasks[job.id] = asyncio.create_task(self._run(job, target), name=f"download-{job.id}")
+        self._tasks[job.id] = task = asyncio.create_task(self._run(job, target), name=f"download-{job.id}")
+        task.add_done_callback(lambda _: self._forget(job, target))
         return job
+
+    def _forget(self, job: Job, target: Target) -> None:
+        """A job whose run has ended is joined no more."""
+        if self._running.get(target.key) is job:
+            del self._running[target.key]
 
     def done(self, target: Target, models: list[str], path: str) -> Job:
         """A job that found the target complete in the cache already (nothing to download)."""
@@ -190,8 +197,7 @@ class Downloads:
         finally:
             self._procs.pop(job.id, None)
             self._tasks.pop(job.id, None)
-            if self._running.get(target.key) is job:
-                del self._running[target.key]
+            self._forget(job, target)
             if job.status != "done":
                 self._remove_partial(target)
             log.info("download %s of %s: %s%s", job.id, job.repo, job.status, f" ({job.error})" if job.error else "")

@@ -45,11 +45,13 @@ class Target:
         return self.cache_dir, self.repo, self.revision or DEFAULT_REVISION
 
     def patterns(self, files: list[str]) -> Patterns:
-        """(allow_patterns, ignore_patterns) for the repo's `files`: the registry's, else the engine's."""
-        allow, ignore = get_engine(self.model.engine).download_patterns(self.model, files) or (None, None)
+        """(allow_patterns, ignore_patterns) for the repo's `files`: the registry's where it sets either (the pair
+        replaces the engine's: allow_patterns = ["*.bin"] gets the .bin files the engine would skip), else the
+        engine's."""
         m = self.model
-        return (m.allow_patterns if m.allow_patterns is not None else allow,
-                m.ignore_patterns if m.ignore_patterns is not None else ignore)
+        if m.allow_patterns is not None or m.ignore_patterns is not None:
+            return m.allow_patterns, m.ignore_patterns
+        return get_engine(m.engine).download_patterns(m, files) or (None, None)
 
     def engine_env(self) -> dict[str, str]:
         """What the engine of a model pulled complete runs with: offline (it never downloads nor blocks on the
