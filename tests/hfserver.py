@@ -77,6 +77,8 @@ class FakeHub:
         self.sent: list[tuple[str, str]] = []  # (repo, path) of every GET of a file begun
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.requests: list[tuple[float, str, str]] = []  # (time.time(), method, path) of every request
+        self._hashes: dict[tuple[str, int], tuple[str, str]] = {}
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -87,6 +89,7 @@ class FakeHub:
     # ---- the protocol ----
 
     def _repo(self, request: Request, files: bool = False) -> tuple[Repo | None, Response | None]:
+        self.requests.append((time.time(), request.method, request.url.path))
         name = f"{request.path_params['org']}/{request.path_params['name']}"
         repo = self.repos.get(name)
         if repo is None:
@@ -116,6 +119,18 @@ class FakeHub:
         return JSONResponse({"id": name, "modelId": name, "sha": sha, "private": repo.token is not None,
                              "gated": "manual" if repo.gated else False})
 
+    def _digests(self, f: Path) -> tuple[str, str]:
+        """(sha1, sha256) of a file: its git oid and its ETag (computed once per file: a demo model is 270 MB)."""
+        key = (str(f), f.stat().st_mtime_ns)
+        if key not in self._hashes:
+            sha1, sha256 = hashlib.sha1(), hashlib.sha256()
+            with f.open("rb") as fh:
+                while block := fh.read(1 << 20):
+                    sha1.update(block)
+                    sha256.update(block)
+            self._hashes[key] = (sha1.hexdigest(), sha256.hexdigest())
+        return self._hashes[key]
+
     def _entries(self, repo: Repo, sha: str) -> list[dict[str, Any]]:
         root = repo.folder(sha)
         out = []
@@ -123,7 +138,7 @@ class FakeHub:
             if p.is_file():
                 rel = p.relative_to(root).as_posix()
                 out.append({"type": "file", "path": rel, "size": repo.sizes.get(rel, p.stat().st_size),
-                            "oid": hashlib.sha1(p.read_bytes()).hexdigest()})
+                            "oid": self._digests(p)[0]})
         return out
 
     async def tree(self, request: Request) -> Response:
@@ -153,9 +168,8 @@ class FakeHub:
         f = repo.folder(sha) / rel
         if not f.is_file():
             return _error(404, "EntryNotFound", f"{rel} does not exist at {sha}")
-        data = f.read_bytes()
-        size = repo.sizes.get(rel, len(data))
-        headers = {"X-Repo-Commit": sha, "ETag": f'"{hashlib.sha256(data).hexdigest()}"',
+        size = repo.sizes.get(rel, f.stat().st_size)
+        headers = {"X-Repo-Commit": sha, "ETag": f'"{self._digests(f)[1]}"',
                    "Content-Length": str(size), "Accept-Ranges": "bytes"}
         if request.method == "HEAD":
             return Response(b"", headers=headers)
@@ -164,11 +178,11 @@ class FakeHub:
         async def body():
             while not self.gate.is_set():
                 await asyncio.sleep(0.05)
-            for i in range(0, len(data), CHUNK):
-                chunk = data[i:i + CHUNK]
-                if self.throttle:
-                    await asyncio.sleep(len(chunk) / self.throttle)
-                yield chunk
+            with f.open("rb") as fh:
+                while chunk := fh.read(CHUNK):
+                    if self.throttle:
+                        await asyncio.sleep(len(chunk) / self.throttle)
+                    yield chunk
 
         return StreamingResponse(body(), headers=headers, media_type="application/octet-stream")
 
