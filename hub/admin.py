@@ -51,6 +51,7 @@ def model_entry(manager: Manager, s: Slot) -> dict[str, Any]:
         "wakes": s.wakes,
         "ready_seconds": (s.ready_at - s.started_at) if s.ready_at and s.started_at else None,
         **({"process": s.handle.info} if s.handle else {}),
+        **({"download": job.to_json()} if (job := manager.downloads.of_model(s.id)) else {}),  # hub/downloads/
     }
 
 

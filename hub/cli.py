@@ -1,5 +1,5 @@
-"""The `hub` command: serve the hub, check a registry, and control a running hub (ps, up, down, logs, reload,
-batch)."""
+"""The `hub` command: serve the hub, check a registry, and control a running hub (ps, up, down, logs, pull,
+reload, batch)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ from typing import Any
 
 from hub.client import Admin, AdminError
 from hub.config import CLIENT_URL_ENV, Registry, client_api_key, client_url
+from hub.downloads.pull import add_pull_command
+from hub.downloads.status import describe_download
 from hub.errors import ConfigError, HubError
 from hub.registry import load_registry
 
@@ -134,18 +136,20 @@ def cmd_ps(args: argparse.Namespace) -> int:
         print(json.dumps(data, indent=2))
         return 0
     now = data.get("time", 0)
-    print(f"{'MODEL':<24} {'TYPE':<6} {'ENGINE':<10} {'RUNTIME':<9} {'STATE':<9} {'RUN/WAIT':<9} {'MEMORY':<16} "
+    print(f"{'MODEL':<24} {'TYPE':<6} {'ENGINE':<10} {'RUNTIME':<9} {'STATE':<11} {'RUN/WAIT':<9} {'MEMORY':<16} "
           "LAST USED")
     for m in data["data"]:
         declared = f"{m['memory_gb']:g}" if m.get("memory_gb") is not None else "-"
         measured = f"{m['measured_gb']:.2f}" if m.get("measured_gb") is not None else "-"
         requests = f"{m.get('in_flight', 0)}/{m.get('queued', 0)}"
-        print(f"{m['id']:<24} {m['type']:<6} {m['engine']:<10} {m['runtime']:<9} {m['state']:<9} {requests:<9} "
+        print(f"{m['id']:<24} {m['type']:<6} {m['engine']:<10} {m['runtime']:<9} {m['state']:<11} {requests:<9} "
               f"{declared + ' / ' + measured + ' GB':<16} {_fmt_time(m.get('last_used'), now)}")
         if m["state"] == "failed" and m.get("reason"):
             print(f"  └ {m['reason']}")
         if m.get("pending"):
             print(f"  └ {m['pending']}")
+        if m["state"] == "downloading" and m.get("download"):
+            print(f"  └ downloading {describe_download(m['download'])}")
     for b in data.get("budgets", []):
         if b["budget_gb"]:
             print(f"budget {b['host']}: {b['used_gb']:g} of {b['budget_gb']:g} GB in use")
@@ -189,6 +193,16 @@ def cmd_logs(args: argparse.Namespace) -> int:
     """Print the tail of a model's engine log."""
     sys.stdout.write(_admin(args).logs(args.model, args.tail))
     return 0
+
+
+def cmd_pull(args: argparse.Namespace) -> int:
+    """Download a model's source into the hub's cache (hub/downloads/pull.py)."""
+    from hub.downloads.pull import PullFailed, pull
+
+    try:
+        return pull(_admin(args), args)
+    except PullFailed as err:
+        raise CLIError(str(err)) from None
 
 
 def _batch_line(b: dict[str, Any]) -> str:
@@ -311,6 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("--timeout", type=float, default=900.0, help="seconds to wait (default: 900)")
         if name == "logs":
             sp.add_argument("-n", "--tail", type=int, default=200, help="lines (default: 200)")
+    add_pull_command(add, cmd_pull)
     sp = add("batch", cmd_batch, "list, show or cancel the batches of a running hub (OpenAI's Batch API)")
     bsub = sp.add_subparsers(dest="action", required=True, metavar="ACTION")
     for action, help_ in (("ls", "list the newest batches"), ("show", "one batch with its files"),

@@ -21,6 +21,7 @@ from hub.admin import router as admin_router
 from hub.batches.api import router as batch_router
 from hub.batches.service import Batches
 from hub.config import Registry
+from hub.downloads.api import router as download_router
 from hub.endpoints import API_PREFIXES, ENDPOINTS, dialect_of, endpoints_of, tasks_of
 from hub.errors import HubError, MethodNotAllowed, NotFound, RequestError, UpstreamError
 from hub.gateway import ApiKeyMiddleware, Gateway
@@ -185,6 +186,7 @@ def create_app(registry: Registry, manager: Manager | None = None, ui: bool = Tr
     # ---- admin (hub/admin.py), batches (hub/batches/api.py): before the web app, mounted at /, would shadow them ----
 
     app.include_router(admin_router)
+    app.include_router(download_router)
     app.include_router(batch_router)
 
     # ---- anything else under the API's prefixes: a 404 or 405 in the API's shape, never the web app's page ----

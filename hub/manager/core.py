@@ -16,9 +16,12 @@ from collections.abc import Awaitable, Callable
 import httpx
 
 from hub.config import ModelConfig, Registry
+from hub.downloads import Downloads, target_of
+from hub.downloads.target import models_sharing
 from hub.engines import get_engine
 from hub.engines.base import LaunchContext, LaunchSpec
 from hub.errors import (
+    DownloadFailed,
     ModelNotFound,
     ModelUnavailable,
     RuntimeFailure,
@@ -82,6 +85,7 @@ class Manager:
         self._ttl_task: asyncio.Task | None = None
         self.reloads = Reloads(self.slots, self._make_slot, self._runtimes, start=self._begin_start,
                                stop=self._begin_stop, pump=self.dispatch.pump)
+        self.downloads = Downloads(registry.state_dir / "logs")  # pulls of hub repo sources (hub/downloads/)
 
     # ---- lifecycle of the manager itself ----
 
@@ -130,6 +134,7 @@ class Manager:
         keep = self.registry.hub.keep_running
         await asyncio.gather(*(self._stop(s, "hub shutdown") for s in self.slots.values()
                                if not (keep and s.runtime_name == "docker")), return_exceptions=True)
+        await self.downloads.shutdown()  # no download worker outlives the hub
         for rt in self._runtimes.values():
             await rt.close()
         await self._http.aclose()
@@ -254,6 +259,7 @@ class Manager:
         try:
             if s.handle is None:  # an adopted engine (or a sleeping one) stays where it is
                 await self._place(s)
+                await self._fetch(s)  # pulls its source where the cache lacks it (state downloading)
             await self._make_room(s, wakes)  # moves s to starting (in phase waking for a wake)
             s.started_at, s.ready_at = time.time(), None
             if wakes:
@@ -270,18 +276,22 @@ class Manager:
             log.info("%s ready after %.1fs on host %s%s", s.id, s.ready_at - (s.started_at or s.ready_at), s.host,
                      " (woken)" if wakes else "")
             self.dispatch.pump()
-        except ModelUnavailable:  # MemoryBusy, StartFailed, StartTimeout, or nobody waits any more: said already
+        except ModelUnavailable as err:  # MemoryBusy, StartFailed, StartTimeout, nobody waits any more: said already
+            if s.state == State.DOWNLOADING:  # pulled, then no room (MemoryBusy ...): the next request tries again
+                move(s, State.STOPPED, err.message.splitlines()[0])
             raise
         except asyncio.CancelledError:
             if s.state == State.SLEEPING:  # cancelled before it began to wake (the hub is stopping): stop it
                 await self._stop(s, "wake cancelled")
                 raise
             await self._discard(s, "start cancelled")  # an adopted engine too, if it was cancelled before starting
-            if s.state == State.STARTING:
+            if s.state in (State.STARTING, State.DOWNLOADING):
                 move(s, State.STOPPED, "start cancelled")
             raise
         except Exception as err:  # a bug in an engine or runtime must not leave the model "starting" forever
             log.exception("starting %s", s.id)
+            if s.state == State.DOWNLOADING:
+                move(s, State.FAILED, f"internal error: {err!r}")
             if s.state != State.STARTING:  # it struck before the launch (making room): nothing to undo
                 raise StartFailed(f"model {s.id!r} failed to start: internal error: {err!r}") from err
             await self._fail(s, f"internal error: {err!r}")
@@ -289,6 +299,33 @@ class Manager:
             s.start_task = None
             if s.phase is Phase.WAKING:  # the wake is over: ready, or failed
                 s.phase = Phase.NONE
+
+    async def _fetch(self, s: Slot) -> None:
+        """Before a cold start: where the model's source is a hub repo that the cache its engine reads on its host
+        lacks, pull it (joining a pull under way; state downloading) and wait; its engine then runs offline on that
+        cache. A failed pull fails the model with the pull's error (DownloadFailed); a pull that ends when nobody
+        waits for the model any more leaves it stopped, evicting nothing."""
+        s.offline_env = {}
+        target = target_of(self.registry, s.id, s.host)
+        if target is None:
+            return
+        job = await self.downloads.pull(target, models_sharing(self.registry, target) or [s.id])
+        if job.running:
+            s.download = job
+            move(s, State.DOWNLOADING, f"downloading {target.repo}")
+            self.dispatch.pump()
+            try:
+                await self.downloads.wait(job)  # a cancelled start leaves the job running for its other callers
+            finally:
+                s.download = None
+            if job.status != "done":
+                move(s, State.FAILED, f"download of {target.repo} {job.status}: {job.error}")
+                raise DownloadFailed(f"model {s.id!r} could not start: {job.error}; pull it again with "
+                                     f"`hub pull {s.id}`", headers={"Retry-After": "30"})
+            if not s.queue.awaited:
+                move(s, State.STOPPED, f"{target.repo} downloaded; no request waits for it any more")
+                raise ModelUnavailable(f"model {s.id!r}: start given up after its download, no request waits for it")
+        s.offline_env = target.engine_env()
 
     async def _wake(self, s: Slot) -> None:
         """Ask a sleeping (now starting) model's engine to wake; StartFailed (the engine is stopped) when it
@@ -307,6 +344,7 @@ class Manager:
                 port = rt.allocate_port()
                 ctx = LaunchContext(s.id, s.cfg, self.registry, port, await rt.gpu_memory_gb())
                 s.spec = s.engine.launch(ctx)
+                s.spec.environ.update(s.offline_env)  # pulled complete: the engine never downloads (hub/downloads/)
                 s.handle = await rt.start(s.id, s.spec, port)
         except RuntimeFailure as err:
             await self._fail(s, str(err), with_log=False)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from hub.downloads.status import describe_download
 from hub.errors import ModelUnavailable
 from hub.manager.queue import admits
 from hub.manager.slot import Slot
@@ -55,6 +56,8 @@ class Dispatcher:
     def why_waiting(self, model: str, ahead: int) -> str:
         """What a request waiting for a model (`ahead` requests before it) waits for, in words."""
         s = self.slots[model]
+        if s.state == State.DOWNLOADING and s.download:
+            return f"it is downloading: {describe_download(s.download.to_json())}"
         if s.state == State.STARTING:
             return "it is still waking" if s.phase is Phase.WAKING else "it is still starting"
         if s.phase is Phase.FALLING_ASLEEP:
