@@ -125,8 +125,9 @@ def still_running(procs: list[psutil.Process], timeout: float = 30) -> list[int]
 
 
 def start_hub(tmp: Path, registry: str, env: dict[str, str] | None = None, ui: bool = False,
-              ready_timeout: float = 60) -> HubProcess:
-    """Write `registry` (with a [hub] table if it has none) and start `hub serve` on a free port."""
+              ready_timeout: float = 60, args: tuple[str, ...] = ()) -> HubProcess:
+    """Write `registry` (with a [hub] table if it has none) and start `hub serve` on a free port; `args`: more of
+    its options (--watch)."""
     port = free_port()
     state = tmp / "state"
     if "[hub]" not in registry:
@@ -135,7 +136,7 @@ def start_hub(tmp: Path, registry: str, env: dict[str, str] | None = None, ui: b
     cfg = tmp / "models.toml"
     cfg.write_text(registry)
     log = tmp / "hub.log"
-    args = [sys.executable, "-m", "hub.cli", "serve", "--config", str(cfg)]
+    args = [sys.executable, "-m", "hub.cli", "serve", "--config", str(cfg), *args]
     if not ui:
         args.append("--no-ui")
     environ = {**os.environ, "HUB_STATE_DIR": str(state), "HUB_ENVS_DIR": str(ENVS_DIR), **(env or {})}

@@ -261,6 +261,29 @@ def test_notes_are_the_registry_descriptions():
     assert "RANDOM weights" in demo["tiny-sd"] and "noise" in demo["tiny-sd"] and "smollm2" in demo
 
 
+async def test_a_reload_shows_in_the_models_table_and_the_notes():
+    """What a registry reload leaves pending shows in the state column; the notes follow the new descriptions."""
+    from fastapi import FastAPI
+
+    from hub.manager import Manager
+    from hub.registry import parse_registry
+    from hub.ui import mount_ui
+
+    args = {"command": ["x", "{port}"]}
+    reg = parse_registry({"models": {"a": {"type": "text", "engine": "command", "args": args, "description": "old"}}})
+    app = FastAPI()
+    app.state.manager = manager = Manager(reg)
+    mount_ui(app, reg)
+    entry = {"id": "a", "state": "ready", "type": "text", "engine": "command", "pending": "restarting after reload"}
+    assert models_tab.model_rows({"data": [entry]})[0][1] == "ready: restarting after reload"
+    assert models_tab.model_rows({"data": [{**entry, "pending": None}]})[0][1] == "ready"
+    new = parse_registry({"models": {"a": {"type": "text", "engine": "command", "args": args, "description": "new"},
+                                     "b": {"type": "text", "engine": "command", "args": args, "description": "b"}}})
+    await manager.reload(new)
+    assert app.state.notes == {"a": "new", "b": "b"}  # the very dict the tabs were built with
+    await manager.shutdown()
+
+
 def test_models_table_budget_load_unload_and_failed_logs(clients, hub):
     _, admin = clients
     rows, budget, logs = models_tab.refresh_models(admin)

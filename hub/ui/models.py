@@ -62,7 +62,8 @@ def model_rows(listing: dict[str, Any]) -> list[list[str]]:
     for m in listing.get("data", []):
         mem = m.get("budget_gb") if m.get("budget_gb") is not None else m.get("memory_gb")
         requests = f"{m.get('in_flight', 0)} / {m.get('queued', 0)}"
-        rows.append([m["id"], m["state"], m["type"], m["engine"], m.get("runtime", "-"),
+        state = f"{m['state']}: {m['pending']}" if m.get("pending") else m["state"]  # a registry reload's
+        rows.append([m["id"], state, m["type"], m["engine"], m.get("runtime", "-"),
                      f"{mem:g} GB" if mem else "-", requests, _ago(m.get("last_used"), now)])
     return rows
 
