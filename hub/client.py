@@ -57,13 +57,19 @@ class Admin:
         """One model's entry, with its registry entry under "config" (secrets hidden) and the hub's version."""
         return self._call("GET", f"/hub/models/{quote(model_id, safe='')}").json()
 
-    def state(self, model_id: str) -> str | None:
-        """The model's lifecycle state, or None when the hub cannot tell (it is never an error to ask)."""
+    def entry(self, model_id: str) -> dict[str, Any] | None:
+        """The model's entry of /hub/models (its state, a download's progress ...), or None when the hub cannot
+        tell (it is never an error to ask)."""
         try:
             entries = self.models()["data"]
-        except (AdminError, KeyError, ValueError):
+        except (AdminError, KeyError, ValueError, TypeError):
             return None
-        return next((m["state"] for m in entries if m["id"] == model_id), None)
+        return next((m for m in entries if isinstance(m, dict) and m.get("id") == model_id), None)
+
+    def state(self, model_id: str) -> str | None:
+        """The model's lifecycle state, or None when the hub cannot tell (it is never an error to ask)."""
+        entry = self.entry(model_id)
+        return entry.get("state") if entry else None
 
     def load(self, model_id: str, timeout: float = 900.0) -> dict[str, Any]:
         """Start a model and wait until it is ready (or failed)."""

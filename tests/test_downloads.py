@@ -44,6 +44,7 @@ def fake(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeHub]:
     server.add_repo("org/big", {"main": tiny_checkpoint(root / "big", weights=1_000_000, bin_too=False)})
     server.add_repo("org/slow", {"main": tiny_checkpoint(root / "slow", weights=2_000_000, bin_too=False)})
     server.add_repo("org/cli", {"main": tiny_checkpoint(root / "cli", weights=300_000, bin_too=False)})
+    server.add_repo("org/ui", {"main": tiny_checkpoint(root / "ui", weights=1_500_000, bin_too=False)})
     server.add_repo("org/echo", {"main": tiny_checkpoint(root / "echo", weights=100_000, bin_too=False)})
     server.add_repo("org/huge", {"main": tiny_checkpoint(root / "huge", bin_too=False)},
                     sizes={"model.safetensors": 10**15})
@@ -68,7 +69,7 @@ def hub(fake: FakeHub, cache: Path, tmp_path_factory: pytest.TempPathFactory) ->
         vllm_model("big", "org/big"), vllm_model("slow", "org/slow"), vllm_model("cli", "org/cli"),
         vllm_model("missing", "org/missing"), vllm_model("huge", "org/huge"), vllm_model("gated", "org/gated"),
         vllm_model("private", "org/private"), vllm_model("other-token", "org/other-token"),
-        vllm_model("local", LOCAL_SOURCE),
+        vllm_model("local", LOCAL_SOURCE), vllm_model("ui", "org/ui"),
         command_model("echo-dl", "org/echo", 'max_wait = "2s"'), command_model("echo-patient", "org/echo"),
     ])
     env = {"HF_ENDPOINT": fake.url, "HF_HUB_CACHE": str(cache), "HF_TOKEN": TOKEN, "HF_HUB_DISABLE_TELEMETRY": "1"}
@@ -241,6 +242,42 @@ def test_ctrl_c_cancels_the_pull_of_hub_pull(hub: HubProcess, fake: FakeHub, cac
     fake.throttle = 0
 
 
+def test_the_models_tab_pulls_with_a_live_bar_and_cancels(hub: HubProcess, fake: FakeHub) -> None:
+    """The web app's handlers: "pull" streams the progress line while the Models tab's refresh draws a bar whose
+    value grows; "cancel pull" stops it; a pull again completes and says where the model is."""
+    import gradio as gr
+
+    from hub.client import Admin
+    from hub.ui.models import cancel_pull, pull_model, refresh_models
+
+    admin = Admin(hub.url)
+    fake.throttle = 300_000
+    try:
+        lines = pull_model(admin, "ui", poll=0.1)
+        assert next(lines).startswith("pulling ui: ")
+        values = []
+
+        def bar_grows() -> bool:
+            html = refresh_models(admin, "ui")[3]
+            assert 'aria-label="download org/ui"' in html and "pull ui (org/ui)" in html, html
+            values.append(float(html.split('aria-valuenow="')[1].split('"')[0]))
+            return len(set(values)) >= 3 and values == sorted(values)
+
+        wait_for(bar_grows, "the download bar of the Models tab moves", 30, every=0.3)
+        assert cancel_pull(admin, "ui") == "pull of ui: cancelled"
+        rest = list(lines)
+        assert rest[-1] == "pull of ui cancelled", rest
+        with pytest.raises(gr.Error, match="no pull of ui is under way"):
+            cancel_pull(admin, "ui")
+        assert "cancelled" in refresh_models(admin, "ui")[3]
+    finally:
+        fake.throttle = 0
+    *_, last = pull_model(admin, "ui", poll=0.1)
+    assert last.startswith("ui: done, 1.5 MB downloaded ("), last
+    with pytest.raises(gr.Error, match="pick a model to pull"):
+        next(pull_model(admin, None))
+
+
 def test_a_first_request_pulls_the_source_then_starts_the_engine_offline(hub: HubProcess, fake: FakeHub,
                                                                          cache: Path) -> None:
     fake.gate.clear()  # the download is held until the test lets it go
@@ -260,6 +297,10 @@ def test_a_first_request_pulls_the_source_then_starts_the_engine_offline(hub: Hu
         models = hub.models()
         assert models["echo-dl"]["state"] == "downloading"
         assert models["echo-dl"]["download"]["id"] == models["echo-patient"]["download"]["id"], "one job for both"
+        from hub.client import Admin
+        from hub.ui.common import status_line
+        line = status_line("echo-dl", Admin(hub.url).entry("echo-dl"), 4, "waiting for")
+        assert line == "downloading echo-dl: 0.0/100.0 kB... 4s", line  # the Chat and Image tabs' status line
         ps = hub.cli("ps")
         assert "downloading" in ps.stdout and "└ downloading 0.0/100.0 kB" in ps.stdout, ps.stdout
         time.sleep(7)  # past start_timeout (6s): it counts from the end of the download
