@@ -286,20 +286,20 @@ async def test_a_reload_shows_in_the_models_table_and_the_notes():
 
 def test_models_table_budget_load_unload_and_failed_logs(clients, hub):
     _, admin = clients
-    rows, budget, logs = models_tab.refresh_models(admin)
+    rows, budget, logs, downloads = models_tab.refresh_models(admin)
     assert [r[0] for r in rows] == ["echo", "tiny-sd", "broken"]
     assert {r[1] for r in rows} == {"stopped"} and rows[0][5] == "4 GB"
-    assert "0 / 10 GB" in budget and "no failed model" in logs
+    assert "0 / 10 GB" in budget and "no failed model" in logs and downloads == ""
 
     statuses = last(models_tab.load_model(admin, "echo", poll=0.2))
     assert statuses[0].startswith("starting echo... ") and statuses[-1] == "echo: ready"
-    rows, budget, _ = models_tab.refresh_models(admin, "echo")
+    rows, budget, _, _ = models_tab.refresh_models(admin, "echo")
     assert rows[0][1] == "ready" and "4 / 10 GB (40%)" in budget and 'aria-valuenow="4"' in budget
     assert models_tab.unload_model(admin, "echo") == "echo: stopped"
 
     with pytest.raises(gr.Error, match="broken"):
         last(models_tab.load_model(admin, "broken", poll=0.2))
-    rows, _, logs = models_tab.refresh_models(admin)
+    rows, _, logs, _ = models_tab.refresh_models(admin)
     assert rows[2][1] == "failed"
     assert logs.startswith("broken failed:") and "CUDA out of memory (simulated start failure)" in logs
 

@@ -74,8 +74,11 @@ def model_rows(listing: dict[str, Any]) -> list[list[str]]:
         mem = m.get("budget_gb") if m.get("budget_gb") is not None else m.get("memory_gb")
         requests = f"{m.get('in_flight', 0)} / {m.get('queued', 0)}"
         state = m["state"]
-        if state == "downloading" and m.get("download"):
-            state = f"downloading: {describe_download(m['download'])}"
+        job = m.get("download") or {}
+        if state == "downloading" and job:
+            state = f"downloading: {describe_download(job)}"
+        elif job.get("status") in ("queued", "checking", "downloading"):  # a pull ahead of its first request
+            state = f"{state}, pulling: {describe_download(job)}"
         if m.get("pending"):  # what a registry reload left to do
             state = f"{state}: {m['pending']}"
         rows.append([m["id"], state, m["type"], m["engine"], m.get("runtime", "-"),
