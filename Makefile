@@ -70,5 +70,9 @@ vllm-router: setup
 test-setup: setup
 	$(MAKE) --no-print-directory -j4 demo-models docker litellm vllm-router claude-code ray
 
+# Two pytest-xdist workers: the real-engine modules one after another on one of them, every other module beside them
+# (tests/conftest.py). TEST_WORKERS=0 runs everything in one process.
+TEST_WORKERS ?= 2
+
 test: lint test-setup
-	HUB_STRICT=1 $(VENV)/bin/pytest -ra --durations=15
+	HUB_STRICT=1 $(VENV)/bin/pytest -ra --durations=25 -n $(TEST_WORKERS)

@@ -1,5 +1,5 @@
 """The /hub admin API: list the models with their state and budget, load and unload them, record measured memory
-peaks, read engine logs. hub/client.py is its client (the `hub` CLI and the web app).
+peaks, read engine logs, reload the registry. hub/client.py is its client (the `hub` CLI and the web app).
 
 GET /hub/models answers {"object": "list", "data": [model entries], "budgets": [per host], "time": now}; the
 entries and budgets are built here from the manager's slots, and the CLI, the web app and the benchmarks read them.
@@ -12,31 +12,35 @@ import time
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
+from pydantic import BaseModel, ConfigDict
 
 from hub import __version__
+from hub.errors import ConfigError
 from hub.ledger import MemoryReport
 from hub.manager import Manager, Slot
+from hub.reloading import reload_file
+from hub.vocab import error_body
 
 
 def model_entry(manager: Manager, s: Slot) -> dict[str, Any]:
     """One model's public state, as listed by GET /hub/models and answered by load, unload and memory."""
-    registry = manager.registry
     return {
         "id": s.id,
         "type": s.cfg.type,
         "engine": s.cfg.engine,
-        "runtime": registry.runtime_of(s.id) if s.engine.managed else "external",
+        "runtime": s.runtime_name if s.engine.managed else "external",
         "host": s.host,
         "hosts": s.cfg.hosts,
         "state": s.state.value,
+        "pending": manager.reloads.pending(s),  # what a registry reload left to do (hub/manager/reload.py)
         "memory_gb": s.cfg.memory_gb,
         "budget_gb": manager.memory_of(s),
         "measured_gb": m.peak_gb if (m := manager.ledger.get(s.id)) else None,
         "measured_device": m.device if m else None,
         "pinned": s.cfg.pinned,
         "sleep": s.cfg.sleep,
-        "ttl": registry.ttl_of(s.id),
+        "ttl": manager.ttl_of(s),
         "in_flight": s.in_flight,
         "queued": s.queued,
         "max_concurrency": s.limits.max_concurrency or None,
@@ -47,6 +51,7 @@ def model_entry(manager: Manager, s: Slot) -> dict[str, Any]:
         "wakes": s.wakes,
         "ready_seconds": (s.ready_at - s.started_at) if s.ready_at and s.started_at else None,
         **({"process": s.handle.info} if s.handle else {}),
+        **({"download": job.to_json()} if (job := manager.downloads.of_model(s.id)) else {}),  # hub/downloads/
     }
 
 
@@ -149,3 +154,23 @@ async def hub_memory(model_id: str, report: MemoryReport, manager: Manager = Dep
 @router.get("/hub/models/{model_id}/logs")
 async def hub_logs(model_id: str, tail: int = 200, manager: Manager = Depends(manager_of)) -> PlainTextResponse:
     return PlainTextResponse(manager.logs(model_id, max(1, min(tail, 10000))))
+
+
+class ReloadRequest(BaseModel):
+    """The body of POST /hub/reload."""
+
+    model_config = ConfigDict(extra="forbid")
+    restart: bool = False  # restart changed engines at once (drained first), rather than once each is idle
+
+
+@router.post("/hub/reload", response_model=None)
+async def hub_reload(request: Request, body: ReloadRequest | None = None,
+                     manager: Manager = Depends(manager_of)) -> dict[str, Any] | JSONResponse:
+    """Reread the registry file the hub was started from and apply it (hub/manager/reload.py); the report, or a
+    400 with every problem of a broken file (nothing changed then)."""
+    try:
+        report = await reload_file(manager, request.app.state.reloading, (body or ReloadRequest()).restart, "POST")
+    except ConfigError as err:
+        return JSONResponse(error_body(f"registry not reloaded, nothing changed: {err.message}",
+                                       "invalid_request_error", None, "invalid_config"), 400)
+    return report.model_dump()

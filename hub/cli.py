@@ -1,4 +1,5 @@
-"""The `hub` command: serve the hub, check a registry, and control a running hub (ps, up, down, logs, batch)."""
+"""The `hub` command: serve the hub, check a registry, and control a running hub (ps, up, down, logs, pull,
+reload, batch)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from typing import Any
 
 from hub.client import Admin, AdminError
 from hub.config import CLIENT_URL_ENV, Registry, client_api_key, client_url
+from hub.downloads.pull import add_pull_command
+from hub.downloads.status import describe_download
 from hub.errors import ConfigError, HubError
 from hub.registry import load_registry
 
@@ -57,7 +60,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     reg.hub.host, reg.hub.port = host, port  # the web app's clients call the hub where it really listens
     if args.share and args.no_ui:
         raise CLIError("--share shares the web app: drop --no-ui")
-    app = create_app(reg, ui=not args.no_ui)
+    from hub.reloading import Reloading
+
+    overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v}
+    app = create_app(reg, ui=not args.no_ui,
+                     reloading=Reloading(reg.path, overrides, sighup=True, watch=args.watch))
     close_share = None
     if args.share:
         from hub.ui import share_ui
@@ -129,16 +136,20 @@ def cmd_ps(args: argparse.Namespace) -> int:
         print(json.dumps(data, indent=2))
         return 0
     now = data.get("time", 0)
-    print(f"{'MODEL':<24} {'TYPE':<6} {'ENGINE':<10} {'RUNTIME':<9} {'STATE':<9} {'RUN/WAIT':<9} {'MEMORY':<16} "
+    print(f"{'MODEL':<24} {'TYPE':<6} {'ENGINE':<10} {'RUNTIME':<9} {'STATE':<11} {'RUN/WAIT':<9} {'MEMORY':<16} "
           "LAST USED")
     for m in data["data"]:
         declared = f"{m['memory_gb']:g}" if m.get("memory_gb") is not None else "-"
         measured = f"{m['measured_gb']:.2f}" if m.get("measured_gb") is not None else "-"
         requests = f"{m.get('in_flight', 0)}/{m.get('queued', 0)}"
-        print(f"{m['id']:<24} {m['type']:<6} {m['engine']:<10} {m['runtime']:<9} {m['state']:<9} {requests:<9} "
+        print(f"{m['id']:<24} {m['type']:<6} {m['engine']:<10} {m['runtime']:<9} {m['state']:<11} {requests:<9} "
               f"{declared + ' / ' + measured + ' GB':<16} {_fmt_time(m.get('last_used'), now)}")
         if m["state"] == "failed" and m.get("reason"):
             print(f"  └ {m['reason']}")
+        if m.get("pending"):
+            print(f"  └ {m['pending']}")
+        if m["state"] == "downloading" and m.get("download"):
+            print(f"  └ downloading {describe_download(m['download'])}")
     for b in data.get("budgets", []):
         if b["budget_gb"]:
             print(f"budget {b['host']}: {b['used_gb']:g} of {b['budget_gb']:g} GB in use")
@@ -162,10 +173,36 @@ def cmd_down(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reload(args: argparse.Namespace) -> int:
+    """Make a running hub reread its registry file and apply the changes; one line per change."""
+    try:
+        report = _admin(args).reload(args.restart, timeout=args.timeout)
+    except AdminError as err:  # every problem of a broken file, not only the first line
+        raise CLIError(str(err)) from None
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    from hub.manager.reload import ReloadReport
+
+    for line in ReloadReport.model_validate(report).lines():
+        print(line)
+    return 0
+
+
 def cmd_logs(args: argparse.Namespace) -> int:
     """Print the tail of a model's engine log."""
     sys.stdout.write(_admin(args).logs(args.model, args.tail))
     return 0
+
+
+def cmd_pull(args: argparse.Namespace) -> int:
+    """Download a model's source into the hub's cache (hub/downloads/pull.py)."""
+    from hub.downloads.pull import PullFailed, pull
+
+    try:
+        return pull(_admin(args), args)
+    except PullFailed as err:
+        raise CLIError(str(err)) from None
 
 
 def _batch_line(b: dict[str, Any]) -> str:
@@ -256,6 +293,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--port", type=int, help="port (default: the registry's [hub] port)")
     sp.add_argument("--share", action="store_true", help="ask Gradio for a public share link (needs an API key)")
     sp.add_argument("--no-ui", action="store_true", help="serve the API only")
+    sp.add_argument("--watch", action="store_true", help="reload the registry file when it changes (polled every "
+                    "second); SIGHUP reloads it too")
     add("check", cmd_check, "validate a registry file")
     sp = add("build", cmd_build, "build the Diffusers engine image (docker/diffusers/Dockerfile) on a Docker host")
     sp.add_argument("--host", default="local", help="the registry's Docker host to build on (default: local)")
@@ -270,17 +309,23 @@ def build_parser() -> argparse.ArgumentParser:
     for name, fn, help_ in [("ps", cmd_ps, "list the models of a running hub"),
                             ("up", cmd_up, "start a model and wait until it is ready"),
                             ("down", cmd_down, "stop a model"),
-                            ("logs", cmd_logs, "print the tail of a model's engine log")]:
+                            ("logs", cmd_logs, "print the tail of a model's engine log"),
+                            ("reload", cmd_reload, "make a running hub reread its registry file and apply it")]:
         sp = add(name, fn, help_)
         sp.add_argument("--url", help="the hub's URL (default: $HUB_URL, else the registry's host and port)")
-        if name != "ps":
+        if name not in ("ps", "reload"):
             sp.add_argument("model", help="model id")
-        if name == "ps":
+        if name in ("ps", "reload"):
             sp.add_argument("--json", action="store_true", help="print the raw JSON")
+        if name == "reload":
+            sp.add_argument("--restart", action="store_true",
+                            help="restart changed engines now (drained first), rather than once each is idle")
+            sp.add_argument("--timeout", type=float, default=120.0, help="seconds to wait (default: 120)")
         if name in ("up", "down"):
             sp.add_argument("--timeout", type=float, default=900.0, help="seconds to wait (default: 900)")
         if name == "logs":
             sp.add_argument("-n", "--tail", type=int, default=200, help="lines (default: 200)")
+    add_pull_command(add, cmd_pull)
     sp = add("batch", cmd_batch, "list, show or cancel the batches of a running hub (OpenAI's Batch API)")
     bsub = sp.add_subparsers(dest="action", required=True, metavar="ACTION")
     for action, help_ in (("ls", "list the newest batches"), ("show", "one batch with its files"),

@@ -23,7 +23,8 @@ def error_message(body: Any, fallback: str) -> str:
 
 
 class Admin:
-    """GET /hub/models[/{id}], POST /hub/models/{id}/load|unload and GET /hub/models/{id}/logs of one hub."""
+    """GET /hub/models[/{id}], POST /hub/models/{id}/load|unload|pull, GET /hub/models/{id}/logs and the download
+    jobs (/hub/downloads) of one hub."""
 
     def __init__(self, base_url: str, api_key: str | None = None, timeout: float = 30.0,
                  trust_env: bool = True) -> None:
@@ -33,9 +34,9 @@ class Admin:
         headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
         self.http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout, trust_env=trust_env)
 
-    def _call(self, method: str, path: str, timeout: float | None = None) -> httpx.Response:
+    def _call(self, method: str, path: str, timeout: float | None = None, json: Any = None) -> httpx.Response:
         try:
-            r = self.http.request(method, path, timeout=timeout or self.http.timeout)
+            r = self.http.request(method, path, timeout=timeout or self.http.timeout, json=json)
         except httpx.ConnectError:
             raise AdminError(f"cannot reach the hub at {self.base_url}: is `hub serve` running?") from None
         except httpx.TimeoutException:
@@ -56,13 +57,19 @@ class Admin:
         """One model's entry, with its registry entry under "config" (secrets hidden) and the hub's version."""
         return self._call("GET", f"/hub/models/{quote(model_id, safe='')}").json()
 
-    def state(self, model_id: str) -> str | None:
-        """The model's lifecycle state, or None when the hub cannot tell (it is never an error to ask)."""
+    def entry(self, model_id: str) -> dict[str, Any] | None:
+        """The model's entry of /hub/models (its state, a download's progress ...), or None when the hub cannot
+        tell (it is never an error to ask)."""
         try:
             entries = self.models()["data"]
-        except (AdminError, KeyError, ValueError):
+        except (AdminError, KeyError, ValueError, TypeError):
             return None
-        return next((m["state"] for m in entries if m["id"] == model_id), None)
+        return next((m for m in entries if isinstance(m, dict) and m.get("id") == model_id), None)
+
+    def state(self, model_id: str) -> str | None:
+        """The model's lifecycle state, or None when the hub cannot tell (it is never an error to ask)."""
+        entry = self.entry(model_id)
+        return entry.get("state") if entry else None
 
     def load(self, model_id: str, timeout: float = 900.0) -> dict[str, Any]:
         """Start a model and wait until it is ready (or failed)."""
@@ -75,6 +82,28 @@ class Admin:
     def logs(self, model_id: str, tail: int = 60) -> str:
         """The tail of a model's engine log."""
         return self._call("GET", f"/hub/models/{model_id}/logs?tail={tail}").text
+
+    def reload(self, restart: bool = False, timeout: float = 120.0) -> dict[str, Any]:
+        """Reread the hub's registry file and apply it: the report ({"changes": [...], "hub", "needs_restart",
+        "hosts"}); AdminError with every problem of a broken file."""
+        return self._call("POST", "/hub/reload", timeout=timeout, json={"restart": restart}).json()
+
+    def pull(self, model_id: str) -> dict[str, Any]:
+        """Start the pull of a model's source, or join the one under way: the job (hub/downloads/status.py; status
+        "done" at once when the cache holds the model already)."""
+        return self._call("POST", f"/hub/models/{quote(model_id, safe='')}/pull").json()
+
+    def downloads(self) -> list[dict[str, Any]]:
+        """Every download job, newest first."""
+        return self._call("GET", "/hub/downloads").json()["data"]
+
+    def download(self, job_id: str) -> dict[str, Any]:
+        """One download job."""
+        return self._call("GET", f"/hub/downloads/{quote(job_id, safe='')}").json()
+
+    def cancel_download(self, job_id: str) -> dict[str, Any]:
+        """Cancel a running download (its worker is killed): the job, cancelled."""
+        return self._call("DELETE", f"/hub/downloads/{quote(job_id, safe='')}").json()
 
     def batches(self, limit: int = 100) -> list[dict[str, Any]]:
         """The newest batches (OpenAI's Batch objects), newest first."""

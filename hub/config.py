@@ -136,6 +136,12 @@ class ModelConfig(_Strict):
     type: ModelType
     engine: str
     source: str | None = None
+    revision: str | None = Field(None, description="a branch, tag or commit of a hub repo source, pinned (pulls and "
+                                                  "the engine read it)")
+    allow_patterns: list[str] | None = Field(None, description="files of a hub repo source to download (glob "
+                                                               "patterns), instead of the engine's choice")
+    ignore_patterns: list[str] | None = Field(None, description="files of a hub repo source to skip (glob patterns), "
+                                                                "instead of the engine's choice")
     memory_gb: float | None = Field(None, ge=0)
     runtime: RuntimeName | None = None
     host: str | list[str] = Field("local", description="a host, or several: a cold start picks one (placement)")

@@ -20,6 +20,7 @@
     │                              stream_idle_timeout; names the key
     └── ModelUnavailable (503)     the model cannot serve now
         ├── StartFailed (503)      the engine failed to start; carries the reason and the tail of its log
+        │   └── DownloadFailed     the pull of the model's source before its start failed; says what to do
         ├── StartTimeout (503)     the engine was not ready within start_timeout; carries Retry-After
         ├── MemoryBusy (503)       the budget cannot be freed because the models holding it are busy
         └── WaitTimeout (503)      the request waited max_wait for its model and gave up; carries Retry-After
@@ -180,6 +181,13 @@ class StartFailed(ModelUnavailable):
     """The engine failed to start; the message carries the reason and the tail of its log."""
 
     code = "engine_start_failed"
+
+
+class DownloadFailed(StartFailed):
+    """The pull of the model's hub repo source (before its start) failed or was cancelled; the message names the
+    repo and what to do (hub/downloads/worker.py explains each cause)."""
+
+    code = "download_failed"
 
 
 class StartTimeout(ModelUnavailable):

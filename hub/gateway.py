@@ -31,6 +31,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from hub.bodies import BodyLimit, ClientGone, Watch, json_object, read_body
 from hub.codings import decoded
+from hub.config import HubSettings
 from hub.endpoints import (
     ADMIN_BODY_PREFIXES,
     BY_ID_METHODS,
@@ -182,9 +183,7 @@ class Gateway:
     def __init__(self, manager: Manager, app: ASGIApp | None = None, metrics: Metrics | None = None) -> None:
         self.manager, self.app, self.metrics = manager, app, metrics
         hub = manager.registry.hub
-        self.json_limit = BodyLimit(hub.max_body_mb, "max_body_mb", "JSON bodies")
-        self.upload_limit = BodyLimit(hub.max_upload_mb, "max_upload_mb", "multipart uploads")
-        self.max_depth = hub.max_json_depth
+        self.limit_bodies(hub)
         self.responses = ResponseBook()
         # Pooled connections to the engines (hub/upstream.py). An idle one is dropped before the engines' servers
         # drop it (uvicorn's and vLLM's keep-alive: 5 s).
@@ -193,6 +192,12 @@ class Gateway:
         # Servers the hub does not manage (the openai engine: hosted APIs) go through httpx: HTTP/2, proxies
         self.hosted = HostedPool(hub.connect_timeout, hub.max_engine_connections)
         self.fit = Fit(self.engines)  # output limits clamped to the model's context (hub/fit.py)
+
+    def limit_bodies(self, hub: HubSettings) -> None:
+        """Take [hub]'s limits on what a client may send (at the start, and at each registry reload)."""
+        self.json_limit = BodyLimit(hub.max_body_mb, "max_body_mb", "JSON bodies")
+        self.upload_limit = BodyLimit(hub.max_upload_mb, "max_upload_mb", "multipart uploads")
+        self.max_depth = hub.max_json_depth
 
     def wrap(self, app: ASGIApp) -> Gateway:
         """Put this gateway in front of `app`, which gets every request the gateway does not serve."""
@@ -359,7 +364,8 @@ class Gateway:
         if ep.task in tasks_of(slot.cfg.type, slot.cfg.tasks):
             return slot
         serves = endpoints_of(slot.cfg.type, slot.cfg.tasks)
-        others = [s.id for s in self.manager.slots.values() if ep.task in tasks_of(s.cfg.type, s.cfg.tasks)]
+        others = [s.id for s in self.manager.slots.values()
+                  if ep.task in tasks_of(s.cfg.type, s.cfg.tasks) and not s.removed]
         article = "an" if slot.cfg.type[0] in "aeiou" else "a"
         where = (f"registered models that serve it: {', '.join(others)}" if others
                  else "no registered model serves it")

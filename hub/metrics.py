@@ -91,6 +91,7 @@ class Metrics:
                                          "(completed, failed, expired, cancelled)", ["model", "status"],
                                          registry=self.registry)
         self.registry.register(ManagerCollector(manager))
+        manager.observer = self.on_move  # the models a registry reload adds too
         for s in manager.slots.values():
             s.observer = self.on_move
 

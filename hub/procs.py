@@ -1,13 +1,15 @@
 """Process helpers shared by the hub, its tests and its benchmarks: a free port, waiting for a server to answer,
-stopping a process and everything it started."""
+stopping a process and everything it started, a child that gets SIGTERM when the hub dies."""
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -58,3 +60,13 @@ def stop_process(proc: subprocess.Popen, timeout: float = 20, group: bool = True
     except subprocess.TimeoutExpired:
         send(signal.SIGKILL)
         proc.wait()
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """A `preexec_fn`: on Linux the child gets SIGTERM if its parent (the hub) dies without cleaning up."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(Exception):
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)

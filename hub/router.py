@@ -21,11 +21,13 @@ from hub.admin import router as admin_router
 from hub.batches.api import router as batch_router
 from hub.batches.service import Batches
 from hub.config import Registry
+from hub.downloads.api import router as download_router
 from hub.endpoints import API_PREFIXES, ENDPOINTS, dialect_of, endpoints_of, tasks_of
 from hub.errors import HubError, MethodNotAllowed, NotFound, RequestError, UpstreamError
 from hub.gateway import ApiKeyMiddleware, Gateway
 from hub.manager import Manager
 from hub.metrics import CONTENT_TYPE, Metrics
+from hub.reloading import Reloading, Triggers
 from hub.vocab import OPENAI_KINDS, error_body, shaped_error
 
 # The names the image server gives its files (imageserver/files.py: secrets.token_urlsafe, then the format's
@@ -65,9 +67,13 @@ class HubApp(FastAPI):
         await super().__call__(scope, receive, send)
 
 
-def create_app(registry: Registry, manager: Manager | None = None, ui: bool = True) -> HubApp:
-    """The hub's ASGI app: the gateway in front, /v1/models, /files, the admin API and (if `ui`) the web app at /."""
+def create_app(registry: Registry, manager: Manager | None = None, ui: bool = True,
+               reloading: Reloading | None = None) -> HubApp:
+    """The hub's ASGI app: the gateway in front, /v1/models, /files, the admin API and (if `ui`) the web app at /.
+    `reloading`: where registry reloads come from (default: POST /hub/reload rereads the registry's file)."""
     manager = manager or Manager(registry)
+    reloading = reloading or Reloading(registry.path)
+    triggers = Triggers(manager, reloading)
     metrics = Metrics(manager)
     gateway = Gateway(manager, metrics=metrics)
     files_client = httpx.AsyncClient(timeout=httpx.Timeout(connect=10.0, read=60.0, write=60.0, pool=None),
@@ -79,9 +85,11 @@ def create_app(registry: Registry, manager: Manager | None = None, ui: bool = Tr
     async def lifespan(app: FastAPI):
         await manager.startup()
         await batches.start()
+        triggers.start()
         try:
             yield
         finally:
+            await triggers.stop()
             await batches.stop()
             await manager.shutdown()
             await gateway.close()
@@ -93,6 +101,13 @@ def create_app(registry: Registry, manager: Manager | None = None, ui: bool = Tr
     app.state.registry = registry
     app.state.gateway = gateway
     app.state.batches = batches
+    app.state.reloading = reloading
+
+    def took(new: Registry) -> None:  # a registry reload (hub/manager/reload.py): who else holds the registry
+        app.state.registry = batches.registry = new
+        gateway.limit_bodies(new.hub)
+
+    manager.reloads.listen(took)
 
     gateway.wrap(app.behind)
     app.front = ApiKeyMiddleware(gateway, key=api_key, env_name=registry.hub.api_key_env or "") if api_key else gateway
@@ -124,7 +139,7 @@ def create_app(registry: Registry, manager: Manager | None = None, ui: bool = Tr
 
     @app.get("/v1/models")
     async def list_models() -> dict[str, Any]:
-        return {"object": "list", "data": [model_object(s) for s in manager.slots.values()]}
+        return {"object": "list", "data": [model_object(s) for s in manager.slots.values() if not s.removed]}
 
     @app.get("/v1/models/{model_id:path}")
     async def retrieve_model(model_id: str) -> dict[str, Any]:
@@ -171,6 +186,7 @@ def create_app(registry: Registry, manager: Manager | None = None, ui: bool = Tr
     # ---- admin (hub/admin.py), batches (hub/batches/api.py): before the web app, mounted at /, would shadow them ----
 
     app.include_router(admin_router)
+    app.include_router(download_router)
     app.include_router(batch_router)
 
     # ---- anything else under the API's prefixes: a 404 or 405 in the API's shape, never the web app's page ----

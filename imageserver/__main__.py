@@ -1,6 +1,6 @@
 """The image server: one Diffusers pipeline behind the OpenAI Images API. Runs inside the diffusers environment.
 
-    python -m imageserver --model SRC --served-model-name ID --port P [--host H] [--options JSON]
+    python -m imageserver --model SRC --served-model-name ID --port P [--host H] [--options JSON] [--revision REV]
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--options", default="{}", help="the registry's args table as JSON")
+    p.add_argument("--revision", help="the branch, tag or commit of a hub repo --model (default: its main branch)")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
@@ -40,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         if server is not None:
             server.should_exit = True
 
-    app = create_app(a.model, a.served_model_name, opts, on_load_failure=fail)
+    app = create_app(a.model, a.served_model_name, opts, on_load_failure=fail, revision=a.revision)
     server = uvicorn.Server(uvicorn.Config(app, host=a.host, port=a.port, log_level="info",
                                            timeout_graceful_shutdown=5))
     server.run()

@@ -67,9 +67,10 @@ def error_response(status: int, message: str, type_: str, code: str | None, para
 
 
 def create_app(source: str, served_name: str, opts: ServerOptions, pipes: Pipelines | None = None,
-               on_load_failure: Callable[[str], None] | None = None) -> FastAPI:
-    """The image server's ASGI app; the worker starts loading the pipeline when the app starts."""
-    pipes = pipes or Pipelines(source, opts)
+               on_load_failure: Callable[[str], None] | None = None, revision: str | None = None) -> FastAPI:
+    """The image server's ASGI app; the worker starts loading the pipeline when the app starts. `revision`: of a
+    hub repo source."""
+    pipes = pipes or Pipelines(source, opts, revision)
     memory = Memory()
     files = FileStore(opts.files_ttl, opts.files_max)
     worker = Worker(pipes, memory, on_load_failure or (lambda reason: None), opts.max_batch, opts.batch_wait)

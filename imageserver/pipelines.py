@@ -53,8 +53,9 @@ class Pipelines:
                                        "image2image": "AutoPipelineForImage2Image",
                                        "inpaint": "AutoPipelineForInpainting"}
 
-    def __init__(self, source: str, opts: ServerOptions) -> None:
+    def __init__(self, source: str, opts: ServerOptions, revision: str | None = None) -> None:
         self.source = source
+        self.revision = revision  # of a hub repo source (None: its main branch)
         self.opts = opts
         self.base: Any = None
         self.device = "cpu"
@@ -88,7 +89,7 @@ class Pipelines:
                                    f"{diffusers.__version__} (e.g. StableDiffusionXLPipeline, QwenImageEditPipeline)")
         log.info("loading %s as %s (%s, %s)", self.source, cls.__name__, self.device, dtype)
         diffusers.utils.logging.disable_progress_bar()
-        pipe = cls.from_pretrained(self.source, dtype=dtype)
+        pipe = cls.from_pretrained(self.source, dtype=dtype, **({"revision": self.revision} if self.revision else {}))
         if o.scheduler:
             sched = getattr(diffusers, o.scheduler, None)
             if not (isinstance(sched, type) and issubclass(sched, diffusers.SchedulerMixin)):

@@ -125,8 +125,9 @@ def still_running(procs: list[psutil.Process], timeout: float = 30) -> list[int]
 
 
 def start_hub(tmp: Path, registry: str, env: dict[str, str] | None = None, ui: bool = False,
-              ready_timeout: float = 60) -> HubProcess:
-    """Write `registry` (with a [hub] table if it has none) and start `hub serve` on a free port."""
+              ready_timeout: float = 60, args: tuple[str, ...] = ()) -> HubProcess:
+    """Write `registry` (with a [hub] table if it has none) and start `hub serve` on a free port; `args`: more of
+    its options (--watch)."""
     port = free_port()
     state = tmp / "state"
     if "[hub]" not in registry:
@@ -135,7 +136,7 @@ def start_hub(tmp: Path, registry: str, env: dict[str, str] | None = None, ui: b
     cfg = tmp / "models.toml"
     cfg.write_text(registry)
     log = tmp / "hub.log"
-    args = [sys.executable, "-m", "hub.cli", "serve", "--config", str(cfg)]
+    args = [sys.executable, "-m", "hub.cli", "serve", "--config", str(cfg), *args]
     if not ui:
         args.append("--no-ui")
     environ = {**os.environ, "HUB_STATE_DIR": str(state), "HUB_ENVS_DIR": str(ENVS_DIR), **(env or {})}
@@ -207,6 +208,34 @@ def _starts_a_hub(func: Callable) -> bool:
     except (OSError, TypeError):
         return False
     return "start_hub(" in src or "hub_factory" in src
+
+
+SERIAL_MARK = "pytest.mark.engine"
+"""Test modules that use this marker run one after another on one pytest-xdist worker (`make test` runs two side
+by side): real engines on CPU take every core and GBs of memory each, so two such modules at once would only slow
+each other down (and push their starts past start_timeout). Every other module is a unit of its own, beside them;
+a module always stays on one worker, so its module-scoped fixtures start once."""
+
+
+def _serial(path: str) -> bool:
+    with contextlib.suppress(OSError):
+        return SERIAL_MARK in (ROOT / path).read_text()
+    return False
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
+    """The scheduler of `pytest -n N`: pytest-xdist's per-module one, with every module that SERIAL_MARK marks in
+    a single unit. (Its `--dist loadgroup` cannot do this under pytest 9: it renames test ids through a private
+    attribute that pytest 9 no longer reads.) The controller sees test ids only, so a module's marker is read from
+    its source."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class Tiers(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return "engine tier" if _serial(path) else path
+
+    return Tiers(config, log)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -16,6 +16,7 @@ import httpx
 import openai
 import pytest
 
+from hub.config import Registry
 from hub.engines.base import Engine as HubEngine
 from hub.engines.base import LaunchContext, LaunchSpec
 from hub.manager import Manager
@@ -166,12 +167,9 @@ class FakeEngine(HubEngine):
         return not self.rt.exits[base_url.removeprefix("fake://")].done()
 
 
-def make(models: dict[str, float], budget: float | None = None, rt: FakeRuntime | None = None,
-         pinned: tuple[str, ...] = (), extra: dict[str, dict] | None = None, hosts: dict[str, dict] | None = None,
-         factory=None, **hub) -> tuple[Manager, FakeRuntime]:
-    """A manager of `command` models {id: GB} on fake engines; `extra`: more keys per model."""
-    rt = rt or FakeRuntime()
-
+def fake_registry(models: dict[str, float], budget: float | None = None, pinned: tuple[str, ...] = (),
+                  extra: dict[str, dict] | None = None, hosts: dict[str, dict] | None = None, **hub) -> Registry:
+    """The registry of `make`: `command` models {id: GB}; `extra`: more keys per model (a reload's new registry)."""
     def table(m: str, gb: float) -> dict:
         own = dict((extra or {}).get(m, {}))
         args = {"command": ["x", "{port}"], **own.pop("args", {})}
@@ -179,7 +177,16 @@ def make(models: dict[str, float], budget: float | None = None, rt: FakeRuntime 
 
     data = {"hub": {"memory_budget_gb": budget, "drain_timeout": 0.3, **hub} if budget else {**hub},
             "hosts": hosts or {}, "models": {m: table(m, gb) for m, gb in models.items()}}
-    mgr = Manager(parse_registry(data), runtime_factory=factory or (lambda name, host: rt))
+    return parse_registry(data)
+
+
+def make(models: dict[str, float], budget: float | None = None, rt: FakeRuntime | None = None,
+         pinned: tuple[str, ...] = (), extra: dict[str, dict] | None = None, hosts: dict[str, dict] | None = None,
+         factory=None, **hub) -> tuple[Manager, FakeRuntime]:
+    """A manager of `command` models {id: GB} on fake engines; `extra`: more keys per model."""
+    rt = rt or FakeRuntime()
+    reg = fake_registry(models, budget, pinned, extra, hosts, **hub)
+    mgr = Manager(reg, runtime_factory=factory or (lambda name, host: rt))
     for s in mgr.slots.values():
         s.engine = FakeEngine(rt)
     return mgr, rt

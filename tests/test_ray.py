@@ -24,7 +24,7 @@ import pytest
 from tests.conftest import ENVS_DIR, require, start_hub, still_running, wait_for
 from tests.helpers import client, demo_tables, text_model
 
-pytestmark = [pytest.mark.ray, pytest.mark.serve]
+pytestmark = [pytest.mark.ray, pytest.mark.engine, pytest.mark.serve]  # engine: the serial tier (xdist)
 
 GB = 1024**3
 OBJECT_STORE = 80 * 1024**2  # Ray's minimum (the default takes 30% of RAM in /dev/shm)

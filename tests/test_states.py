@@ -26,7 +26,8 @@ ALLOWED = [(a, b) for a, nexts in TRANSITIONS.items() for b in sorted(nexts)]
 
 
 def test_the_states_and_their_values_are_the_public_ones() -> None:
-    assert [s.value for s in State] == ["stopped", "starting", "ready", "stopping", "failed", "sleeping"]
+    assert [s.value for s in State] == ["stopped", "starting", "ready", "stopping", "failed", "sleeping",
+                                        "downloading"]
 
 
 def test_the_table_covers_every_state_and_leads_only_to_states() -> None:
@@ -50,6 +51,11 @@ def test_the_manager_paths_are_in_the_table() -> None:
         (State.SLEEPING, State.STARTING),  # a request or a load wakes it (a start that wakes the engine)
         (State.SLEEPING, State.STOPPING),  # unload, the sleep budget, shutdown
         (State.SLEEPING, State.FAILED),  # the engine dies asleep
+        (State.STOPPED, State.DOWNLOADING),  # a start whose hub repo source is not in the cache pulls it first
+        (State.FAILED, State.DOWNLOADING),  # the same, for the next request of a failed model
+        (State.DOWNLOADING, State.STARTING),  # pulled: room is made and the engine launched
+        (State.DOWNLOADING, State.FAILED),  # the pull failed or was cancelled
+        (State.DOWNLOADING, State.STOPPED),  # the start was cancelled, or nobody waits once pulled
     }
     assert set(ALLOWED) == paths
 
@@ -81,6 +87,10 @@ INVALID = [
     (State.STOPPED, State.SLEEPING),
     (State.STARTING, State.SLEEPING),
     (State.FAILED, State.SLEEPING),
+    (State.DOWNLOADING, State.READY),  # pulled is not started: room and a launch come first
+    (State.DOWNLOADING, State.STOPPING),  # it has no engine to stop
+    (State.SLEEPING, State.DOWNLOADING),  # a sleeping engine has its files
+    (State.READY, State.DOWNLOADING),
 ]
 
 

@@ -383,3 +383,39 @@ def test_batches_tab_runs_a_batch_of_prompts(browser, hub_factory):
     assert page.locator("#hub-batch-errors").is_hidden(), "no error file: none offered"
     shot(page, "14-batches")
     assert not errors, errors
+
+
+def test_models_tab_pulls_a_model_with_a_moving_bar(browser, hub_factory, tmp_path):
+    """The Models tab: "pull" on a model whose source is a repo of a local Hugging Face server (tests/hfserver.py,
+    throttled) draws a bar whose value grows while the bytes arrive, and the model's row says downloading."""
+    from tests.hfserver import FakeHub, tiny_checkpoint
+
+    server = FakeHub()
+    server.add_repo("org/pullme", {"main": tiny_checkpoint(tmp_path / "pullme", weights=3_000_000, bin_too=False)})
+    server.throttle = 400_000
+    server.start()
+    try:
+        registry = REGISTRY.split("[models.tiny-sd]")[0] + (
+            '[models.pullme]\ntype = "text"\nengine = "vllm"\nsource = "org/pullme"\nmemory_gb = 1\n')
+        hub = hub_factory(registry, ui=True, env={"HF_ENDPOINT": server.url, "HF_HUB_CACHE": str(tmp_path / "cache")})
+        page, errors = open_app(browser, hub.url + "/", 1280, 900)
+        tab(page, "Models")
+        picker = page.locator("#hub-admin-model input")
+        picker.click()
+        page.get_by_role("option", name="pullme").click()
+        page.locator("#hub-pull").click()
+        page.get_by_text(re.compile(r"pulling pullme: ")).first.wait_for()
+        bar = page.locator('#hub-downloads [aria-label="download org/pullme"]')
+        bar.wait_for()
+        first = float(bar.get_attribute("aria-valuenow"))
+        page.wait_for_function("(v) => parseFloat(document.querySelector("
+                               "'#hub-downloads [aria-label=\"download org/pullme\"]')?.getAttribute('aria-valuenow')"
+                               " || 0) > v", arg=first)
+        page.locator("#hub-downloads").get_by_text(re.compile(r"pull pullme \(org/pullme\): [\d.]+/3\.0 MB")).wait_for()
+        shot(page, "15-models-pull")
+        page.locator("#hub-admin-status").get_by_text(re.compile(r"pullme: done, 3\.0 MB downloaded")).wait_for(
+            timeout=60_000)
+        assert bar.get_attribute("aria-valuenow") == bar.get_attribute("aria-valuemax")
+        assert not errors, errors
+    finally:
+        server.stop()

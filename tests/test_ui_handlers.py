@@ -261,22 +261,45 @@ def test_notes_are_the_registry_descriptions():
     assert "RANDOM weights" in demo["tiny-sd"] and "noise" in demo["tiny-sd"] and "smollm2" in demo
 
 
+async def test_a_reload_shows_in_the_models_table_and_the_notes():
+    """What a registry reload leaves pending shows in the state column; the notes follow the new descriptions."""
+    from fastapi import FastAPI
+
+    from hub.manager import Manager
+    from hub.registry import parse_registry
+    from hub.ui import mount_ui
+
+    args = {"command": ["x", "{port}"]}
+    reg = parse_registry({"models": {"a": {"type": "text", "engine": "command", "args": args, "description": "old"}}})
+    app = FastAPI()
+    app.state.manager = manager = Manager(reg)
+    mount_ui(app, reg)
+    entry = {"id": "a", "state": "ready", "type": "text", "engine": "command", "pending": "restarting after reload"}
+    assert models_tab.model_rows({"data": [entry]})[0][1] == "ready: restarting after reload"
+    assert models_tab.model_rows({"data": [{**entry, "pending": None}]})[0][1] == "ready"
+    new = parse_registry({"models": {"a": {"type": "text", "engine": "command", "args": args, "description": "new"},
+                                     "b": {"type": "text", "engine": "command", "args": args, "description": "b"}}})
+    await manager.reload(new)
+    assert app.state.notes == {"a": "new", "b": "b"}  # the very dict the tabs were built with
+    await manager.shutdown()
+
+
 def test_models_table_budget_load_unload_and_failed_logs(clients, hub):
     _, admin = clients
-    rows, budget, logs = models_tab.refresh_models(admin)
+    rows, budget, logs, downloads = models_tab.refresh_models(admin)
     assert [r[0] for r in rows] == ["echo", "tiny-sd", "broken"]
     assert {r[1] for r in rows} == {"stopped"} and rows[0][5] == "4 GB"
-    assert "0 / 10 GB" in budget and "no failed model" in logs
+    assert "0 / 10 GB" in budget and "no failed model" in logs and downloads == ""
 
     statuses = last(models_tab.load_model(admin, "echo", poll=0.2))
     assert statuses[0].startswith("starting echo... ") and statuses[-1] == "echo: ready"
-    rows, budget, _ = models_tab.refresh_models(admin, "echo")
+    rows, budget, _, _ = models_tab.refresh_models(admin, "echo")
     assert rows[0][1] == "ready" and "4 / 10 GB (40%)" in budget and 'aria-valuenow="4"' in budget
     assert models_tab.unload_model(admin, "echo") == "echo: stopped"
 
     with pytest.raises(gr.Error, match="broken"):
         last(models_tab.load_model(admin, "broken", poll=0.2))
-    rows, _, logs = models_tab.refresh_models(admin)
+    rows, _, logs, _ = models_tab.refresh_models(admin)
     assert rows[2][1] == "failed"
     assert logs.startswith("broken failed:") and "CUDA out of memory (simulated start failure)" in logs
 

@@ -5,6 +5,10 @@ the spec to a runtime (process or docker), then polls `ready()` until the engine
 keys live in its `Args` model (the model's `args` table), for built-in engines and plugins alike. Engines that are not
 managed (`managed = False`, the `openai` engine) are never launched: `upstream()` says where they already run.
 
+Downloads: an engine whose source may be a hub repo says which of the repo's files it reads
+(`download_patterns`: allow and ignore patterns, from the repo's file list); the hub pulls those into the cache the
+engine reads (hub/downloads/) before it starts the engine, and passes the registry's `revision` to it.
+
 Sleep (optional): an engine that can free its GPU memory while keeping its process says so in `sleep_refusal`
 (None: this model can sleep), and implements `sleep`, `wake` and `sleep_memory_gb` (the RAM it holds asleep).
 """
@@ -20,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from hub.config import format_validation_error
 
+Patterns = tuple[list[str] | None, list[str] | None]  # (allow_patterns, ignore_patterns); None: no filter
 SLEEP_PROCESS_GB = 1.0  # RAM an engine process keeps while asleep (interpreter, imports, runtime context)
 
 if TYPE_CHECKING:
@@ -90,6 +95,10 @@ class LaunchContext:
         src = self.source()
         return src if Path(src).is_absolute() else None
 
+    def revision(self) -> str | None:
+        """The registry's revision of a hub repo source (None for a local folder: it has none)."""
+        return self.model.revision if self.model.revision and not self.local_source() else None
+
 
 @dataclass
 class Upstream:
@@ -98,6 +107,18 @@ class Upstream:
     base_url: str
     api_key: str | None = None
     model: str | None = None  # the model name the server knows, when it differs from the registry id
+
+
+# files that duplicate a checkpoint's safetensors in other formats (PyTorch pickles, Flax, TensorFlow, ONNX)
+DUPLICATE_WEIGHTS = ["*.bin", "*.pth", "*.pt", "*.ckpt", "*.msgpack", "*.h5", "*.onnx", "*.onnx_data", "onnx/*",
+                     "*.ot"]
+ALWAYS_SKIPPED = ["*.msgpack", "*.h5", "*.onnx", "*.onnx_data", "onnx/*", "*.ot"]  # formats no engine here reads
+
+
+def weight_patterns(files: list[str]) -> list[str]:
+    """The ignore patterns of an engine that reads safetensors: every duplicate format when the repo has
+    safetensors, else only the formats it never reads."""
+    return list(DUPLICATE_WEIGHTS if any(f.endswith(".safetensors") for f in files) else ALWAYS_SKIPPED)
 
 
 class Engine:
@@ -141,6 +162,12 @@ class Engine:
 
     def context_length(self, model: ModelConfig) -> int | None:
         """The model's context in tokens where the registry says it (None: unknown, or asked of the engine)."""
+        return None
+
+    def download_patterns(self, model: ModelConfig, files: list[str]) -> Patterns | None:
+        """Which files of a hub repo source (`files`: every path of the repo at its revision) the engine reads, as
+        (allow_patterns, ignore_patterns) for huggingface_hub (None: no filter); None: the engine downloads nothing
+        (the registry's allow_patterns still make the hub pull them)."""
         return None
 
     def launch(self, ctx: LaunchContext) -> LaunchSpec:

@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 import httpx
 from pydantic import BaseModel
 
-from hub.engines.base import Engine, LaunchContext, LaunchSpec
+from hub.engines.base import Engine, LaunchContext, LaunchSpec, Patterns, weight_patterns
 from imageserver.api import ServerOptions
 
 DEFAULT_IMAGE = "hub-diffusers:latest"
@@ -48,10 +48,16 @@ class DiffusersEngine(Engine):
     async def wake(self, client: httpx.AsyncClient, base_url: str, model: Any, timeout: float) -> None:
         (await client.post(f"{base_url}/wake", timeout=timeout)).raise_for_status()
 
+    def download_patterns(self, model: Any, files: list[str]) -> Patterns:
+        """Safetensors, not their duplicates (a pipeline's components often ship both)."""
+        return None, weight_patterns(files)
+
     def launch(self, ctx: LaunchContext) -> LaunchSpec:
         a = self.args(ctx.model)
         args = ["--model", ctx.source(), "--served-model-name", ctx.model_id, "--port", str(ctx.port),
                 "--options", json.dumps(a.model_dump())]
+        if revision := ctx.revision():
+            args += ["--revision", revision]
         return LaunchSpec(args=args, env_name="diffusers", module="imageserver", image=ctx.model.image or DEFAULT_IMAGE,
                           environ=dict(ctx.model.env), model_path=ctx.local_source(), served_name=ctx.model_id,
                           gpus=ctx.model.gpus)

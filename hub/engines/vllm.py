@@ -38,7 +38,7 @@ from typing import Any, ClassVar, Literal
 import httpx
 from pydantic import BaseModel, ConfigDict, Field
 
-from hub.engines.base import SLEEP_PROCESS_GB, Engine, LaunchContext, LaunchSpec
+from hub.engines.base import SLEEP_PROCESS_GB, Engine, LaunchContext, LaunchSpec, Patterns, weight_patterns
 
 DEFAULT_IMAGE = "vllm/vllm-openai:v0.32.0"
 MAX_GPU_FRACTION = 0.95  # leave the rest for CUDA context and other processes
@@ -151,6 +151,8 @@ class VllmEngine(Engine):
     def server_args(self, ctx: LaunchContext, a: VllmArgs, fraction: float | None = None) -> list[str]:
         """The arguments of vLLM's API server, common to both runtimes."""
         argv = ["--model", ctx.source(), "--served-model-name", ctx.model_id, "--port", str(ctx.port)]
+        if revision := ctx.revision():
+            argv += ["--revision", revision]
         argv += ["--dtype", a.dtype]
         if a.max_model_len:
             argv += ["--max-model-len", str(a.max_model_len)]
@@ -182,6 +184,16 @@ class VllmEngine(Engine):
             path = ctx.registry.resolve_path(a.chat_template)
             argv += ["--chat-template", path.read_text() if path.is_file() else a.chat_template]
         return argv + list(a.extra_args)
+
+    def download_patterns(self, model: Any, files: list[str]) -> Patterns:
+        """Safetensors, not their duplicates; not Meta's `original/` checkpoint nor a `consolidated` file next to
+        sharded ones (Mistral's repos hold both)."""
+        ignore = weight_patterns(files)
+        if any(f.endswith(".safetensors") for f in files):
+            ignore.append("original/*")
+            if any(f.endswith(".safetensors") and not f.startswith("consolidated") for f in files):
+                ignore.append("consolidated*")
+        return None, ignore
 
     def context_length(self, model: Any) -> int | None:
         # on every request: read from the table the registry validated, not validated again (a few µs each)

@@ -1,11 +1,12 @@
 """The model manager: the lifecycle of every model, queues and limits, the memory budget, placement, idle unloading
 and crash handling.
 
-One `Slot` per registered model (hub/manager/slot.py). Its states (stopped, starting, ready, stopping, failed,
-sleeping) and the one table of the moves between them, with its diagram, are in hub/manager/states.py; every state
-change goes through `states.move`, which refuses a move the table does not list and tells the slot's `observer` (an
-Observer: the metrics). What its tasks do within a state is its `Phase` (states.py): waiting (its start waits for
-memory), waking (its start wakes it), falling asleep.
+One `Slot` per registered model (hub/manager/slot.py). Its states (stopped, downloading, starting, ready, stopping,
+failed, sleeping) and the one table of the moves between them, with its diagram, are in hub/manager/states.py; every
+state change goes through `states.move`, which refuses a move the table does not list and tells the slot's
+`observer` (an Observer: the metrics). What its tasks do within a state is its `Phase` (states.py): waiting (its start
+waits for memory), waking (its start wakes it), falling asleep. A cold start whose hub repo source is not in the cache
+pulls it first (downloading: hub/downloads/), holding no memory.
 
 Rules:
 - A request holds a Lease while it is served (streams included): leased models are busy. `acquire` gives one at

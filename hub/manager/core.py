@@ -16,9 +16,12 @@ from collections.abc import Awaitable, Callable
 import httpx
 
 from hub.config import ModelConfig, Registry
+from hub.downloads import Downloads, target_of
+from hub.downloads.target import models_sharing
 from hub.engines import get_engine
 from hub.engines.base import LaunchContext, LaunchSpec
 from hub.errors import (
+    DownloadFailed,
     ModelNotFound,
     ModelUnavailable,
     RuntimeFailure,
@@ -43,9 +46,10 @@ from hub.manager.planner import (
 )
 from hub.manager.queue import Lease
 from hub.manager.rayplan import ray_plan
+from hub.manager.reload import ReloadReport, Reloads
 from hub.manager.sleep import Sleeper, SleepTiers
 from hub.manager.slot import Slot
-from hub.manager.states import HOLDS_MEMORY, Phase, State, move
+from hub.manager.states import HOLDS_MEMORY, Observer, Phase, State, move
 from hub.runtimes import Runtime, make_runtime
 
 log = logging.getLogger("hub.manager")
@@ -69,10 +73,9 @@ class Manager:
         memory_of: Callable[[str, ModelConfig], float] | None = None,
     ) -> None:
         self.registry = registry
-        self.slots: dict[str, Slot] = {
-            mid: Slot(mid, cfg, get_engine(cfg.engine), registry.limits_of(mid)) for mid, cfg in registry.models.items()
-        }
-        self._runtime_factory = runtime_factory or (lambda name, host: make_runtime(name, registry, host))
+        self.observer: Observer | None = None  # given to every slot, those a reload adds too (hub/metrics.py)
+        self.slots: dict[str, Slot] = {mid: self._make_slot(mid, cfg) for mid, cfg in registry.models.items()}
+        self._runtime_factory = runtime_factory or (lambda name, host: make_runtime(name, self.registry, host))
         self._runtimes: dict[tuple[str, str], Runtime] = {}
         self.ledger = Ledger.of(registry)  # measured peaks (benchmarks/memory.py): budget of undeclared models
         self._memory_of = memory_of or ledger_memory_of(self.ledger)
@@ -82,6 +85,9 @@ class Manager:
         self.sleeper: Sleeper = SleepTiers(registry, self.slots, self._http, stop=self._begin_stop,
                                            pump=self.dispatch.pump)
         self._ttl_task: asyncio.Task | None = None
+        self.reloads = Reloads(self.slots, self._make_slot, self._runtimes, start=self._begin_start,
+                               stop=self._begin_stop, pump=self.dispatch.pump)
+        self.downloads = Downloads(registry.state_dir / "logs")  # pulls of hub repo sources (hub/downloads/)
 
     # ---- lifecycle of the manager itself ----
 
@@ -118,6 +124,7 @@ class Manager:
         """Fail the waiting requests, stop every engine the hub started and wait for them to exit (each within
         stop_timeout)."""
         self.dispatch.close("the hub is shutting down")
+        self.reloads.close()
         if self._ttl_task:
             self._ttl_task.cancel()
         for s in self.slots.values():
@@ -128,8 +135,8 @@ class Manager:
         )
         keep = self.registry.hub.keep_running
         await asyncio.gather(*(self._stop(s, "hub shutdown") for s in self.slots.values()
-                               if not (keep and self.registry.runtime_of(s.id) in ("docker", "ray"))),
-                             return_exceptions=True)
+                               if not (keep and s.runtime_name in ("docker", "ray"))), return_exceptions=True)
+        await self.downloads.shutdown()  # no download worker outlives the hub
         for rt in self._runtimes.values():
             await rt.close()
         await self._http.aclose()
@@ -137,14 +144,33 @@ class Manager:
     # ---- what the router and the admin API call ----
 
     def slot(self, model_id: str) -> Slot:
-        """The slot of a registered model, or ModelNotFound listing the ones that exist."""
-        try:
-            return self.slots[model_id]
-        except KeyError:
-            valid = ", ".join(self.slots) or "none registered"
-            raise ModelNotFound(
-                f"model {model_id!r} does not exist (available: {valid})", param="model"
-            ) from None
+        """The slot of a registered model, or ModelNotFound listing the ones that exist (a model removed by a reload
+        is gone for new requests at once, while it drains)."""
+        s = self.slots.get(model_id)
+        if s is None or s.removed:
+            valid = ", ".join(m for m, o in self.slots.items() if not o.removed) or "none registered"
+            gone = " was removed from the registry" if s else " does not exist"
+            raise ModelNotFound(f"model {model_id!r}{gone} (available: {valid})", param="model")
+        return s
+
+    async def reload(self, new: Registry, restart: bool = False) -> ReloadReport:
+        """Take a new (already validated) registry while serving: models added, changed and removed as
+        hub/manager/reload.py says, `restart` restarting changed engines at once; two reloads never mix."""
+        return await self.reloads.apply(self.registry, new, restart, self._use)
+
+    def _use(self, registry: Registry) -> None:
+        """Hold `registry` from now on (a reload), the sleeper too; runtimes made from now on see it."""
+        self.registry = registry
+        self.sleeper.registry = registry  # type: ignore[attr-defined]
+
+    def _make_slot(self, mid: str, cfg: ModelConfig) -> Slot:
+        """A new model's slot under the current registry."""
+        return Slot(mid, cfg, get_engine(cfg.engine), self.registry.limits_of(mid),
+                    runtime_name=self.registry.runtime_of(mid), observer=self.observer)
+
+    def ttl_of(self, s: Slot) -> float:
+        """Seconds of idleness after which a model is stopped (0: never): its own ttl, else [hub] idle_ttl."""
+        return self.registry.hub.idle_ttl if s.cfg.ttl is None else s.cfg.ttl
 
     async def acquire(self, model_id: str, abandoned: Callable[[], Awaitable[object]] | None = None,
                       background: bool = False) -> Lease:
@@ -208,7 +234,7 @@ class Manager:
     def runtime(self, s: Slot, host: str | None = None) -> Runtime:
         """The runtime instance a model runs under on `host` (default: where it runs or ran last); one per runtime
         name and host."""
-        key = (self.registry.runtime_of(s.id), host or s.host)
+        key = (s.runtime_name, host or s.host)
         if key not in self._runtimes:
             self._runtimes[key] = self._runtime_factory(*key)
         return self._runtimes[key]
@@ -235,6 +261,7 @@ class Manager:
         try:
             if s.handle is None:  # an adopted engine (or a sleeping one) stays where it is
                 await self._place(s)
+                await self._fetch(s)  # pulls its source where the cache lacks it (state downloading)
             await self._make_room(s, wakes)  # moves s to starting (in phase waking for a wake)
             s.started_at, s.ready_at = time.time(), None
             if wakes:
@@ -251,18 +278,22 @@ class Manager:
             log.info("%s ready after %.1fs on host %s%s", s.id, s.ready_at - (s.started_at or s.ready_at), s.host,
                      " (woken)" if wakes else "")
             self.dispatch.pump()
-        except ModelUnavailable:  # MemoryBusy, StartFailed, StartTimeout, or nobody waits any more: said already
+        except ModelUnavailable as err:  # MemoryBusy, StartFailed, StartTimeout, nobody waits any more: said already
+            if s.state == State.DOWNLOADING:  # pulled, then no room (MemoryBusy ...): the next request tries again
+                move(s, State.STOPPED, err.message.splitlines()[0])
             raise
         except asyncio.CancelledError:
             if s.state == State.SLEEPING:  # cancelled before it began to wake (the hub is stopping): stop it
                 await self._stop(s, "wake cancelled")
                 raise
             await self._discard(s, "start cancelled")  # an adopted engine too, if it was cancelled before starting
-            if s.state == State.STARTING:
+            if s.state in (State.STARTING, State.DOWNLOADING):
                 move(s, State.STOPPED, "start cancelled")
             raise
         except Exception as err:  # a bug in an engine or runtime must not leave the model "starting" forever
             log.exception("starting %s", s.id)
+            if s.state == State.DOWNLOADING:
+                move(s, State.FAILED, f"internal error: {err!r}")
             if s.state != State.STARTING:  # it struck before the launch (making room): nothing to undo
                 raise StartFailed(f"model {s.id!r} failed to start: internal error: {err!r}") from err
             await self._fail(s, f"internal error: {err!r}")
@@ -270,6 +301,33 @@ class Manager:
             s.start_task = None
             if s.phase is Phase.WAKING:  # the wake is over: ready, or failed
                 s.phase = Phase.NONE
+
+    async def _fetch(self, s: Slot) -> None:
+        """Before a cold start: where the model's source is a hub repo that the cache its engine reads on its host
+        lacks, pull it (joining a pull under way; state downloading) and wait; its engine then runs offline on that
+        cache. A failed pull fails the model with the pull's error (DownloadFailed); a pull that ends when nobody
+        waits for the model any more leaves it stopped, evicting nothing."""
+        s.offline_env = {}
+        target = target_of(self.registry, s.id, s.host)
+        if target is None:
+            return
+        job = await self.downloads.pull(target, models_sharing(self.registry, target) or [s.id])
+        if job.running:
+            s.download = job
+            move(s, State.DOWNLOADING, f"downloading {target.repo}")
+            self.dispatch.pump()
+            try:
+                await self.downloads.wait(job)  # a cancelled start leaves the job running for its other callers
+            finally:
+                s.download = None
+            if job.status != "done":
+                move(s, State.FAILED, f"download of {target.repo} {job.status}: {job.error}")
+                raise DownloadFailed(f"model {s.id!r} could not start: {job.error}; pull it again with "
+                                     f"`hub pull {s.id}`", headers={"Retry-After": "30"})
+            if not s.queue.awaited:
+                move(s, State.STOPPED, f"{target.repo} downloaded; no request waits for it any more")
+                raise ModelUnavailable(f"model {s.id!r}: start given up after its download, no request waits for it")
+        s.offline_env = target.engine_env()
 
     async def _wake(self, s: Slot) -> None:
         """Ask a sleeping (now starting) model's engine to wake; StartFailed (the engine is stopped) when it
@@ -288,6 +346,7 @@ class Manager:
                 port = rt.allocate_port()
                 ctx = LaunchContext(s.id, s.cfg, self.registry, port, await rt.gpu_memory_gb())
                 s.spec = s.engine.launch(ctx)
+                s.spec.environ.update(s.offline_env)  # pulled complete: the engine never downloads (hub/downloads/)
                 s.handle = await rt.start(s.id, s.spec, port)
         except RuntimeFailure as err:
             await self._fail(s, str(err), with_log=False)
@@ -465,7 +524,7 @@ class Manager:
         cluster (rayplan.ray_plan)."""
         others = self._peers(s, candidate.host)
         peers = [self._peer(o, used_after) for o in others]
-        if self.registry.runtime_of(s.id) == "ray":
+        if s.runtime_name == "ray":
             return await ray_plan(self.runtime(s), s, others, peers)  # type: ignore[arg-type]
         return plan(candidate, peers)
 
@@ -505,7 +564,7 @@ class Manager:
             now = time.time()
             expired = [
                 (s, ttl) for s in self.slots.values()
-                if (ttl := self.registry.ttl_of(s.id)) > 0 and s.engine.managed and s.state == State.READY
+                if (ttl := self.ttl_of(s)) > 0 and s.engine.managed and s.state == State.READY
                 and s.in_flight == 0 and not s.queue and not s.cfg.pinned and now - s.last_used >= ttl
                 and s.phase is not Phase.FALLING_ASLEEP and s.stop_task is None
             ]

@@ -8,10 +8,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from hub.downloads.status import describe_download
 from hub.errors import ModelUnavailable
 from hub.manager.queue import admits
 from hub.manager.slot import Slot
 from hub.manager.states import Phase, State
+
+HELD = frozenset({Phase.FALLING_ASLEEP, Phase.DRAINING})  # a ready model in these phases takes no new request
 
 
 class Dispatcher:
@@ -41,7 +44,7 @@ class Dispatcher:
         """Whether a model serves a request that arrived at `arrival` now: ready, a free place, the run rule;
         `background` work (batch lines) not at all while it is contended."""
         s = self.slots[model]
-        if s.state != State.READY or (s.managed and s.handle is None) or s.phase is Phase.FALLING_ASLEEP:
+        if s.state != State.READY or (s.managed and s.handle is None) or s.phase in HELD:
             return False
         if s.limits.max_concurrency and s.in_flight >= s.limits.max_concurrency:
             return False
@@ -53,10 +56,14 @@ class Dispatcher:
     def why_waiting(self, model: str, ahead: int) -> str:
         """What a request waiting for a model (`ahead` requests before it) waits for, in words."""
         s = self.slots[model]
+        if s.state == State.DOWNLOADING and s.download:
+            return f"it is downloading: {describe_download(s.download.to_json())}"
         if s.state == State.STARTING:
             return "it is still waking" if s.phase is Phase.WAKING else "it is still starting"
         if s.phase is Phase.FALLING_ASLEEP:
             return "it is falling asleep (it wakes once asleep)"
+        if s.phase is Phase.DRAINING:
+            return "it restarts with its new config after a registry reload"
         if s.phase is Phase.WAITING:
             return f"it waits for memory held by {', '.join(map(repr, sorted(s.blocked_on)))}"
         if s.state == State.READY and (others := self.contenders(s)):
@@ -77,5 +84,6 @@ class Dispatcher:
                 continue
             if s.state == State.READY:
                 s.queue.serve(self, now)
-            elif s.managed and s.start_task is None and s.state in (State.STOPPED, State.FAILED, State.SLEEPING):
+            elif (s.managed and s.start_task is None and s.state in (State.STOPPED, State.FAILED, State.SLEEPING)
+                  and s.phase is not Phase.DRAINING):
                 self._start(s)

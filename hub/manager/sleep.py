@@ -93,7 +93,7 @@ class SleepTiers:
         if task := self._tasks.get(s.id):
             return task
         if not (s.cfg.sleep and s.managed and s.engine.can_sleep(s.cfg)) or s.state != State.READY \
-                or s.in_flight or s.handle is None or s.stop_task:
+                or s.in_flight or s.handle is None or s.stop_task or s.phase is Phase.DRAINING:
             return None
         need, budget = self.memory_of(s), self.registry.sleep_budget_of(s.host)
         if budget is not None and need > budget:

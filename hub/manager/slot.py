@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass, field
 
 from hub.config import HubSettings, Limits, ModelConfig
+from hub.downloads.status import Job
 from hub.engines.base import Engine, LaunchSpec, Upstream
 from hub.manager.queue import ModelQueue
 from hub.manager.states import Observer, Phase, State
@@ -42,6 +43,10 @@ class Slot:
     blocked_on: frozenset[str] = frozenset()  # in phase waiting: the models whose memory its start waits for
     blocked_since: float | None = None  # in phase waiting: time.monotonic() since when its start waits
     observer: Observer | None = None  # told of each of its moves (hub/metrics.py)
+    runtime_name: str = "process"  # the runtime its engine runs (or will run) under: the registry's at its config
+    removed: bool = False  # removed from the registry by a reload: no new request, gone once drained (reload.py)
+    download: Job | None = None  # in state downloading: the pull its start waits for (hub/downloads/)
+    offline_env: dict[str, str] = field(default_factory=dict)  # its engine's environment once its source is pulled
 
     def __post_init__(self) -> None:
         self.queue = ModelQueue(self)

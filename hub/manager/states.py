@@ -12,6 +12,12 @@
                        │  └──stop (unload, sleep budget, shutdown)──> stopping
                        └──engine exits──> failed
 
+    stopped | failed ──source not in the cache──> downloading ──pulled──> starting
+                                                     │  └──the pull fails──> failed
+                                                     └──cancelled, or pulled with nobody waiting──> stopped
+
+- downloading: the start task pulls the model's hub repo source into the cache its engine reads (hub/downloads/),
+             after placement and before making room: it holds no memory; start_timeout counts from its end.
 - starting:  the start task made room in the budget and launches the engine, then waits for it to answer.
 - sleep:     an eviction or the idle ttl of a model with `sleep = true` whose engine can sleep, when its host's
              sleep budget allows (hub/manager/sleep.py): the engine keeps its process and frees its GPU memory.
@@ -32,6 +38,9 @@ Within a state, a model's `Phase` says what its tasks are doing where the state 
 - waking:         from the move out of sleeping to the move to ready: its start wakes the engine instead of launching
                   one (the observer tells a wake from a start by it).
 - falling asleep: ready: its engine is being put to sleep; it takes no new request and still holds its memory.
+- draining:       a registry reload restarts (or removes) it (hub/manager/reload.py): ready, it takes no new request
+                  while its requests in flight finish; then, stopped, it is not started again until it has its new
+                  config. Its waiting requests wait for the new engine.
 """
 
 from __future__ import annotations
@@ -52,6 +61,7 @@ class State(StrEnum):
     STOPPING = "stopping"
     FAILED = "failed"
     SLEEPING = "sleeping"
+    DOWNLOADING = "downloading"
 
 
 class Phase(StrEnum):
@@ -62,15 +72,17 @@ class Phase(StrEnum):
     WAITING = "waiting"
     WAKING = "waking"
     FALLING_ASLEEP = "falling asleep"
+    DRAINING = "draining"
 
 
 TRANSITIONS: dict[State, frozenset[State]] = {
-    State.STOPPED: frozenset({State.STARTING}),
+    State.STOPPED: frozenset({State.STARTING, State.DOWNLOADING}),
     State.STARTING: frozenset({State.READY, State.FAILED, State.STOPPED}),
     State.READY: frozenset({State.STOPPING, State.FAILED, State.SLEEPING}),
     State.STOPPING: frozenset({State.STOPPED}),
-    State.FAILED: frozenset({State.STARTING, State.STOPPING}),
+    State.FAILED: frozenset({State.STARTING, State.STOPPING, State.DOWNLOADING}),
     State.SLEEPING: frozenset({State.STARTING, State.STOPPING, State.FAILED}),
+    State.DOWNLOADING: frozenset({State.STARTING, State.FAILED, State.STOPPED}),
 }
 """The allowed next states of each state: the diagram above, and nothing else."""
 

@@ -8,25 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import os
 import signal
-import sys
 import time
 from pathlib import Path
 
 from hub.engines.base import LaunchSpec
 from hub.errors import RuntimeFailure
+from hub.procs import die_with_parent
 from hub.runtimes.base import Handle, Runtime, local_gpu_memory_gb
 from hub.runtimes.logs import tail_file
-
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(Exception):
-            ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 class ProcessRuntime(Runtime):
@@ -85,7 +76,7 @@ class ProcessRuntime(Runtime):
                     cwd=spec.cwd,
                     env=env,
                     start_new_session=True,
-                    preexec_fn=_die_with_parent,
+                    preexec_fn=die_with_parent,
                 )
             except OSError as err:
                 raise RuntimeFailure(f"cannot run {argv[0]!r}: {err.strerror or err}") from None

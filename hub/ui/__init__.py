@@ -31,12 +31,12 @@ def key_auth(key: str) -> Callable[[str, str], bool]:
 AUTH_MESSAGE = "password: the hub's API key (any user name)"
 
 
-def _blocks(registry: Registry):
+def _blocks(registry: Registry, notes: dict[str, str] | None = None):
     from hub.ui.app import build_ui
     from hub.ui.clients import make_clients
 
     client, admin = make_clients(registry.url, registry.api_key())
-    return build_ui(client, admin, model_notes(registry), registry.state_dir / "runs")
+    return build_ui(client, admin, model_notes(registry) if notes is None else notes, registry.state_dir / "runs")
 
 
 def mount_ui(app: FastAPI, registry: Registry) -> None:
@@ -46,7 +46,15 @@ def mount_ui(app: FastAPI, registry: Registry) -> None:
     from hub.ui.theme import CSS, Terminal
 
     key = registry.api_key()
-    gr.mount_gradio_app(app, _blocks(registry), path="/", theme=Terminal(), css=CSS, footer_links=[],
+    notes = model_notes(registry)
+
+    def took(new: Registry) -> None:  # a registry reload: the notes the tabs read change in place
+        notes.clear()
+        notes.update(model_notes(new))
+
+    app.state.manager.reloads.listen(took)
+    app.state.notes = notes
+    gr.mount_gradio_app(app, _blocks(registry, notes), path="/", theme=Terminal(), css=CSS, footer_links=[],
                         auth=key_auth(key) if key else None, auth_message=AUTH_MESSAGE if key else None,
                         server_name=registry.hub.host, server_port=registry.hub.port, ssr_mode=False)
 

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 import gradio as gr
 import openai
 
+from hub.downloads.status import describe_download
 from hub.ui.clients import SDK_ERRORS, Admin, AdminError, error_message
 
 T = TypeVar("T")
@@ -40,8 +41,15 @@ def ui_error(err: BaseException, hub: str = "the hub") -> gr.Error:
     return gr.Error(f"{type(err).__name__}: {err}")
 
 
-def status_line(model: str, state: str | None, elapsed: float, doing: str) -> str:
-    """What a person sees while waiting: the model starting, stopping (swap) or busy, with the seconds so far."""
+def status_line(model: str, state: str | dict[str, Any] | None, elapsed: float, doing: str) -> str:
+    """What a person sees while waiting: the model downloading (with its progress), starting, stopping (swap) or
+    busy, with the seconds so far. `state`: the model's state, or its /hub/models entry."""
+    entry = state if isinstance(state, dict) else {}
+    state = entry.get("state") if isinstance(state, dict) else state
+    if state == "downloading":
+        job = entry.get("download")
+        return f"downloading {model}: {describe_download(job) if job else 'checking what to download'}... " \
+               f"{elapsed:.0f}s"
     if state in ("stopped", "starting", "failed"):
         return f"starting {model}... {elapsed:.0f}s"
     if state == "stopping":
@@ -73,7 +81,7 @@ def wait_for(call: Callable[[], T], admin: Admin, model: str, doing: str,
     t0 = time.monotonic()
     try:
         while not done.wait(poll):
-            yield status_line(model, admin.state(model), time.monotonic() - t0, doing)
+            yield status_line(model, admin.entry(model), time.monotonic() - t0, doing)
     except GeneratorExit:
         abandoned.set()
         if done.is_set() and hasattr(box.get("value"), "close"):

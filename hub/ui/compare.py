@@ -275,10 +275,10 @@ class _Stream:
         return (tokens - 1) / elapsed if self.ans.ttft is not None and tokens > 1 and elapsed > 0 else None
 
 
-def _states(admin: Admin) -> dict[str, str]:
-    """Every model's state from /hub/models ({} when the hub cannot say)."""
+def _states(admin: Admin) -> dict[str, dict[str, Any]]:
+    """Every model's entry from /hub/models, its state and a download's progress ({} when the hub cannot say)."""
     try:
-        return {m["id"]: m["state"] for m in admin.models()["data"]}
+        return {m["id"]: m for m in admin.models()["data"]}
     except (AdminError, KeyError, TypeError, ValueError):
         return {}
 
@@ -305,7 +305,7 @@ def compare_answers(client: openai.OpenAI, admin: Admin, picked: list[str] | Non
     stop, changed = threading.Event(), threading.Event()
     streams = [_Stream(client, ans, messages, settings, stop, changed) for ans in rnd.answers]
     t0 = time.monotonic()
-    states: dict[str, str] = {}
+    states: dict[str, dict[str, Any]] = {}
     polled = 0.0
     try:
         while not all(s.done for s in streams):

@@ -155,7 +155,7 @@ def make_plot(client: openai.OpenAI, admin: Admin, runs_root: Path | None, model
             thread.join(poll)
             note = ""
             if state["done"] == 0 and state["step"] is None:
-                note = status_line(model, admin.state(model), time.monotonic() - t0, "generating with")
+                note = status_line(model, admin.entry(model), time.monotonic() - t0, "generating with")
             yield progress_html(state["done"], grid.size, state["errors"], state["step"], note), gr.skip(), gr.skip()
     except GeneratorExit:
         stop.set()  # stop pressed: the cells under way end and are kept, the run is marked interrupted
