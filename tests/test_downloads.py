@@ -46,6 +46,7 @@ def fake(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeHub]:
     server.add_repo("org/cli", {"main": tiny_checkpoint(root / "cli", weights=300_000, bin_too=False)})
     server.add_repo("org/ui", {"main": tiny_checkpoint(root / "ui", weights=1_500_000, bin_too=False)})
     server.add_repo("org/echo", {"main": tiny_checkpoint(root / "echo", weights=100_000, bin_too=False)})
+    server.add_repo("org/pat", {"main": tiny_checkpoint(root / "pat", weights=100_000)})
     server.add_repo("org/huge", {"main": tiny_checkpoint(root / "huge", bin_too=False)},
                     sizes={"model.safetensors": 10**15})
     server.add_repo("org/gated", {"main": tiny_checkpoint(root / "gated", bin_too=False)}, gated=True)
@@ -71,6 +72,8 @@ def hub(fake: FakeHub, cache: Path, tmp_path_factory: pytest.TempPathFactory) ->
         vllm_model("private", "org/private"), vllm_model("other-token", "org/other-token"),
         vllm_model("local", LOCAL_SOURCE), vllm_model("ui", "org/ui"),
         command_model("echo-dl", "org/echo", 'max_wait = "2s"'), command_model("echo-patient", "org/echo"),
+        vllm_model("pat-json", "org/pat", 'allow_patterns = ["*.json"]'),
+        vllm_model("pat-bin", "org/pat", 'allow_patterns = ["*.bin"]'),
     ])
     env = {"HF_ENDPOINT": fake.url, "HF_HUB_CACHE": str(cache), "HF_TOKEN": TOKEN, "HF_HUB_DISABLE_TELEMETRY": "1"}
     h = start_hub(tmp_path_factory.mktemp("hub"), registry, env=env)
@@ -145,6 +148,22 @@ def test_models_of_one_repo_share_a_job_and_the_engine_skips_duplicate_weights(h
     assert files == ["config.json", "model.safetensors", "tokenizer.json"]
     sent = {path for repo, path in fake.sent if repo == "org/tiny"}
     assert "pytorch_model.bin" not in sent and "original/consolidated.00.pth" not in sent
+
+
+def test_models_of_one_repo_with_other_patterns_do_not_share_a_job(hub: HubProcess, fake: FakeHub) -> None:
+    """Two models of one repo whose patterns differ: each pull fetches its own files (joining the other's job
+    would end 'done' without them, and the engine would then start offline on a cache that lacks them)."""
+    fake.gate.clear()
+    try:
+        first = pull(hub, "pat-json").json()
+        second = pull(hub, "pat-bin").json()
+        assert first["models"] == ["pat-json"] and second["models"] == ["pat-bin"], (first, second)
+        assert second["id"] != first["id"]
+    finally:
+        fake.gate.set()
+    assert finished(hub, first["id"])["status"] == "done"
+    end = finished(hub, second["id"])
+    assert end["status"] == "done" and Path(end["path"], "pytorch_model.bin").is_file(), end
 
 
 def test_a_revision_pin_pulls_that_revision(hub: HubProcess) -> None:

@@ -91,7 +91,8 @@ def test_where_each_model_is_pulled(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     reg = registry(tmp_path)
     a = target_of(reg, "a")
     assert a and a.repo == "org/m" and a.engine_env()["HF_HUB_OFFLINE"] == "1"
-    assert models_sharing(reg, a) == ["a", "b", "cmd-pulled"], "main is the default revision; c pins another"
+    assert models_sharing(reg, a) == ["a", "b"], "main is the default revision; c pins another; cmd-pulled takes " \
+        "other files (every file, where vllm skips the duplicates)"
     assert target_of(reg, "local") is None and target_of(reg, "cmd") is None
     docker = target_of(reg, "docker-local")
     assert docker and docker.cache_dir == str(tmp_path / "hf" / "hub")
@@ -133,6 +134,7 @@ def test_one_job_per_cache_repo_and_revision(tmp_path: Path, monkeypatch: pytest
         assert d.start(Target("org/m", "main", "/c", m), ["b"]) is first and first.models == ["a", "b"]
         assert d.start(Target("org/m", "v2", "/c", m), ["c"]) is not first
         assert d.start(Target("org/m", None, "/other", m), ["a"]) is not first
+        assert d.start(Target("org/m", None, "/c", model(allow_patterns=["*.bin"])), ["d"]) is not first
         assert d.of_model("b") is first
         held.set()
         await d.wait(first)

@@ -1,9 +1,10 @@
-"""The hub's download jobs: one per (cache, repo, revision), shared by every caller, each run by a worker subprocess
-(hub/downloads/worker.py) in the hub's own interpreter and its own process group.
+"""The hub's download jobs: one per (cache, repo, revision, patterns), shared by every caller, each run by a worker
+subprocess (hub/downloads/worker.py) in the hub's own interpreter and its own process group.
 
 Rules that are not obvious:
-- Join, never duplicate: a pull of a key whose job runs gets that job. A finished job stays listed (the newest
-  KEEP_FINISHED); the next pull of its key starts a new job.
+- Join, never duplicate: a pull of a key whose job runs gets that job (the key holds the files' patterns too: a model
+  of the repo that picks other files gets its own job). A finished job stays listed (the newest KEEP_FINISHED); the
+  next pull of its key starts a new job.
 - Cancel kills the worker's process group (SIGTERM, then SIGKILL after CANCEL_GRACE). huggingface_hub writes each
   file to a process-unique `<etag>.<random>.incomplete` that no later process resumes, so the partial files of a
   cancelled or failed pull are removed, unless another job of the same repo and cache runs (its own partial files
@@ -56,7 +57,7 @@ class Downloads:
     def __init__(self, log_dir: Path) -> None:
         self.log_dir = log_dir
         self.jobs: dict[str, Job] = {}  # by id, oldest first
-        self._running: dict[tuple[str, str, str], Job] = {}
+        self._running: dict[tuple[str, str, str, str], Job] = {}
         self._targets: dict[str, Target] = {}
         self._procs: dict[str, asyncio.subprocess.Process] = {}
         self._tasks: dict[str, asyncio.Task] = {}

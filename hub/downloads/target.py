@@ -40,9 +40,14 @@ class Target:
     in_container: bool = False  # the engine reads the cache inside a container, at the container's own path
 
     @property
-    def key(self) -> tuple[str, str, str]:
-        """What one job downloads: every caller of the same key shares it."""
-        return self.cache_dir, self.repo, self.revision or DEFAULT_REVISION
+    def key(self) -> tuple[str, str, str, str]:
+        """What one job downloads: every caller of the same key shares it. The files are part of it (the registry's
+        patterns, else the engine's): a model of the same repo that picks other files must not join a job that
+        leaves its files out."""
+        m = self.model
+        picks = repr((m.allow_patterns, m.ignore_patterns)) if m.allow_patterns is not None or \
+            m.ignore_patterns is not None else f"engine:{m.engine}"
+        return self.cache_dir, self.repo, self.revision or DEFAULT_REVISION, picks
 
     def patterns(self, files: list[str]) -> Patterns:
         """(allow_patterns, ignore_patterns) for the repo's `files`: the registry's where it sets either (the pair
