@@ -175,11 +175,13 @@ class Downloads:
                     *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=err,
                     env=worker_env(), start_new_session=True, preexec_fn=die_with_parent, limit=1 << 20)
             self._procs[job.id] = proc
+            if not job.running:  # cancelled before its worker was spawned: cancel found nothing to kill
+                await self._kill(job)
             log.info("download %s: pulling %s@%s into %s (pid %d)", job.id, job.repo, job.revision or "main",
                      job.cache_dir, proc.pid)
             assert proc.stdout is not None
             async for line in proc.stdout:
-                with contextlib.suppress(ValueError, KeyError, TypeError):
+                with contextlib.suppress(ValueError, KeyError, TypeError, AttributeError):  # not an event: skipped
                     if job.running:
                         job.apply(json.loads(line))
             code = await proc.wait()
@@ -192,9 +194,10 @@ class Downloads:
             job.finish("cancelled", f"the download of {job.repo} was cancelled", "cancelled")
             await self._kill(job)
             raise
-        except Exception as err:  # the worker could not even start: the job fails, never hangs
+        except Exception as err:  # the worker could not even start (or not be read): the job fails, never hangs
             log.exception("download %s", job.id)
             job.finish("failed", f"the download worker of {job.repo} could not run: {err!r}", "error")
+            await self._kill(job)  # nothing reads it any more: it must not go on unwatched
         finally:
             self._procs.pop(job.id, None)
             self._tasks.pop(job.id, None)
