@@ -47,6 +47,7 @@ def fake(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeHub]:
     server.add_repo("org/ui", {"main": tiny_checkpoint(root / "ui", weights=1_500_000, bin_too=False)})
     server.add_repo("org/echo", {"main": tiny_checkpoint(root / "echo", weights=100_000, bin_too=False)})
     server.add_repo("org/pat", {"main": tiny_checkpoint(root / "pat", weights=100_000)})
+    server.add_repo("org/down", {"main": tiny_checkpoint(root / "down", weights=100_000, bin_too=False)})
     server.add_repo("org/huge", {"main": tiny_checkpoint(root / "huge", bin_too=False)},
                     sizes={"model.safetensors": 10**15})
     server.add_repo("org/gated", {"main": tiny_checkpoint(root / "gated", bin_too=False)}, gated=True)
@@ -73,7 +74,7 @@ def hub(fake: FakeHub, cache: Path, tmp_path_factory: pytest.TempPathFactory) ->
         vllm_model("local", LOCAL_SOURCE), vllm_model("ui", "org/ui"),
         command_model("echo-dl", "org/echo", 'max_wait = "2s"'), command_model("echo-patient", "org/echo"),
         vllm_model("pat-json", "org/pat", 'allow_patterns = ["*.json"]'),
-        vllm_model("pat-bin", "org/pat", 'allow_patterns = ["*.bin"]'),
+        vllm_model("pat-bin", "org/pat", 'allow_patterns = ["*.bin"]'), command_model("echo-down", "org/down"),
     ])
     env = {"HF_ENDPOINT": fake.url, "HF_HUB_CACHE": str(cache), "HF_TOKEN": TOKEN, "HF_HUB_DISABLE_TELEMETRY": "1"}
     h = start_hub(tmp_path_factory.mktemp("hub"), registry, env=env)
@@ -334,3 +335,26 @@ def test_a_first_request_pulls_the_source_then_starts_the_engine_offline(hub: Hu
     engine = psutil.Process(models["echo-patient"]["process"]["pid"])
     env = engine.environ()
     assert env.get("HF_HUB_OFFLINE") == "1" and env.get("HF_HUB_CACHE") == str(cache)
+
+
+def test_an_unload_while_downloading_stops_the_model_at_once(hub: HubProcess, fake: FakeHub) -> None:
+    """`hub down` of a model whose source downloads: it is stopped now (its waiting request told so), not after the
+    whole download and an engine start; the pull goes on for whoever else wants it."""
+    fake.gate.clear()
+    answers: list[httpx.Response] = []
+    waiting = threading.Thread(target=lambda: answers.append(httpx.post(
+        f"{hub.v1}/chat/completions", json={"model": "echo-down", "messages": [{"role": "user", "content": "hi"}]},
+        timeout=120)))
+    try:
+        waiting.start()
+        wait_for(lambda: hub.models()["echo-down"]["state"] == "downloading", "echo-down downloads", 30)
+        r = httpx.post(f"{hub.url}/hub/models/echo-down/unload", timeout=30)
+        assert r.status_code == 200 and r.json()["state"] == "stopped", r.text
+        waiting.join(30)
+        assert answers and answers[0].status_code == 503, answers
+        assert "unloaded" in answers[0].json()["error"]["message"], answers[0].text
+        assert hub.models()["echo-down"]["download"]["status"] in ("queued", "checking", "downloading"), "it goes on"
+    finally:
+        fake.gate.set()
+    end = finished(hub, hub.models()["echo-down"]["download"]["id"])
+    assert end["status"] == "done" and hub.models()["echo-down"]["state"] == "stopped"
