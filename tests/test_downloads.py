@@ -64,7 +64,12 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def hub(fake: FakeHub, cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[HubProcess]:
+def own_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("own-cache")
+
+
+@pytest.fixture(scope="module")
+def hub(fake: FakeHub, cache: Path, own_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[HubProcess]:
     registry = "[hub]\nstart_timeout = \"6s\"\n" + "".join([
         vllm_model("tiny", "org/tiny"), vllm_model("tiny-alias", "org/tiny"),
         vllm_model("tiny-v1", "org/tiny", 'revision = "v1"'), vllm_model("nope-rev", "org/tiny", 'revision = "nope"'),
@@ -75,6 +80,7 @@ def hub(fake: FakeHub, cache: Path, tmp_path_factory: pytest.TempPathFactory) ->
         command_model("echo-dl", "org/echo", 'max_wait = "2s"'), command_model("echo-patient", "org/echo"),
         vllm_model("pat-json", "org/pat", 'allow_patterns = ["*.json"]'),
         vllm_model("pat-bin", "org/pat", 'allow_patterns = ["*.bin"]'), command_model("echo-down", "org/down"),
+        vllm_model("own-env", "org/other-token", f'env = {{HF_TOKEN = "another", HF_HUB_CACHE = "{own_cache}"}}'),
     ])
     env = {"HF_ENDPOINT": fake.url, "HF_HUB_CACHE": str(cache), "HF_TOKEN": TOKEN, "HF_HUB_DISABLE_TELEMETRY": "1"}
     h = start_hub(tmp_path_factory.mktemp("hub"), registry, env=env)
@@ -217,6 +223,22 @@ def test_failed_pulls_say_what_to_do(hub: HubProcess, model: str, code: str, wor
 def test_the_token_is_sent(hub: HubProcess) -> None:
     end = finished(hub, pull(hub, "private").json()["id"])
     assert end["status"] == "done", end
+
+
+def test_a_models_own_token_and_cache_are_used_and_not_shown(hub: HubProcess, fake: FakeHub, own_cache: Path) -> None:
+    """A model's env sets HF_TOKEN and HF_HUB_CACHE for its engine (which downloaded with them before the hub
+    pulled): the pull uses them too, and the token is not on the worker's command line (any user's `ps` reads it)."""
+    fake.gate.clear()
+    try:
+        j = pull(hub, "own-env").json()
+        wait_for(lambda: workers(hub), "the worker runs", 30)
+        for w in workers(hub):
+            assert "another" not in " ".join(w.cmdline())
+    finally:
+        fake.gate.set()
+    end = finished(hub, j["id"])
+    assert end["status"] == "done", end
+    assert end["path"].startswith(str(own_cache)), end["path"]
 
 
 def test_nothing_to_pull_is_a_409_and_an_unknown_model_a_404(hub: HubProcess) -> None:
