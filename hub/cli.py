@@ -122,6 +122,17 @@ def _admin(args: argparse.Namespace) -> Admin:
     return Admin(_url(args), _api_key(args))
 
 
+def _seconds(value: str) -> float:
+    """A --timeout: a positive number of seconds (a negative one crashed the HTTP client with a traceback)."""
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {value!r}") from None
+    if not seconds > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0 seconds, not {value}")
+    return seconds
+
+
 def _fmt_time(ts: float | None, now: float) -> str:
     if not ts:
         return "-"
@@ -320,9 +331,9 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "reload":
             sp.add_argument("--restart", action="store_true",
                             help="restart changed engines now (drained first), rather than once each is idle")
-            sp.add_argument("--timeout", type=float, default=120.0, help="seconds to wait (default: 120)")
+            sp.add_argument("--timeout", type=_seconds, default=120.0, help="seconds to wait (default: 120)")
         if name in ("up", "down"):
-            sp.add_argument("--timeout", type=float, default=900.0, help="seconds to wait (default: 900)")
+            sp.add_argument("--timeout", type=_seconds, default=900.0, help="seconds to wait (default: 900)")
         if name == "logs":
             sp.add_argument("-n", "--tail", type=int, default=200, help="lines (default: 200)")
     add_pull_command(add, cmd_pull)

@@ -35,6 +35,13 @@ def test_unreachable_hub_is_one_line() -> None:
     assert "Traceback" not in r.stderr
 
 
+def test_a_timeout_that_is_not_positive_is_a_usage_error() -> None:
+    for cmd in (["reload"], ["up", "m"], ["down", "m"]):
+        r = subprocess.run([sys.executable, "-m", "hub.cli", *cmd, "--timeout", "-1", "--url", "http://127.0.0.1:1"],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 2 and "Traceback" not in r.stderr and "must be more than 0 seconds" in r.stderr, r.stderr
+
+
 def test_serve_with_an_invalid_registry_exits_1(tmp_path) -> None:
     cfg = tmp_path / "m.toml"
     cfg.write_text('[hub]\nport = "eighty"\n')

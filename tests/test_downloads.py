@@ -46,6 +46,8 @@ def fake(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeHub]:
     server.add_repo("org/cli", {"main": tiny_checkpoint(root / "cli", weights=300_000, bin_too=False)})
     server.add_repo("org/ui", {"main": tiny_checkpoint(root / "ui", weights=1_500_000, bin_too=False)})
     server.add_repo("org/echo", {"main": tiny_checkpoint(root / "echo", weights=100_000, bin_too=False)})
+    server.add_repo("org/pat", {"main": tiny_checkpoint(root / "pat", weights=100_000)})
+    server.add_repo("org/down", {"main": tiny_checkpoint(root / "down", weights=100_000, bin_too=False)})
     server.add_repo("org/huge", {"main": tiny_checkpoint(root / "huge", bin_too=False)},
                     sizes={"model.safetensors": 10**15})
     server.add_repo("org/gated", {"main": tiny_checkpoint(root / "gated", bin_too=False)}, gated=True)
@@ -62,7 +64,12 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def hub(fake: FakeHub, cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[HubProcess]:
+def own_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("own-cache")
+
+
+@pytest.fixture(scope="module")
+def hub(fake: FakeHub, cache: Path, own_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[HubProcess]:
     registry = "[hub]\nstart_timeout = \"6s\"\n" + "".join([
         vllm_model("tiny", "org/tiny"), vllm_model("tiny-alias", "org/tiny"),
         vllm_model("tiny-v1", "org/tiny", 'revision = "v1"'), vllm_model("nope-rev", "org/tiny", 'revision = "nope"'),
@@ -71,6 +78,9 @@ def hub(fake: FakeHub, cache: Path, tmp_path_factory: pytest.TempPathFactory) ->
         vllm_model("private", "org/private"), vllm_model("other-token", "org/other-token"),
         vllm_model("local", LOCAL_SOURCE), vllm_model("ui", "org/ui"),
         command_model("echo-dl", "org/echo", 'max_wait = "2s"'), command_model("echo-patient", "org/echo"),
+        vllm_model("pat-json", "org/pat", 'allow_patterns = ["*.json"]'),
+        vllm_model("pat-bin", "org/pat", 'allow_patterns = ["*.bin"]'), command_model("echo-down", "org/down"),
+        vllm_model("own-env", "org/other-token", f'env = {{HF_TOKEN = "another", HF_HUB_CACHE = "{own_cache}"}}'),
     ])
     env = {"HF_ENDPOINT": fake.url, "HF_HUB_CACHE": str(cache), "HF_TOKEN": TOKEN, "HF_HUB_DISABLE_TELEMETRY": "1"}
     h = start_hub(tmp_path_factory.mktemp("hub"), registry, env=env)
@@ -147,6 +157,22 @@ def test_models_of_one_repo_share_a_job_and_the_engine_skips_duplicate_weights(h
     assert "pytorch_model.bin" not in sent and "original/consolidated.00.pth" not in sent
 
 
+def test_models_of_one_repo_with_other_patterns_do_not_share_a_job(hub: HubProcess, fake: FakeHub) -> None:
+    """Two models of one repo whose patterns differ: each pull fetches its own files (joining the other's job
+    would end 'done' without them, and the engine would then start offline on a cache that lacks them)."""
+    fake.gate.clear()
+    try:
+        first = pull(hub, "pat-json").json()
+        second = pull(hub, "pat-bin").json()
+        assert first["models"] == ["pat-json"] and second["models"] == ["pat-bin"], (first, second)
+        assert second["id"] != first["id"]
+    finally:
+        fake.gate.set()
+    assert finished(hub, first["id"])["status"] == "done"
+    end = finished(hub, second["id"])
+    assert end["status"] == "done" and Path(end["path"], "pytorch_model.bin").is_file(), end
+
+
 def test_a_revision_pin_pulls_that_revision(hub: HubProcess) -> None:
     main = pull(hub, "tiny").json()
     j = pull(hub, "tiny-v1").json()
@@ -197,6 +223,22 @@ def test_failed_pulls_say_what_to_do(hub: HubProcess, model: str, code: str, wor
 def test_the_token_is_sent(hub: HubProcess) -> None:
     end = finished(hub, pull(hub, "private").json()["id"])
     assert end["status"] == "done", end
+
+
+def test_a_models_own_token_and_cache_are_used_and_not_shown(hub: HubProcess, fake: FakeHub, own_cache: Path) -> None:
+    """A model's env sets HF_TOKEN and HF_HUB_CACHE for its engine (which downloaded with them before the hub
+    pulled): the pull uses them too, and the token is not on the worker's command line (any user's `ps` reads it)."""
+    fake.gate.clear()
+    try:
+        j = pull(hub, "own-env").json()
+        wait_for(lambda: workers(hub), "the worker runs", 30)
+        for w in workers(hub):
+            assert "another" not in " ".join(w.cmdline())
+    finally:
+        fake.gate.set()
+    end = finished(hub, j["id"])
+    assert end["status"] == "done", end
+    assert end["path"].startswith(str(own_cache)), end["path"]
 
 
 def test_nothing_to_pull_is_a_409_and_an_unknown_model_a_404(hub: HubProcess) -> None:
@@ -315,3 +357,26 @@ def test_a_first_request_pulls_the_source_then_starts_the_engine_offline(hub: Hu
     engine = psutil.Process(models["echo-patient"]["process"]["pid"])
     env = engine.environ()
     assert env.get("HF_HUB_OFFLINE") == "1" and env.get("HF_HUB_CACHE") == str(cache)
+
+
+def test_an_unload_while_downloading_stops_the_model_at_once(hub: HubProcess, fake: FakeHub) -> None:
+    """`hub down` of a model whose source downloads: it is stopped now (its waiting request told so), not after the
+    whole download and an engine start; the pull goes on for whoever else wants it."""
+    fake.gate.clear()
+    answers: list[httpx.Response] = []
+    waiting = threading.Thread(target=lambda: answers.append(httpx.post(
+        f"{hub.v1}/chat/completions", json={"model": "echo-down", "messages": [{"role": "user", "content": "hi"}]},
+        timeout=120)))
+    try:
+        waiting.start()
+        wait_for(lambda: hub.models()["echo-down"]["state"] == "downloading", "echo-down downloads", 30)
+        r = httpx.post(f"{hub.url}/hub/models/echo-down/unload", timeout=30)
+        assert r.status_code == 200 and r.json()["state"] == "stopped", r.text
+        waiting.join(30)
+        assert answers and answers[0].status_code == 503, answers
+        assert "unloaded" in answers[0].json()["error"]["message"], answers[0].text
+        assert hub.models()["echo-down"]["download"]["status"] in ("queued", "checking", "downloading"), "it goes on"
+    finally:
+        fake.gate.set()
+    end = finished(hub, hub.models()["echo-down"]["download"]["id"])
+    assert end["status"] == "done" and hub.models()["echo-down"]["state"] == "stopped"

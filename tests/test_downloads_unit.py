@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import sys
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 from huggingface_hub import errors as hf
 
@@ -91,7 +93,8 @@ def test_where_each_model_is_pulled(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     reg = registry(tmp_path)
     a = target_of(reg, "a")
     assert a and a.repo == "org/m" and a.engine_env()["HF_HUB_OFFLINE"] == "1"
-    assert models_sharing(reg, a) == ["a", "b", "cmd-pulled"], "main is the default revision; c pins another"
+    assert models_sharing(reg, a) == ["a", "b"], "main is the default revision; c pins another; cmd-pulled takes " \
+        "other files (every file, where vllm skips the duplicates)"
     assert target_of(reg, "local") is None and target_of(reg, "cmd") is None
     docker = target_of(reg, "docker-local")
     assert docker and docker.cache_dir == str(tmp_path / "hf" / "hub")
@@ -133,6 +136,7 @@ def test_one_job_per_cache_repo_and_revision(tmp_path: Path, monkeypatch: pytest
         assert d.start(Target("org/m", "main", "/c", m), ["b"]) is first and first.models == ["a", "b"]
         assert d.start(Target("org/m", "v2", "/c", m), ["c"]) is not first
         assert d.start(Target("org/m", None, "/other", m), ["a"]) is not first
+        assert d.start(Target("org/m", None, "/c", model(allow_patterns=["*.bin"])), ["d"]) is not first
         assert d.of_model("b") is first
         held.set()
         await d.wait(first)
@@ -182,3 +186,57 @@ def test_the_disk_check_refuses_with_both_numbers(tmp_path: Path, monkeypatch: p
     why = worker_mod.disk_refusal(57_700_000_000, str(tmp_path / "not-yet" / "hub"))
     assert why and why.startswith("needs 57.7 GB, 12.0 GB free on /") and str(tmp_path / "not-yet") in why
     assert worker_mod.disk_refusal(11 * 10**9, str(tmp_path)) is None
+
+
+def fake_worker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, body: str) -> Path:
+    """Run `body` (sh) as the download worker: the jobs run `sys.executable -m hub.downloads.worker ...`."""
+    script = tmp_path / "worker.sh"
+    script.write_text(f"#!/bin/sh\n{body}\n")
+    script.chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(script))
+    return tmp_path / "pid"
+
+
+def gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def test_a_cancel_right_after_the_start_kills_the_worker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Cancelled before its worker was spawned: the worker, once spawned, is killed (it ran the whole pull)."""
+    pidfile = fake_worker(tmp_path, monkeypatch, f'echo $$ > {tmp_path / "pid"}\necho \'{{"event": "checking"}}\'\n'
+                          "exec sleep 60")
+
+    async def run() -> None:
+        d = Downloads(tmp_path / "logs")
+        job = d.start(Target("org/m", None, str(tmp_path / "c"), model()), ["a"])
+        assert (await asyncio.wait_for(d.cancel(job.id), 30)).status == "cancelled"
+        for _ in range(100):
+            if pidfile.exists() and pidfile.read_text().strip():
+                break
+            await asyncio.sleep(0.05)
+        pid = int(pidfile.read_text())
+        for _ in range(100):
+            if gone(pid):
+                break
+            await asyncio.sleep(0.05)
+        assert gone(pid), "the worker of a cancelled job still runs"
+        await d.shutdown()
+
+    asyncio.run(run())
+
+
+def test_a_worker_line_that_is_no_event_is_ignored(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A line that is JSON but no object (a library printing to stdout) neither fails the job nor leaves the worker
+    running unwatched."""
+    fake_worker(tmp_path, monkeypatch, "echo '[1]'\necho 42\necho '{\"event\": \"done\", \"path\": \"/snap\"}'")
+
+    async def run() -> None:
+        d = Downloads(tmp_path / "logs")
+        job = d.start(Target("org/m", None, str(tmp_path / "c"), model()), ["a"])
+        await asyncio.wait_for(d.wait(job), 30)
+        assert job.status == "done" and job.path == "/snap", (job.status, job.error)
+
+    asyncio.run(run())

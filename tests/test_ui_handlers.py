@@ -320,3 +320,11 @@ def test_web_app_asks_for_the_key_when_the_hub_has_one(hub_factory):
     assert r.status_code in (400, 401)
     r = httpx.post(h2.url + "/login", data={"username": "me", "password": KEY}, timeout=10)
     assert r.status_code == 200
+
+
+def test_a_failed_pulls_error_is_shown_as_text_not_html() -> None:
+    """A pull's error quotes the hub repo server's message (EntryNotFound ...): shown as text, never run."""
+    job = {"repo": "org/m", "models": ["m"], "status": "failed", "bytes_total": 10, "bytes_done": 1,
+           "error": 'a file of org/m@main is missing: <img src=x onerror="alert(1)">', "finished_at": time.time()}
+    out = models_tab.downloads_html([job])
+    assert "<img" not in out and "&lt;img src=x" in out, out

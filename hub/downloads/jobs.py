@@ -1,16 +1,17 @@
-"""The hub's download jobs: one per (cache, repo, revision), shared by every caller, each run by a worker subprocess
-(hub/downloads/worker.py) in the hub's own interpreter and its own process group.
+"""The hub's download jobs: one per (cache, repo, revision, patterns), shared by every caller, each run by a worker
+subprocess (hub/downloads/worker.py) in the hub's own interpreter and its own process group.
 
 Rules that are not obvious:
-- Join, never duplicate: a pull of a key whose job runs gets that job. A finished job stays listed (the newest
-  KEEP_FINISHED); the next pull of its key starts a new job.
+- Join, never duplicate: a pull of a key whose job runs gets that job (the key holds the files' patterns too: a model
+  of the repo that picks other files gets its own job). A finished job stays listed (the newest KEEP_FINISHED); the
+  next pull of its key starts a new job.
 - Cancel kills the worker's process group (SIGTERM, then SIGKILL after CANCEL_GRACE). huggingface_hub writes each
   file to a process-unique `<etag>.<random>.incomplete` that no later process resumes, so the partial files of a
   cancelled or failed pull are removed, unless another job of the same repo and cache runs (its own partial files
   look the same; they are removed when that one ends). Finished files stay: the next pull skips them.
-- The worker's environment is the hub's (HF_ENDPOINT, HF_TOKEN: passed through, never logged nor shown), with
-  HF_HUB_DISABLE_XET=1 where HF_ENDPOINT names a mirror (mirrors serve plain HTTP, not Xet). Its stderr goes to
-  `<log_dir>/download-<job>.log`.
+- The worker's environment is the hub's with the model env's HF_ variables (HF_ENDPOINT, HF_TOKEN: passed through,
+  never logged nor shown, nor on its command line), with HF_HUB_DISABLE_XET=1 where HF_ENDPOINT names a mirror
+  (mirrors serve plain HTTP, not Xet). Its stderr goes to `<log_dir>/download-<job>.log`.
 - The hub's shutdown cancels the running jobs: no worker outlives it (it also gets SIGTERM if the hub dies:
   hub.procs.die_with_parent).
 """
@@ -37,9 +38,11 @@ CANCEL_GRACE = 5.0  # seconds between SIGTERM and SIGKILL of a worker
 KEEP_FINISHED = 50
 
 
-def worker_env() -> dict[str, str]:
-    """The environment of a worker: the hub's, Xet off behind a mirror, progress bars off."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+def worker_env(target: Target) -> dict[str, str]:
+    """The environment of a worker: the hub's with the HF_ variables of the model's env (HF_TOKEN, HF_ENDPOINT: its
+    engine downloaded with them before the hub pulled), Xet off behind a mirror, progress bars off."""
+    own = {k: v for k, v in target.model.env.items() if k.startswith("HF_")}
+    env = {**os.environ, **own, "PYTHONUNBUFFERED": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
     if env.get("HF_ENDPOINT"):
         env["HF_HUB_DISABLE_XET"] = "1"
     return env
@@ -56,7 +59,7 @@ class Downloads:
     def __init__(self, log_dir: Path) -> None:
         self.log_dir = log_dir
         self.jobs: dict[str, Job] = {}  # by id, oldest first
-        self._running: dict[tuple[str, str, str], Job] = {}
+        self._running: dict[tuple[str, str, str, str], Job] = {}
         self._targets: dict[str, Target] = {}
         self._procs: dict[str, asyncio.subprocess.Process] = {}
         self._tasks: dict[str, asyncio.Task] = {}
@@ -163,7 +166,7 @@ class Downloads:
     async def _run(self, job: Job, target: Target) -> None:
         """Run the worker, take its lines into the job, and finish the job as the worker ended."""
         argv = [sys.executable, "-m", "hub.downloads.worker", "--repo", target.repo, "--cache-dir", target.cache_dir,
-                "--model-json", target.model.model_dump_json()]
+                "--model-json", target.model.model_dump_json(exclude={"env"})]  # its secrets: in worker_env only
         if target.revision:
             argv += ["--revision", target.revision]
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -172,13 +175,15 @@ class Downloads:
             with log_path.open("w") as err:
                 proc = await asyncio.create_subprocess_exec(
                     *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=err,
-                    env=worker_env(), start_new_session=True, preexec_fn=die_with_parent, limit=1 << 20)
+                    env=worker_env(target), start_new_session=True, preexec_fn=die_with_parent, limit=1 << 20)
             self._procs[job.id] = proc
+            if not job.running:  # cancelled before its worker was spawned: cancel found nothing to kill
+                await self._kill(job)
             log.info("download %s: pulling %s@%s into %s (pid %d)", job.id, job.repo, job.revision or "main",
                      job.cache_dir, proc.pid)
             assert proc.stdout is not None
             async for line in proc.stdout:
-                with contextlib.suppress(ValueError, KeyError, TypeError):
+                with contextlib.suppress(ValueError, KeyError, TypeError, AttributeError):  # not an event: skipped
                     if job.running:
                         job.apply(json.loads(line))
             code = await proc.wait()
@@ -191,9 +196,10 @@ class Downloads:
             job.finish("cancelled", f"the download of {job.repo} was cancelled", "cancelled")
             await self._kill(job)
             raise
-        except Exception as err:  # the worker could not even start: the job fails, never hangs
+        except Exception as err:  # the worker could not even start (or not be read): the job fails, never hangs
             log.exception("download %s", job.id)
             job.finish("failed", f"the download worker of {job.repo} could not run: {err!r}", "error")
+            await self._kill(job)  # nothing reads it any more: it must not go on unwatched
         finally:
             self._procs.pop(job.id, None)
             self._tasks.pop(job.id, None)

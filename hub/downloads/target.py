@@ -6,9 +6,9 @@ Rules that are not obvious:
   (`needs_source`: vllm, diffusers) are pulled; other managed engines only where the registry names allow_patterns;
   an unmanaged one never.
 - The cache is the one the engine reads: for the process runtime huggingface_hub's own (HF_HUB_CACHE, else
-  HF_HOME/hub, from the hub's environment, which engines inherit); for Docker on the local host `<hf_cache>/hub`,
-  which containers mount (hub/runtimes/container.py). A model only on remote Docker hosts is not pulled: its engine
-  downloads it in its container, as before.
+  HF_HOME/hub, from the model's env, else the hub's environment, which engines inherit); for Docker on the local
+  host `<hf_cache>/hub`, which containers mount (hub/runtimes/container.py). A model only on remote Docker hosts is
+  not pulled: its engine downloads it in its container, as before.
 - Complete = the cached tree listing of the revision (written by an earlier pull) names every wanted file, and each
   is in the snapshot: `snapshot_download(local_files_only=True)` checks it, no network. A model fetched by other
   means (no tree listing) is pulled once: the dry run finds its files cached and downloads nothing.
@@ -40,9 +40,14 @@ class Target:
     in_container: bool = False  # the engine reads the cache inside a container, at the container's own path
 
     @property
-    def key(self) -> tuple[str, str, str]:
-        """What one job downloads: every caller of the same key shares it."""
-        return self.cache_dir, self.repo, self.revision or DEFAULT_REVISION
+    def key(self) -> tuple[str, str, str, str]:
+        """What one job downloads: every caller of the same key shares it. The files are part of it (the registry's
+        patterns, else the engine's): a model of the same repo that picks other files must not join a job that
+        leaves its files out."""
+        m = self.model
+        picks = repr((m.allow_patterns, m.ignore_patterns)) if m.allow_patterns is not None or \
+            m.ignore_patterns is not None else f"engine:{m.engine}"
+        return self.cache_dir, self.repo, self.revision or DEFAULT_REVISION, picks
 
     def patterns(self, files: list[str]) -> Patterns:
         """(allow_patterns, ignore_patterns) for the repo's `files`: the registry's where it sets either (the pair
@@ -62,10 +67,16 @@ class Target:
         return env
 
 
-def hf_hub_cache() -> str:
-    """huggingface_hub's cache of this process's environment (HF_HUB_CACHE, else HF_HOME/hub, else its default)."""
+def hf_hub_cache(env: dict[str, str] | None = None) -> str:
+    """huggingface_hub's cache of an engine process: its model's `env` (HF_HUB_CACHE, else HF_HOME/hub) over this
+    process's environment (the same, else huggingface_hub's default), as the engine itself would read it."""
     from huggingface_hub import constants
 
+    env = env or {}
+    if env.get("HF_HUB_CACHE"):
+        return str(Path(env["HF_HUB_CACHE"]).expanduser())
+    if env.get("HF_HOME"):
+        return str(Path(env["HF_HOME"]).expanduser() / "hub")
     return str(Path(constants.HF_HUB_CACHE).expanduser())
 
 
@@ -92,7 +103,7 @@ def target_of(registry: Registry, model_id: str, host: str | None = None, strict
         return nothing(f"its engine {m.engine!r} reads no hub repo (set allow_patterns in models.toml to have the hub "
                        "pull its source)")
     if registry.runtime_of(model_id) == "process":
-        return Target(ctx.source(), m.revision, hf_hub_cache(), m)
+        return Target(ctx.source(), m.revision, hf_hub_cache(m.env), m)
     if "local" not in ([host] if host else m.hosts):
         where = ", ".join(m.hosts if host is None else [host])
         return nothing(f"it runs on Docker host {where}, and the hub pulls into the local cache only: its engine "

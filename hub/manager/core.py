@@ -199,9 +199,13 @@ class Manager:
         if not s.engine.managed:
             where = s.engine.upstream(s.cfg).base_url
             raise ModelUnavailable(f"model {model_id!r} is served by {where}: the hub does not manage it")
+        if s.start_task and s.state == State.DOWNLOADING:  # no engine yet: its start is called off, not awaited
+            s.queue.fail(ModelUnavailable(f"model {model_id!r} was unloaded while its source downloaded (the pull "
+                                          "goes on: `hub pull --cancel` stops it); send the request again to start "
+                                          "it"))
+            s.start_task.cancel()
         if s.start_task:
-            with contextlib.suppress(Exception):
-                await asyncio.shield(s.start_task)
+            await asyncio.wait({s.start_task})  # its outcome is the start's waiters' to hear; a cancelled one too
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(s.queue.idle.wait(), self.registry.hub.drain_timeout)
         await self._stop(s, "unloaded on request")
