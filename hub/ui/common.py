@@ -6,6 +6,7 @@ line with the elapsed time, polling /hub/models for the model's state. Errors be
 
 from __future__ import annotations
 
+import html
 import threading
 import time
 from collections.abc import Callable, Generator
@@ -95,8 +96,10 @@ def wait_for(call: Callable[[], T], admin: Admin, model: str, doing: str,
 # ---- bars ----
 
 def bar_html(label: str, done: float, total: float, name: str, level: str = "ok") -> str:
-    """A labelled progress bar (the Models tab's memory, the image grid's cells and steps), with its ARIA values."""
+    """A labelled progress bar (the Models tab's memory and downloads, the image grid's cells and steps), with its ARIA
+    values; the label and name are text, escaped."""
     pct = min(100.0, 100.0 * done / total) if total else 0.0
+    label, name = html.escape(label), html.escape(name)  # gr.HTML renders raw HTML: a label may quote a server
     return (f'<div class="hub-budget"><div class="hub-budget-label">{label}</div>'
             f'<div class="hub-bar" role="progressbar" aria-valuemin="0" aria-valuemax="{total:g}" '
             f'aria-valuenow="{done:g}" aria-label="{name}"><div class="hub-bar-fill {level}" '

@@ -3,7 +3,6 @@ repo source, with a live bar per download), and a failed model's log tail."""
 
 from __future__ import annotations
 
-import html
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -130,8 +129,7 @@ def downloads_html(jobs: list[dict[str, Any]], now: float | None = None) -> str:
         if ended and now - ended > RECENT_S:
             continue
         who = ", ".join(job.get("models") or []) or job.get("repo", "?")
-        # escaped: a failed pull's error quotes what the hub repo server answered, and gr.HTML renders raw HTML
-        label = html.escape(f"pull {who} ({job.get('repo')}): {describe_download(job)}")
+        label = f"pull {who} ({job.get('repo')}): {describe_download(job)}"  # bar_html escapes it
         status = job.get("status")
         total = job.get("bytes_total") or 0
         done = total if status == "done" else job.get("bytes_done") or 0
