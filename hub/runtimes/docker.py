@@ -34,7 +34,7 @@ from hub.engines.base import LaunchSpec
 from hub.errors import RuntimeFailure
 from hub.runtimes.base import Handle, Runtime, local_gpu_memory_gb
 from hub.runtimes.container import LABEL, container_config, container_name
-from hub.runtimes.logs import tail_file
+from hub.runtimes.logs import save_log, tail_file
 
 log = logging.getLogger("hub.docker")
 T = TypeVar("T")
@@ -212,12 +212,7 @@ class DockerRuntime(Runtime):
             text = container.logs().decode(errors="replace")
         except (*CONNECTION_ERRORS, RuntimeFailure):
             return
-        path = self.log_dir / f"{model_id}.log"
-        header = ""
-        with contextlib.suppress(OSError):
-            header = next((ln for ln in path.read_text().splitlines(keepends=True) if ln.startswith("# hub:")), "")
-        self.log_dir.mkdir(parents=True, exist_ok=True)
-        path.write_text(header + text)
+        save_log(self.log_dir, model_id, text)
 
     async def alive(self, handle: Handle) -> bool:
         try:

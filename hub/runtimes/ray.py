@@ -49,7 +49,7 @@ from hub.engines.base import LaunchSpec
 from hub.errors import RuntimeFailure
 from hub.runtimes import rayactor
 from hub.runtimes.base import Handle, Runtime
-from hub.runtimes.logs import tail_file
+from hub.runtimes.logs import save_log, tail_file
 from hub.runtimes.rayplace import Node, Request, Room, nodes_of, request_of, room, unplaced
 
 log = logging.getLogger("hub.ray")
@@ -323,12 +323,7 @@ class RayRuntime(Runtime):
             text = await self._call(handle.ref.log_text.remote(), LOG_CALL_SECONDS)
         except (RayError, TimeoutError):
             return
-        path = self.log_dir / f"{handle.model_id}.log"
-        header = ""
-        with contextlib.suppress(OSError):
-            header = next((ln for ln in path.read_text().splitlines(keepends=True) if ln.startswith("# hub:")), "")
-        self.log_dir.mkdir(parents=True, exist_ok=True)
-        path.write_text(header + "".join(ln for ln in text.splitlines(keepends=True) if not ln.startswith("# hub:")))
+        save_log(self.log_dir, handle.model_id, text)
 
     async def adopt(self, model_id: str, launch: Callable[[int], LaunchSpec]) -> tuple[Handle, LaunchSpec] | None:
         """Take over the model's actor if it still runs its engine with the registry's settings; else stop it."""
