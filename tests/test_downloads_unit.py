@@ -137,6 +137,9 @@ def test_one_job_per_cache_repo_and_revision(tmp_path: Path, monkeypatch: pytest
         assert d.start(Target("org/m", "v2", "/c", m), ["c"]) is not first
         assert d.start(Target("org/m", None, "/other", m), ["a"]) is not first
         assert d.start(Target("org/m", None, "/c", model(allow_patterns=["*.bin"])), ["d"]) is not first
+        assert d.start(Target("org/m", None, "/c", model(env={"HF_TOKEN": "t2"})), ["e"]) is not first, \
+            "another token: another job (its token may read what the first one's cannot)"
+        assert d.start(Target("org/m", None, "/c", model(env={"HF_ENDPOINT": "http://mirror"})), ["f"]) is not first
         assert d.of_model("b") is first
         held.set()
         await d.wait(first)

@@ -16,6 +16,7 @@ Rules that are not obvious:
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,14 +41,17 @@ class Target:
     in_container: bool = False  # the engine reads the cache inside a container, at the container's own path
 
     @property
-    def key(self) -> tuple[str, str, str, str]:
+    def key(self) -> tuple[str, ...]:
         """What one job downloads: every caller of the same key shares it. The files are part of it (the registry's
         patterns, else the engine's): a model of the same repo that picks other files must not join a job that
-        leaves its files out."""
+        leaves its files out. So is where from and as whom (the model's own HF_ENDPOINT and HF_TOKEN, a digest of
+        the token): a model whose token may read a gated repo must not wait on a job that another's token fails."""
         m = self.model
         picks = repr((m.allow_patterns, m.ignore_patterns)) if m.allow_patterns is not None or \
             m.ignore_patterns is not None else f"engine:{m.engine}"
-        return self.cache_dir, self.repo, self.revision or DEFAULT_REVISION, picks
+        token = m.env.get("HF_TOKEN")
+        who = hashlib.sha256(token.encode()).hexdigest()[:16] if token else ""
+        return self.cache_dir, self.repo, self.revision or DEFAULT_REVISION, picks, m.env.get("HF_ENDPOINT", ""), who
 
     def patterns(self, files: list[str]) -> Patterns:
         """(allow_patterns, ignore_patterns) for the repo's `files`: the registry's where it sets either (the pair
