@@ -211,21 +211,24 @@ def _starts_a_hub(func: Callable) -> bool:
 
 
 SERIAL_MARK = "pytest.mark.engine"
-"""Test modules that use this marker run one after another on one pytest-xdist worker (`make test` runs two side
-by side): real engines on CPU take every core and GBs of memory each, so two such modules at once would only slow
-each other down (and push their starts past start_timeout). Every other module is a unit of its own, beside them;
-a module always stays on one worker, so its module-scoped fixtures start once."""
+BESIDE_MARK = "pytest.mark.beside"
+"""Test modules that use SERIAL_MARK run one after another on one pytest-xdist worker (`make test` runs two side by
+side): vLLM on CPU takes every core and GBs of memory, so two such modules at once would only slow each other down
+(and push their starts past start_timeout). A module that also uses BESIDE_MARK (tiny Diffusers pipelines: light)
+is a unit of its own like every other module, run beside them. A module always stays on one worker, so its
+module-scoped fixtures start once."""
 
 
 def _serial(path: str) -> bool:
     with contextlib.suppress(OSError):
-        return SERIAL_MARK in (ROOT / path).read_text()
+        text = (ROOT / path).read_text()
+        return SERIAL_MARK in text and BESIDE_MARK not in text
     return False
 
 
 def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
-    """The scheduler of `pytest -n N`: pytest-xdist's per-module one, with every module that SERIAL_MARK marks in
-    a single unit. (Its `--dist loadgroup` cannot do this under pytest 9: it renames test ids through a private
+    """The scheduler of `pytest -n N`: pytest-xdist's per-module one, with every module that _serial finds in a
+    single unit. (Its `--dist loadgroup` cannot do this under pytest 9: it renames test ids through a private
     attribute that pytest 9 no longer reads.) The controller sees test ids only, so a module's marker is read from
     its source."""
     from xdist.scheduler import LoadScopeScheduling

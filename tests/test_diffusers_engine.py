@@ -28,7 +28,7 @@ import pytest
 from tests.conftest import DEMO_MODELS, ENVS_DIR, HubProcess, require, start_hub, wait_for
 from tests.openai_schema import check, sse_events
 
-pytestmark = pytest.mark.engine
+pytestmark = [pytest.mark.engine, pytest.mark.beside]  # tiny-sd: light, beside the vLLM modules
 
 TINY = DEMO_MODELS / "tiny-sd"
 ARGS = 'device = "cpu"\ncpu_threads = 1\ndefault_steps = 2\ndefault_size = "64x64"\nmax_size = 256\nmax_n = 4\n'

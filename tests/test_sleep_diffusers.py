@@ -15,7 +15,7 @@ import pytest
 
 from tests.conftest import DEMO_MODELS, ENVS_DIR, require, start_hub
 
-pytestmark = pytest.mark.engine
+pytestmark = [pytest.mark.engine, pytest.mark.beside]  # tiny-sd: light, beside the vLLM modules
 
 TINY = DEMO_MODELS / "tiny-sd"
 ARGS = 'device = "cpu"\ncpu_threads = 1\ndefault_steps = 2\ndefault_size = "64x64"\n'

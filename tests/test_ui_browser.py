@@ -415,7 +415,9 @@ def test_models_tab_pulls_a_model_with_a_moving_bar(browser, hub_factory, tmp_pa
         shot(page, "15-models-pull")
         page.locator("#hub-admin-status").get_by_text(re.compile(r"pullme: done, 3\.0 MB downloaded")).wait_for(
             timeout=60_000)
-        assert bar.get_attribute("aria-valuenow") == bar.get_attribute("aria-valuemax")
+        page.wait_for_function("() => { const b = document.querySelector("
+                               "'#hub-downloads [aria-label=\"download org/pullme\"]'); "
+                               "return b && b.getAttribute('aria-valuenow') === b.getAttribute('aria-valuemax'); }")
         assert not errors, errors
     finally:
         server.stop()

@@ -101,8 +101,8 @@ def bar_html(label: str, done: float, total: float, name: str, level: str = "ok"
     pct = min(100.0, 100.0 * done / total) if total else 0.0
     label, name = html.escape(label), html.escape(name)  # gr.HTML renders raw HTML: a label may quote a server
     return (f'<div class="hub-budget"><div class="hub-budget-label">{label}</div>'
-            f'<div class="hub-bar" role="progressbar" aria-valuemin="0" aria-valuemax="{total:g}" '
-            f'aria-valuenow="{done:g}" aria-label="{name}"><div class="hub-bar-fill {level}" '
+            f'<div class="hub-bar" role="progressbar" aria-valuemin="0" aria-valuemax="{total:.12g}" '
+            f'aria-valuenow="{done:.12g}" aria-label="{name}"><div class="hub-bar-fill {level}" '
             f'style="width:{pct:.1f}%"></div></div></div>')
 
 
