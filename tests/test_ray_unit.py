@@ -349,3 +349,21 @@ def test_the_probe_checks_ray_address_from_the_environment_too(monkeypatch):
         rt._probe()
     monkeypatch.setenv("RAY_ADDRESS", "auto")
     rt._probe()  # nothing to probe: Ray looks for the cluster of this machine
+
+
+async def test_an_actor_ray_refuses_to_create_fails_the_start_with_ray_s_reason(monkeypatch, tmp_path):
+    """Ray raises ValueError, not a RayError, for options it refuses and for a name still taken."""
+    from types import SimpleNamespace
+
+    from hub.engines.base import LaunchSpec
+
+    rt, killed = fake_ray_runtime(monkeypatch, tmp_path, FakeActor({}))
+
+    def taken(*a):
+        raise ValueError("The name hub-a (namespace=hub) is already taken.")
+
+    rt._actor_class = SimpleNamespace(options=lambda **kw: SimpleNamespace(remote=taken))
+    with pytest.raises(RuntimeFailure, match=r"Ray refused the actor of model 'a': The name hub-a \(namespace=hub\) "
+                                             "is already taken"):
+        await rt.start("a", LaunchSpec(command=["x"]), free_port())
+    assert killed == []

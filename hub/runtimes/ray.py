@@ -207,7 +207,7 @@ class RayRuntime(Runtime):
             with contextlib.suppress(Exception):
                 await self._kill(await creating)
             raise
-        except RayError as err:
+        except (RayError, ValueError) as err:  # ValueError: options it refuses, a name still taken
             raise RuntimeFailure(f"Ray refused the actor of model {model_id!r}: {first_line(err)}") from None
         waited, limit = self.registry.hub.ray_place_timeout, self.registry.hub.start_timeout
         try:
