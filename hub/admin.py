@@ -7,6 +7,7 @@ entries and budgets are built here from the manager's slots, and the CLI, the we
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from typing import Any
@@ -153,7 +154,8 @@ async def hub_memory(model_id: str, report: MemoryReport, manager: Manager = Dep
 
 @router.get("/hub/models/{model_id}/logs")
 async def hub_logs(model_id: str, tail: int = 200, manager: Manager = Depends(manager_of)) -> PlainTextResponse:
-    return PlainTextResponse(manager.logs(model_id, max(1, min(tail, 10000))))
+    # the runtime reads the log from a Docker host or a Ray actor: blocking, so off the event loop
+    return PlainTextResponse(await asyncio.to_thread(manager.logs, model_id, max(1, min(tail, 10000))))
 
 
 class ReloadRequest(BaseModel):

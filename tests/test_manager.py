@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import pytest
 
@@ -117,4 +118,30 @@ async def test_budget_evicts_as_many_lru_idle_models_as_needed_together() -> Non
     await use(mgr, "big")  # b then c are the least recently used; 3 + 7 fits
     assert states(mgr) == {"a": "ready", "b": "stopped", "c": "stopped", "big": "ready"}
     assert sorted(rt.stopped) == ["b", "c"] and mgr.slots["b"].reason == "evicted to make room for 'big'"
+    await mgr.shutdown()
+
+
+class SlowLogs(FakeRuntime):
+    """A runtime whose `logs` blocks its caller's thread until released (a Docker host or a Ray node that answers
+    slowly), for 10 s at most."""
+
+    def __init__(self, **kw) -> None:
+        super().__init__(**kw)
+        self.entered, self.released = threading.Event(), threading.Event()
+
+    def logs(self, model_id: str, tail: int = 100) -> str:
+        self.entered.set()
+        return "fake log line\n" if self.released.wait(10) else "the hub's loop was blocked\n"
+
+
+async def test_a_failed_start_reads_the_engine_log_off_the_event_loop() -> None:
+    """The log of a failed start comes from the runtime's blocking `logs` (a call to a Docker host or a Ray actor):
+    the hub keeps serving meanwhile."""
+    rt = SlowLogs(fail={"a"})
+    mgr, _ = make({"a": 1}, rt=rt)
+    started = asyncio.create_task(use(mgr, "a"))
+    await until(rt.entered.is_set, timeout=30)
+    rt.released.set()
+    with pytest.raises(StartFailed, match=r"(?s)exited with code 1 before it was ready.*fake log line"):
+        await started
     await mgr.shutdown()

@@ -236,3 +236,134 @@ def test_the_hub_imports_ray_only_for_ray_models():
     )
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
+
+
+# ---- the runtime's failure paths, on a fake actor (no cluster) ----
+
+class FakeActor:
+    """An actor handle whose calls answer from `answers` (a value, or an exception to raise); a call without an
+    answer never returns. `calls` lists the method names called."""
+
+    def __init__(self, answers: dict) -> None:
+        self.answers = answers
+        self.calls: list[str] = []
+
+    def __getattr__(self, name: str):
+        import concurrent.futures
+        from types import SimpleNamespace
+
+        def remote(*args):
+            self.calls.append(name)
+            fut: concurrent.futures.Future = concurrent.futures.Future()
+            if name in self.answers:
+                answer = self.answers[name]
+                fut.set_exception(answer) if isinstance(answer, BaseException) else fut.set_result(answer)
+            return SimpleNamespace(future=lambda: fut)
+
+        return SimpleNamespace(remote=remote)
+
+
+def fake_ray_runtime(monkeypatch, tmp_path, actor: FakeActor, placed: bool = True, **hub):
+    """A RayRuntime that is 'connected' and creates `actor`; `killed` lists the actors it killed."""
+    require(importlib.util.find_spec("ray") is not None, "Ray is not installed in the hub's environment: make ray")
+    from types import SimpleNamespace
+
+    from hub.runtimes.ray import RayRuntime
+
+    rt = RayRuntime(registry({"a": {"runtime": "ray"}}, state_dir=str(tmp_path), **hub))
+    rt._hub_address = "10.0.0.5"
+    rt._actor_class = SimpleNamespace(options=lambda **kw: SimpleNamespace(remote=lambda *a: actor))
+    killed: list = []
+
+    async def kill(a):
+        killed.append(a)
+
+    async def nothing(model_id):
+        return None
+
+    monkeypatch.setattr(rt, "_kill", kill)
+    monkeypatch.setattr(rt, "_remove_leftover", nothing)
+    monkeypatch.setattr(rt, "_placed", lambda a: placed)
+    return rt, killed
+
+
+async def test_a_placed_actor_that_never_answers_fails_the_start_with_a_runtime_failure(monkeypatch, tmp_path):
+    from hub.engines.base import LaunchSpec
+
+    actor = FakeActor({"stop": None})
+    rt, killed = fake_ray_runtime(monkeypatch, tmp_path, actor, ray_place_timeout=0.05, start_timeout=0.05)
+    with pytest.raises(RuntimeFailure, match=r"the Ray actor of model 'a' was placed on a node but did not answer "
+                                             r"within start_timeout \(0.05s\)"):
+        await rt.start("a", LaunchSpec(command=["x"]), free_port())
+    assert killed == [actor] and actor.calls[-1] == "stop", "its engine's process group is stopped, then the actor"
+
+
+async def test_a_cancelled_start_stops_the_engine_group_before_it_kills_the_actor(monkeypatch, tmp_path):
+    from hub.engines.base import LaunchSpec
+
+    actor = FakeActor({"stop": None})
+    rt, killed = fake_ray_runtime(monkeypatch, tmp_path, actor)
+    task = asyncio.create_task(rt.start("a", LaunchSpec(command=["x"]), free_port()))
+    await until(lambda: "info" in actor.calls)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert actor.calls == ["info", "stop"] and killed == [actor], \
+        "a killed actor takes only the engine's leader along (PR_SET_PDEATHSIG): its children need the group kill"
+
+
+async def test_an_unplaced_actor_is_killed_without_waiting_on_it(monkeypatch, tmp_path):
+    from hub.engines.base import LaunchSpec
+
+    actor = FakeActor({})
+    rt, killed = fake_ray_runtime(monkeypatch, tmp_path, actor, placed=False, ray_place_timeout=0.05)
+
+    async def no_nodes():
+        return []
+
+    monkeypatch.setattr(rt, "nodes", no_nodes)
+    with pytest.raises(RuntimeFailure, match="the cluster has no alive node"):
+        await rt.start("a", LaunchSpec(command=["x"]), free_port())
+    assert actor.calls == ["info"] and killed == [actor]
+
+
+def test_the_probe_checks_ray_address_from_the_environment_too(monkeypatch):
+    """Unset [hub] ray_address reads $RAY_ADDRESS: a dead one fails at once, as a dead ray_address does (Ray's own
+    connect retries for minutes)."""
+    require(importlib.util.find_spec("ray") is not None, "Ray is not installed in the hub's environment: make ray")
+    import ray
+
+    from hub.runtimes.ray import RayRuntime
+
+    port = free_port()
+    monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{port}")
+
+    def no_init(**kw):
+        raise AssertionError("ray.init was called on an address that does not answer")
+
+    monkeypatch.setattr(ray, "init", no_init)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    rt = RayRuntime(registry({"a": {"runtime": "ray"}}))
+    with pytest.raises(RuntimeFailure, match=rf"cannot reach the Ray cluster at '127.0.0.1:{port}' \(from "
+                                             r"\$RAY_ADDRESS\)"):
+        rt._probe()
+    monkeypatch.setenv("RAY_ADDRESS", "auto")
+    rt._probe()  # nothing to probe: Ray looks for the cluster of this machine
+
+
+async def test_an_actor_ray_refuses_to_create_fails_the_start_with_ray_s_reason(monkeypatch, tmp_path):
+    """Ray raises ValueError, not a RayError, for options it refuses and for a name still taken."""
+    from types import SimpleNamespace
+
+    from hub.engines.base import LaunchSpec
+
+    rt, killed = fake_ray_runtime(monkeypatch, tmp_path, FakeActor({}))
+
+    def taken(*a):
+        raise ValueError("The name hub-a (namespace=hub) is already taken.")
+
+    rt._actor_class = SimpleNamespace(options=lambda **kw: SimpleNamespace(remote=taken))
+    with pytest.raises(RuntimeFailure, match=r"Ray refused the actor of model 'a': The name hub-a \(namespace=hub\) "
+                                             "is already taken"):
+        await rt.start("a", LaunchSpec(command=["x"]), free_port())
+    assert killed == []

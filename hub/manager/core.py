@@ -373,7 +373,8 @@ class Manager:
     async def _fail(self, s: Slot, reason: str, with_log: bool = True) -> None:
         """Release a starting model's engine, mark the model failed, and raise StartFailed with the reason and the
         tail of its log."""
-        tail = self.runtime(s).logs(s.id, LOG_TAIL_LINES) if with_log else ""
+        # logs blocks (a Docker host, a Ray actor that may be unreachable): off the event loop
+        tail = await asyncio.to_thread(self.runtime(s).logs, s.id, LOG_TAIL_LINES) if with_log else ""
         await self._discard(s, reason)
         move(s, State.FAILED, reason)
         msg = f"model {s.id!r} failed to start: {reason}"

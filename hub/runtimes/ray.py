@@ -111,15 +111,19 @@ class RayRuntime(Runtime):
 
     def _probe(self) -> None:
         """Fail at once when a named cluster address does not answer: Ray's own connect retries for minutes."""
-        if self.address == "auto":
+        address, source = self.address, "[hub] ray_address"
+        if address == "auto":  # ray.init then takes $RAY_ADDRESS, when set, before this machine's cluster
+            address, source = os.environ.get("RAY_ADDRESS") or "auto", "$RAY_ADDRESS"
+        if address in ("auto", "local"):
             return
-        host, _, port = self.address.removeprefix("ray://").rpartition(":")
+        host, _, port = address.removeprefix("ray://").rpartition(":")
         try:
             socket.create_connection((host.strip("[]"), int(port)), timeout=PROBE_SECONDS).close()
         except (OSError, ValueError) as err:
+            where = f"{address!r} (from $RAY_ADDRESS)" if source == "$RAY_ADDRESS" else repr(address)
             raise RuntimeFailure(
-                f"cannot reach the Ray cluster at {self.address!r} ({getattr(err, 'strerror', None) or err}): start "
-                "it (`ray start --head` on one box) or fix [hub] ray_address (host:6379, or ray://host:10001)"
+                f"cannot reach the Ray cluster at {where} ({getattr(err, 'strerror', None) or err}): start "
+                f"it (`ray start --head` on one box) or fix {source} (host:6379, or ray://host:10001)"
             ) from None
 
     def _nodes(self) -> list[Node]:
@@ -203,21 +207,26 @@ class RayRuntime(Runtime):
             with contextlib.suppress(Exception):
                 await self._kill(await creating)
             raise
-        except RayError as err:
+        except (RayError, ValueError) as err:  # ValueError: options it refuses, a name still taken
             raise RuntimeFailure(f"Ray refused the actor of model {model_id!r}: {first_line(err)}") from None
-        waited = self.registry.hub.ray_place_timeout
+        waited, limit = self.registry.hub.ray_place_timeout, self.registry.hub.start_timeout
         try:
             try:
                 info = await self._call(actor.info.remote(), waited)
             except TimeoutError:
                 if not await asyncio.to_thread(self._placed, actor):
                     raise RuntimeFailure(unplaced(model_id, request, await self.nodes(), waited)) from None
-                info = await self._call(actor.info.remote(), self.registry.hub.start_timeout)
+                try:
+                    info = await self._call(actor.info.remote(), limit)
+                except TimeoutError:
+                    raise RuntimeFailure(
+                        f"the Ray actor of model {model_id!r} was placed on a node but did not answer within "
+                        f"start_timeout ({limit:g}s): see `ray list actors` and the node's Ray logs") from None
         except RayError as err:
-            await self._kill(actor)
+            await self._discard_actor(actor)
             raise RuntimeFailure(f"the Ray actor of model {model_id!r} could not start: {first_line(err)}") from None
-        except BaseException:  # unplaced, cancelled (the hub stops), timed out: no actor is left behind
-            await self._kill(actor)
+        except BaseException:  # unplaced, cancelled (the hub stops), timed out: no actor nor engine is left behind
+            await self._discard_actor(actor)
             raise
         if info["error"]:
             await self._kill(actor)
@@ -245,6 +254,16 @@ class RayRuntime(Runtime):
         with contextlib.suppress(RayError, TimeoutError):
             await self._call(old.stop.remote(self.registry.hub.stop_timeout), self.registry.hub.stop_timeout + 15)
         await self._kill(old)
+
+    async def _discard_actor(self, actor: Any) -> None:
+        """Undo a start that failed or was cancelled: once the actor has a node, its constructor may have started
+        the engine, and killing the actor takes only the engine's leader along (PR_SET_PDEATHSIG), not its
+        children: the actor stops the process group first (its call waits for the constructor to end)."""
+        if await asyncio.to_thread(self._placed, actor):
+            grace = self.registry.hub.stop_timeout
+            with contextlib.suppress(RayError, TimeoutError):
+                await self._call(actor.stop.remote(grace), grace + CALL_SLACK)
+        await self._kill(actor)
 
     async def _kill(self, actor: Any) -> None:
         """Kill an actor and wait (a few seconds at most) until Ray has released its name and resources."""
