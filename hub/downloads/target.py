@@ -108,6 +108,9 @@ def target_of(registry: Registry, model_id: str, host: str | None = None, strict
                        "pull its source)")
     if registry.runtime_of(model_id) == "process":
         return Target(ctx.source(), m.revision, hf_hub_cache(m.env), m)
+    if registry.runtime_of(model_id) == "ray":
+        return nothing(f"it runs on a Ray node, and the hub pulls into this machine's cache only: its engine "
+                       f"downloads {ctx.source()} on its node on its first start")
     if "local" not in ([host] if host else m.hosts):
         where = ", ".join(m.hosts if host is None else [host])
         return nothing(f"it runs on Docker host {where}, and the hub pulls into the local cache only: its engine "

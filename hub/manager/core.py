@@ -17,7 +17,7 @@ import httpx
 
 from hub.config import ModelConfig, Registry
 from hub.downloads import Downloads, target_of
-from hub.downloads.target import models_sharing
+from hub.downloads.target import complete_path, models_sharing
 from hub.engines import get_engine
 from hub.engines.base import LaunchContext, LaunchSpec
 from hub.errors import (
@@ -103,9 +103,12 @@ class Manager:
             rt = self.runtime(s, host)
             try:
                 gpus = await rt.gpu_memory_gb()
+                offline = await self._pulled_env(s, host)
 
-                def launch(port: int, gpus: dict[int, float] = gpus) -> LaunchSpec:
-                    return s.engine.launch(LaunchContext(s.id, s.cfg, self.registry, port, gpus))
+                def launch(port: int, gpus: dict[int, float] = gpus, offline: dict[str, str] = offline) -> LaunchSpec:
+                    spec = s.engine.launch(LaunchContext(s.id, s.cfg, self.registry, port, gpus))
+                    spec.environ.update(offline)
+                    return spec
 
                 adopted = await rt.adopt(s.id, launch)
             except RuntimeFailure as err:
@@ -116,9 +119,19 @@ class Manager:
                 with contextlib.suppress(Exception):
                     await rt.stop(adopted[0], self.registry.hub.stop_timeout)
             elif adopted:
-                s.host, (s.handle, s.spec) = host, adopted
+                s.host, (s.handle, s.spec), s.offline_env = host, adopted, offline
         if s.handle:
             self._begin_start(s, name=f"adopt-{s.id}")
+
+    async def _pulled_env(self, s: Slot, host: str) -> dict[str, str]:
+        """What an engine started after its source's pull had in its environment (offline, on the cache), so that
+        the spec an adopted engine is compared with has it too ({} where nothing was pulled)."""
+        try:
+            t = target_of(self.registry, s.id, host)
+            return t.engine_env() if t and await asyncio.to_thread(complete_path, t) else {}
+        except Exception as err:  # a model the hub cannot pull: its engine was started as before
+            log.debug("%s: no pull target on host %s: %r", s.id, host, err)
+            return {}
 
     async def shutdown(self) -> None:
         """Fail the waiting requests, stop every engine the hub started and wait for them to exit (each within
