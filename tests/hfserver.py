@@ -108,11 +108,16 @@ class FakeHub:
         sha = repo.commit(rev)
         return (sha, None) if sha else (None, _error(404, "RevisionNotFound", f"Invalid rev id: {rev}"))
 
-    async def revision(self, request: Request) -> Response:
+    def _repo_at(self, request: Request) -> tuple[Repo | None, str | None, Response | None]:
+        """The repo and commit a revision or tree request names, or the error the Hub answers."""
         repo, err = self._repo(request)
         if err:
-            return err
+            return None, None, err
         sha, err = self._commit(repo, request.path_params["rev"])
+        return repo, sha, err
+
+    async def revision(self, request: Request) -> Response:
+        repo, sha, err = self._repo_at(request)
         if err:
             return err
         name = f"{request.path_params['org']}/{request.path_params['name']}"
@@ -142,10 +147,7 @@ class FakeHub:
         return out
 
     async def tree(self, request: Request) -> Response:
-        repo, err = self._repo(request)
-        if err:
-            return err
-        sha, err = self._commit(repo, request.path_params["rev"])
+        repo, sha, err = self._repo_at(request)
         if err:
             return err
         entries = self._entries(repo, sha)

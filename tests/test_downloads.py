@@ -103,6 +103,17 @@ def finished(hub: HubProcess, job_id: str, timeout: float = 60) -> dict:
     return job(hub, job_id)
 
 
+def chat_in_background(hub: HubProcess, model: str) -> tuple[threading.Thread, list[httpx.Response]]:
+    """A chat request sent from a thread (it waits while the model's source downloads): the thread, and the list its
+    answer lands in."""
+    answers: list[httpx.Response] = []
+    thread = threading.Thread(target=lambda: answers.append(httpx.post(
+        f"{hub.v1}/chat/completions", json={"model": model, "messages": [{"role": "user", "content": "hi"}]},
+        timeout=120)))
+    thread.start()
+    return thread, answers
+
+
 def workers(hub: HubProcess) -> list[psutil.Process]:
     out = []
     for p in hub.engine_procs():
@@ -323,12 +334,8 @@ def test_the_models_tab_pulls_with_a_live_bar_and_cancels(hub: HubProcess, fake:
 def test_a_first_request_pulls_the_source_then_starts_the_engine_offline(hub: HubProcess, fake: FakeHub,
                                                                          cache: Path) -> None:
     fake.gate.clear()  # the download is held until the test lets it go
-    answers: list[httpx.Response] = []
-    patient = threading.Thread(target=lambda: answers.append(httpx.post(
-        f"{hub.v1}/chat/completions", json={"model": "echo-patient", "messages": [{"role": "user", "content": "hi"}]},
-        timeout=120)))
+    patient, answers = chat_in_background(hub, "echo-patient")
     try:
-        patient.start()
         wait_for(lambda: (hub.models()["echo-patient"].get("download") or {}).get("status") == "downloading",
                  "echo-patient downloads", 30)
         r = httpx.post(f"{hub.v1}/chat/completions", timeout=60,
@@ -363,12 +370,8 @@ def test_an_unload_while_downloading_stops_the_model_at_once(hub: HubProcess, fa
     """`hub down` of a model whose source downloads: it is stopped now (its waiting request told so), not after the
     whole download and an engine start; the pull goes on for whoever else wants it."""
     fake.gate.clear()
-    answers: list[httpx.Response] = []
-    waiting = threading.Thread(target=lambda: answers.append(httpx.post(
-        f"{hub.v1}/chat/completions", json={"model": "echo-down", "messages": [{"role": "user", "content": "hi"}]},
-        timeout=120)))
+    waiting, answers = chat_in_background(hub, "echo-down")
     try:
-        waiting.start()
         wait_for(lambda: hub.models()["echo-down"]["state"] == "downloading", "echo-down downloads", 30)
         r = httpx.post(f"{hub.url}/hub/models/echo-down/unload", timeout=30)
         assert r.status_code == 200 and r.json()["state"] == "stopped", r.text

@@ -103,11 +103,14 @@ class Manager:
             rt = self.runtime(s, host)
             try:
                 gpus = await rt.gpu_memory_gb()
-                offline = await self._pulled_env(s, host)
+                pulled: dict[str, dict[str, str]] = {}
 
-                def launch(port: int, gpus: dict[int, float] = gpus, offline: dict[str, str] = offline) -> LaunchSpec:
+                def launch(port: int, gpus: dict[int, float] = gpus, host: str = host,
+                           pulled: dict[str, dict[str, str]] = pulled) -> LaunchSpec:
                     spec = s.engine.launch(LaunchContext(s.id, s.cfg, self.registry, port, gpus))
-                    spec.environ.update(offline)
+                    if "env" not in pulled:  # asked only of an engine found running (a cache read, once)
+                        pulled["env"] = self._pulled_env(s, host)
+                    spec.environ.update(pulled["env"])
                     return spec
 
                 adopted = await rt.adopt(s.id, launch)
@@ -119,16 +122,16 @@ class Manager:
                 with contextlib.suppress(Exception):
                     await rt.stop(adopted[0], self.registry.hub.stop_timeout)
             elif adopted:
-                s.host, (s.handle, s.spec), s.offline_env = host, adopted, offline
+                s.host, (s.handle, s.spec), s.offline_env = host, adopted, pulled.get("env", {})
         if s.handle:
             self._begin_start(s, name=f"adopt-{s.id}")
 
-    async def _pulled_env(self, s: Slot, host: str) -> dict[str, str]:
+    def _pulled_env(self, s: Slot, host: str) -> dict[str, str]:
         """What an engine started after its source's pull had in its environment (offline, on the cache), so that
         the spec an adopted engine is compared with has it too ({} where nothing was pulled)."""
         try:
             t = target_of(self.registry, s.id, host)
-            return t.engine_env() if t and await asyncio.to_thread(complete_path, t) else {}
+            return t.engine_env() if t and complete_path(t) else {}
         except Exception as err:  # a model the hub cannot pull: its engine was started as before
             log.debug("%s: no pull target on host %s: %r", s.id, host, err)
             return {}
