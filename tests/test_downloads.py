@@ -364,6 +364,15 @@ def test_a_first_request_pulls_the_source_then_starts_the_engine_offline(hub: Hu
     engine = psutil.Process(models["echo-patient"]["process"]["pid"])
     env = engine.environ()
     assert env.get("HF_HUB_OFFLINE") == "1" and env.get("HF_HUB_CACHE") == str(cache)
+    jobs = httpx.get(f"{hub.url}/hub/downloads", timeout=10).json()["data"]
+    assert hub.cli("down", "echo-patient").returncode == 0
+    r = httpx.post(f"{hub.v1}/chat/completions", timeout=60,
+                   json={"model": "echo-patient", "messages": [{"role": "user", "content": "hi"}]})
+    assert r.status_code == 200, r.text
+    again = psutil.Process(hub.models()["echo-patient"]["process"]["pid"]).environ()
+    assert again.get("HF_HUB_OFFLINE") == "1", "a cold start from the cache runs offline too"
+    assert httpx.get(f"{hub.url}/hub/downloads", timeout=10).json()["data"] == jobs, \
+        "a cold start with its source in the cache lists no job (nothing was downloaded)"
 
 
 def test_an_unload_while_downloading_stops_the_model_at_once(hub: HubProcess, fake: FakeHub) -> None:

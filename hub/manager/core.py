@@ -331,7 +331,10 @@ class Manager:
         target = target_of(self.registry, s.id, s.host)
         if target is None:
             return
-        job = await self.downloads.pull(target, models_sharing(self.registry, target) or [s.id])
+        if not self.downloads.running(target) and await asyncio.to_thread(complete_path, target):
+            s.offline_env = target.engine_env()  # in the cache already: nothing to download, no job to list
+            return
+        job = self.downloads.start(target, models_sharing(self.registry, target) or [s.id])
         if job.running:
             s.download = job
             move(s, State.DOWNLOADING, f"downloading {target.repo}")
