@@ -282,7 +282,7 @@ def cmd_demo_prepare(args: argparse.Namespace) -> int:
     from hub.demo import prepare
 
     reg = _registry_or_defaults(args.config)
-    prepare(reg, args.names or None, progress=lambda s: print(s, flush=True))
+    prepare(reg, args.names or None, progress=lambda s: print(s, flush=True), families=args.families)
     return 0
 
 
@@ -363,7 +363,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("demo", cmd_demo_prepare, "prepare the demo models of models.demo.toml")
     dsub = sp.add_subparsers(dest="action", required=True, metavar="ACTION")
     dp = dsub.add_parser("prepare", help="make the demo models under <state_dir>/models; run again, it reuses them")
-    dp.add_argument("names", nargs="*", metavar="MODEL", help="smollm2-135m-instruct, tiny-sd (default: both)")
+    dp.add_argument("names", nargs="*", metavar="MODEL",
+                    help="smollm2-135m-instruct, tiny-sd, all-minilm-l6-v2, tiny-vlm (default: all); with --families: "
+                         "sd1.5, sdxl, sd3.5, flux.1-dev, flux.1-kontext, flux.2-klein, qwen-image, qwen-image-edit, "
+                         "qwen-image-edit-plus (default: all)")
+    dp.add_argument("--families", action="store_true",
+                    help="make one tiny random pipeline per image model family under <state_dir>/models/families "
+                         "instead (their images are noise; models.families.toml serves them)")
     dp.add_argument("--config", default=argparse.SUPPRESS,
                     help="registry whose state_dir holds the models (default: $HUB_CONFIG, else models.toml)")
     return p

@@ -1,7 +1,12 @@
 """`hub demo prepare`: make the demo models of models.demo.toml under `<state_dir>/models/`, each by a converter
 module run in its engine's environment (`python -m demo_models.smollm2 OUTDIR` in the vllm environment,
 `python -m demo_models.tiny_sd OUTDIR` in the diffusers environment, and so on). The converters are idempotent
-themselves."""
+themselves.
+
+`hub demo prepare --families` makes one tiny random pipeline per image model family instead (Stable Diffusion 1.5,
+SDXL, SD3.5, FLUX.1 dev and Kontext, FLUX.2, Qwen-Image and its edit models), each under
+`<state_dir>/models/families/<family>`, for trying every family's code path without a download
+(models.families.toml serves them all)."""
 
 from __future__ import annotations
 
@@ -21,6 +26,7 @@ class DemoModel:
     name: str
     env: str
     module: str
+    args: tuple[str, ...] = ()  # given to the converter before OUTDIR (which family a family module builds)
 
 
 DEMO_MODELS = (
@@ -31,14 +37,38 @@ DEMO_MODELS = (
 )
 
 
-def prepare(reg: Registry, names: list[str] | None = None, progress: Callable[[str], None] = print) -> list[str]:
-    """Make the demo models (all, or those named); returns the folders made or found. Raises SetupError."""
-    known = {m.name: m for m in DEMO_MODELS}
+
+def _family(name: str, module: str) -> DemoModel:
+    return DemoModel(name, "diffusers", module, ("--family", name))
+
+
+# One tiny random pipeline per image model family, built from configs (the converters' docstrings say how)
+FAMILIES = (
+    _family("sd1.5", "demo_models.family_sd"),
+    _family("sdxl", "demo_models.family_sd"),
+    _family("sd3.5", "demo_models.family_sd"),
+    _family("flux.1-dev", "demo_models.family_flux"),
+    _family("flux.1-kontext", "demo_models.family_flux"),
+    _family("flux.2-klein", "demo_models.family_flux"),
+    _family("qwen-image", "demo_models.family_qwen"),
+    _family("qwen-image-edit", "demo_models.family_qwen"),
+    _family("qwen-image-edit-plus", "demo_models.family_qwen"),
+)
+
+
+def prepare(reg: Registry, names: list[str] | None = None, progress: Callable[[str], None] = print,
+            families: bool = False) -> list[str]:
+    """Make the demo models (all, or those named), or with `families` the image family pipelines (all, or those
+    named); returns the folders made or found. Raises SetupError."""
+    models, where = (FAMILIES, reg.state_dir / "models" / "families") if families else \
+        (DEMO_MODELS, reg.state_dir / "models")
+    known = {m.name: m for m in models}
     for n in names or []:
         if n not in known:
-            raise SetupError(f"unknown demo model {n!r} (valid: {', '.join(known)})")
+            what = "image model family" if families else "demo model"
+            raise SetupError(f"unknown {what} {n!r} (valid: {', '.join(known)})")
     done = []
-    for m in (known[n] for n in names) if names else DEMO_MODELS:
+    for m in (known[n] for n in names) if names else models:
         module_file = ROOT / (m.module.replace(".", "/") + ".py")
         if not module_file.exists():
             progress(f"{m.name}: skipped, this checkout has no {m.module} yet")
@@ -47,10 +77,11 @@ def prepare(reg: Registry, names: list[str] | None = None, progress: Callable[[s
         if not python.exists():
             raise SetupError(f"{m.name}: the {m.env} engine environment is missing ({python}): "
                              f"run `hub engines setup {m.env}` first")
-        out = reg.state_dir / "models" / m.name
+        out = where / m.name
         progress(f"{m.name}: preparing {out} ...")
         t0 = time.monotonic()
-        proc = subprocess.run([str(python), "-m", m.module, str(out)], cwd=ROOT, capture_output=True, text=True)
+        proc = subprocess.run([str(python), "-m", m.module, *m.args, str(out)], cwd=ROOT, capture_output=True,
+                              text=True)
         if proc.returncode != 0:
             lines = [ln for ln in (proc.stderr or proc.stdout).splitlines() if ln.strip()] or ["no output"]
             raise SetupError(f"{m.name}: {m.module} failed (exit {proc.returncode}): {lines[-1][:300]}")
