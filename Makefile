@@ -5,8 +5,8 @@ PYTHON ?= python3
 VENV := .venv
 HUB := $(VENV)/bin/hub
 
-.PHONY: demo test test-setup setup engines demo-models system docker litellm vllm-router claude-code ray lint lock \
-	check-locks test-latest
+.PHONY: demo test test-setup setup engines demo-models families diffusers-vision system docker litellm vllm-router \
+	claude-code ray lint lock check-locks test-latest
 
 $(VENV)/.installed: pyproject.toml locks/hub-test.txt locks/build.txt
 	$(PYTHON) -m hub.locks setup $(VENV)
@@ -35,6 +35,16 @@ engines: setup
 # The demo models under .hub/models ($HUB_STATE_DIR overrides .hub), converted in the engines' environments.
 demo-models: engines
 	$(HUB) demo prepare --config models.demo.toml
+
+# One tiny random pipeline per image model family under .hub/models/families (models.families.toml serves them).
+families: engines
+	$(HUB) demo prepare --config models.demo.toml --families
+
+# A second Diffusers environment, .hub/envs-cuda, from the diffusers-cuda lock: the build with torchvision, which
+# Qwen-Image-Edit's processor needs (there is no CPU torchvision to put beside the CPU torch). Its CUDA torch runs
+# on the CPU too: the tests run the Qwen-Image-Edit families in it.
+diffusers-vision: setup
+	HUB_ENVS_DIR=$${HUB_STATE_DIR:-.hub}/envs-cuda $(HUB) engines setup diffusers --device cuda --config models.demo.toml
 
 demo: setup engines demo-models
 	$(HUB) serve --config models.demo.toml
@@ -68,7 +78,8 @@ vllm-router: setup
 
 # The slow set-up steps are independent: run them side by side.
 test-setup: setup
-	$(MAKE) --no-print-directory -j4 demo-models docker litellm vllm-router claude-code ray
+	$(MAKE) --no-print-directory -j4 demo-models families diffusers-vision docker litellm vllm-router \
+		claude-code ray
 
 # Two pytest-xdist workers: the real-engine modules one after another on one of them, every other module beside them
 # (tests/conftest.py). TEST_WORKERS=0 runs everything in one process.

@@ -64,6 +64,7 @@ class Lock:
     exclude: tuple[str, ...] = ()
     no_deps: bool = False  # only what the file names, without dependencies
     after: str | None = None  # a lock whose versions this one keeps (the runtime lock follows the test lock)
+    pins: tuple[str, ...] = ()  # requirement lines that replace the file's lines of the same packages, or add to them
 
     @property
     def source_file(self) -> str:
@@ -78,7 +79,8 @@ class Lock:
     def options(self) -> dict[str, object]:
         """The options that shape the lock (part of its inputs hash)."""
         return {"platform": self.platform, "python": PYTHON, "cpu_torch": self.cpu_torch,
-                "exclude": list(self.exclude), "no_deps": self.no_deps, "after": self.after}
+                "exclude": list(self.exclude), "no_deps": self.no_deps, "after": self.after,
+                **({"pins": list(self.pins)} if self.pins else {})}
 
 
 _REQ = "hub/engines/requirements/"
@@ -93,7 +95,12 @@ LOCKS: dict[str, Lock] = {lk.name: lk for lk in (
          no_deps=True),
     Lock("diffusers-cpu", _REQ + "diffusers.txt", "the diffusers engine without a CUDA GPU (and its CPU image)",
          LINUX, True, CPU_BREAKERS),
-    Lock("diffusers-cuda", _REQ + "diffusers.txt", "the diffusers engine with a CUDA GPU (and its GPU image)", LINUX),
+    # torchvision: Qwen-Image-Edit's processor needs it. The CUDA build is the one torchvision build the registry has
+    # for x86_64 (it links torch's CUDA libraries, so it cannot go beside the CPU torch of diffusers-cpu); torch and
+    # torchvision are the newest pair this machine's pip settings allow, so CI installs this lock and runs the edit
+    # families on CPU with it (CUDA builds of torch run on a CPU)
+    Lock("diffusers-cuda", _REQ + "diffusers.txt", "the diffusers engine with a CUDA GPU (and its GPU image)", LINUX,
+         pins=("torch==2.14.1", "torchvision==0.29.1")),
     Lock("litellm", "benchmarks/requirements/litellm.txt", "LiteLLM's proxy, a benchmark peer", LINUX),
     Lock("vllm-router", "benchmarks/requirements/vllm-router.txt", "vllm-router, a benchmark peer", LINUX),
     Lock("responder", "tests/docker/requirements.txt", "the docker tier's responder image", LINUX),
@@ -126,7 +133,14 @@ def requirements_of(lock: Lock) -> list[str]:
     if lock.source == "build-system":
         return list(_pyproject()["build-system"]["requires"])
     lines = (ROOT / lock.source).read_text().splitlines()
-    return [ln.split("#", 1)[0].strip() for ln in lines if ln.split("#", 1)[0].strip()]
+    reqs = [ln.split("#", 1)[0].strip() for ln in lines if ln.split("#", 1)[0].strip()]
+    pinned_names = {_req_name(p) for p in lock.pins}
+    return [r for r in reqs if _req_name(r) not in pinned_names] + list(lock.pins)
+
+
+def _req_name(requirement: str) -> str:
+    """The normalised package name of a requirement line."""
+    return normalise(re.split(r"[=<>!~ \[;@]", requirement.strip(), maxsplit=1)[0])
 
 
 def pyproject_extra(lock: Lock) -> str | None:
@@ -355,9 +369,9 @@ def make(lock: Lock, uv: str, progress: Progress = print, out: Path | None = Non
         if lock.source.startswith("pyproject"):
             extra = pyproject_extra(lock)
             infile, cwd = ["pyproject.toml"] + (["--extra", extra] if extra else []), ROOT
-        elif lock.source == "build-system":  # pyproject's [build-system] requires, as a file of its own
-            (Path(tmp) / "build-system.in").write_text("\n".join(requirements_of(lock)) + "\n")
-            infile, cwd = ["build-system.in"], Path(tmp)
+        elif lock.source == "build-system" or lock.pins:  # the requirements as a file of their own
+            (Path(tmp) / "requirements.in").write_text("\n".join(requirements_of(lock)) + "\n")
+            infile, cwd = ["requirements.in"], Path(tmp)
         else:
             infile, cwd = [lock.source], ROOT
         proc = subprocess.run(compile_argv(lock, uv, infile, work, upgrade), capture_output=True, text=True,

@@ -60,8 +60,10 @@ def test_diffusers_locks_pin_torch():
     cpu, cuda = plan_for("diffusers", cuda=False), plan_for("diffusers", cuda=True)
     assert cpu.lock.path.name == "diffusers-cpu.txt" and cpu.extra == []
     assert locks.pinned(cpu.lock)["torch"] == "2.13.0+cpu" and "torchvision" not in locks.pinned(cpu.lock)
-    assert locks.pinned(cuda.lock)["torch"] == "2.13.0"
+    # the CUDA build carries torchvision (Qwen-Image-Edit's processor), with the torch it is built for
+    assert locks.pinned(cuda.lock)["torch"] == "2.14.1" and locks.pinned(cuda.lock)["torchvision"] == "0.29.1"
     assert any(n.startswith("nvidia-") for n in locks.pinned(cuda.lock))
+    assert "peft" in locks.pinned(cpu.lock) and "peft" in locks.pinned(cuda.lock)  # LoRA adapters
     assert locks.pinned(cpu.lock)["diffusers"] == locks.pinned(cuda.lock)["diffusers"] == "0.42.1"
 
 

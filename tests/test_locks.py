@@ -211,3 +211,13 @@ def test_the_cuda_locks_install_from_wheels_alone_where_they_are_meant_for(name,
                        capture_output=True, text=True, env=locks.uv_env(), timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     assert f"Would install {len(locks.pinned(lock))} packages" in r.stderr + r.stdout
+
+
+def test_pins_replace_the_file_lines_of_their_packages():
+    lock = locks.LOCKS["diffusers-cuda"]
+    reqs = locks.requirements_of(lock)
+    assert "torch==2.14.1" in reqs and "torch==2.13.0" not in reqs and "torchvision==0.29.1" in reqs
+    cpu = locks.requirements_of(locks.LOCKS["diffusers-cpu"])
+    assert "torch==2.13.0" in cpu and not any(r.startswith("torchvision") for r in cpu)
+    # the pins are part of the inputs: the two locks of one file differ
+    assert locks.inputs_hash(lock) != locks.inputs_hash(locks.LOCKS["diffusers-cpu"])
