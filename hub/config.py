@@ -130,6 +130,26 @@ class HostConfig(_Strict):
     hf_cache: str = "~/.cache/huggingface"
 
 
+LORA_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+
+
+class LoraConfig(_Strict):
+    """One adapter of `[models.<id>.loras]`: `name = "path or hub repo"`, or a table with these keys. Requested as
+    model `<id>:<name>` (every endpoint), or by an image request's `lora` field."""
+
+    source: str = Field(description="a local folder or .safetensors file (relative to the registry file; "
+                                    "\"{state_dir}\" allowed), or a hub repo id")
+    weight_name: str | None = Field(None, description="the file to load where the folder or repo holds several")
+    scale: float = Field(1.0, ge=-10, le=10, description="the adapter's strength when a request gives none "
+                                                         "(image models: `lora_scale` overrides it)")
+    description: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _short_form(cls, data: Any) -> Any:
+        return {"source": data} if isinstance(data, str) else data
+
+
 class ModelConfig(_Strict):
     """A `[models.<id>]` table."""
 
@@ -161,6 +181,8 @@ class ModelConfig(_Strict):
     env: dict[str, str] = Field(default_factory=dict)
     description: str | None = Field(None, description="a note for people: shown by the web app and /v1/models")
     tasks: list[Task] | None = Field(None, description="what the model serves, where its kind's tasks do not fit")
+    loras: dict[Annotated[str, Field(pattern=LORA_NAME)], LoraConfig] = Field(
+        default_factory=dict, description="LoRA adapters served on top of this model, each as model id <id>:<name>")
     # ray runtime: Ray resources the engine's actor asks for besides its gpus and memory_gb ("CPU": cores)
     resources: dict[str, Annotated[float, Field(gt=0)]] = Field(default_factory=dict)
     # docker runtime
@@ -278,6 +300,24 @@ class Registry(_Strict):
                 m.host = RAY_HOST
         return self
 
+    def split_adapter(self, model_id: str) -> tuple[str, str | None]:
+        """(model, LoRA adapter) of a requested id: a registered id is itself; `<id>:<name>` names adapter `name` of
+        model `<id>` when the model has it. Anything else comes back as is, with no adapter (the caller's 404)."""
+        if model_id in self.models or ":" not in model_id:
+            return model_id, None
+        base, _, name = model_id.rpartition(":")
+        m = self.models.get(base)
+        return (base, name) if m is not None and name in m.loras else (model_id, None)
+
+    def no_adapter(self, model_id: str) -> str | None:
+        """Why `<id>:<name>` names no adapter when `<id>` is a registered model (None otherwise)."""
+        base, _, name = model_id.rpartition(":")
+        if base not in self.models or name in self.models[base].loras:
+            return None
+        have = ", ".join(f"{base}:{n}" for n in self.models[base].loras) or \
+            f"none: add them under [models.{base}.loras] in the registry"
+        return f"model {base!r} has no LoRA adapter {name!r} (its adapters: {have})"
+
     def runtime_of(self, model_id: str) -> str:
         """The runtime a model runs under."""
         return self.models[model_id].runtime or self.hub.runtime
@@ -326,6 +366,9 @@ class Registry(_Strict):
                 out.append("hosts.local.sleep_budget_gb: the local host's sleep budget is [hub] sleep_budget_gb")
         for mid, m in self.models.items():
             at = f"models.{mid}"
+            for name in m.loras:
+                if f"{mid}:{name}" in self.models:
+                    out.append(f"{at}.loras.{name}: its id {mid}:{name} is also a model's id: rename one of them")
             for host in m.hosts:
                 if host == RAY_HOST or (self.runtime_of(mid) == "ray"):
                     continue  # hub/runtimes/rayplace.py checks ray models

@@ -285,6 +285,8 @@ class Gateway:
         if model in self.manager.slots:  # a registered id only: a label per made-up id would grow without bound
             x.model = model
         slot = self.check_task(model, ep, scope["path"])
+        if x.model is None and slot.id != model:  # a LoRA adapter (<id>:<name>): counted under its model
+            x.model = slot.id
         if body is not None and (why := slot.engine.refusal(slot.cfg, ep.task, body)):
             raise RequestError(why)
         extra = {"x-hub-files-url": f"{base_url(scope)}/files/{model}"} if ep.files else {}
@@ -393,8 +395,11 @@ class Gateway:
         """The request to the engine and its answer, with the lease held."""
         up, limits, ep, model = lease.upstream, lease.slot.limits, req.ep, req.model
         raw, body, clamped = req.raw, req.body, None
-        if body is not None and up.model and up.model != model:
-            body = {**body, "model": up.model}
+        named = up.model or lease.slot.id  # what the engine calls the model
+        if model != lease.slot.id:  # a LoRA adapter, <id>:<name>: the engine serves it as <its name>:<name>
+            named = f"{named}:{model[len(lease.slot.id) + 1:]}"
+        if body is not None and named != model:
+            body = {**body, "model": named}
             raw = json.dumps(body).encode()
         if body is not None and ep.paths[0] in OUTPUT_KEYS and limits.fit_max_tokens and lease.slot.engine.managed:
             context = lease.slot.engine.context_length(lease.slot.cfg)

@@ -45,7 +45,24 @@ def model_object(s: Any) -> dict[str, Any]:
     it serves, its engine, state and note, and what its engine tells clients (an image model's defaults and limits)."""
     return {"id": s.id, "object": "model", "created": 0, "owned_by": "hub", "type": s.cfg.type,
             "endpoints": endpoints_of(s.cfg.type, s.cfg.tasks), "engine": s.cfg.engine, "state": s.state.value,
-            "description": s.cfg.description, **s.engine.describe(s.cfg)}
+            "description": s.cfg.description, **s.engine.describe(s.cfg),
+            **({"loras": [f"{s.id}:{n}" for n in s.cfg.loras]} if s.cfg.loras else {})}
+
+
+def adapter_object(s: Any, name: str) -> dict[str, Any]:
+    """The model object of LoRA adapter `name` of a registered model: requested as `<id>:<name>` on every endpoint
+    the model serves; `parent` and `root` as vLLM lists its adapters."""
+    lora = s.cfg.loras[name]
+    base = {k: v for k, v in model_object(s).items() if k != "loras"}
+    return {**base, "id": f"{s.id}:{name}", "parent": s.id, "root": lora.source,
+            "lora": {"name": name, "scale": lora.scale},
+            "description": lora.description or f"LoRA adapter {name!r} on {s.id}"}
+
+
+def models_list(slots: Any) -> list[dict[str, Any]]:
+    """/v1/models: every registered model, each followed by its LoRA adapters."""
+    return [obj for s in slots if not s.removed
+            for obj in (model_object(s), *(adapter_object(s, n) for n in s.cfg.loras))]
 
 
 class HubApp(FastAPI):
@@ -139,11 +156,12 @@ def create_app(registry: Registry, manager: Manager | None = None, ui: bool = Tr
 
     @app.get("/v1/models")
     async def list_models() -> dict[str, Any]:
-        return {"object": "list", "data": [model_object(s) for s in manager.slots.values() if not s.removed]}
+        return {"object": "list", "data": models_list(manager.slots.values())}
 
     @app.get("/v1/models/{model_id:path}")
     async def retrieve_model(model_id: str) -> dict[str, Any]:
-        return model_object(manager.slot(model_id))
+        s = manager.slot(model_id)
+        return model_object(s) if s.id == model_id else adapter_object(s, model_id[len(s.id) + 1:])
 
     @app.get("/files/{model}/{name}")
     async def image_file(model: str, name: str) -> Response:

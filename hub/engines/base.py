@@ -129,6 +129,7 @@ class Engine:
     Args: ClassVar[type[BaseModel]] = NoArgs
     needs_source: ClassVar[bool] = False
     kinds: ClassVar[tuple[str, ...] | None] = None  # the model types it can serve (None: any)
+    lora_kinds: ClassVar[tuple[str, ...]] = ()  # the model types whose LoRA adapters ([models.x.loras]) it serves
 
     def problems(self, model: ModelConfig) -> list[str]:
         """Problems with this model's engine keys, as "key: message" relative to the model's table."""
@@ -136,6 +137,9 @@ class Engine:
         if self.kinds is not None and model.type not in self.kinds:
             out.append(f"type: engine {self.name!r} does not serve {model.type!r} models "
                        f"(valid: {', '.join(self.kinds)})")
+        if model.loras and model.type not in self.lora_kinds:
+            can = f"only for {', '.join(self.lora_kinds)} models" if self.lora_kinds else "none"
+            out.append(f"loras: engine {self.name!r} serves no LoRA adapters for {model.type!r} models ({can})")
         if self.needs_source and not model.source:
             out.append(f"source: engine {self.name!r} needs a source (a local folder or a hub repo id)")
         try:

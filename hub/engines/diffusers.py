@@ -33,6 +33,7 @@ class DiffusersEngine(Engine):
     Args: ClassVar[type[BaseModel]] = DiffusersArgs
     needs_source: ClassVar[bool] = True
     kinds: ClassVar[tuple[str, ...] | None] = ("image",)
+    lora_kinds: ClassVar[tuple[str, ...]] = ("image",)
 
     def describe(self, model: Any) -> dict[str, Any]:
         """The image options a form needs, as {"image": {...}} (those this version of the server has)."""

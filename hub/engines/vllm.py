@@ -138,6 +138,7 @@ class VllmEngine(Engine):
     Args: ClassVar[type[BaseModel]] = VllmArgs
     needs_source: ClassVar[bool] = True
     kinds: ClassVar[tuple[str, ...] | None] = tuple(RUNNERS)
+    lora_kinds: ClassVar[tuple[str, ...]] = ("text",)
 
     def memory_fraction(self, ctx: LaunchContext, a: VllmArgs) -> float | None:
         """--gpu-memory-utilization: as given, else derived from memory_gb (per GPU) and the GPU's memory."""

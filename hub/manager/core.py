@@ -163,6 +163,11 @@ class Manager:
         """The slot of a registered model, or ModelNotFound listing the ones that exist (a model removed by a reload
         is gone for new requests at once, while it drains)."""
         s = self.slots.get(model_id)
+        if s is None and ":" in model_id:  # <id>:<lora>: the model that serves the adapter
+            base, adapter = self.registry.split_adapter(model_id)
+            s = self.slots.get(base) if adapter else None
+            if s is None and (why := self.registry.no_adapter(model_id)):
+                raise ModelNotFound(why, param="model")
         if s is None or s.removed:
             valid = ", ".join(m for m, o in self.slots.items() if not o.removed) or "none registered"
             gone = " was removed from the registry" if s else " does not exist"

@@ -1,0 +1,67 @@
+"""LoRA adapters in the registry: `[models.x.loras]`, the `<id>:<name>` ids, their /v1/models entries. The engines'
+side (vLLM's --lora-modules, the image server's load_lora_weights) is tested with real engines elsewhere."""
+
+from __future__ import annotations
+
+import pytest
+
+from hub.errors import ConfigError, ModelNotFound
+from hub.manager import Manager
+from hub.registry import parse_registry
+from hub.router import adapter_object, models_list
+
+REG = {
+    "models": {
+        "sd": {"type": "image", "engine": "diffusers", "source": "/m/sd",
+               "loras": {"pixel": "/loras/pixel", "ink": {"source": "org/ink-lora", "scale": 0.7,
+                                                          "weight_name": "ink.safetensors"}}},
+        "chat": {"type": "text", "engine": "vllm", "source": "/m/chat", "loras": {"pirate": "/loras/pirate"}},
+        "qwen:7b": {"type": "text", "engine": "vllm", "source": "/m/q"},
+    }
+}
+
+
+def test_short_and_long_forms():
+    reg = parse_registry(REG)
+    assert reg.models["sd"].loras["pixel"].source == "/loras/pixel" and reg.models["sd"].loras["pixel"].scale == 1.0
+    ink = reg.models["sd"].loras["ink"]
+    assert (ink.source, ink.scale, ink.weight_name) == ("org/ink-lora", 0.7, "ink.safetensors")
+
+
+def test_split_adapter():
+    reg = parse_registry(REG)
+    assert reg.split_adapter("sd:pixel") == ("sd", "pixel")
+    assert reg.split_adapter("sd") == ("sd", None)
+    assert reg.split_adapter("qwen:7b") == ("qwen:7b", None)  # a registered id with a colon is itself
+    assert reg.split_adapter("sd:nope") == ("sd:nope", None)
+    assert reg.split_adapter("chat:pixel") == ("chat:pixel", None)  # adapters belong to one model
+
+
+@pytest.mark.parametrize("bad, says", [
+    ({"embed": {"type": "embedding", "engine": "vllm", "source": "/m", "loras": {"a": "/x"}}},
+     "serves no LoRA adapters for 'embedding'"),
+    ({"sd": {"type": "image", "engine": "diffusers", "source": "/m", "loras": {"bad name": "/x"}}}, "loras"),
+    ({"sd": {"type": "image", "engine": "diffusers", "source": "/m", "loras": {"a": {"scale": 1}}}}, "source"),
+    ({"sd": {"type": "image", "engine": "diffusers", "source": "/m", "loras": {"a": "/x"}},
+      "sd:a": {"type": "image", "engine": "diffusers", "source": "/m"}}, "also a model's id"),
+])
+def test_bad_loras_are_refused_with_the_key(bad, says):
+    with pytest.raises(ConfigError) as err:
+        parse_registry({"models": bad})
+    assert says in str(err.value)
+
+
+def test_slots_resolve_adapters_and_list_them():
+    manager = Manager(parse_registry(REG))
+    assert manager.slot("sd:ink").id == "sd" and manager.slot("qwen:7b").id == "qwen:7b"
+    with pytest.raises(ModelNotFound) as err:
+        manager.slot("sd:nope")
+    assert "has no LoRA adapter 'nope'" in str(err.value) and "sd:pixel, sd:ink" in str(err.value)
+    with pytest.raises(ModelNotFound) as err:
+        manager.slot("qwen:8b")
+    assert "qwen:8b" in str(err.value)
+    ids = [m["id"] for m in models_list(manager.slots.values())]
+    assert ids == ["sd", "sd:pixel", "sd:ink", "chat", "chat:pirate", "qwen:7b"]
+    ink = adapter_object(manager.slot("sd"), "ink")
+    assert ink["parent"] == "sd" and ink["root"] == "org/ink-lora" and ink["type"] == "image"
+    assert ink["lora"] == {"name": "ink", "scale": 0.7}
