@@ -164,8 +164,7 @@ class Manager:
         is gone for new requests at once, while it drains)."""
         s = self.slots.get(model_id)
         if s is None and ":" in model_id:  # <id>:<lora>: the model that serves the adapter
-            base, adapter = self.registry.split_adapter(model_id)
-            s = self.slots.get(base) if adapter else None
+            s = self.slots.get(self.registry.split_adapter(model_id)[0])
             if s is None and (why := self.registry.no_adapter(model_id)):
                 raise ModelNotFound(why, param="model")
         if s is None or s.removed:
