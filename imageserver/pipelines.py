@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any, ClassVar
 
 from imageserver.api import BadRequest, ServerOptions, partial_steps
-from imageserver.jobs import Job, JobCancelled, Partial, Progress
+from imageserver.jobs import Job, JobCancelled, LoadError, Partial, Progress
 from imageserver.previews import make_previewer
 from imageserver.rules import call_params, guidance_target, size_rule
 
@@ -104,7 +104,7 @@ class Pipelines:
             pipe = cls.from_pretrained(self.source, dtype=dtype,
                                        **({"revision": self.revision} if self.revision else {}))
         except ImportError as err:
-            raise RuntimeError(missing_library(err)) from err
+            raise LoadError(missing_library(err)) from err
         if o.scheduler:
             sched = getattr(diffusers, o.scheduler, None)
             if not (isinstance(sched, type) and issubclass(sched, diffusers.SchedulerMixin)):
