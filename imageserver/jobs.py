@@ -12,6 +12,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
+class LoadError(RuntimeError):
+    """The pipeline cannot load, for a reason its message says whole (what is missing and what to do): logged as that
+    one line, without a traceback."""
+
+
 class JobCancelled(Exception):
     """Raised inside a pipeline call whose requests all timed out or whose clients all went away."""
 

@@ -14,9 +14,9 @@ from collections.abc import Callable
 from typing import Any, ClassVar
 
 from imageserver.api import BadRequest, ServerOptions, partial_steps
-from imageserver.jobs import Job, JobCancelled, Partial, Progress
+from imageserver.jobs import Job, JobCancelled, LoadError, Partial, Progress
 from imageserver.previews import make_previewer
-from imageserver.rules import call_params, size_rule
+from imageserver.rules import call_params, guidance_target, size_rule
 
 log = logging.getLogger("imageserver")
 
@@ -44,6 +44,17 @@ def resolve_dtype(name: str, device: str, torch: Any) -> Any:
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.float32
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[name]
+
+
+def missing_library(err: ImportError) -> str:
+    """One line for a pipeline that needs a library its environment lacks, instead of transformers' paragraph.
+    Torchvision is the known case: Qwen2-VL's processor (Qwen-Image-Edit and -Plus) cannot load without it."""
+    text = " ".join(str(err).split())
+    if "torchvision" in text.lower():
+        what = text.split(" requires ")[0] if " requires " in text else "this pipeline"
+        return (f"{what} needs torchvision, which this engine environment does not have: set up the engine "
+                "environment with `hub engines setup diffusers --device cuda` (the build with torchvision)")
+    return f"a library this pipeline needs is missing from the engine environment: {text}"
 
 
 class Pipelines:
@@ -89,7 +100,11 @@ class Pipelines:
                                    f"{diffusers.__version__} (e.g. StableDiffusionXLPipeline, QwenImageEditPipeline)")
         log.info("loading %s as %s (%s, %s)", self.source, cls.__name__, self.device, dtype)
         diffusers.utils.logging.disable_progress_bar()
-        pipe = cls.from_pretrained(self.source, dtype=dtype, **({"revision": self.revision} if self.revision else {}))
+        try:
+            pipe = cls.from_pretrained(self.source, dtype=dtype,
+                                       **({"revision": self.revision} if self.revision else {}))
+        except ImportError as err:
+            raise LoadError(missing_library(err)) from err
         if o.scheduler:
             sched = getattr(diffusers, o.scheduler, None)
             if not (isinstance(sched, type) and issubclass(sched, diffusers.SchedulerMixin)):
@@ -212,16 +227,23 @@ class Pipelines:
         name = type(self.base).__name__ if self.base is not None else (self.opts.pipeline or "")
         return next((n for prefix, n in MULTI_IMAGE.items() if name.startswith(prefix)), 1)
 
+    def guidance(self, task: str) -> tuple[str | None, float | None]:
+        """Where a request's guidance_scale goes for `task` (rules.guidance_target) and that argument's default in
+        the pipeline's signature, if it has one."""
+        pipe = self.base if task == "edit" else self.derived.get(task, self.base)
+        if pipe is None:
+            return None, None
+        target = guidance_target(pipe)
+        params = inspect.signature(type(pipe).__call__).parameters
+        default = params[target].default if target in params else None
+        if isinstance(default, int | float) and not isinstance(default, bool):
+            return target, float(default)
+        return target, None
+
     def default_guidance(self) -> float | None:
-        """The guidance scale the pipeline uses when a request gives none (from its signature), if it has one."""
-        if self.base is None:
-            return None
-        params = inspect.signature(type(self.base).__call__).parameters
-        for name in ("guidance_scale", "true_cfg_scale"):
-            default = params[name].default if name in params else None
-            if isinstance(default, int | float) and not isinstance(default, bool):
-                return float(default)
-        return None
+        """The guidance scale the pipeline uses when a request gives none (from its signature), if it has one: that
+        of the argument a request's guidance_scale sets (true_cfg_scale where guidance_scale is inert)."""
+        return self.guidance("text2image" if "text2image" in self.derived else "edit")[1]
 
     def _token_counter(self, pipe: Any) -> tuple[Any, int, str] | None:
         """The tokenizer whose limit the prompt must fit and that limit: args.max_prompt_tokens, else the longest

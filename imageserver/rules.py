@@ -130,3 +130,39 @@ def check_call_args(asked: dict[str, Any], params: dict[str, type], pipeline: st
             raise BadRequest(f"'{name}' must be {KINDS[params[name]]} for {pipeline}, not {reprlib.repr(value)}",
                              name) from None
     return out
+
+
+def guidance_target(pipe: Any) -> str | None:
+    """The call argument that a request's `guidance_scale` (and args.default_guidance) sets for `pipe`: its
+    `guidance_scale` where that does something (classifier-free guidance in SD, SDXL and SD3; the guidance embedded
+    in a guidance-distilled transformer such as FLUX.1-dev's), else its `true_cfg_scale` where it has one (Qwen-Image
+    and its edit models, FLUX.1 schnell and Kontext without embedded guidance: their `guidance_scale` is read only by
+    a transformer that embeds guidance, so it would be silently inert); None when it takes neither."""
+    params = inspect.signature(type(pipe).__call__).parameters
+    config = getattr(getattr(pipe, "transformer", None), "config", None)
+    embeds = config.get("guidance_embeds") if isinstance(config, dict) else getattr(config, "guidance_embeds", None)
+    if "true_cfg_scale" in params and embeds is not True:
+        return "true_cfg_scale"
+    return "guidance_scale" if "guidance_scale" in params else None
+
+
+def map_guidance(asked: dict[str, Any], target: str | None, pipeline: str) -> dict[str, Any]:
+    """`asked` (a request's call arguments) with its guidance_scale moved to `target` (guidance_target);
+    BadRequest when it also names true_cfg_scale, which is then the same knob."""
+    if target != "true_cfg_scale" or "guidance_scale" not in asked:
+        return asked
+    if "true_cfg_scale" in asked:
+        raise BadRequest(f"give guidance_scale or true_cfg_scale, not both: for {pipeline} guidance_scale is its "
+                         "true_cfg_scale (classifier-free guidance; its own guidance_scale does nothing)",
+                         "true_cfg_scale")
+    out = dict(asked)
+    out["true_cfg_scale"] = out.pop("guidance_scale")
+    return out
+
+
+def cfg_negative_prompt(target: str | None, scale: float | None, negative: str | None) -> str | None:
+    """The negative prompt of a call: a true_cfg_scale pipeline runs its CFG only when it has one, so where the scale
+    in effect is above 1 and the request gave none, the empty one its model cards use (" "); else `negative`."""
+    if negative is None and target == "true_cfg_scale" and scale is not None and scale > 1:
+        return " "
+    return negative

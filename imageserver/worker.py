@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from imageserver.jobs import ClientGone, Job, JobCancelled, RequestTimeout, Work
+from imageserver.jobs import ClientGone, Job, JobCancelled, LoadError, RequestTimeout, Work
 from imageserver.memory import Memory
 
 log = logging.getLogger("imageserver")
@@ -179,6 +179,10 @@ class Worker:
             self.pipes.load()
             self.memory.use(self.pipes.device)
             log.info("pipeline ready in %.1fs", time.monotonic() - t0)
+        except LoadError as err:  # explained in full: one line
+            log.error("loading the pipeline failed: %s", err)
+            self.on_load_failure(str(err))
+            return
         except BaseException as err:  # any failure to load ends the server with the reason in its log
             log.exception("loading the pipeline failed")
             self.on_load_failure(f"{type(err).__name__}: {err}")

@@ -29,6 +29,8 @@ STRICT = os.environ.get("HUB_STRICT") == "1"
 # Engine environments and demo models are made once (by `make test`) and shared by every hub a test starts.
 ENVS_DIR = Path(os.environ.get("HUB_ENVS_DIR") or ROOT / ".hub" / "envs")
 DEMO_MODELS = Path(os.environ.get("HUB_DEMO_MODELS") or ROOT / ".hub" / "models")
+# engine environments whose Diffusers has torchvision (Qwen2-VL's processor needs it): the diffusers-cuda lock
+VISION_ENVS_DIR = Path(os.environ.get("HUB_VISION_ENVS_DIR") or ROOT / ".hub" / "envs-cuda")
 # What hub/config.py logs when a registry puts an engine key where earlier registries did (the model's table):
 # the tests' registries use the current keys (args.command), and only tests marked `legacy_keys` try the old ones.
 LEGACY_KEYS = "belongs in the model's args table now"
