@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 from imageserver.api import BadRequest, ServerOptions, partial_steps
 from imageserver.jobs import Job, JobCancelled, Partial, Progress
 from imageserver.previews import make_previewer
-from imageserver.rules import call_params, size_rule
+from imageserver.rules import call_params, is_batch_text, size_rule
 
 log = logging.getLogger("imageserver")
 
@@ -312,6 +312,9 @@ class Pipelines:
                 call["image"] = [j.work.image for j, _ in members]
             if w.mask is not None:
                 call["mask_image"] = [j.work.mask for j, _ in members]
+            for name, value in w.shared.items():  # every member's (their keys are equal), one per image
+                if isinstance(value, str) and name in params and is_batch_text(params[name]):
+                    call[name] = [value] * len(members)
             return [(call, members)]
         plans = []
         for job in jobs:

@@ -53,15 +53,31 @@ def size_rule(pipe: Any) -> tuple[int, str]:
     return max(vae, 8), f"{name}: its VAE scales by {vae}" + (", and the pipeline checks 8" if vae < 8 else "")
 
 
-def _scalar(param: inspect.Parameter) -> type | None:
-    """The plain type of a call argument (bool, int, float or str, None allowed), from its annotation, else from its
-    default; None for anything else (tensors, lists, callbacks, dicts), which JSON cannot carry."""
+def _kinds(param: inspect.Parameter) -> list[str]:
+    """The types a call argument's annotation names, None left out ("str | list[str] | None": str, list[str])."""
     ann = param.annotation
     text = ann.__name__ if isinstance(ann, type) else str(ann)
-    text = text.replace("typing.", "").replace(" ", "")
+    text = text.replace("typing.", "").replace(" ", "").replace("List[", "list[")
     if text.startswith("Optional[") and text.endswith("]"):
         text = text[len("Optional["):-1]
-    kinds = [t for t in text.split("|") if t not in ("None", "NoneType")]
+    return [t for t in text.split("|") if t not in ("None", "NoneType")]
+
+
+def is_batch_text(param: inspect.Parameter) -> bool:
+    """Whether a call argument is a text per image of a batch (`str | list[str]`): the prompts of a second or third
+    text encoder (SDXL's and SD3's prompt_2, SD3's prompt_3 and their negatives). A request gives one string; a
+    batched call must pass it as a list as long as its prompts, or the encoders' batches differ."""
+    return sorted(_kinds(param)) == ["list[str]", "str"]
+
+
+def _scalar(param: inspect.Parameter) -> type | None:
+    """The plain type of a call argument (bool, int, float or str, None allowed), from its annotation, else from its
+    default; None for anything else (tensors, lists, callbacks, dicts), which JSON cannot carry. A text per image
+    (is_batch_text) is a string: the server makes the batch's list."""
+    if is_batch_text(param):
+        return str
+    kinds = _kinds(param)
+    ann = param.annotation
     if len(kinds) == 1 and kinds[0] in SCALARS:
         return SCALARS[kinds[0]]
     default = param.default
