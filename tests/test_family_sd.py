@@ -173,3 +173,28 @@ def test_parameter_the_pipeline_does_not_take_is_400_naming_it(client, family):
     with pytest.raises(openai.BadRequestError) as err:
         client.images.edit(model=family, prompt="x", image=png(), extra_body={"sharpness": "2"})
     assert err.value.body["param"] == "sharpness" and img2img in err.value.body["message"]
+
+
+# family -> the prompts of its other text encoders (SDXL: a second CLIP; SD3: a second CLIP and T5)
+OTHER_PROMPTS = {"sd1.5": (), "sdxl": ("prompt_2", "negative_prompt_2"),
+                 "sd3.5": ("prompt_2", "prompt_3", "negative_prompt_2", "negative_prompt_3")}
+
+
+@pytest.mark.parametrize("family", NAMES)
+def test_the_other_text_encoders_prompts_reach_the_pipeline(client, family):
+    """Each encoder beyond the first reads its own prompt (the prompt itself when none is given): another text there
+    changes the images; n=2 is one batched call, which gets that text once per image. A family without that encoder
+    refuses the parameter."""
+    pipeline = FAMILIES[family][0]
+    base = {"seed": 4, "num_inference_steps": 2, "negative_prompt": "blurry"}
+    plain = client.images.generate(model=family, prompt="a red fox", n=2, size="64x64", extra_body=base)
+    for name in OTHER_PROMPTS[family]:
+        other = client.images.generate(model=family, prompt="a red fox", n=2, size="64x64",
+                                       extra_body={**base, name: "an oil painting of a lighthouse"})
+        assert sizes(other) == [(64, 64), (64, 64)]
+        assert all(a.b64_json != b.b64_json for a, b in zip(plain.data, other.data, strict=True)), name
+    for name in {"prompt_2", "prompt_3"} - set(OTHER_PROMPTS[family]):
+        with pytest.raises(openai.BadRequestError) as err:
+            client.images.generate(model=family, prompt="x", extra_body={name: "y"})
+        assert err.value.body["param"] == name
+        assert err.value.body["message"].startswith(f"unsupported parameter '{name}' for {pipeline}; accepted: ")
