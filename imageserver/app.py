@@ -117,7 +117,9 @@ def create_app(source: str, served_name: str, opts: ServerOptions, pipes: Pipeli
         for one it does not take (or when the model cannot do the task), before the request queues."""
         name, params = pipes.call_params(task, param)
         asked = {k: v for k in MAPPED if (v := getattr(req, k, None)) is not None}
-        return check_call_args(asked | req.call_args, params, name, type(req).model_fields)
+        args = check_call_args(asked | req.call_args, params, name, type(req).model_fields)
+        pipes.check_bounds(args, name)
+        return args
 
     def make_work(req: GenerationRequest | EditRequest, task: str, param: str, w: int, h: int, steps: int,
                   args: dict[str, Any], **extra: Any) -> Work:

@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 from imageserver.api import BadRequest, ServerOptions, partial_steps
 from imageserver.jobs import Job, JobCancelled, Partial, Progress
 from imageserver.previews import make_previewer
-from imageserver.rules import call_params, is_batch_text, size_rule
+from imageserver.rules import arg_bounds, call_params, check_bounds, is_batch_text, size_rule
 
 log = logging.getLogger("imageserver")
 
@@ -62,6 +62,7 @@ class Pipelines:
         self.derived: dict[str, Any] = {}  # task -> its pipeline, derived at load
         self.unsupported: dict[str, str] = {}  # task -> why the pipeline cannot do it
         self.params: dict[str, dict[str, type]] = {}  # task -> the call arguments a request may set (rules.py)
+        self.bounds: dict[str, tuple[int, int, str]] = {}  # call argument -> its bounds in this pipeline (rules.py)
         self._offloaded: Any = None  # the pipeline whose offload hooks are installed
         self.previewer: Any = None
         self.token_counter: tuple[Any, int, str] | None = None  # (tokenizer copy, limit, name)
@@ -128,7 +129,7 @@ class Pipelines:
         brings them back. CUDA's cached blocks go back to the driver."""
         self.base, self._offloaded = None, None
         self.previewer, self.token_counter = None, None
-        self.derived, self.unsupported, self.params = {}, {}, {}
+        self.derived, self.unsupported, self.params, self.bounds = {}, {}, {}, {}
         gc.collect()
         if self.device.startswith("cuda"):
             import torch
@@ -163,6 +164,7 @@ class Pipelines:
         served = {**derived, "edit": self.base} if self.is_instruction_edit() else derived
         params = {task: call_params(type(pipe)) for task, pipe in served.items()}
         self.derived, self.unsupported, self.params = derived, unsupported, params
+        self.bounds = arg_bounds(self.base)
         if self.opts.default_guidance is not None and not any("guidance_scale" in p for p in params.values()):
             log.warning("default_guidance: %s takes no guidance_scale; the option is left out of its calls",
                         type(self.base).__name__)
@@ -201,6 +203,10 @@ class Pipelines:
         BadRequest if the model cannot do the task."""
         pipe = self.get(task, param)
         return type(pipe).__name__, self.params.get(task, {})
+
+    def check_bounds(self, args: dict[str, Any], pipeline: str) -> None:
+        """BadRequest for a call argument outside what the loaded pipeline's modules allow (rules.arg_bounds)."""
+        check_bounds(args, self.bounds, pipeline)
 
     def max_input_images(self) -> int:
         """The most input images one edit may send: 1 for image-to-image and inpainting; for a pipeline that edits by

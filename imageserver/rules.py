@@ -146,3 +146,25 @@ def check_call_args(asked: dict[str, Any], params: dict[str, type], pipeline: st
             raise BadRequest(f"'{name}' must be {KINDS[params[name]]} for {pipeline}, not {reprlib.repr(value)}",
                              name) from None
     return out
+
+
+def arg_bounds(pipe: Any) -> dict[str, tuple[int, int, str]]:
+    """Bounds of call arguments that the loaded pipeline's modules set, with why: `clip_skip` counts layers of its
+    CLIP text encoders to skip, and one past what they have (or a negative count) fails inside the pipeline (an
+    IndexError, a 500). SDXL and SD3 read the layer before the one clip_skip names, so at most layers - 1."""
+    layers = []
+    for name in ("text_encoder", "text_encoder_2"):
+        n = getattr(getattr(getattr(pipe, name, None), "config", None), "num_hidden_layers", None)
+        if isinstance(n, int) and not isinstance(n, bool):
+            layers.append(n)
+    if not layers:
+        return {}
+    return {"clip_skip": (0, min(layers) - 1, f"its CLIP text encoder has {min(layers)} layers")}
+
+
+def check_bounds(args: dict[str, Any], bounds: dict[str, tuple[int, int, str]], pipeline: str) -> None:
+    """BadRequest naming the first of `args` (typed by check_call_args) outside its bounds (arg_bounds)."""
+    for name, (low, high, why) in bounds.items():
+        value = args.get(name)
+        if value is not None and not low <= value <= high:
+            raise BadRequest(f"'{name}' must be between {low} and {high} for {pipeline} ({why}), not {value}", name)
