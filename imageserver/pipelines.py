@@ -46,6 +46,17 @@ def resolve_dtype(name: str, device: str, torch: Any) -> Any:
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[name]
 
 
+def clip_text_model_alias(pipe: Any) -> None:
+    """Transformers 5 flattened CLIPTextModel (its layers are no longer under `.text_model`), but Stable Diffusion
+    1.x's encode_prompt still reads `text_encoder.text_model.final_layer_norm` when a request sets clip_skip, and
+    failed with an AttributeError (a 500). The encoder answers for its old inner module: a plain attribute, not a
+    registered submodule, so its weights and state dict are unchanged."""
+    for name in ("text_encoder", "text_encoder_2"):
+        enc = getattr(pipe, name, None)
+        if enc is not None and hasattr(enc, "final_layer_norm") and not hasattr(enc, "text_model"):
+            object.__setattr__(enc, "text_model", enc)
+
+
 class Pipelines:
     """The loaded pipeline and the ones derived from it (sharing its weights), placed on one device."""
 
@@ -115,6 +126,7 @@ class Pipelines:
         if o.cpu_offload != "none" and not self.device.startswith("cuda"):
             log.warning("cpu_offload=%s needs a CUDA device; running on %s without offload", o.cpu_offload, self.device)
         pipe.set_progress_bar_config(disable=True)
+        clip_text_model_alias(pipe)
         self.base = pipe
         self._place(pipe)
         self._derive()
