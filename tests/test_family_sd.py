@@ -198,3 +198,17 @@ def test_the_other_text_encoders_prompts_reach_the_pipeline(client, family):
             client.images.generate(model=family, prompt="x", extra_body={name: "y"})
         assert err.value.body["param"] == name
         assert err.value.body["message"].startswith(f"unsupported parameter '{name}' for {pipeline}; accepted: ")
+
+
+@pytest.mark.parametrize("family", NAMES)
+def test_clip_skip_is_checked_against_the_text_encoders(client, family):
+    """clip_skip past the layers of the family's CLIP encoders (5 in these) failed inside the pipeline with an
+    IndexError, a 500: now a 400 naming it and the range; one in range reaches the pipeline."""
+    pipeline = FAMILIES[family][0]
+    with pytest.raises(openai.BadRequestError) as err:
+        client.images.generate(model=family, prompt="x", extra_body={"clip_skip": 100})
+    assert err.value.body["param"] == "clip_skip"
+    assert err.value.body["message"] == (f"'clip_skip' must be between 0 and 4 for {pipeline} (its CLIP text encoder "
+                                         "has 5 layers), not 100")
+    base = {"seed": 6, "num_inference_steps": 2}
+    assert one(client, family, clip_skip=2, **base) != one(client, family, **base)

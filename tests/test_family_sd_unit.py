@@ -5,14 +5,15 @@ as long as its prompts."""
 from __future__ import annotations
 
 import inspect
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 from imageserver.api import BadRequest
 from imageserver.jobs import Job, Work
-from imageserver.pipelines import Pipelines
-from imageserver.rules import call_params, check_call_args, is_batch_text, size_rule
+from imageserver.pipelines import Pipelines, clip_text_model_alias
+from imageserver.rules import arg_bounds, call_params, check_bounds, check_call_args, is_batch_text, size_rule
 
 
 class ThreeEncoders:
@@ -63,3 +64,29 @@ def test_a_batched_call_gets_the_other_encoders_prompts_once_per_image(monkeypat
     assert call["prompt_2"] == ["oil painting"] * 3 and call["prompt_3"] == ["a fox"] * 3
     assert "guidance_scale" not in call, "the batch's numbers stay shared"
     assert call["generator"] == ["gen10", "gen20", "gen21"]
+
+
+def encoder(layers: int) -> SimpleNamespace:
+    return SimpleNamespace(config=SimpleNamespace(num_hidden_layers=layers))
+
+
+def test_clip_skip_is_bounded_by_the_clip_encoders_layers():
+    sdxl = SimpleNamespace(text_encoder=encoder(12), text_encoder_2=encoder(32))
+    assert arg_bounds(sdxl) == {"clip_skip": (0, 11, "its CLIP text encoder has 12 layers")}
+    assert arg_bounds(SimpleNamespace(transformer=object())) == {}, "no text encoder: nothing to bound"
+    check_bounds({"clip_skip": 11, "eta": 5.0}, arg_bounds(sdxl), "StableDiffusionXLPipeline")
+    for bad in (12, -1):
+        with pytest.raises(BadRequest) as err:
+            check_bounds({"clip_skip": bad}, arg_bounds(sdxl), "StableDiffusionXLPipeline")
+        assert err.value.param == "clip_skip"
+        assert err.value.message == (f"'clip_skip' must be between 0 and 11 for StableDiffusionXLPipeline (its CLIP "
+                                     f"text encoder has 12 layers), not {bad}")
+
+
+def test_a_flattened_clip_encoder_answers_for_its_old_text_model():
+    """SD 1.x's clip_skip path reads text_encoder.text_model.final_layer_norm (transformers 4's layout)."""
+    flat, old = SimpleNamespace(final_layer_norm="norm"), SimpleNamespace(text_model=SimpleNamespace())
+    pipe = SimpleNamespace(text_encoder=flat, text_encoder_2=old, transformer=None)
+    clip_text_model_alias(pipe)
+    assert pipe.text_encoder.text_model.final_layer_norm == "norm"
+    assert pipe.text_encoder_2.text_model is old.text_model, "an encoder with the old layout is left alone"
