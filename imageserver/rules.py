@@ -66,8 +66,10 @@ def _kinds(param: inspect.Parameter) -> list[str]:
 def is_batch_text(param: inspect.Parameter) -> bool:
     """Whether a call argument is a text per image of a batch (`str | list[str]`): the prompts of a second or third
     text encoder (SDXL's and SD3's prompt_2, SD3's prompt_3 and their negatives). A request gives one string; a
-    batched call must pass it as a list as long as its prompts, or the encoders' batches differ."""
-    return sorted(_kinds(param)) == ["list[str]", "str"]
+    batched call must pass it as a list as long as its prompts, or the encoders' batches differ. Only prompts: some
+    signatures annotate tensors so (Flux2KleinPipeline's negative_prompt_embeds)."""
+    return "prompt" in param.name and not param.name.endswith("_embeds") and sorted(_kinds(param)) == ["list[str]",
+                                                                                                        "str"]
 
 
 def _scalar(param: inspect.Parameter) -> type | None:
