@@ -26,7 +26,8 @@ class ThreeEncoders:
                  prompt_3: str | list[str] | None = None, negative_prompt: str | list[str] | None = None,
                  negative_prompt_2: str | list[str] | None = None, num_images_per_prompt: int | None = 1,
                  guidance_scale: float = 7.0, joint_attention_kwargs: dict[str, Any] | None = None,
-                 sampler: str = "euler", generator: Any = None) -> None:
+                 sampler: str = "euler", generator: Any = None,
+                 negative_prompt_embeds: str | list[str] | None = None) -> None:  # mis-annotated, as FLUX.2 klein's
         """Nothing: only the signature is read."""
 
 
@@ -35,6 +36,7 @@ def test_second_and_third_prompts_are_string_parameters():
     assert {k: params[k] for k in ("prompt_2", "prompt_3", "negative_prompt_2", "sampler")} == dict.fromkeys(
         ("prompt_2", "prompt_3", "negative_prompt_2", "sampler"), str)
     assert "joint_attention_kwargs" not in params and "prompt" not in params
+    assert "negative_prompt_embeds" not in params, "a tensor, whatever its annotation says"
     sig = inspect.signature(ThreeEncoders.__call__).parameters
     assert [n for n, p in sig.items() if is_batch_text(p)] == ["prompt", "prompt_2", "prompt_3", "negative_prompt",
                                                                 "negative_prompt_2"]
