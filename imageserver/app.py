@@ -118,7 +118,9 @@ def create_app(source: str, served_name: str, opts: ServerOptions, pipes: Pipeli
         name, params = pipes.call_params(task, param)
         asked = {k: v for k in MAPPED if (v := getattr(req, k, None)) is not None}
         asked = map_guidance(asked | req.call_args, pipes.guidance(task)[0], name)
-        return check_call_args(asked, params, name, type(req).model_fields)
+        args = check_call_args(asked, params, name, type(req).model_fields)
+        pipes.check_bounds(args, name)
+        return args
 
     def make_work(req: GenerationRequest | EditRequest, task: str, param: str, w: int, h: int, steps: int,
                   args: dict[str, Any], **extra: Any) -> Work:

@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 from imageserver.api import BadRequest, ServerOptions, partial_steps
 from imageserver.jobs import Job, JobCancelled, LoadError, Partial, Progress
 from imageserver.previews import make_previewer
-from imageserver.rules import call_params, guidance_target, size_rule
+from imageserver.rules import arg_bounds, call_params, check_bounds, guidance_target, is_batch_text, size_rule
 
 log = logging.getLogger("imageserver")
 
@@ -56,6 +56,16 @@ def missing_library(err: ImportError) -> str:
                 "environment with `hub engines setup diffusers --device cuda` (the build with torchvision)")
     return f"a library this pipeline needs is missing from the engine environment: {text}"
 
+def clip_text_model_alias(pipe: Any) -> None:
+    """Transformers 5 flattened CLIPTextModel (its layers are no longer under `.text_model`), but Stable Diffusion
+    1.x's encode_prompt still reads `text_encoder.text_model.final_layer_norm` when a request sets clip_skip, and
+    failed with an AttributeError (a 500). The encoder answers for its old inner module: a plain attribute, not a
+    registered submodule, so its weights and state dict are unchanged."""
+    for name in ("text_encoder", "text_encoder_2"):
+        enc = getattr(pipe, name, None)
+        if enc is not None and hasattr(enc, "final_layer_norm") and not hasattr(enc, "text_model"):
+            object.__setattr__(enc, "text_model", enc)
+
 
 class Pipelines:
     """The loaded pipeline and the ones derived from it (sharing its weights), placed on one device."""
@@ -73,6 +83,7 @@ class Pipelines:
         self.derived: dict[str, Any] = {}  # task -> its pipeline, derived at load
         self.unsupported: dict[str, str] = {}  # task -> why the pipeline cannot do it
         self.params: dict[str, dict[str, type]] = {}  # task -> the call arguments a request may set (rules.py)
+        self.bounds: dict[str, tuple[int, int, str]] = {}  # call argument -> its bounds in this pipeline (rules.py)
         self._offloaded: Any = None  # the pipeline whose offload hooks are installed
         self.previewer: Any = None
         self.token_counter: tuple[Any, int, str] | None = None  # (tokenizer copy, limit, name)
@@ -129,6 +140,7 @@ class Pipelines:
         if o.cpu_offload != "none" and not self.device.startswith("cuda"):
             log.warning("cpu_offload=%s needs a CUDA device; running on %s without offload", o.cpu_offload, self.device)
         pipe.set_progress_bar_config(disable=True)
+        clip_text_model_alias(pipe)
         self.base = pipe
         self._place(pipe)
         self._derive()
@@ -143,7 +155,7 @@ class Pipelines:
         brings them back. CUDA's cached blocks go back to the driver."""
         self.base, self._offloaded = None, None
         self.previewer, self.token_counter = None, None
-        self.derived, self.unsupported, self.params = {}, {}, {}
+        self.derived, self.unsupported, self.params, self.bounds = {}, {}, {}, {}
         gc.collect()
         if self.device.startswith("cuda"):
             import torch
@@ -178,6 +190,7 @@ class Pipelines:
         served = {**derived, "edit": self.base} if self.is_instruction_edit() else derived
         params = {task: call_params(type(pipe)) for task, pipe in served.items()}
         self.derived, self.unsupported, self.params = derived, unsupported, params
+        self.bounds = arg_bounds(self.base)
         if self.opts.default_guidance is not None and not any("guidance_scale" in p for p in params.values()):
             log.warning("default_guidance: %s takes no guidance_scale; the option is left out of its calls",
                         type(self.base).__name__)
@@ -216,6 +229,10 @@ class Pipelines:
         BadRequest if the model cannot do the task."""
         pipe = self.get(task, param)
         return type(pipe).__name__, self.params.get(task, {})
+
+    def check_bounds(self, args: dict[str, Any], pipeline: str) -> None:
+        """BadRequest for a call argument outside what the loaded pipeline's modules allow (rules.arg_bounds)."""
+        check_bounds(args, self.bounds, pipeline)
 
     def max_input_images(self) -> int:
         """The most input images one edit may send: 1 for image-to-image and inpainting; for a pipeline that edits by
@@ -334,6 +351,9 @@ class Pipelines:
                 call["image"] = [j.work.image for j, _ in members]
             if w.mask is not None:
                 call["mask_image"] = [j.work.mask for j, _ in members]
+            for name, value in w.shared.items():  # every member's (their keys are equal), one per image
+                if isinstance(value, str) and name in params and is_batch_text(params[name]):
+                    call[name] = [value] * len(members)
             return [(call, members)]
         plans = []
         for job in jobs:

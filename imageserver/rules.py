@@ -53,15 +53,33 @@ def size_rule(pipe: Any) -> tuple[int, str]:
     return max(vae, 8), f"{name}: its VAE scales by {vae}" + (", and the pipeline checks 8" if vae < 8 else "")
 
 
-def _scalar(param: inspect.Parameter) -> type | None:
-    """The plain type of a call argument (bool, int, float or str, None allowed), from its annotation, else from its
-    default; None for anything else (tensors, lists, callbacks, dicts), which JSON cannot carry."""
+def _kinds(param: inspect.Parameter) -> list[str]:
+    """The types a call argument's annotation names, None left out ("str | list[str] | None": str, list[str])."""
     ann = param.annotation
     text = ann.__name__ if isinstance(ann, type) else str(ann)
-    text = text.replace("typing.", "").replace(" ", "")
+    text = text.replace("typing.", "").replace(" ", "").replace("List[", "list[")
     if text.startswith("Optional[") and text.endswith("]"):
         text = text[len("Optional["):-1]
-    kinds = [t for t in text.split("|") if t not in ("None", "NoneType")]
+    return [t for t in text.split("|") if t not in ("None", "NoneType")]
+
+
+def is_batch_text(param: inspect.Parameter) -> bool:
+    """Whether a call argument is a text per image of a batch (`str | list[str]`): the prompts of a second or third
+    text encoder (SDXL's and SD3's prompt_2, SD3's prompt_3 and their negatives). A request gives one string; a
+    batched call must pass it as a list as long as its prompts, or the encoders' batches differ. Only prompts: some
+    signatures annotate tensors so (Flux2KleinPipeline's negative_prompt_embeds)."""
+    return "prompt" in param.name and not param.name.endswith("_embeds") and sorted(_kinds(param)) == ["list[str]",
+                                                                                                        "str"]
+
+
+def _scalar(param: inspect.Parameter) -> type | None:
+    """The plain type of a call argument (bool, int, float or str, None allowed), from its annotation, else from its
+    default; None for anything else (tensors, lists, callbacks, dicts), which JSON cannot carry. A text per image
+    (is_batch_text) is a string: the server makes the batch's list."""
+    if is_batch_text(param):
+        return str
+    kinds = _kinds(param)
+    ann = param.annotation
     if len(kinds) == 1 and kinds[0] in SCALARS:
         return SCALARS[kinds[0]]
     default = param.default
@@ -166,3 +184,24 @@ def cfg_negative_prompt(target: str | None, scale: float | None, negative: str |
     if negative is None and target == "true_cfg_scale" and scale is not None and scale > 1:
         return " "
     return negative
+
+def arg_bounds(pipe: Any) -> dict[str, tuple[int, int, str]]:
+    """Bounds of call arguments that the loaded pipeline's modules set, with why: `clip_skip` counts layers of its
+    CLIP text encoders to skip, and one past what they have (or a negative count) fails inside the pipeline (an
+    IndexError, a 500). SDXL and SD3 read the layer before the one clip_skip names, so at most layers - 1."""
+    layers = []
+    for name in ("text_encoder", "text_encoder_2"):
+        n = getattr(getattr(getattr(pipe, name, None), "config", None), "num_hidden_layers", None)
+        if isinstance(n, int) and not isinstance(n, bool):
+            layers.append(n)
+    if not layers:
+        return {}
+    return {"clip_skip": (0, min(layers) - 1, f"its CLIP text encoder has {min(layers)} layers")}
+
+
+def check_bounds(args: dict[str, Any], bounds: dict[str, tuple[int, int, str]], pipeline: str) -> None:
+    """BadRequest naming the first of `args` (typed by check_call_args) outside its bounds (arg_bounds)."""
+    for name, (low, high, why) in bounds.items():
+        value = args.get(name)
+        if value is not None and not low <= value <= high:
+            raise BadRequest(f"'{name}' must be between {low} and {high} for {pipeline} ({why}), not {value}", name)
