@@ -48,7 +48,7 @@ from imageserver.images import MEDIA_TYPES, decode_image, encode_image, fit_size
 from imageserver.jobs import Work
 from imageserver.memory import Memory
 from imageserver.pipelines import Pipelines
-from imageserver.rules import MAPPED, check_call_args
+from imageserver.rules import MAPPED, check_call_args, route_guidance
 from imageserver.streaming import failure, stream_job
 from imageserver.worker import Worker
 
@@ -117,19 +117,27 @@ def create_app(source: str, served_name: str, opts: ServerOptions, pipes: Pipeli
         for one it does not take (or when the model cannot do the task), before the request queues."""
         name, params = pipes.call_params(task, param)
         asked = {k: v for k in MAPPED if (v := getattr(req, k, None)) is not None}
-        return check_call_args(asked | req.call_args, params, name, type(req).model_fields)
+        args = check_call_args(asked | req.call_args, params, name, type(req).model_fields)
+        return route_guidance(args, pipes.guidance_target(task), name)
 
     def make_work(req: GenerationRequest | EditRequest, task: str, param: str, w: int, h: int, steps: int,
                   args: dict[str, Any], **extra: Any) -> Work:
         """The work of a request; `args` from call_args. The server's own choices (size, steps, the options'
-        default_guidance, the default strength) go along and are left out of a call whose pipeline does not take
-        them; the request's own were checked."""
-        shared = {"width": w, "height": h, "num_inference_steps": steps, "guidance_scale": opts.default_guidance}
+        default_guidance where the pipeline's guidance goes, the default strength) go along and are left out of a
+        call whose pipeline does not take them; the request's own were checked. True CFG (FLUX.1, Qwen-Image) runs
+        only with a negative prompt: a true_cfg_scale above 1 with none gets an empty one, or the scale would be
+        dropped silently."""
+        shared = {"width": w, "height": h, "num_inference_steps": steps}
+        if (to := pipes.guidance_target(task)[0]) is not None:
+            shared[to] = opts.default_guidance
         if "strength" in extra:
             shared["strength"] = extra.pop("strength")
         shared |= {k: v for k, v in args.items() if k != "negative_prompt"}
+        negative = req.negative_prompt
+        if negative is None and (shared.get("true_cfg_scale") or 0) > 1:
+            negative = ""
         seed = req.seed if req.seed is not None else secrets.randbits(63)
-        return Work(task, param, shared, req.prompt, req.negative_prompt, req.n, seed,
+        return Work(task, param, shared, req.prompt, negative, req.n, seed,
                     partial_images=(req.partial_images or 0) if req.stream else 0, **extra)
 
     async def answer(request: Request, req: GenerationRequest | EditRequest, work: Work, kind: str, quality: str,

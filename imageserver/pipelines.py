@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 from imageserver.api import BadRequest, ServerOptions, partial_steps
 from imageserver.jobs import Job, JobCancelled, Partial, Progress
 from imageserver.previews import make_previewer
-from imageserver.rules import call_params, size_rule
+from imageserver.rules import call_params, guidance_target, size_rule
 
 log = logging.getLogger("imageserver")
 
@@ -62,6 +62,7 @@ class Pipelines:
         self.derived: dict[str, Any] = {}  # task -> its pipeline, derived at load
         self.unsupported: dict[str, str] = {}  # task -> why the pipeline cannot do it
         self.params: dict[str, dict[str, type]] = {}  # task -> the call arguments a request may set (rules.py)
+        self.guidance: dict[str, tuple[str | None, str]] = {}  # task -> where guidance_scale goes (rules.py)
         self._offloaded: Any = None  # the pipeline whose offload hooks are installed
         self.previewer: Any = None
         self.token_counter: tuple[Any, int, str] | None = None  # (tokenizer copy, limit, name)
@@ -128,7 +129,7 @@ class Pipelines:
         brings them back. CUDA's cached blocks go back to the driver."""
         self.base, self._offloaded = None, None
         self.previewer, self.token_counter = None, None
-        self.derived, self.unsupported, self.params = {}, {}, {}
+        self.derived, self.unsupported, self.params, self.guidance = {}, {}, {}, {}
         gc.collect()
         if self.device.startswith("cuda"):
             import torch
@@ -163,6 +164,7 @@ class Pipelines:
         served = {**derived, "edit": self.base} if self.is_instruction_edit() else derived
         params = {task: call_params(type(pipe)) for task, pipe in served.items()}
         self.derived, self.unsupported, self.params = derived, unsupported, params
+        self.guidance = {task: guidance_target(pipe) for task, pipe in served.items()}
         if self.opts.default_guidance is not None and not any("guidance_scale" in p for p in params.values()):
             log.warning("default_guidance: %s takes no guidance_scale; the option is left out of its calls",
                         type(self.base).__name__)
@@ -212,15 +214,20 @@ class Pipelines:
         name = type(self.base).__name__ if self.base is not None else (self.opts.pipeline or "")
         return next((n for prefix, n in MULTI_IMAGE.items() if name.startswith(prefix)), 1)
 
+    def guidance_target(self, task: str) -> tuple[str | None, str]:
+        """Where a request's guidance_scale goes for the pipeline of `task`, and why (rules.guidance_target)."""
+        return self.guidance.get(task, ("guidance_scale", ""))
+
     def default_guidance(self) -> float | None:
-        """The guidance scale the pipeline uses when a request gives none (from its signature), if it has one."""
+        """The guidance the pipeline uses when a request gives none: the default of the argument its guidance_scale
+        goes to (rules.guidance_target); None where it has none or nothing reads it."""
         if self.base is None:
             return None
+        to, _ = guidance_target(self.base)
         params = inspect.signature(type(self.base).__call__).parameters
-        for name in ("guidance_scale", "true_cfg_scale"):
-            default = params[name].default if name in params else None
-            if isinstance(default, int | float) and not isinstance(default, bool):
-                return float(default)
+        default = params[to].default if to in params else None
+        if isinstance(default, int | float) and not isinstance(default, bool):
+            return float(default)
         return None
 
     def _token_counter(self, pipe: Any) -> tuple[Any, int, str] | None:

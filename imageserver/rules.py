@@ -53,6 +53,26 @@ def size_rule(pipe: Any) -> tuple[int, str]:
     return max(vae, 8), f"{name}: its VAE scales by {vae}" + (", and the pipeline checks 8" if vae < 8 else "")
 
 
+def guidance_target(pipe: Any) -> tuple[str | None, str]:
+    """Where a request's `guidance_scale` goes for `pipe`, and why when not to its own: to `guidance_scale` where
+    that is the pipeline's real guidance (classifier-free in SD, SDXL, SD3 and FLUX.2 klein base; embedded in the
+    guidance-distilled FLUX.1 [dev] and Kontext, whose transformer takes it as an input); to `true_cfg_scale` where
+    the pipeline has one and its transformer embeds no guidance (Qwen-Image, FLUX.1 [schnell]: their guidance_scale
+    is read by nothing); None where nothing reads it (a step-distilled FLUX.2 klein, or no guidance_scale at all)."""
+    params = inspect.signature(type(pipe).__call__).parameters
+    name = type(pipe).__name__
+    if "guidance_scale" not in params:
+        return None, f"{name} takes no guidance_scale"
+    if getattr(getattr(pipe, "config", None), "is_distilled", False) is True:
+        return None, f"{name} is step-distilled (is_distilled): it runs without guidance"
+    if "true_cfg_scale" in params:
+        transformer = getattr(getattr(pipe, "transformer", None), "config", None)
+        if getattr(transformer, "guidance_embeds", False) is not True:
+            return "true_cfg_scale", (f"{name}'s transformer embeds no guidance: its classifier-free guidance is "
+                                      "true_cfg_scale")
+    return "guidance_scale", ""
+
+
 def _scalar(param: inspect.Parameter) -> type | None:
     """The plain type of a call argument (bool, int, float or str, None allowed), from its annotation, else from its
     default; None for anything else (tensors, lists, callbacks, dicts), which JSON cannot carry."""
@@ -129,4 +149,20 @@ def check_call_args(asked: dict[str, Any], params: dict[str, type], pipeline: st
         except (ValueError, TypeError, OverflowError):
             raise BadRequest(f"'{name}' must be {KINDS[params[name]]} for {pipeline}, not {reprlib.repr(value)}",
                              name) from None
+    return out
+
+
+def route_guidance(args: dict[str, Any], target: tuple[str | None, str], pipeline: str) -> dict[str, Any]:
+    """The checked call arguments with a request's `guidance_scale` moved to where `target` (guidance_target) says
+    the pipeline reads it; BadRequest where nothing reads it (it would be dropped silently), or where the request
+    also gives that argument itself (two values for one guidance)."""
+    to, why = target
+    if "guidance_scale" not in args or to == "guidance_scale":
+        return args
+    if to is None:
+        raise BadRequest(f"'guidance_scale' has no effect on {pipeline}: {why}; leave it out", "guidance_scale")
+    if to in args:
+        raise BadRequest(f"give 'guidance_scale' or '{to}', not both: {why}", "guidance_scale")
+    out = dict(args)
+    out[to] = out.pop("guidance_scale")
     return out
