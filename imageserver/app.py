@@ -122,12 +122,12 @@ def create_app(source: str, served_name: str, opts: ServerOptions, pipes: Pipeli
 
     def make_work(req: GenerationRequest | EditRequest, task: str, param: str, w: int, h: int, steps: int,
                   args: dict[str, Any], **extra: Any) -> Work:
-        """The work of a request; `args` from call_args. The server's own choices (size, steps, the options'
-        default_guidance where the pipeline's guidance goes, the default strength) go along and are left out of a
-        call whose pipeline does not take them; the request's own were checked. True CFG (FLUX.1, Qwen-Image) runs
-        only with a negative prompt: a true_cfg_scale above 1 with none gets an empty one, or the scale would be
-        dropped silently."""
-        shared = {"width": w, "height": h, "num_inference_steps": steps}
+        """The work of a request; `args` from call_args. The server's own choices (size and the max_area that FLUX
+        Kontext derives its size from, steps, the options' default_guidance where the pipeline's guidance goes, the
+        default strength) go along and are left out of a call whose pipeline does not take them; the request's own
+        were checked. True CFG (FLUX.1, Qwen-Image) runs only with a negative prompt: a true_cfg_scale above 1 with
+        none gets an empty one, or the scale would be dropped silently."""
+        shared = {"width": w, "height": h, "max_area": w * h, "num_inference_steps": steps}
         if (to := pipes.guidance_target(task)[0]) is not None:
             shared[to] = opts.default_guidance
         if "strength" in extra:
