@@ -305,6 +305,7 @@ def create_app(source: str, served_name: str, opts: ServerOptions, pipes: Pipeli
             if len(images) > most:
                 raise BadRequest(f"this model ({type(pipes.base).__name__}) takes at most {most} input image"
                                  f"{'s' if most > 1 else ''} (max_input_images); {len(images)} were sent", "image")
+            pipes.check_input_images(images)
             work = make_work(req, task, param, w, h, steps, args, image=images if len(images) > 1 else images[0])
         else:
             work = make_work(req, task, param, w, h, steps, args, image=images[0], strength=strength)

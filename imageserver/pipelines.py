@@ -204,6 +204,19 @@ class Pipelines:
         pipe = self.get(task, param)
         return type(pipe).__name__, self.params.get(task, {})
 
+    def check_input_images(self, images: list[Any], param: str = "image") -> None:
+        """BadRequest where the instruction-edit pipeline's own image check refuses an input image as it will be sent
+        (FLUX.2: at least 64 px a side, at most 8:1), before the request queues: inside the call it is a failure."""
+        check = getattr(getattr(self.base, "image_processor", None), "check_image_input", None)
+        if check is None or not self.is_instruction_edit():
+            return
+        for im in images:
+            try:
+                check(im)
+            except ValueError as err:
+                raise BadRequest(f"{type(self.base).__name__} refuses the input image at {im.size[0]}x{im.size[1]} "
+                                 f"(inputs are resized to the output size): {err}", param) from None
+
     def max_input_images(self) -> int:
         """The most input images one edit may send: 1 for image-to-image and inpainting; for a pipeline that edits by
         instruction, args.max_input_images, else its family's (MULTI_IMAGE), else 1."""
