@@ -48,7 +48,7 @@ from imageserver.images import MEDIA_TYPES, decode_image, encode_image, fit_size
 from imageserver.jobs import Work
 from imageserver.memory import Memory
 from imageserver.pipelines import Pipelines
-from imageserver.rules import MAPPED, cfg_negative_prompt, check_call_args, map_guidance
+from imageserver.rules import MAPPED, check_call_args, route_guidance
 from imageserver.streaming import failure, stream_job
 from imageserver.worker import Worker
 
@@ -117,25 +117,29 @@ def create_app(source: str, served_name: str, opts: ServerOptions, pipes: Pipeli
         for one it does not take (or when the model cannot do the task), before the request queues."""
         name, params = pipes.call_params(task, param)
         asked = {k: v for k in MAPPED if (v := getattr(req, k, None)) is not None}
-        asked = map_guidance(asked | req.call_args, pipes.guidance(task)[0], name)
-        args = check_call_args(asked, params, name, type(req).model_fields)
+        args = check_call_args(asked | req.call_args, params, name, type(req).model_fields)
         pipes.check_bounds(args, name)
-        return args
+        return route_guidance(args, pipes.guidance_target(task), name)
 
     def make_work(req: GenerationRequest | EditRequest, task: str, param: str, w: int, h: int, steps: int,
                   args: dict[str, Any], **extra: Any) -> Work:
-        """The work of a request; `args` from call_args. The server's own choices (size, steps, the options'
-        default_guidance, the default strength) go along and are left out of a call whose pipeline does not take
-        them; the request's own were checked."""
-        target, default = pipes.guidance(task)
-        shared = {"width": w, "height": h, "num_inference_steps": steps,
-                  target or "guidance_scale": opts.default_guidance}
+        """The work of a request; `args` from call_args. The server's own choices (size and the max_area that FLUX
+        Kontext derives its size from, steps, the options' default_guidance where the pipeline's guidance goes, the
+        default strength) go along and are left out of a call whose pipeline does not take them; the request's own
+        were checked. True CFG (FLUX.1, Qwen-Image) runs only with a negative prompt: a true_cfg_scale above 1 with
+        none gets an empty one (" "), or the scale would be dropped silently."""
+        shared = {"width": w, "height": h, "max_area": w * h, "num_inference_steps": steps}
+        if (to := pipes.guidance_target(task)[0]) is not None:
+            shared[to] = opts.default_guidance
         if "strength" in extra:
             shared["strength"] = extra.pop("strength")
         shared |= {k: v for k, v in args.items() if k != "negative_prompt"}
+        negative, cfg = req.negative_prompt, shared.get("true_cfg_scale")
+        if cfg is None and to == "true_cfg_scale":
+            cfg = pipes.default_guidance()  # the scale in effect: Qwen-Image's cards run true CFG at its default 4
+        if negative is None and (cfg or 0) > 1:
+            negative = " "  # the empty negative prompt of the model cards
         seed = req.seed if req.seed is not None else secrets.randbits(63)
-        scale = shared.get(target) if target and shared.get(target) is not None else default
-        negative = cfg_negative_prompt(target, scale, req.negative_prompt)
         return Work(task, param, shared, req.prompt, negative, req.n, seed,
                     partial_images=(req.partial_images or 0) if req.stream else 0, **extra)
 
@@ -304,6 +308,7 @@ def create_app(source: str, served_name: str, opts: ServerOptions, pipes: Pipeli
             if len(images) > most:
                 raise BadRequest(f"this model ({type(pipes.base).__name__}) takes at most {most} input image"
                                  f"{'s' if most > 1 else ''} (max_input_images); {len(images)} were sent", "image")
+            pipes.check_input_images(images)
             work = make_work(req, task, param, w, h, steps, args, image=images if len(images) > 1 else images[0])
         else:
             work = make_work(req, task, param, w, h, steps, args, image=images[0], strength=strength)

@@ -84,6 +84,7 @@ class Pipelines:
         self.unsupported: dict[str, str] = {}  # task -> why the pipeline cannot do it
         self.params: dict[str, dict[str, type]] = {}  # task -> the call arguments a request may set (rules.py)
         self.bounds: dict[str, tuple[int, int, str]] = {}  # call argument -> its bounds in this pipeline (rules.py)
+        self.guidance: dict[str, tuple[str | None, str]] = {}  # task -> where guidance_scale goes (rules.py)
         self._offloaded: Any = None  # the pipeline whose offload hooks are installed
         self.previewer: Any = None
         self.token_counter: tuple[Any, int, str] | None = None  # (tokenizer copy, limit, name)
@@ -155,7 +156,7 @@ class Pipelines:
         brings them back. CUDA's cached blocks go back to the driver."""
         self.base, self._offloaded = None, None
         self.previewer, self.token_counter = None, None
-        self.derived, self.unsupported, self.params, self.bounds = {}, {}, {}, {}
+        self.derived, self.unsupported, self.params, self.bounds, self.guidance = {}, {}, {}, {}, {}
         gc.collect()
         if self.device.startswith("cuda"):
             import torch
@@ -191,6 +192,7 @@ class Pipelines:
         params = {task: call_params(type(pipe)) for task, pipe in served.items()}
         self.derived, self.unsupported, self.params = derived, unsupported, params
         self.bounds = arg_bounds(self.base)
+        self.guidance = {task: guidance_target(pipe) for task, pipe in served.items()}
         if self.opts.default_guidance is not None and not any("guidance_scale" in p for p in params.values()):
             log.warning("default_guidance: %s takes no guidance_scale; the option is left out of its calls",
                         type(self.base).__name__)
@@ -234,6 +236,19 @@ class Pipelines:
         """BadRequest for a call argument outside what the loaded pipeline's modules allow (rules.arg_bounds)."""
         check_bounds(args, self.bounds, pipeline)
 
+    def check_input_images(self, images: list[Any], param: str = "image") -> None:
+        """BadRequest where the instruction-edit pipeline's own image check refuses an input image as it will be sent
+        (FLUX.2: at least 64 px a side, at most 8:1), before the request queues: inside the call it is a failure."""
+        check = getattr(getattr(self.base, "image_processor", None), "check_image_input", None)
+        if check is None or not self.is_instruction_edit():
+            return
+        for im in images:
+            try:
+                check(im)
+            except ValueError as err:
+                raise BadRequest(f"{type(self.base).__name__} refuses the input image at {im.size[0]}x{im.size[1]} "
+                                 f"(inputs are resized to the output size): {err}", param) from None
+
     def max_input_images(self) -> int:
         """The most input images one edit may send: 1 for image-to-image and inpainting; for a pipeline that edits by
         instruction, args.max_input_images, else its family's (MULTI_IMAGE), else 1."""
@@ -244,23 +259,21 @@ class Pipelines:
         name = type(self.base).__name__ if self.base is not None else (self.opts.pipeline or "")
         return next((n for prefix, n in MULTI_IMAGE.items() if name.startswith(prefix)), 1)
 
-    def guidance(self, task: str) -> tuple[str | None, float | None]:
-        """Where a request's guidance_scale goes for `task` (rules.guidance_target) and that argument's default in
-        the pipeline's signature, if it has one."""
-        pipe = self.base if task == "edit" else self.derived.get(task, self.base)
-        if pipe is None:
-            return None, None
-        target = guidance_target(pipe)
-        params = inspect.signature(type(pipe).__call__).parameters
-        default = params[target].default if target in params else None
-        if isinstance(default, int | float) and not isinstance(default, bool):
-            return target, float(default)
-        return target, None
+    def guidance_target(self, task: str) -> tuple[str | None, str]:
+        """Where a request's guidance_scale goes for the pipeline of `task`, and why (rules.guidance_target)."""
+        return self.guidance.get(task, ("guidance_scale", ""))
 
     def default_guidance(self) -> float | None:
-        """The guidance scale the pipeline uses when a request gives none (from its signature), if it has one: that
-        of the argument a request's guidance_scale sets (true_cfg_scale where guidance_scale is inert)."""
-        return self.guidance("text2image" if "text2image" in self.derived else "edit")[1]
+        """The guidance the pipeline uses when a request gives none: the default of the argument its guidance_scale
+        goes to (rules.guidance_target); None where it has none or nothing reads it."""
+        if self.base is None:
+            return None
+        to, _ = guidance_target(self.base)
+        params = inspect.signature(type(self.base).__call__).parameters
+        default = params[to].default if to in params else None
+        if isinstance(default, int | float) and not isinstance(default, bool):
+            return float(default)
+        return None
 
     def _token_counter(self, pipe: Any) -> tuple[Any, int, str] | None:
         """The tokenizer whose limit the prompt must fit and that limit: args.max_prompt_tokens, else the longest

@@ -5,8 +5,9 @@ once at load by least squares to what the model's own VAE encoder makes of a few
 costs one small matrix product per preview, at latent resolution (1/8 of the image's side; the stream upscales it).
 With args.preview_vae, a small AutoencoderTiny decodes full-size previews (sharper, a few ms a preview on a GPU).
 Latents are the pipeline's own (scaled, shifted, normalised as it keeps them); packed latents (FLUX, Qwen-Image) are
-unpacked with the pipeline's own _unpack_latents. A pipeline whose latents cannot be read (FLUX.2) sends no partial
-images; its streams carry the progress comments and the completed events.
+unpacked with the pipeline's own _unpack_latents; FLUX.2's (patchified 2x2, batch-normed, packed in raster order)
+are put back as its decode does. A pipeline whose latents cannot be read sends no partial images; its streams carry
+the progress comments and the completed events.
 """
 
 from __future__ import annotations
@@ -17,9 +18,6 @@ from typing import Any
 log = logging.getLogger("imageserver")
 
 FIT_SIDE = 64  # px: the synthetic images the linear map is fitted on
-# Pipelines (class-name prefixes) whose latents this module cannot read: FLUX.2 keeps them patchified, batch-normed and
-# packed with position ids that the step callback does not see.
-UNREADABLE = ("Flux2",)
 
 
 class NoPreview(Exception):
@@ -28,6 +26,8 @@ class NoPreview(Exception):
 
 def spatial(pipe: Any, latents: Any, width: int, height: int) -> Any:
     """(batch, channels, h, w) latents from what a pipeline keeps (packed sequences, video frames)."""
+    if latents.ndim == 3 and hasattr(pipe, "_unpatchify_latents") and hasattr(getattr(pipe, "vae", None), "bn"):
+        return _flux2_spatial(pipe, latents, width, height)
     if latents.ndim == 3:
         unpack = getattr(pipe, "_unpack_latents", None)
         if unpack is None:
@@ -38,6 +38,23 @@ def spatial(pipe: Any, latents: Any, width: int, height: int) -> Any:
     if latents.ndim != 4:
         raise NoPreview(f"latents of shape {tuple(latents.shape)}")
     return latents
+
+
+def _flux2_spatial(pipe: Any, latents: Any, width: int, height: int) -> Any:
+    """FLUX.2's packed latents as VAE latents: its tokens are the 2x2-patchified latents in raster order (the
+    pipeline's _prepare_latent_ids), normalised by the VAE's batch-norm statistics; undone as its decode does."""
+    import torch
+
+    side = pipe.vae_scale_factor * 2
+    rows, cols = height // side, width // side
+    batch, tokens, channels = latents.shape
+    if tokens != rows * cols:
+        raise NoPreview(f"{tokens} latent tokens for a {width}x{height} image ({rows}x{cols} expected)")
+    x = latents.permute(0, 2, 1).reshape(batch, channels, rows, cols)
+    bn = pipe.vae.bn
+    mean = bn.running_mean.view(1, -1, 1, 1).to(x.device, x.dtype)
+    std = torch.sqrt(bn.running_var.view(1, -1, 1, 1) + pipe.vae.config.batch_norm_eps).to(x.device, x.dtype)
+    return to_pipeline_space(pipe._unpatchify_latents(x * std + mean), pipe.vae.config)
 
 
 def to_pipeline_space(z: Any, config: Any) -> Any:
@@ -141,8 +158,6 @@ def make_previewer(pipe: Any, preview_vae: str | None, device: str, dtype: Any
                    ) -> LinearPreviewer | TinyVaePreviewer | None:
     """The previewer of a loaded pipeline; None (no partial images, logged) when none can be made."""
     try:
-        if type(pipe).__name__.startswith(UNREADABLE):
-            raise NoPreview(f"{type(pipe).__name__} keeps latents this server cannot decode for previews")
         if preview_vae:
             return TinyVaePreviewer.load(preview_vae, device, dtype)
         vae = getattr(pipe, "vae", None)

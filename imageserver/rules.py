@@ -53,6 +53,27 @@ def size_rule(pipe: Any) -> tuple[int, str]:
     return max(vae, 8), f"{name}: its VAE scales by {vae}" + (", and the pipeline checks 8" if vae < 8 else "")
 
 
+def guidance_target(pipe: Any) -> tuple[str | None, str]:
+    """Where a request's `guidance_scale` goes for `pipe`, and why when not to its own: to `guidance_scale` where
+    that is the pipeline's real guidance (classifier-free in SD, SDXL, SD3 and FLUX.2 klein base; embedded in the
+    guidance-distilled FLUX.1 [dev] and Kontext, whose transformer takes it as an input); to `true_cfg_scale` where
+    the pipeline has one and its transformer embeds no guidance (Qwen-Image, FLUX.1 [schnell]: their guidance_scale
+    is read by nothing); None where nothing reads it (a step-distilled FLUX.2 klein, or no guidance_scale at all)."""
+    params = inspect.signature(type(pipe).__call__).parameters
+    name = type(pipe).__name__
+    if "guidance_scale" not in params:
+        return None, f"{name} takes no guidance_scale"
+    if getattr(getattr(pipe, "config", None), "is_distilled", False) is True:
+        return None, f"{name} is step-distilled (is_distilled): it runs without guidance"
+    if "true_cfg_scale" in params:
+        transformer = getattr(getattr(pipe, "transformer", None), "config", None)
+        if getattr(transformer, "guidance_embeds", False) is not True:
+            return "true_cfg_scale", (f"{name}'s transformer embeds no guidance: its classifier-free guidance is "
+                                      "true_cfg_scale")
+    return "guidance_scale", ""
+
+
+
 def _kinds(param: inspect.Parameter) -> list[str]:
     """The types a call argument's annotation names, None left out ("str | list[str] | None": str, list[str])."""
     ann = param.annotation
@@ -150,40 +171,21 @@ def check_call_args(asked: dict[str, Any], params: dict[str, type], pipeline: st
     return out
 
 
-def guidance_target(pipe: Any) -> str | None:
-    """The call argument that a request's `guidance_scale` (and args.default_guidance) sets for `pipe`: its
-    `guidance_scale` where that does something (classifier-free guidance in SD, SDXL and SD3; the guidance embedded
-    in a guidance-distilled transformer such as FLUX.1-dev's), else its `true_cfg_scale` where it has one (Qwen-Image
-    and its edit models, FLUX.1 schnell and Kontext without embedded guidance: their `guidance_scale` is read only by
-    a transformer that embeds guidance, so it would be silently inert); None when it takes neither."""
-    params = inspect.signature(type(pipe).__call__).parameters
-    config = getattr(getattr(pipe, "transformer", None), "config", None)
-    embeds = config.get("guidance_embeds") if isinstance(config, dict) else getattr(config, "guidance_embeds", None)
-    if "true_cfg_scale" in params and embeds is not True:
-        return "true_cfg_scale"
-    return "guidance_scale" if "guidance_scale" in params else None
-
-
-def map_guidance(asked: dict[str, Any], target: str | None, pipeline: str) -> dict[str, Any]:
-    """`asked` (a request's call arguments) with its guidance_scale moved to `target` (guidance_target);
-    BadRequest when it also names true_cfg_scale, which is then the same knob."""
-    if target != "true_cfg_scale" or "guidance_scale" not in asked:
-        return asked
-    if "true_cfg_scale" in asked:
-        raise BadRequest(f"give guidance_scale or true_cfg_scale, not both: for {pipeline} guidance_scale is its "
-                         "true_cfg_scale (classifier-free guidance; its own guidance_scale does nothing)",
-                         "true_cfg_scale")
-    out = dict(asked)
-    out["true_cfg_scale"] = out.pop("guidance_scale")
+def route_guidance(args: dict[str, Any], target: tuple[str | None, str], pipeline: str) -> dict[str, Any]:
+    """The checked call arguments with a request's `guidance_scale` moved to where `target` (guidance_target) says
+    the pipeline reads it; BadRequest where nothing reads it (it would be dropped silently), or where the request
+    also gives that argument itself (two values for one guidance)."""
+    to, why = target
+    if "guidance_scale" not in args or to == "guidance_scale":
+        return args
+    if to is None:
+        raise BadRequest(f"'guidance_scale' has no effect on {pipeline}: {why}; leave it out", "guidance_scale")
+    if to in args:
+        raise BadRequest(f"give 'guidance_scale' or '{to}', not both: {why}", "guidance_scale")
+    out = dict(args)
+    out[to] = out.pop("guidance_scale")
     return out
 
-
-def cfg_negative_prompt(target: str | None, scale: float | None, negative: str | None) -> str | None:
-    """The negative prompt of a call: a true_cfg_scale pipeline runs its CFG only when it has one, so where the scale
-    in effect is above 1 and the request gave none, the empty one its model cards use (" "); else `negative`."""
-    if negative is None and target == "true_cfg_scale" and scale is not None and scale > 1:
-        return " "
-    return negative
 
 def arg_bounds(pipe: Any) -> dict[str, tuple[int, int, str]]:
     """Bounds of call arguments that the loaded pipeline's modules set, with why: `clip_skip` counts layers of its

@@ -637,10 +637,10 @@ def test_multi_image_edit_on_a_pipeline_that_takes_several(client, hub):
     assert e.value.body["param"] == "image" and "at most 2 input images (max_input_images)" in e.value.body["message"]
     entry = httpx.get(engine_url(hub, "tiny-flux2") + "/v1/models").json()["data"][0]
     assert (entry["pipeline"], entry["multi_image"], entry["max_input_images"]) == ("Flux2KleinPipeline", True, 2)
-    assert (entry["previews"], entry["max_partial_images"]) == (None, 0)
-    # its latents cannot be previewed: a stream still carries progress and the finished image
-    events = list(client.images.edit(image=[a, b], stream=True, partial_images=2, **kwargs))
-    assert [e.type for e in events] == ["image_edit.completed"]
+    assert entry["previews"] == "linear" and entry["max_partial_images"] > 0
+    # its packed, batch-normed latents are previewed too
+    events = list(client.images.edit(image=[a, b], stream=True, partial_images=1, **kwargs))
+    assert [e.type for e in events] == ["image_edit.partial_image", "image_edit.completed"]
     assert png_size(pngs(client.images.generate(model="tiny-flux2", prompt="x", size="64x64"))[0]) == (64, 64)
 
 

@@ -123,7 +123,7 @@ def test_config_is_a_leaf() -> None:
 @pytest.mark.parametrize("module", ["imageserver", "imageserver.api", "imageserver.app", "demo_models",
                                     "demo_models.tiny_sd", "demo_models.smollm2", "demo_models.tiny_vlm",
                                     "demo_models.minilm", "demo_models.folders", "demo_models.tiny_flux2_klein",
-                                    "demo_models.family_qwen", "demo_models.family_sd"])
+                                    "demo_models.family_qwen", "demo_models.family_sd", "demo_models.family_flux"])
 def test_engine_side_modules_import_with_hub_unimportable(module: str) -> None:
     """Imported in a fresh interpreter where `import hub` fails, as in an engine environment."""
     code = (
