@@ -177,3 +177,15 @@ def test_scheduling_limits_and_host_lists() -> None:
     assert out == ["models.u.host: unknown host 'nowhere' (valid: local, gpu)",
                    "models.big.memory_gb: 6 GB is more than the budget of host 'gpu' (4 GB): raise memory_budget_gb "
                    "or lower memory_gb"]
+
+
+def test_families_registry_serves_every_family_prepare_makes() -> None:
+    from hub.demo import FAMILIES
+
+    reg = load_registry(ROOT / "models.families.toml")
+    assert set(reg.models) == {f.name for f in FAMILIES}
+    for name, m in reg.models.items():
+        assert m.type == "image" and m.source == f"{{state_dir}}/models/families/{name}" and "RANDOM" in m.description
+    real = load_registry(ROOT / "models.toml")  # and the real lineup names a real model of every family
+    assert {"sd1.5", "sdxl", "sd3.5", "flux.1-dev", "flux.1-kontext", "flux.2-klein", "qwen-image",
+            "qwen-image-edit", "qwen-image-edit-plus"} <= set(real.models)
