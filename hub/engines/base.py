@@ -56,6 +56,7 @@ class LaunchSpec:
     cwd: Path | None = None  # the working folder of a local process
     bind_flag: str | None = "--host"  # the flag that sets the listen address (None: the server has none)
     model_path: str | None = None  # a local folder the engine reads its model from
+    extra_paths: list[str] = field(default_factory=list)  # other local folders it reads (LoRA adapters), mounted alike
     health_path: str = "/health"
     served_name: str | None = None  # when set, ready also needs GET /v1/models to list it
     gpus: Literal["all"] | list[int] | None = None  # GPUs the engine uses (None: none)
@@ -85,7 +86,12 @@ class LaunchContext:
     def source(self) -> str:
         """The model's source: a local folder (resolved against the registry's folder; `{state_dir}` expands to
         the hub's state dir) or a hub repo id."""
-        src = (self.model.source or "").replace("{state_dir}", str(self.registry.state_dir))
+        return self.resolve(self.model.source or "")
+
+    def resolve(self, source: str) -> str:
+        """A source as `source()` reads the model's (a LoRA adapter's too): a local path made absolute, else as is
+        (a hub repo id)."""
+        src = source.replace("{state_dir}", str(self.registry.state_dir))
         if src.startswith((".", "/", "~")):
             return str(self.registry.resolve_path(src))
         return src

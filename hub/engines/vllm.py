@@ -26,6 +26,18 @@ Rules that are not obvious:
   serves /sleep and /wake_up). `sleep_level` 1 moves the weights to CPU RAM (it holds about memory_gb asleep) and
   wakes by copying them back; level 2 drops them (little RAM) and wakes by reloading them from the model's files
   (/wake_up?tags=weights, /collective_rpc reload_weights, then /wake_up for the rest).
+- LoRA adapters (`[models.x.loras]`, text models): vLLM runs with --enable-lora and one --lora-modules entry per
+  adapter, named `<served name>:<adapter>` (what the gateway sends for model id `x:<adapter>`), in vLLM's JSON form
+  so that its /v1/models lists each as a child of the model (`parent`). Every adapter is loaded at start and picked
+  per request: switching adapters reloads nothing. --max-loras (adapters in one batch) is the number of adapters
+  unless args.max_loras says less (the rest wait in vLLM's CPU cache: --max-cpu-loras); --max-lora-rank is the
+  largest `r` of the local adapters' adapter_config.json, rounded up to a rank vLLM takes (args.max_lora_rank
+  overrides; vLLM's default, 16, where no adapter is local). vLLM allocates its LoRA buffers for max_loras adapters
+  of max_lora_rank on every layer it can adapt, beside the weights: memory_gb must hold them. vLLM loads a peft
+  folder (adapter_config.json, adapter_model.safetensors), at the strength it was trained with: a file, a
+  weight_name or a scale is refused. A local folder is mounted into the container like the model's (extra_paths).
+  An adapter that is a hub repo id is downloaded by vLLM itself at start, which a model whose own source is a hub
+  repo cannot do (the hub pulls it and starts vLLM offline): that pair is refused, naming the fix.
 """
 
 from __future__ import annotations
@@ -39,12 +51,15 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field
 
 from hub.engines.base import SLEEP_PROCESS_GB, Engine, LaunchContext, LaunchSpec, Patterns, weight_patterns
+from hub.errors import RuntimeFailure
 
 DEFAULT_IMAGE = "vllm/vllm-openai:v0.32.0"
 MAX_GPU_FRACTION = 0.95  # leave the rest for CUDA context and other processes
 RUNNERS = {"text": "generate", "transcription": "generate", "embedding": "pooling", "rerank": "pooling"}
 NO_TOOLS = "none"
 FALLBACK_PARSER = "hermes"
+LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # the values vLLM's --max-lora-rank takes
+LOCAL_PREFIXES = (".", "/", "~", "{state_dir}")  # a source that starts so is a local path, else a hub repo id
 # vLLM's tool-call parser by model family: the first fragment found in the model's name, source or config wins.
 TOOL_PARSERS: tuple[tuple[str, str], ...] = (
     ("qwen3-coder", "qwen3_coder"), ("qwen3_coder", "qwen3_coder"), ("qwen", "hermes"), ("qwq", "hermes"),
@@ -88,7 +103,27 @@ class VllmArgs(BaseModel):
     store_responses: bool = False  # keep Responses API results for GET by id (vLLM never frees them)
     runner: Literal["generate", "pooling"] | None = None  # None: from the model's type
     convert: Literal["none", "embed", "classify"] | None = None  # None: vLLM decides from the checkpoint
+    # LoRA adapters ([models.x.loras]): how many one batch may mix (None: all of them) and the largest rank vLLM
+    # makes room for (None: read from the local adapters)
+    max_loras: int | None = Field(None, ge=1)
+    max_lora_rank: Literal[LORA_RANKS] | None = None  # type: ignore[valid-type]
     extra_args: list[str] = Field(default_factory=list)
+
+
+def adapter_rank(folder: str) -> int | None:
+    """The rank `r` of a local peft adapter (its adapter_config.json); None where it has none readable."""
+    try:
+        r = json.loads((Path(folder) / "adapter_config.json").read_text()).get("r")
+    except (OSError, ValueError):
+        return None
+    return r if isinstance(r, int) and r > 0 else None
+
+
+def lora_rank(ranks: list[int]) -> int | None:
+    """The --max-lora-rank that holds every rank: the smallest of LORA_RANKS at least as large (None: no rank)."""
+    if not ranks:
+        return None
+    return next((r for r in LORA_RANKS if r >= max(ranks)), LORA_RANKS[-1])
 
 
 def model_facts(source: str) -> str:
@@ -140,6 +175,50 @@ class VllmEngine(Engine):
     kinds: ClassVar[tuple[str, ...] | None] = tuple(RUNNERS)
     lora_kinds: ClassVar[tuple[str, ...]] = ("text",)
 
+    def problems(self, model: Any) -> list[str]:
+        """The engine's checks, and the LoRA adapters vLLM cannot serve as the registry gives them."""
+        out = super().problems(model)
+        pulled = not (model.source or "").startswith(LOCAL_PREFIXES)
+        for name, lora in model.loras.items():
+            at = f"loras.{name}"
+            if lora.source.endswith(".safetensors"):
+                out.append(f"{at}.source: vLLM loads a peft adapter folder (adapter_config.json and "
+                           "adapter_model.safetensors), not a single file: give the folder")
+            if lora.weight_name:
+                out.append(f"{at}.weight_name: vLLM loads a peft adapter folder's adapter_model.safetensors: "
+                           "leave weight_name out")
+            if lora.scale != 1.0:
+                out.append(f"{at}.scale: vLLM applies an adapter at the strength it was trained with "
+                           "(lora_alpha / r): leave scale out")
+            if pulled and not lora.source.startswith(LOCAL_PREFIXES):
+                out.append(f"{at}.source: the hub pulls this model's source and starts vLLM offline, so vLLM cannot "
+                           f"download adapter {lora.source!r}: download it (`hf download {lora.source} --local-dir "
+                           "DIR`) and give that folder")
+        return out
+
+    def lora_args(self, ctx: LaunchContext, a: VllmArgs) -> list[str]:
+        """--enable-lora and its flags: one --lora-modules entry per adapter, named <served name>:<adapter>.
+        RuntimeFailure for a local adapter folder that is not a peft adapter."""
+        paths = {name: ctx.resolve(lora.source) for name, lora in ctx.model.loras.items()}
+        ranks = []
+        for name, path in paths.items():
+            if not Path(path).is_absolute():
+                continue  # a hub repo id: vLLM downloads it (problems() made sure it may)
+            if (r := adapter_rank(path)) is None:
+                raise RuntimeFailure(f"model {ctx.model_id!r}: LoRA adapter {name!r}: {path} has no readable "
+                                     "adapter_config.json with its rank `r`: give a peft adapter folder "
+                                     "(save_pretrained writes one)")
+            ranks.append(r)
+        modules = [json.dumps({"name": f"{ctx.model_id}:{name}", "path": path, "base_model_name": ctx.model_id})
+                   for name, path in paths.items()]
+        batch = min(a.max_loras or len(paths), len(paths))
+        argv = ["--enable-lora", "--lora-modules", *modules, "--max-loras", str(batch)]
+        if a.max_loras and a.max_loras < len(paths):
+            argv += ["--max-cpu-loras", str(len(paths))]
+        if rank := a.max_lora_rank or lora_rank(ranks):
+            argv += ["--max-lora-rank", str(rank)]
+        return argv
+
     def memory_fraction(self, ctx: LaunchContext, a: VllmArgs) -> float | None:
         """--gpu-memory-utilization: as given, else derived from memory_gb (per GPU) and the GPU's memory."""
         if a.gpu_memory_utilization:
@@ -184,6 +263,8 @@ class VllmEngine(Engine):
         if a.chat_template:  # passed inline when the file is here: a container cannot see the hub's files
             path = ctx.registry.resolve_path(a.chat_template)
             argv += ["--chat-template", path.read_text() if path.is_file() else a.chat_template]
+        if ctx.model.loras:
+            argv += self.lora_args(ctx, a)
         return argv + list(a.extra_args)
 
     def download_patterns(self, model: Any, files: list[str]) -> Patterns:
@@ -254,6 +335,7 @@ class VllmEngine(Engine):
             image=ctx.model.image or DEFAULT_IMAGE,
             environ=env,
             model_path=ctx.local_source(),
+            extra_paths=[p for lora in ctx.model.loras.values() if Path(p := ctx.resolve(lora.source)).is_absolute()],
             served_name=ctx.model_id,
             gpus=ctx.model.gpus or "all",
             shared_memory=True,

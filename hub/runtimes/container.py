@@ -6,8 +6,8 @@ Rules:
 - Command: the spec's command line (when it has one) replaces the image's entrypoint's arguments; then the listen
   address (0.0.0.0, inside the container) with the spec's bind flag, then the spec's arguments.
 - Mounts (decided here and nowhere else): the Hugging Face cache (`hf_cache`, a path on the Docker host) at
-  /root/.cache/huggingface, and the spec's model_path (a local model folder) read-only at the same path. HF_TOKEN
-  is passed when set.
+  /root/.cache/huggingface, and the spec's model_path (a local model folder) and extra_paths (its LoRA adapters'
+  folders) read-only at the same paths. HF_TOKEN is passed when set.
 - GPUs: `gpus = "all"` or a list of ids become device requests under the NVIDIA runtime. A spec asking for shared
   memory gets ipc=host; every container gets an init process.
 - Labels: `hub=1`, `hub.model=<id>`, `hub.port=<engine port>`, `hub.config-hash=<hash of these settings>`.
@@ -48,8 +48,8 @@ def container_config(model_id: str, spec: LaunchSpec, port: int, host: HostConfi
     volumes: dict[str, dict[str, str]] = {
         str(Path(host.hf_cache).expanduser()): {"bind": HF_CACHE_IN_CONTAINER, "mode": "rw"},
     }
-    if spec.model_path:
-        volumes[spec.model_path] = {"bind": spec.model_path, "mode": "ro"}
+    for path in filter(None, [spec.model_path, *spec.extra_paths]):  # the model's folder, its LoRA adapters'
+        volumes[path] = {"bind": path, "mode": "ro"}
     kw: dict[str, Any] = {
         "image": spec.image,
         "command": container_command(spec),
