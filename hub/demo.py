@@ -26,11 +26,13 @@ class DemoModel:
     name: str
     env: str
     module: str
-    args: tuple[str, ...] = ()  # given to the converter before OUTDIR (which family a family module builds)
+    args: tuple[str, ...] = ()  # given to the converter before OUTDIR; "{models}" is the folder the models go to
 
 
 DEMO_MODELS = (
     DemoModel("smollm2-135m-instruct", "vllm", "demo_models.smollm2"),
+    # a LoRA adapter of the one above (made from it: after it), with peft, which the vllm environment lacks
+    DemoModel("smollm2-lora", "diffusers", "demo_models.smollm2_lora", ("--base", "{models}/smollm2-135m-instruct")),
     DemoModel("tiny-sd", "diffusers", "demo_models.tiny_sd"),
     DemoModel("all-minilm-l6-v2", "vllm", "demo_models.minilm"),
     DemoModel("tiny-vlm", "vllm", "demo_models.tiny_vlm"),
@@ -80,7 +82,8 @@ def prepare(reg: Registry, names: list[str] | None = None, progress: Callable[[s
         out = where / m.name
         progress(f"{m.name}: preparing {out} ...")
         t0 = time.monotonic()
-        proc = subprocess.run([str(python), "-m", m.module, *m.args, str(out)], cwd=ROOT, capture_output=True,
+        args = [a.replace("{models}", str(where)) for a in m.args]
+        proc = subprocess.run([str(python), "-m", m.module, *args, str(out)], cwd=ROOT, capture_output=True,
                               text=True)
         if proc.returncode != 0:
             lines = [ln for ln in (proc.stderr or proc.stdout).splitlines() if ln.strip()] or ["no output"]

@@ -35,17 +35,21 @@ def toml_value(v: object) -> str:
     return json.dumps(v)
 
 
-def demo_tables(folders: dict[str, str], hub: str = 'start_timeout = "5m"') -> str:
+def demo_tables(folders: dict[str, str], hub: str = 'start_timeout = "5m"', loras: bool = False) -> str:
     """The demo registry's (models.demo.toml) tables of the models in `folders` (id -> its folder under
-    DEMO_MODELS), with their sources made absolute, as a registry text."""
+    DEMO_MODELS), with their sources made absolute, as a registry text; their LoRA adapters only with `loras`
+    (an engine started with adapters is another engine)."""
     models = tomllib.loads((ROOT / "models.demo.toml").read_text())["models"]
     lines = ["[hub]", hub]
     for mid, folder in folders.items():
         m = models[mid]
-        lines += [f"[models.{mid}]", *(f"{k} = {toml_value(v)}" for k, v in m.items() if k not in ("args", "source"))]
+        lines += [f"[models.{mid}]", *(f"{k} = {toml_value(v)}" for k, v in m.items()
+                                       if k not in ("args", "source", "loras"))]
         lines += [f"source = {json.dumps(str(DEMO_MODELS / folder))}", f"[models.{mid}.args]"]
         lines += [f"{k} = {toml_value(v)}" for k, v in m["args"].items()]
-    return "\n".join(lines) + "\n"
+        if loras and m.get("loras"):
+            lines += [f"[models.{mid}.loras]", *(f"{k} = {toml_value(v)}" for k, v in m["loras"].items())]
+    return "\n".join(lines).replace("{state_dir}/models", str(DEMO_MODELS)) + "\n"
 
 
 def text_model(mid: str = "echo", *extra: str, memory: float = 1, more: str = "") -> str:
