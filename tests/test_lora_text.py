@@ -36,7 +36,8 @@ def hub(tmp_path_factory) -> Iterator[HubProcess]:
     require(VLLM_PY.exists(), f"no vllm engine environment at {VLLM_PY}: run `hub engines setup vllm`")
     for folder in (SOURCE, LORA):
         require((folder / ".hub-converted.json").exists(), f"no demo model at {folder}: run `hub demo prepare`")
-    h = start_hub(tmp_path_factory.mktemp("lora-hub"), demo_tables({MODEL: SOURCE.name}, loras=True))
+    registry = demo_tables({MODEL: SOURCE.name}, hub='start_timeout = "10m"', loras=True)
+    h = start_hub(tmp_path_factory.mktemp("lora-hub"), registry)
     yield h
     h.stop_leaving_nothing()
 

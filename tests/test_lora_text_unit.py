@@ -113,3 +113,23 @@ def test_container_mounts_the_adapters_read_only(tmp_path):
     kw = container_config("chat", VllmEngine().launch(ctx_for(model, tmp_path)), 8123, HostConfig())
     assert kw["volumes"][str(tmp_path / "pirate")] == {"bind": str(tmp_path / "pirate"), "mode": "ro"}
     assert kw["volumes"][str(tmp_path / "m")]["mode"] == "ro"
+
+
+def test_demo_adapter_needs_its_base_and_leaves_a_finished_folder_alone(tmp_path):
+    from demo_models import smollm2_lora
+
+    with pytest.raises(smollm2_lora.ConvertError, match="hub demo prepare smollm2-135m-instruct"):
+        smollm2_lora.convert(tmp_path / "no-base", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    done = adapter(tmp_path / "out")
+    (done / smollm2_lora.MARKER).write_text("{}")
+    assert smollm2_lora.convert(tmp_path / "no-base", done).startswith("up to date")
+
+
+def test_demo_adapter_comes_after_its_base_in_the_demo():
+    from hub.demo import DEMO_MODELS
+
+    names = [m.name for m in DEMO_MODELS]
+    lora = DEMO_MODELS[names.index("smollm2-lora")]
+    assert names.index("smollm2-lora") > names.index("smollm2-135m-instruct") and lora.env == "diffusers"
+    assert lora.args == ("--base", "{models}/smollm2-135m-instruct")
