@@ -89,8 +89,10 @@ def require_demo(registry: str) -> dict[str, Any]:
                 f"engine environment {ENVS_DIR / env_name} is missing: run `make engines`")
     models = tomllib.loads(registry)["models"]
     for c in models.values():
-        if c.get("source", "").startswith("/"):
-            require(Path(c["source"]).exists(), f"demo model folder {c['source']} is missing: run `make demo-models`")
+        loras = [lora if isinstance(lora, str) else lora["source"] for lora in c.get("loras", {}).values()]
+        for source in (c.get("source", ""), *loras):
+            if source.startswith("/"):
+                require(Path(source).exists(), f"demo model folder {source} is missing: run `make demo-models`")
     return models
 
 
