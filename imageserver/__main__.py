@@ -1,6 +1,7 @@
 """The image server: one Diffusers pipeline behind the OpenAI Images API. Runs inside the diffusers environment.
 
     python -m imageserver --model SRC --served-model-name ID --port P [--host H] [--options JSON] [--revision REV]
+        [--loras JSON]
 """
 
 from __future__ import annotations
@@ -12,8 +13,12 @@ import sys
 import uvicorn
 from pydantic import ValidationError
 
-from imageserver.api import ServerOptions
+from imageserver.api import Loras, ServerOptions
 from imageserver.app import create_app
+
+
+def _lines(err: ValidationError) -> str:
+    return "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,13 +30,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--options", default="{}", help="the registry's args table as JSON")
     p.add_argument("--revision", help="the branch, tag or commit of a hub repo --model (default: its main branch)")
+    p.add_argument("--loras", default="{}", help='LoRA adapters to load, as JSON: {"name": {"source": "folder, file '
+                   'or hub repo", "weight_name": null, "scale": 1.0}}')
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         opts = ServerOptions.model_validate_json(a.options)
     except ValidationError as err:
-        lines = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
-        print(f"imageserver: invalid --options: {lines}", file=sys.stderr)
+        print(f"imageserver: invalid --options: {_lines(err)}", file=sys.stderr)
+        return 2
+    try:
+        loras = Loras.validate_json(a.loras)
+    except ValidationError as err:
+        print(f"imageserver: invalid --loras: {_lines(err)}", file=sys.stderr)
         return 2
     failure: list[str] = []
     server: uvicorn.Server | None = None
@@ -41,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
         if server is not None:
             server.should_exit = True
 
-    app = create_app(a.model, a.served_model_name, opts, on_load_failure=fail, revision=a.revision)
+    app = create_app(a.model, a.served_model_name, opts, on_load_failure=fail, revision=a.revision,
+                     loras=loras)
     server = uvicorn.Server(uvicorn.Config(app, host=a.host, port=a.port, log_level="info",
                                            timeout_graceful_shutdown=5))
     server.run()

@@ -8,7 +8,16 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 _SIZE = re.compile(r"^\s*(\d+)\s*[xX]\s*(\d+)\s*$")
 MB = 1024 * 1024
@@ -132,6 +141,20 @@ class ServerOptions(BaseModel):
         return self
 
 
+class LoraSpec(BaseModel):
+    """A LoRA adapter the server loads at start (--loras, from the registry's `[models.x.loras]`): a local folder or
+    .safetensors file, or a hub repo id, already resolved by the hub."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    source: str = Field(min_length=1)
+    weight_name: str | None = None
+    scale: float = Field(1.0, ge=-10, le=10)
+
+
+Loras = TypeAdapter(dict[str, LoraSpec])
+
+
 class _Request(BaseModel):
     """Fields shared by both image endpoints, as the OpenAI SDK names them."""
 
@@ -157,6 +180,10 @@ class _Request(BaseModel):
     num_inference_steps: int | None = Field(None, ge=1, le=500)
     guidance_scale: float | None = Field(None, ge=0)
     seed: int | None = Field(None, ge=0, lt=2**63)
+    lora: str | None = Field(None, min_length=1, description="the LoRA adapter to apply (one the server was started "
+                             "with); the model id <model>:<adapter> says the same")
+    lora_scale: float | None = Field(None, ge=-10, le=10, description="the adapter's strength (default: its scale "
+                                     "from the registry); needs an adapter")
     _call_args: dict[str, Any] = PrivateAttr(default_factory=dict)
 
     @property
@@ -260,3 +287,29 @@ def partial_steps(total: int, count: int) -> list[int]:
     if count <= 0 or total <= 1:
         return []
     return sorted({min(total - 1, max(1, int(k * total / (count + 1) + 0.5))) for k in range(1, count + 1)})
+
+
+def pick_lora(req: _Request, served_name: str, loras: dict[str, LoraSpec]) -> tuple[str, float] | None:
+    """The (adapter, scale) a request asks for: its `lora` field, or a model id `<served name>:<adapter>` (split at
+    the last ':' when the suffix is one of the adapters); None for the base. BadRequest for an adapter the server
+    does not have, a lora_scale without an adapter, or two different adapters asked for at once."""
+    name = req.lora
+    if req.model and ":" in req.model:
+        prefix, _, suffix = req.model.rpartition(":")
+        if suffix in loras and prefix:
+            if name is not None and name != suffix:
+                raise BadRequest(f"'lora' is {name!r} but the model id {req.model!r} names adapter {suffix!r}: "
+                                 "ask for one", "lora")
+            name = suffix
+    if name is None:
+        if req.lora_scale is not None:
+            raise BadRequest("'lora_scale' needs an adapter: set 'lora' (or the model id <model>:<adapter>) too",
+                             "lora_scale")
+        return None
+    if not loras:
+        raise BadRequest(f"'lora': model {served_name!r} has no LoRA adapters (add them under "
+                         f"[models.{served_name}.loras] in the registry)", "lora")
+    if name not in loras:
+        raise BadRequest(f"'lora': model {served_name!r} has no adapter {name!r} (its adapters: "
+                         f"{', '.join(sorted(loras))})", "lora")
+    return name, req.lora_scale if req.lora_scale is not None else loras[name].scale

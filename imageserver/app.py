@@ -35,11 +35,13 @@ from imageserver.api import (
     BadRequest,
     EditRequest,
     GenerationRequest,
+    LoraSpec,
     ServerOptions,
     check_n,
     check_output,
     check_prompt_chars,
     parse_size,
+    pick_lora,
     resolve_steps,
     validate_request,
 )
@@ -67,10 +69,12 @@ def error_response(status: int, message: str, type_: str, code: str | None, para
 
 
 def create_app(source: str, served_name: str, opts: ServerOptions, pipes: Pipelines | None = None,
-               on_load_failure: Callable[[str], None] | None = None, revision: str | None = None) -> FastAPI:
+               on_load_failure: Callable[[str], None] | None = None, revision: str | None = None,
+               loras: dict[str, LoraSpec] | None = None) -> FastAPI:
     """The image server's ASGI app; the worker starts loading the pipeline when the app starts. `revision`: of a
-    hub repo source."""
-    pipes = pipes or Pipelines(source, opts, revision)
+    hub repo source; `loras`: the LoRA adapters to load beside it, by name."""
+    loras = loras or {}
+    pipes = pipes or Pipelines(source, opts, revision, loras)
     memory = Memory()
     files = FileStore(opts.files_ttl, opts.files_max)
     worker = Worker(pipes, memory, on_load_failure or (lambda reason: None), opts.max_batch, opts.batch_wait)
@@ -141,7 +145,8 @@ def create_app(source: str, served_name: str, opts: ServerOptions, pipes: Pipeli
             negative = " "  # the empty negative prompt of the model cards
         seed = req.seed if req.seed is not None else secrets.randbits(63)
         return Work(task, param, shared, req.prompt, negative, req.n, seed,
-                    partial_images=(req.partial_images or 0) if req.stream else 0, **extra)
+                    partial_images=(req.partial_images or 0) if req.stream else 0,
+                    lora=pick_lora(req, served_name, loras), **extra)
 
     async def answer(request: Request, req: GenerationRequest | EditRequest, work: Work, kind: str, quality: str,
                      tokens: int) -> Response:
@@ -231,6 +236,7 @@ def create_app(source: str, served_name: str, opts: ServerOptions, pipes: Pipeli
             "max_prompt_tokens": counter[1] if counter else (opts.max_prompt_tokens or None),
             "max_input_pixels": opts.max_input_pixels, "max_upload_mb": opts.max_upload_mb,
             "pipeline": type(pipes.base).__name__ if ready else opts.pipeline, "ready": ready,
+            "loras": [{"name": n, "scale": spec.scale, "source": spec.source} for n, spec in loras.items()],
         }
         return {"object": "list", "data": [entry]}
 
@@ -243,7 +249,9 @@ def create_app(source: str, served_name: str, opts: ServerOptions, pipes: Pipeli
         return {**worker.stats, "pipeline_calls": pipes.calls, "stopped_calls": pipes.stopped,
                 "max_batch": opts.max_batch,
                 "queued": sum(1 for j in list(worker.pending) if j is not None),
-                "pipeline_s": round(pipes.call_seconds, 4), "step_callback_s": round(pipes.callback_seconds, 4)}
+                "pipeline_s": round(pipes.call_seconds, 4), "step_callback_s": round(pipes.callback_seconds, 4),
+                "lora_loads": pipes.lora_loads, "lora_switches": pipes.lora_switches,
+                "lora_switch_s": round(pipes.lora_switch_seconds, 6)}
 
     @app.get("/files/{name}")
     async def get_file(name: str) -> Response:

@@ -43,13 +43,15 @@ class Work:
     image: Any = None  # the input image (a list for a multi-image edit)
     mask: Any = None
     partial_images: int = 0  # previews per image, for a streaming request
+    lora: tuple[str, float] | None = None  # (adapter, scale) applied for this work; None: the base alone
 
     def key(self) -> tuple | None:
-        """Works with equal keys can share one pipeline call; None: this one runs alone (instruction edits)."""
+        """Works with equal keys can share one pipeline call (one adapter at one scale per call); None: this one runs
+        alone (instruction edits)."""
         if self.task == "edit":
             return None
         shape = tuple(sorted((k, v) for k, v in self.shared.items() if v is not None))
-        return self.task, shape, self.negative_prompt is None
+        return self.task, shape, self.negative_prompt is None, self.lora
 
 
 @dataclass(frozen=True)

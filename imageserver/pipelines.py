@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any, ClassVar
 
-from imageserver.api import BadRequest, ServerOptions, partial_steps
+from imageserver.api import BadRequest, LoraSpec, ServerOptions, partial_steps
 from imageserver.jobs import Job, JobCancelled, LoadError, Partial, Progress
 from imageserver.previews import make_previewer
 from imageserver.rules import arg_bounds, call_params, check_bounds, guidance_target, is_batch_text, size_rule
@@ -67,6 +67,10 @@ def clip_text_model_alias(pipe: Any) -> None:
             object.__setattr__(enc, "text_model", enc)
 
 
+def _lora_name(lora: tuple[str, float] | None) -> str:
+    return "base" if lora is None else f"{lora[0]}@{lora[1]:g}"
+
+
 class Pipelines:
     """The loaded pipeline and the ones derived from it (sharing its weights), placed on one device."""
 
@@ -74,8 +78,11 @@ class Pipelines:
                                        "image2image": "AutoPipelineForImage2Image",
                                        "inpaint": "AutoPipelineForInpainting"}
 
-    def __init__(self, source: str, opts: ServerOptions, revision: str | None = None) -> None:
+    def __init__(self, source: str, opts: ServerOptions, revision: str | None = None,
+                 loras: dict[str, LoraSpec] | None = None) -> None:
         self.source = source
+        self.loras = loras or {}  # LoRA adapters, loaded once per load (start and wake)
+        self.active: tuple[str, float] | None = None  # the adapter (and scale) the shared modules apply now
         self.revision = revision  # of a hub repo source (None: its main branch)
         self.opts = opts
         self.base: Any = None
@@ -93,6 +100,9 @@ class Pipelines:
         self.stopped = 0  # calls stopped part-way because nobody waited for their images any more
         self.call_seconds = 0.0  # time in pipeline calls
         self.callback_seconds = 0.0  # of which in the step callback of streaming calls (progress and previews)
+        self.lora_loads = 0  # adapters loaded (each once per load of the pipeline)
+        self.lora_switches = 0  # changes of the active adapter between calls
+        self.lora_switch_seconds = 0.0  # time in those changes (set_adapters, enable/disable_lora)
 
     def load(self) -> None:
         """Load the pipeline from a local folder or a hub repo id and apply every option."""
@@ -142,6 +152,7 @@ class Pipelines:
             log.warning("cpu_offload=%s needs a CUDA device; running on %s without offload", o.cpu_offload, self.device)
         pipe.set_progress_bar_config(disable=True)
         clip_text_model_alias(pipe)
+        self._load_loras(pipe)
         self.base = pipe
         self._place(pipe)
         self._derive()
@@ -151,10 +162,49 @@ class Pipelines:
                  getattr(self.previewer, "kind", "none"), self.token_counter[1] if self.token_counter else "none",
                  self.max_input_images())
 
+    def _load_loras(self, pipe: Any) -> None:
+        """Load every adapter once, under its name, into the pipeline's modules (shared with the derived pipelines),
+        then switch them all off: a request without an adapter runs the base. A failing adapter fails the load."""
+        self.active = None
+        if not self.loras:
+            return
+        if not hasattr(pipe, "load_lora_weights"):
+            raise LoadError(f"loras: {type(pipe).__name__} takes no LoRA adapters (it has no load_lora_weights); "
+                               "remove [loras] from this model")
+        for name, spec in self.loras.items():
+            t0 = time.perf_counter()
+            try:
+                kw = {"weight_name": spec.weight_name} if spec.weight_name else {}
+                pipe.load_lora_weights(spec.source, adapter_name=name, **kw)
+            except Exception as err:
+                raise LoadError(f"LoRA adapter {name!r} ({spec.source}) could not be loaded: "
+                                   f"{type(err).__name__}: {err}") from err
+            self.lora_loads += 1
+            log.info("LoRA adapter %r loaded from %s in %.2fs", name, spec.source, time.perf_counter() - t0)
+        pipe.disable_lora()
+
+    def _use_lora(self, pipe: Any, lora: tuple[str, float] | None) -> None:
+        """Make the shared modules apply `lora` (None: none) for the next call, unless they already do. Only the
+        adapters' switches and weights change: the base's weights stay as loaded."""
+        if lora == self.active:
+            return
+        t0 = time.perf_counter()
+        if lora is None:
+            pipe.disable_lora()
+        else:
+            if self.active is None:
+                pipe.enable_lora()
+            pipe.set_adapters([lora[0]], adapter_weights=[lora[1]])
+        took = time.perf_counter() - t0
+        self.lora_switches += 1
+        self.lora_switch_seconds += took
+        log.info("LoRA: %s -> %s in %.1f ms", _lora_name(self.active), _lora_name(lora), took * 1000)
+        self.active = lora
+
     def unload(self) -> None:
         """Drop the pipeline and those derived from it (sleep); the source, options and device stay, and `load`
         brings them back. CUDA's cached blocks go back to the driver."""
-        self.base, self._offloaded = None, None
+        self.base, self._offloaded, self.active = None, None, None
         self.previewer, self.token_counter = None, None
         self.derived, self.unsupported, self.params, self.bounds, self.guidance = {}, {}, {}, {}, {}
         gc.collect()
@@ -319,6 +369,8 @@ class Pipelines:
         w = jobs[0].work
         pipe = self.get(w.task, w.param)
         self._place(pipe)
+        if self.loras:
+            self._use_lora(self.base, w.lora)  # the base's modules are the derived pipelines' modules
         params = inspect.signature(type(pipe).__call__).parameters
         shared = {k: v for k, v in w.shared.items() if v is not None}
         plans = self._plan(jobs, params)

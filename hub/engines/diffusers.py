@@ -2,18 +2,22 @@
 engine environment or the image built from docker/diffusers/Dockerfile.
 
 Sleep: POST /sleep drops the pipeline (the process, its imports and the model's path stay; CUDA's cache is emptied)
-and POST /wake loads it again on the server's worker thread, answering once it serves."""
+and POST /wake loads it again on the server's worker thread, answering once it serves.
+
+LoRA adapters (`[models.x.loras]`) go to the server at start (--loras): it loads each once (and again on wake) and
+applies the one a request names (`lora`, `lora_scale`, or the model id `<its name>:<adapter>` the gateway sends)."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any, ClassVar
 
 import httpx
 from pydantic import BaseModel
 
 from hub.engines.base import Engine, LaunchContext, LaunchSpec, Patterns, weight_patterns
-from imageserver.api import ServerOptions
+from imageserver.api import LoraSpec, ServerOptions
 
 DEFAULT_IMAGE = "hub-diffusers:latest"
 # the options a client builds its form from (the web app's Image tab): defaults, then limits
@@ -59,9 +63,22 @@ class DiffusersEngine(Engine):
                 "--options", json.dumps(a.model_dump())]
         if revision := ctx.revision():
             args += ["--revision", revision]
+        loras = lora_specs(ctx)
+        if loras:
+            args += ["--loras", json.dumps(loras)]
         return LaunchSpec(args=args, env_name="diffusers", module="imageserver", image=ctx.model.image or DEFAULT_IMAGE,
                           environ=dict(ctx.model.env), model_path=ctx.local_source(), served_name=ctx.model_id,
-                          gpus=ctx.model.gpus)
+                          gpus=ctx.model.gpus,
+                          extra_paths=[s["source"] for s in loras.values() if Path(s["source"]).is_absolute()])
+
+
+def lora_specs(ctx: LaunchContext) -> dict[str, dict[str, Any]]:
+    """The model's LoRA adapters as the image server's --loras takes them (imageserver.api.LoraSpec), their sources
+    resolved as the model's own is: local paths absolute (a container mounts them at the same path), hub repos as
+    they are (the server downloads them into the Hugging Face cache)."""
+    return {name: LoraSpec(source=ctx.resolve(lora.source), weight_name=lora.weight_name,
+                           scale=lora.scale).model_dump()
+            for name, lora in ctx.model.loras.items()}
 
 
 engine = DiffusersEngine()
