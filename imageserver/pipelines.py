@@ -10,6 +10,7 @@ import inspect
 import logging
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -175,7 +176,9 @@ class Pipelines:
             t0 = time.perf_counter()
             try:
                 kw = {"weight_name": spec.weight_name} if spec.weight_name else {}
-                pipe.load_lora_weights(spec.source, adapter_name=name, **kw)
+                with warnings.catch_warnings():  # peft warns that a second adapter joins the first: as meant here
+                    warnings.filterwarnings("ignore", message="Already found a `peft_config`")
+                    pipe.load_lora_weights(spec.source, adapter_name=name, **kw)
             except Exception as err:
                 raise LoadError(f"LoRA adapter {name!r} ({spec.source}) could not be loaded: "
                                    f"{type(err).__name__}: {err}") from err
