@@ -192,6 +192,13 @@ class _Request(BaseModel):
         server checks against its signature once it knows the pipeline (imageserver/rules.py)."""
         return self._call_args
 
+    @field_validator("lora_scale", mode="before")
+    @classmethod
+    def _scale_is_a_number(cls, v: Any) -> Any:
+        if isinstance(v, bool):  # pydantic would read true as 1.0
+            raise ValueError("must be a number, not a boolean")
+        return v
+
     @field_validator("prompt")
     @classmethod
     def _prompt(cls, v: str) -> str:
