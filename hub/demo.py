@@ -1,7 +1,7 @@
 """`hub demo prepare`: make the demo models of models.demo.toml under `<state_dir>/models/`, each by a converter
 module run in its engine's environment (`python -m demo_models.smollm2 OUTDIR` in the vllm environment,
-`python -m demo_models.tiny_sd OUTDIR` in the diffusers environment, and so on). The converters are idempotent
-themselves.
+`python -m demo_models.tiny_sd OUTDIR` in the diffusers environment, then tiny-sd's LoRA adapters from it, and so
+on). The converters are idempotent themselves.
 
 `hub demo prepare --families` makes one tiny random pipeline per image model family instead (Stable Diffusion 1.5,
 SDXL, SD3.5, FLUX.1 dev and Kontext, FLUX.2, Qwen-Image and its edit models), each under
@@ -34,6 +34,8 @@ DEMO_MODELS = (
     # a LoRA adapter of the one above (made from it: after it), with peft, which the vllm environment lacks
     DemoModel("smollm2-lora", "diffusers", "demo_models.smollm2_lora", ("--base", "{models}/smollm2-135m-instruct")),
     DemoModel("tiny-sd", "diffusers", "demo_models.tiny_sd"),
+    # tiny-sd's two LoRA adapters (pixel, ink), made from it: after it
+    DemoModel("tiny-lora", "diffusers", "demo_models.tiny_lora", ("--base", "{models}/tiny-sd")),
     DemoModel("all-minilm-l6-v2", "vllm", "demo_models.minilm"),
     DemoModel("tiny-vlm", "vllm", "demo_models.tiny_vlm"),
 )
