@@ -146,3 +146,33 @@ def test_bad_adapter_requests_are_400(client):
     with pytest.raises(openai.NotFoundError) as info:
         image(client, "tiny-sd:nope")
     assert "pixel" in info.value.response.json()["error"]["message"]
+
+
+def test_image_tab_offers_and_sends_adapters(hub, client):
+    """The Image tab's handlers (hub.ui.images) on this hub: base models in the model picker, the adapters in the LoRA
+    picker with their registry scale, and a generation with one equal to the API's."""
+    import io
+
+    from PIL import Image
+
+    from hub.ui import common, images
+    from hub.ui.clients import make_clients
+
+    ui_client, admin = make_clients(hub.url)
+    try:
+        assert common.model_choices(ui_client)["image"] == ["tiny-sd", "tiny-plain"]
+        assert "tiny-sd:pixel" in common.model_choices(ui_client, adapters=True)["image"]  # the plot's model axis
+        opts = images.image_options(ui_client, "tiny-sd")
+        assert opts["loras"] == ["pixel", "ink"] and images.image_options(ui_client, "tiny-plain")["loras"] == []
+        picker, scale = images.lora_form(opts)
+        assert picker.choices == [(c, c) for c in ("none", "pixel", "ink")] and picker.visible and scale.visible
+        assert images.lora_default_scale(ui_client, "tiny-sd", "ink").value == 0.8
+        *_, made = list(images.generate_images(ui_client, admin, "tiny-sd", "a lighthouse", size="64x64", seed=5,
+                                               steps=2, lora="ink", lora_scale=0.8, poll=0.2))[-1]
+        want = Image.open(io.BytesIO(image(client, lora="ink", num_inference_steps=2)))
+        assert made.tobytes() == want.convert(made.mode).tobytes()
+        *_, plain = list(images.generate_images(ui_client, admin, "tiny-sd", "a lighthouse", size="64x64", seed=5,
+                                                steps=2, lora="none", lora_scale=0.8, poll=0.2))[-1]
+        assert plain.tobytes() != made.tobytes()
+    finally:
+        admin.close()

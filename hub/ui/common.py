@@ -108,8 +108,10 @@ def bar_html(label: str, done: float, total: float, name: str, level: str = "ok"
 
 # ---- pickers ----
 
-def model_choices(client: openai.OpenAI) -> dict[str, list[str]]:
-    """Registered model ids by type ("text", "image", "embedding", ...) from /v1/models."""
+def model_choices(client: openai.OpenAI, adapters: bool = False) -> dict[str, list[str]]:
+    """Registered model ids by type ("text", "image", "embedding", ...) from /v1/models. An image model's LoRA
+    adapters (`<model>:<name>`, entries with a `parent`) are left out unless `adapters`: the Image tab offers them
+    in its own picker, beside their model."""
     try:
         models = client.models.list().data
     except SDK_ERRORS as err:
@@ -117,6 +119,8 @@ def model_choices(client: openai.OpenAI) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {"text": [], "image": []}
     for m in models:
         kind = getattr(m, "type", None) or (m.model_extra or {}).get("type") or "text"
+        if kind == "image" and not adapters and (m.model_extra or {}).get("parent"):
+            continue
         out.setdefault(kind, []).append(m.id)
     return out
 

@@ -78,13 +78,16 @@ def view() -> PlotView:
 
 def wire(client: openai.OpenAI, admin: Admin, runs_root: Path | None, settings: dict[str, Any], f: PlotForm,
          v: PlotView) -> None:
-    """The plot's events: `settings` holds the tab's model, prompt, negative, size, steps, guidance and seed
-    components, which give every cell's base settings."""
-    def go(model, prompt, negative, size, steps, guidance, seed, *axis_rows) -> Iterator[PlotOut]:
+    """The plot's events: `settings` holds the tab's model, prompt, negative, size, steps, guidance, seed and LoRA
+    components, which give every cell's base settings (a picked LoRA adapter: its model id, `<model>:<adapter>`)."""
+    def go(model, prompt, negative, size, steps, guidance, seed, lora, *axis_rows) -> Iterator[PlotOut]:
+        if model and lora and lora != "none":
+            model = f"{model}:{lora}"
         yield from make_plot(client, admin, runs_root, model, prompt, negative, size, steps, guidance, seed,
                              list(axis_rows))
 
-    inputs = [settings[k] for k in ("model", "prompt", "negative", "size", "steps", "guidance", "seed")] + f.axes
+    keys = ("model", "prompt", "negative", "size", "steps", "guidance", "seed", "lora")
+    inputs = [settings[k] for k in keys] + f.axes
     shown = f.make.click(lambda: gr.Group(visible=True), None, v.box, queue=False)
     ev = shown.then(go, inputs, [v.bars, v.picture, v.cells], concurrency_limit=1)
     f.stop.click(lambda: gr.HTML("stopped: the cells that ended are kept in the run"), None, v.bars,
@@ -120,8 +123,8 @@ def make_plot(client: openai.OpenAI, admin: Admin, runs_root: Path | None, model
         if v.strip() and not k:
             raise gr.Error(f"values {v.strip()[:40]!r} have no axis: pick one next to them")
     try:
-        axes = plots.parse_axes(pairs, model_choices(client).get("image") if any(k == "model" for k, _ in pairs)
-                                else None)
+        models = model_choices(client, adapters=True).get("image") if any(k == "model" for k, _ in pairs) else None
+        axes = plots.parse_axes(pairs, models)
         grid = plots.plot_grid(axes, model=model, prompt=prompt or "", negative=negative or "",
                                seed=int(seed) if seed is not None else -1, steps=int(steps) if steps else None,
                                guidance=float(guidance) if guidance else None, size=size or None)

@@ -1,6 +1,11 @@
 """The Image tab: generate, edit (inpaint where painted), edit the last result again, this session's history, and the
 picked model's note. Requests stream: previews and the step counter show while the model works, and stop ends the
-job at the engine. The form starts from the picked model's own defaults and limits (its /v1/models entry)."""
+job at the engine. The form starts from the picked model's own defaults and limits (its /v1/models entry).
+
+LoRA adapters: the model picker lists base models only; the LoRA picker offers the picked model's adapters (its
+entry's `loras`) and the scale starts at the adapter's registry scale. Generations and edits send them as `lora` and
+`lora_scale`; an X/Y/Z plot runs on the adapter's model id (`<model>:<adapter>`, at its registry scale), and its model
+axis takes adapter ids too."""
 
 from __future__ import annotations
 
@@ -23,6 +28,7 @@ from hub.ui.imagestream import ImageStream, open_stream, step_line
 SIZES = ["64x64", "128x128", "256x256", "512x512", "768x768", "1024x1024", "1024x768", "768x1024"]
 FALLBACK = {"default_size": "512x512", "default_steps": 20, "max_size": 2048, "max_n": 4}  # engines that say nothing
 HISTORY_MAX = 48
+NO_LORA = "none"
 
 Picture = tuple[Image.Image, str]
 ImageOut = tuple[str, Any, Any, Any]  # status, results gallery, session history, last result
@@ -57,6 +63,11 @@ def build(client: openai.OpenAI, admin: Admin, notes: dict[str, str] | None = No
                                      min_width=110)
             seed = gr.Number(-1, label="seed (-1: random)", precision=0)
             with gr.Row():
+                lora = gr.Dropdown([NO_LORA], value=NO_LORA, label="LoRA", visible=False, min_width=110,
+                                   elem_id="hub-lora")
+                lora_scale = gr.Slider(-2.0, 2.0, value=1.0, step=0.05, label="LoRA scale", visible=False,
+                                       min_width=110, elem_id="hub-lora-scale")
+            with gr.Row():
                 generate = gr.Button("generate", variant="primary", elem_id="hub-generate", min_width=90)
                 stop = gr.Button("stop", variant="stop", elem_id="hub-image-stop", min_width=70)
             plot_form = imagegrid.form()
@@ -78,22 +89,28 @@ def build(client: openai.OpenAI, admin: Admin, notes: dict[str, str] | None = No
                                  buttons=["download", "fullscreen"], elem_id="hub-history")
 
     imagegrid.wire(client, admin, runs_root, {"model": model, "prompt": prompt, "negative": negative, "size": size,
-                                              "steps": steps, "guidance": guidance, "seed": seed},
+                                              "steps": steps, "guidance": guidance, "seed": seed, "lora": lora},
                    plot_form, plot_view)
     model.change(lambda m: note_update(m, notes), model, note)
-    model.change(lambda m: form_defaults(image_options(client, m)), model, [size, steps, n, guidance], queue=False)
+    def on_model(m: str | None) -> tuple[Any, ...]:
+        opts = image_options(client, m)
+        return (*form_defaults(opts), *lora_form(opts))
 
-    def gen(picked, p, neg, sz, st, gd, sd, count, hist) -> Iterator[ImageOut]:
-        yield from generate_images(client, admin, picked, p, neg, sz, st, gd, sd, count, hist)
+    model.change(on_model, model, [size, steps, n, guidance, lora, lora_scale], queue=False)
+    lora.change(lambda m, name: lora_default_scale(client, m, name), [model, lora], lora_scale, queue=False)
 
-    def edt(picked, ed, instr, st, sd, count, hist) -> Iterator[ImageOut]:
-        yield from edit_image(client, admin, picked, ed, instr, st, sd, count, hist)
+    def gen(picked, p, neg, sz, st, gd, sd, count, hist, lo, ls) -> Iterator[ImageOut]:
+        yield from generate_images(client, admin, picked, p, neg, sz, st, gd, sd, count, hist, lora=lo, lora_scale=ls)
+
+    def edt(picked, ed, instr, st, sd, count, hist, lo, ls) -> Iterator[ImageOut]:
+        yield from edit_image(client, admin, picked, ed, instr, st, sd, count, hist, lora=lo, lora_scale=ls)
 
     outs = [status, results, history, last]
-    ev1 = generate.click(gen, [model, prompt, negative, size, steps, guidance, seed, n, history], outs,
-                         concurrency_limit=2)
+    ev1 = generate.click(gen, [model, prompt, negative, size, steps, guidance, seed, n, history, lora, lora_scale],
+                         outs, concurrency_limit=2)
     ev1.then(lambda hist: hist, history, session, queue=False)
-    ev2 = edit.click(edt, [model, editor, instruction, steps, seed, n, history], outs, concurrency_limit=2)
+    ev2 = edit.click(edt, [model, editor, instruction, steps, seed, n, history, lora, lora_scale], outs,
+                     concurrency_limit=2)
     ev2.then(lambda hist: hist, history, session, queue=False)
     stop.click(lambda: "stopped", None, status, cancels=[ev1, ev2], queue=False)
     again.click(edit_again, last, editor, queue=False)
@@ -103,14 +120,16 @@ def build(client: openai.OpenAI, admin: Admin, notes: dict[str, str] | None = No
 # ---- the form ----
 
 def image_options(client: openai.OpenAI, model: str | None) -> dict[str, Any]:
-    """An image model's defaults and limits from its /v1/models entry (the engine's `image` field), else FALLBACK."""
+    """An image model's defaults and limits from its /v1/models entry (the engine's `image` field), else FALLBACK;
+    `loras`: the names of its LoRA adapters (its entry lists their ids, `<model>:<name>`)."""
     if not model:
-        return dict(FALLBACK)
+        return {**FALLBACK, "loras": []}
     try:
         extra = client.models.retrieve(model).model_extra or {}
     except openai.OpenAIError:
-        return dict(FALLBACK)
-    return {**FALLBACK, **(extra.get("image") or {})}
+        return {**FALLBACK, "loras": []}
+    loras = [i[len(model) + 1:] for i in extra.get("loras") or [] if i.startswith(model + ":")]
+    return {**FALLBACK, **(extra.get("image") or {}), "loras": loras}
 
 
 def form_defaults(opts: dict[str, Any]) -> tuple[Any, Any, Any, Any]:
@@ -124,6 +143,30 @@ def form_defaults(opts: dict[str, Any]) -> tuple[Any, Any, Any, Any]:
             gr.Slider(value=int(opts["default_steps"])),
             gr.Slider(maximum=max(1, int(opts["max_n"])), value=1),
             gr.Slider(value=float(g)) if (g := opts.get("default_guidance")) is not None else gr.skip())
+
+
+def lora_form(opts: dict[str, Any]) -> tuple[Any, Any]:
+    """The LoRA picker (none, then the model's adapters) and its scale, shown only for a model with adapters."""
+    names = list(opts.get("loras") or [])
+    return (gr.Dropdown(choices=[NO_LORA, *names], value=NO_LORA, visible=bool(names)),
+            gr.Slider(value=1.0, visible=bool(names)))
+
+
+def lora_default_scale(client: openai.OpenAI, model: str | None, lora: str | None) -> Any:
+    """The scale slider at the picked adapter's registry scale (its /v1/models entry), left as it is otherwise."""
+    if not model or not picked_lora(lora):
+        return gr.skip()
+    try:
+        extra = client.models.retrieve(f"{model}:{lora}").model_extra or {}
+    except openai.OpenAIError:
+        return gr.skip()
+    scale = (extra.get("lora") or {}).get("scale")
+    return gr.Slider(value=float(scale)) if isinstance(scale, int | float) else gr.skip()
+
+
+def picked_lora(lora: str | None) -> str | None:
+    """The adapter picked in the LoRA dropdown (None: none)."""
+    return lora if lora and lora != NO_LORA else None
 
 
 # ---- handlers ----
@@ -148,6 +191,13 @@ def _extras(negative: str, steps: float | None, guidance: float | None, seed: fl
     return extra
 
 
+def _lora_extras(lora: str | None, scale: float | None) -> dict[str, Any]:
+    """The adapter and its scale as the image server takes them (nothing when no adapter is picked)."""
+    if not picked_lora(lora):
+        return {}
+    return {"lora": lora, **({"lora_scale": float(scale)} if scale is not None else {})}
+
+
 def _remember(history: list[Picture] | None, new: list[Picture]) -> list[Picture]:
     return [*new, *(history or [])][:HISTORY_MAX]
 
@@ -155,7 +205,8 @@ def _remember(history: list[Picture] | None, new: list[Picture]) -> list[Picture
 def generate_images(client: openai.OpenAI, admin: Admin, model: str | None, prompt: str, negative: str = "",
                     size: str = "512x512", steps: float | None = None, guidance: float | None = None,
                     seed: float | None = None, n: float = 1, history: list[Picture] | None = None,
-                    poll: float = POLL_S) -> Iterator[ImageOut]:
+                    lora: str | None = None, lora_scale: float | None = None, poll: float = POLL_S
+                    ) -> Iterator[ImageOut]:
     """Generate images; yields (status, results, history, last result), with progress lines while waiting."""
     if not model:
         raise gr.Error("pick an image model first (register one with type = \"image\" in models.toml)")
@@ -163,7 +214,7 @@ def generate_images(client: openai.OpenAI, admin: Admin, model: str | None, prom
         raise gr.Error("write a prompt first")
 
     body = {"model": model, "prompt": prompt.strip(), "n": int(n), "size": size, "response_format": "b64_json",
-            **_extras(negative, steps, guidance, seed)}
+            **_extras(negative, steps, guidance, seed), **_lora_extras(lora, lora_scale)}
 
     def send() -> ImageStream:
         return open_stream(client, "/images/generations", json_body=body)
@@ -171,7 +222,8 @@ def generate_images(client: openai.OpenAI, admin: Admin, model: str | None, prom
     images, took = yield from _images_call(send, admin, model, "generating with", poll)
     caption = prompt.strip()[:80]
     pics = [(img, caption) for img in images]
-    done = f"{len(images)} image(s) from {model} in {took:.1f}s"
+    used = f" with LoRA {lora}" if picked_lora(lora) else ""
+    done = f"{len(images)} image(s) from {model}{used} in {took:.1f}s"
     yield done, pics, _remember(history, pics), images[0]
 
 
@@ -249,7 +301,8 @@ def _editor_image(value: Any) -> tuple[Image.Image | None, list[Any]]:
 
 def edit_image(client: openai.OpenAI, admin: Admin, model: str | None, editor: Any, instruction: str,
                steps: float | None = None, seed: float | None = None, n: float = 1,
-               history: list[Picture] | None = None, poll: float = POLL_S) -> Iterator[ImageOut]:
+               history: list[Picture] | None = None, lora: str | None = None, lora_scale: float | None = None,
+               poll: float = POLL_S) -> Iterator[ImageOut]:
     """Edit the uploaded image (inpaint where the mask is painted); yields (status, results, history, last)."""
     if not model:
         raise gr.Error("pick an image model first")
@@ -264,7 +317,7 @@ def edit_image(client: openai.OpenAI, admin: Admin, model: str | None, editor: A
     if mask is not None:
         files["mask"] = ("mask.png", _png(mask), "image/png")
     fields = {"model": model, "prompt": instruction.strip(), "n": str(int(n)), "response_format": "b64_json",
-              **{k: str(v) for k, v in _extras("", steps, None, seed).items()}}
+              **{k: str(v) for k, v in (_extras("", steps, None, seed) | _lora_extras(lora, lora_scale)).items()}}
 
     def send() -> ImageStream:
         return open_stream(client, "/images/edits", fields=fields, files=files)
