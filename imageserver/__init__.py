@@ -33,6 +33,11 @@ Rules that are not obvious:
 - Tasks share one set of weights: the loaded pipeline is the text-to-image one; image-to-image (edits without a
   mask) and inpainting (edits with a mask) are derived from it with AutoPipelineFor*.from_pipe. Instruction-editing
   pipelines (Qwen-Image-Edit, FLUX Kontext; name them in `pipeline`) serve edits themselves.
+- LoRA adapters (--loras) are loaded once per load of the pipeline, under their names, into its modules, which the
+  derived pipelines share, and then switched off. Before each pipeline call the worker makes the modules apply the
+  call's adapter (set_adapters with its scale) or none (disable_lora), only when that differs from the last call; the
+  adapter and scale are part of the batch key. A request names one with `lora` (and `lora_scale`) or with the model
+  id `<served name>:<adapter>`.
 - Masks follow OpenAI: fully transparent pixels are the ones to repaint. A mask without an alpha channel is read as
   Diffusers reads it: white is repainted.
 - Peak memory per request: torch.cuda.max_memory_allocated (reset per job) on CUDA, the process's RSS (sampled
