@@ -29,7 +29,8 @@ SEED = {"seed": 5}
 
 
 def registry(adapters: Path) -> str:
-    # tiny-sd with two adapters (ink at 0.8 by default) and batching; tiny-plain: the same pipeline, no adapters
+    # tiny-sd with two adapters (ink at 0.8 by default) and batching; tiny-plain: the same pipeline, no adapters;
+    # tiny-broken: an adapter whose folder does not exist
     return f"""
 [hub]
 start_timeout = "5m"
@@ -50,6 +51,13 @@ type = "image"
 engine = "diffusers"
 source = "{TINY}"
 [models.tiny-plain.args]
+{ARGS}
+[models.tiny-broken]
+type = "image"
+engine = "diffusers"
+source = "{TINY}"
+loras = {{ gone = "{adapters / 'gone'}" }}
+[models.tiny-broken.args]
 {ARGS}"""
 
 
@@ -95,6 +103,15 @@ def test_models_lists_the_adapters(hub):
     assert data["tiny-sd"]["loras"] == ["tiny-sd:pixel", "tiny-sd:ink"]
     assert data["tiny-sd:ink"]["parent"] == "tiny-sd" and data["tiny-sd:ink"]["lora"] == {"name": "ink", "scale": 0.8}
     assert "loras" not in data["tiny-plain"]
+
+
+def test_a_failing_adapter_fails_the_start_naming_it(client, hub):
+    with pytest.raises(openai.APIStatusError) as info:
+        image(client, "tiny-broken")
+    assert info.value.status_code >= 500
+    assert hub.models()["tiny-broken"]["state"] in ("failed", "stopped")
+    log = hub.cli("logs", "tiny-broken", "-n", "200").stdout
+    assert re.search(r"LoRA adapter 'gone' \(\S+gone\) could not be loaded", log), log
 
 
 def test_switching_adapters_between_requests(client, hub):
@@ -160,7 +177,7 @@ def test_image_tab_offers_and_sends_adapters(hub, client):
 
     ui_client, admin = make_clients(hub.url)
     try:
-        assert common.model_choices(ui_client)["image"] == ["tiny-sd", "tiny-plain"]
+        assert common.model_choices(ui_client)["image"] == ["tiny-sd", "tiny-plain", "tiny-broken"]
         assert "tiny-sd:pixel" in common.model_choices(ui_client, adapters=True)["image"]  # the plot's model axis
         opts = images.image_options(ui_client, "tiny-sd")
         assert opts["loras"] == ["pixel", "ink"] and images.image_options(ui_client, "tiny-plain")["loras"] == []
@@ -176,3 +193,14 @@ def test_image_tab_offers_and_sends_adapters(hub, client):
         assert plain.tobytes() != made.tobytes()
     finally:
         admin.close()
+
+
+def test_adapters_come_back_after_sleep(client, hub):
+    """Sleep drops the pipeline and its adapters; wake loads both again, once."""
+    base, pixel = image(client), image(client, lora="pixel")
+    engine = f"http://127.0.0.1:{hub.models()['tiny-sd']['process']['port']}"
+    loads = httpx.get(engine + "/stats", timeout=10).json()["lora_loads"]
+    httpx.post(engine + "/sleep", timeout=60).raise_for_status()
+    httpx.post(engine + "/wake", timeout=300).raise_for_status()
+    assert httpx.get(engine + "/stats", timeout=10).json()["lora_loads"] == loads + 2
+    assert image(client, lora="pixel") == pixel and image(client) == base
