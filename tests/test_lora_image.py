@@ -199,6 +199,8 @@ def test_adapters_come_back_after_sleep(client, hub):
     """Sleep drops the pipeline and its adapters; wake loads both again, once."""
     base, pixel = image(client), image(client, lora="pixel")
     engine = f"http://127.0.0.1:{hub.models()['tiny-sd']['process']['port']}"
+    entry = httpx.get(engine + "/v1/models", timeout=10).json()["data"][0]
+    assert [(a["name"], a["scale"]) for a in entry["loras"]] == [("pixel", 1.0), ("ink", 0.8)]
     loads = httpx.get(engine + "/stats", timeout=10).json()["lora_loads"]
     httpx.post(engine + "/sleep", timeout=60).raise_for_status()
     httpx.post(engine + "/wake", timeout=300).raise_for_status()
