@@ -131,6 +131,7 @@ class HostConfig(_Strict):
 
 
 LORA_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+LOCAL_SOURCE = (".", "/", "~", "{state_dir}")  # a LoRA source that starts so is a local path, else a hub repo id
 
 
 class LoraConfig(_Strict):
@@ -148,6 +149,11 @@ class LoraConfig(_Strict):
     @classmethod
     def _short_form(cls, data: Any) -> Any:
         return {"source": data} if isinstance(data, str) else data
+
+    @property
+    def is_repo(self) -> bool:
+        """Whether the source is a hub repo id (the engine downloads it at its start) rather than a local path."""
+        return not self.source.startswith(LOCAL_SOURCE)
 
 
 class ModelConfig(_Strict):

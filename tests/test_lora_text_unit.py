@@ -90,7 +90,6 @@ def test_a_folder_that_is_no_adapter_fails_the_start_saying_why(tmp_path):
     ("./m", "./x.safetensors", "loras.a.source: vLLM loads a peft adapter folder"),
     ("./m", {"source": "./x", "weight_name": "w.safetensors"}, "loras.a.weight_name"),
     ("./m", {"source": "./x", "scale": 0.5}, "loras.a.scale"),
-    ("org/base", "org/adapter", "hf download org/adapter"),
 ])
 def test_adapters_vllm_cannot_serve_are_refused_with_the_key(source, lora, says):
     with pytest.raises(ConfigError) as err:
@@ -133,3 +132,14 @@ def test_demo_adapter_comes_after_its_base_in_the_demo():
     lora = DEMO_MODELS[names.index("smollm2-lora")]
     assert names.index("smollm2-lora") > names.index("smollm2-135m-instruct") and lora.env == "diffusers"
     assert lora.args == ("--base", "{models}/smollm2-135m-instruct")
+
+
+def test_a_pulled_model_with_an_adapter_from_a_hub_repo_starts_online():
+    from hub.downloads.target import Target
+
+    reg = parse_registry({"models": {
+        "chat": {"type": "text", "engine": "vllm", "source": "org/base", "loras": {"a": "org/adapter"}},
+        "local": {"type": "text", "engine": "vllm", "source": "org/base", "loras": {"a": "./adapter"}}}})
+    online = Target("org/base", None, "/cache", reg.models["chat"]).engine_env()
+    assert "HF_HUB_OFFLINE" not in online and online["HF_HUB_CACHE"] == "/cache"
+    assert Target("org/base", None, "/cache", reg.models["local"]).engine_env()["HF_HUB_OFFLINE"] == "1"

@@ -64,8 +64,10 @@ class Target:
 
     def engine_env(self) -> dict[str, str]:
         """What the engine of a model pulled complete runs with: offline (it never downloads nor blocks on the
-        network in its start), reading the cache it was pulled into."""
-        env = {"HF_HUB_OFFLINE": "1"}
+        network in its start) unless it has adapters from hub repos, reading the cache it was pulled into."""
+        # an adapter from a hub repo is fetched by the engine itself at its start: that engine stays online (the
+        # base is in the cache already, so it downloads nothing else)
+        env = {} if any(lora.is_repo for lora in self.model.loras.values()) else {"HF_HUB_OFFLINE": "1"}
         if not self.in_container:
             env["HF_HUB_CACHE"] = self.cache_dir
         return env

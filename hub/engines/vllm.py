@@ -36,8 +36,8 @@ Rules that are not obvious:
   of max_lora_rank on every layer it can adapt, beside the weights: memory_gb must hold them. vLLM loads a peft
   folder (adapter_config.json, adapter_model.safetensors), at the strength it was trained with: a file, a
   weight_name or a scale is refused. A local folder is mounted into the container like the model's (extra_paths).
-  An adapter that is a hub repo id is downloaded by vLLM itself at start, which a model whose own source is a hub
-  repo cannot do (the hub pulls it and starts vLLM offline): that pair is refused, naming the fix.
+  An adapter that is a hub repo id is downloaded by vLLM itself at start (a pulled model with such an adapter
+  starts online: hub/downloads/target.py).
 """
 
 from __future__ import annotations
@@ -178,7 +178,6 @@ class VllmEngine(Engine):
     def problems(self, model: Any) -> list[str]:
         """The engine's checks, and the LoRA adapters vLLM cannot serve as the registry gives them."""
         out = super().problems(model)
-        pulled = not (model.source or "").startswith(LOCAL_PREFIXES)
         for name, lora in model.loras.items():
             at = f"loras.{name}"
             if lora.source.endswith(".safetensors"):
@@ -190,10 +189,6 @@ class VllmEngine(Engine):
             if lora.scale != 1.0:
                 out.append(f"{at}.scale: vLLM applies an adapter at the strength it was trained with "
                            "(lora_alpha / r): leave scale out")
-            if pulled and not lora.source.startswith(LOCAL_PREFIXES):
-                out.append(f"{at}.source: the hub pulls this model's source and starts vLLM offline, so vLLM cannot "
-                           f"download adapter {lora.source!r}: download it (`hf download {lora.source} --local-dir "
-                           "DIR`) and give that folder")
         return out
 
     def lora_args(self, ctx: LaunchContext, a: VllmArgs) -> list[str]:
