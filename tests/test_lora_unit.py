@@ -65,3 +65,15 @@ def test_slots_resolve_adapters_and_list_them():
     ink = adapter_object(manager.slot("sd"), "ink")
     assert ink["parent"] == "sd" and ink["root"] == "org/ink-lora" and ink["type"] == "image"
     assert ink["lora"] == {"name": "ink", "scale": 0.7}
+
+
+def test_batch_lines_may_name_adapters_and_share_their_models_places():
+    from hub.batches.service import Batches
+
+    reg = parse_registry(REG)
+    batches = Batches(reg, Manager(reg), gateway=None)  # type: ignore[arg-type]  # nothing is sent here
+    assert batches.refusal("chat:pirate", "/v1/chat/completions") is None
+    assert "has no LoRA adapter 'nope'" in (batches.refusal("chat:nope", "/v1/chat/completions") or "")
+    assert "is an image model" in (batches.refusal("sd:pixel", "/v1/chat/completions") or "")
+    assert batches.cap("sd:pixel") == batches.cap("sd")
+    assert batches.runner.base("sd:pixel") == "sd" and batches.runner.base("qwen:7b") == "qwen:7b"

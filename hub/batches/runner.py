@@ -124,8 +124,9 @@ class Runner:
 
     def __init__(self, db: Db, send: Callable[[str, bytes], Awaitable[tuple[int, bytes, str | None]]],
                  cap: Callable[[str], int], observe: Callable[[str, str, int], None] | None = None,
-                 retry_s: float = 1.0) -> None:
+                 retry_s: float = 1.0, base: Callable[[str], str] = str) -> None:
         self.db, self.send, self.cap, self.observe, self.retry_s = db, send, cap, observe, retry_s
+        self.base = base  # the model a line's model id runs on (a LoRA adapter's lines count as its model's)
         self.wakeup = asyncio.Event()
         self.lines: dict[tuple[str, int], asyncio.Task] = {}
         self.per_model: Counter[str] = Counter()
@@ -189,7 +190,7 @@ class Runner:
                     self.pending[bid] = set(await self.db.run(self.store.pending_models, bid))
                 models = self.pending[bid]
                 for m in sorted(models):
-                    room = self.cap(m) - self.per_model[m]
+                    room = self.cap(m) - self.per_model[self.base(m)]
                     if room > 0:
                         rows = await self.db.run(self.store.claim, bid, m, room)
                         for row in rows:
@@ -200,7 +201,7 @@ class Runner:
                     await self.finish(b, "completed")
 
     def _spawn(self, bid: str, row: dict[str, Any]) -> None:
-        self.per_model[row["model"]] += 1
+        self.per_model[self.base(row["model"])] += 1
         key = (bid, row["line"])
         self.lines[key] = asyncio.create_task(self._run_line(bid, row), name=f"batch-{bid}-{row['line']}")
 
@@ -234,7 +235,7 @@ class Runner:
             if await self.db.run(self.store.record, bid, row["line"], state, result) and self.observe:
                 self.observe(row["model"], "completed" if state == "done" else "failed", 1)
         finally:
-            self.per_model[row["model"]] -= 1
+            self.per_model[self.base(row["model"])] -= 1
             self.lines.pop((bid, row["line"]), None)
             self.wake()
 

@@ -30,7 +30,7 @@ class Batches:
         self.registry, self.manager = registry, manager
         self.db = Db()
         host = registry.url.split("://", 1)[1]  # where an answer's links (image URLs) point: the hub itself
-        self.runner = Runner(self.db, partial(local_post, gateway, host), self.cap, observe)
+        self.runner = Runner(self.db, partial(local_post, gateway, host), self.cap, observe, base=self.base)
 
     async def start(self) -> None:
         """Open (and migrate) `<state_dir>/hub.db`, then run the batches left active."""
@@ -47,11 +47,16 @@ class Batches:
         assert self.db.store is not None, "the batch store is open while the hub serves"
         return self.db.store
 
+    def base(self, model: str) -> str:
+        """The registered model a line's model id runs on: itself, or the model of a LoRA adapter `<id>:<name>`
+        (its lines share the model's places)."""
+        return self.manager.registry.split_adapter(model)[0]
+
     def cap(self, model: str) -> int:
         """How many lines of batches go to a model at once: the places background work may take under its
         max_concurrency (all but one, hub/manager/queue.py), else [hub] batch_concurrency. More would only wait in
         the model's queue, where a cancel no longer stops them."""
-        s = self.manager.slots.get(model)
+        s = self.manager.slots.get(self.base(model))
         places = s.limits.max_concurrency if s else 0
         return max(1, places - 1) if places else self.registry.hub.batch_concurrency
 
@@ -103,11 +108,12 @@ class Batches:
     # ---- batches ----
 
     def refusal(self, model: str, url: str) -> str | None:
-        """Why a registered model cannot serve `url` (None: it can)."""
-        s = self.manager.slots.get(model)
+        """Why a registered model (or a LoRA adapter of one, `<id>:<name>`) cannot serve `url` (None: it can)."""
+        s = self.manager.slots.get(self.base(model))
         if s is None:
-            return (f"body.model {model!r} is not a registered model (available: "
-                    f"{', '.join(self.manager.slots) or 'none'})")
+            have = ", ".join(self.manager.slots) or "none"
+            return self.manager.registry.no_adapter(model) or (
+                f"body.model {model!r} is not a registered model (available: {have})")
         if BY_PATH[url].task not in tasks_of(s.cfg.type, s.cfg.tasks):
             serves = " or ".join(endpoints_of(s.cfg.type, s.cfg.tasks)) or "nothing"
             article = "an" if s.cfg.type[0] in "aeiou" else "a"
