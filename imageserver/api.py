@@ -298,10 +298,11 @@ def partial_steps(total: int, count: int) -> list[int]:
 
 def pick_lora(req: _Request, served_name: str, loras: dict[str, LoraSpec]) -> tuple[str, float] | None:
     """The (adapter, scale) a request asks for: its `lora` field, or a model id `<served name>:<adapter>` (split at
-    the last ':' when the suffix is one of the adapters); None for the base. BadRequest for an adapter the server
-    does not have, a lora_scale without an adapter, or two different adapters asked for at once."""
+    the last ':' when the suffix is one of the adapters and the id is not the served name itself); None for the base.
+    BadRequest for an adapter the server does not have, a lora_scale without an adapter, or two different adapters
+    asked for at once."""
     name = req.lora
-    if req.model and ":" in req.model:
+    if req.model and req.model != served_name and ":" in req.model:  # a base named <x>:<adapter> is itself
         prefix, _, suffix = req.model.rpartition(":")
         if suffix in loras and prefix:
             if name is not None and name != suffix:
