@@ -68,6 +68,11 @@ def clip_text_model_alias(pipe: Any) -> None:
             object.__setattr__(enc, "text_model", enc)
 
 
+# the active adapter after a switch that failed part-way: equal to no request's, so the next call sets its own again
+# (enabling the adapters first) instead of running with whatever the failed switch left on
+UNKNOWN: Any = ("?", float("nan"))
+
+
 def _lora_name(lora: tuple[str, float] | None) -> str:
     return "base" if lora is None else f"{lora[0]}@{lora[1]:g}"
 
@@ -192,16 +197,17 @@ class Pipelines:
         if lora == self.active:
             return
         t0 = time.perf_counter()
+        was, self.active = self.active, UNKNOWN  # a switch that fails part-way leaves the modules in doubt
         if lora is None:
             pipe.disable_lora()
         else:
-            if self.active is None:
+            if was is None or was is UNKNOWN:
                 pipe.enable_lora()
             pipe.set_adapters([lora[0]], adapter_weights=[lora[1]])
         took = time.perf_counter() - t0
         self.lora_switches += 1
         self.lora_switch_seconds += took
-        log.info("LoRA: %s -> %s in %.1f ms", _lora_name(self.active), _lora_name(lora), took * 1000)
+        log.info("LoRA: %s -> %s in %.1f ms", _lora_name(was), _lora_name(lora), took * 1000)
         self.active = lora
 
     def unload(self) -> None:

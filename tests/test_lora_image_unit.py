@@ -90,3 +90,48 @@ def test_batch_key_holds_the_adapter():
         return Work("text2image", "model", {"width": 64}, "x", None, 1, 0, lora=lora)
     assert work(None).key() != work(("pixel", 1.0)).key() != work(("pixel", 0.5)).key()
     assert work(("ink", 1.0)).key() == work(("ink", 1.0)).key()
+
+
+def test_a_base_whose_name_ends_in_an_adapters_name_runs_without_it():
+    req = validate_request(GenerationRequest, {"prompt": "x", "model": "sd:pixel"})
+    assert pick_lora(req, "sd:pixel", LORAS) is None  # the served model itself, not adapter pixel
+    req = validate_request(GenerationRequest, {"prompt": "x", "model": "sd:pixel:pixel"})
+    assert pick_lora(req, "sd:pixel", LORAS) == ("pixel", 1.0)
+
+
+class _Adapters:
+    """The LoRA switches of a Diffusers pipeline; set_adapters fails while `fail` is set."""
+
+    def __init__(self) -> None:
+        self.enabled, self.set, self.fail = False, None, False
+
+    def enable_lora(self) -> None:
+        self.enabled = True
+
+    def disable_lora(self) -> None:
+        self.enabled = False
+
+    def set_adapters(self, names, adapter_weights) -> None:
+        if self.fail:
+            raise RuntimeError("set_adapters failed")
+        self.set = (names, adapter_weights)
+
+
+def test_a_switch_that_fails_part_way_is_redone_by_the_next_call():
+    from imageserver.api import ServerOptions
+    from imageserver.pipelines import Pipelines
+
+    pipes, pipe = Pipelines("/m", ServerOptions(), loras=LORAS), _Adapters()
+    pipe.fail = True
+    with pytest.raises(RuntimeError):
+        pipes._use_lora(pipe, ("pixel", 1.0))  # enabled, then failed: the adapters may apply
+    pipe.fail = False
+    pipes._use_lora(pipe, None)  # the next request asks for the base: the adapters are switched off
+    assert not pipe.enabled and pipes.active is None
+    pipe.fail = True
+    with pytest.raises(RuntimeError):
+        pipes._use_lora(pipe, ("ink", 0.8))
+    pipe.fail = False
+    pipe.enabled = False  # whatever the failure left
+    pipes._use_lora(pipe, ("ink", 0.8))
+    assert pipe.enabled and pipe.set == (["ink"], [0.8]) and pipes.active == ("ink", 0.8)
