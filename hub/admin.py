@@ -147,8 +147,8 @@ async def hub_unload(model_id: str, manager: Manager = Depends(manager_of)) -> d
 @router.post("/hub/models/{model_id}/memory")
 async def hub_memory(model_id: str, report: MemoryReport, manager: Manager = Depends(manager_of)) -> dict[str, Any]:
     """Keep a measured peak (benchmarks/memory.py) in the memory ledger; it budgets undeclared models."""
-    s = manager.slot(model_id)
-    manager.ledger.record(model_id, report.peak_gb, report.device, report.source)
+    s = manager.slot(model_id)  # a LoRA adapter's id (<id>:<name>) measures its model: kept under the model's id
+    manager.ledger.record(s.id, report.peak_gb, report.device, report.source)
     return model_entry(manager, s)
 
 

@@ -77,3 +77,19 @@ def test_batch_lines_may_name_adapters_and_share_their_models_places():
     assert "is an image model" in (batches.refusal("sd:pixel", "/v1/chat/completions") or "")
     assert batches.cap("sd:pixel") == batches.cap("sd")
     assert batches.runner.base("sd:pixel") == "sd" and batches.runner.base("qwen:7b") == "qwen:7b"
+
+
+def test_admin_calls_on_an_adapter_id_act_on_its_model(tmp_path, monkeypatch):
+    import asyncio
+
+    from hub.admin import hub_memory
+    from hub.ledger import MemoryReport
+
+    reg = parse_registry({**REG, "hub": {"state_dir": str(tmp_path)}})
+    manager = Manager(reg)
+    asked = []
+    monkeypatch.setattr(manager, "runtime", lambda s: type("R", (), {"logs": lambda self, mid, tail: asked.append(mid)
+                                                                      or "log"})())
+    assert manager.logs("sd:pixel") == "log" and asked == ["sd"]
+    entry = asyncio.run(hub_memory("sd:pixel", MemoryReport(peak_gb=3.5, device="cuda"), manager))
+    assert entry["id"] == "sd" and manager.ledger.get("sd") is not None and manager.ledger.get("sd:pixel") is None

@@ -233,10 +233,10 @@ class Manager:
 
     def logs(self, model_id: str, tail: int = 100) -> str:
         """The tail of a model's engine log."""
-        s = self.slot(model_id)
+        s = self.slot(model_id)  # a LoRA adapter's id (<id>:<name>): its model's engine log
         if not s.engine.managed:
             return ""
-        return self.runtime(s).logs(model_id, tail)
+        return self.runtime(s).logs(s.id, tail)
 
     def memory_of(self, s: Slot) -> float:
         """The GB a model is budgeted at."""
