@@ -93,3 +93,16 @@ def test_admin_calls_on_an_adapter_id_act_on_its_model(tmp_path, monkeypatch):
     assert manager.logs("sd:pixel") == "log" and asked == ["sd"]
     entry = asyncio.run(hub_memory("sd:pixel", MemoryReport(peak_gb=3.5, device="cuda"), manager))
     assert entry["id"] == "sd" and manager.ledger.get("sd") is not None and manager.ledger.get("sd:pixel") is None
+
+
+def test_an_adapter_added_by_a_reload_waits_for_its_engines_restart():
+    """A running model with a changed registry table keeps its old config until its engine restarts: an adapter
+    the reload added is not served yet (GET /v1/models/<id>:<new> was a 500, a request went to an engine without it)."""
+    manager = Manager(parse_registry(REG))
+    new = {**REG, "models": {**REG["models"], "chat": {**REG["models"]["chat"],
+                                                       "loras": {"pirate": "/loras/pirate", "poet": "/loras/poet"}}}}
+    manager._use(parse_registry(new))  # the slot's config is the running engine's until it restarts
+    with pytest.raises(ModelNotFound) as err:
+        manager.slot("chat:poet")
+    assert "next start" in str(err.value)
+    assert manager.slot("chat:pirate").id == "chat"
