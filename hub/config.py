@@ -315,11 +315,18 @@ class Registry(_Strict):
         m = self.models.get(base)
         return (base, name) if m is not None and name in m.loras else (model_id, None)
 
-    def no_adapter(self, model_id: str) -> str | None:
-        """Why `<id>:<name>` names no adapter when `<id>` is a registered model (None otherwise)."""
+    def no_adapter(self, model_id: str, running: ModelConfig | None = None) -> str | None:
+        """Why `<id>:<name>` names no adapter when `<id>` is a registered model (None otherwise). `running`: the
+        config the model's engine runs, which keeps its adapters until it restarts: one a reload added is not there."""
         base, _, name = model_id.rpartition(":")
-        if base not in self.models or name in self.models[base].loras:
+        if base not in self.models:
             return None
+        if name in self.models[base].loras:
+            if running is None or name in running.loras:
+                return None
+            return (f"model {base!r} serves LoRA adapter {name!r} from its engine's next start: the registry reload "
+                    "that added it restarts the engine once it is idle (or at once: POST /hub/reload "
+                    "{\"restart\": true})")
         have = ", ".join(f"{base}:{n}" for n in self.models[base].loras) or \
             f"none: add them under [models.{base}.loras] in the registry"
         return f"model {base!r} has no LoRA adapter {name!r} (its adapters: {have})"

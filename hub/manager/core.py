@@ -165,13 +165,8 @@ class Manager:
         s = self.slots.get(model_id)
         if s is None and ":" in model_id:  # <id>:<lora>: the model that serves the adapter
             s = self.slots.get(self.registry.split_adapter(model_id)[0])
-            if s is None and (why := self.registry.no_adapter(model_id)):
+            if why := self.registry.no_adapter(model_id, s.cfg if s is not None else None):
                 raise ModelNotFound(why, param="model")
-            name = model_id[len(s.id) + 1:] if s is not None else ""
-            if s is not None and not s.removed and name not in s.cfg.loras:  # added by a reload, engine not restarted
-                raise ModelNotFound(f"model {s.id!r} serves LoRA adapter {name!r} from its engine's next start: the "
-                                    "registry reload that added it restarts the engine once it is idle (or at once "
-                                    "with POST /hub/reload {\"restart\": true})", param="model")
         if s is None or s.removed:
             valid = ", ".join(m for m, o in self.slots.items() if not o.removed) or "none registered"
             gone = " was removed from the registry" if s else " does not exist"
