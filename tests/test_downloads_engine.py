@@ -42,7 +42,7 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def hub(fake: FakeHub, cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[HubProcess]:
     m = tomllib.loads((ROOT / "models.demo.toml").read_text())["models"]["smollm2"]
     lines = ["[hub]", 'start_timeout = "5m"', "[models.smollm2]", f'source = "{REPO}"']
-    lines += [f"{k} = {toml_value(v)}" for k, v in m.items() if k not in ("args", "source")]
+    lines += [f"{k} = {toml_value(v)}" for k, v in m.items() if k not in ("args", "source", "loras")]
     lines += ["[models.smollm2.args]", *(f"{k} = {toml_value(v)}" for k, v in m["args"].items())]
     registry = "\n".join(lines) + "\n"
     require_demo(registry)
