@@ -22,12 +22,11 @@ pipeline is left as it is. Runs in the diffusers engine environment (torch, diff
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
-from demo_models.folders import ConvertError, byte_level_bpe, write_pipeline
+from demo_models.folders import byte_level_bpe, family_cli, write_pipeline
 
 SEED = 0
 HIDDEN = 16  # the text encoder's width, which is the transformer's joint attention width
@@ -125,18 +124,8 @@ def build(outdir: Path, family: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Write the pipeline of --family to OUTDIR unless it is already there."""
-    p = argparse.ArgumentParser(prog="python -m demo_models.family_qwen", description=__doc__.splitlines()[0])
-    p.add_argument("--family", required=True, choices=sorted(FAMILIES), help="which pipeline to build")
-    p.add_argument("outdir", type=Path, help="folder to write (skipped if it already holds model_index.json)")
-    args = p.parse_args(argv)
-    out = args.outdir.resolve()
-    try:
-        print(write_pipeline(out, lambda d: build(d, args.family), f"tiny random {FAMILIES[args.family]}"),
-              flush=True)
-    except ConvertError as err:
-        print(f"family_qwen: {err}", file=sys.stderr)
-        return 1
-    return 0
+    return family_cli("family_qwen", FAMILIES, lambda family, out: write_pipeline(
+        out, lambda d: build(d, family), f"tiny random {FAMILIES[family]}"), argv)
 
 
 if __name__ == "__main__":

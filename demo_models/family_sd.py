@@ -20,7 +20,6 @@ each. Runs in the diffusers engine environment (torch, diffusers, transformers).
 
 from __future__ import annotations
 
-import argparse
 import string
 import sys
 import tempfile
@@ -29,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from demo_models import tiny_sd
-from demo_models.folders import ConvertError, write_pipeline
+from demo_models.folders import ConvertError, family_cli, write_pipeline
 
 SEED = 0
 CLIP_WIDTH = 32  # each CLIP text encoder's hidden size and projection
@@ -158,16 +157,7 @@ def convert(family: str, out: Path) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """`--family NAME OUTDIR`: print what was done, or the error and exit 1."""
-    p = argparse.ArgumentParser(prog="python -m demo_models.family_sd", description=__doc__.splitlines()[0])
-    p.add_argument("--family", required=True, choices=sorted(FAMILIES), help="which family's pipeline to build")
-    p.add_argument("outdir", type=Path, help="folder to write (skipped if it already holds model_index.json)")
-    args = p.parse_args(argv)
-    try:
-        print(convert(args.family, args.outdir.resolve()), flush=True)
-    except ConvertError as err:
-        print(f"family_sd: {err}", file=sys.stderr)
-        return 1
-    return 0
+    return family_cli("family_sd", FAMILIES, convert, argv)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ import json
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +68,24 @@ def cli(name: str, convert: Callable[[Path], str], outdir_help: str, argv: list[
     args = p.parse_args(argv)
     try:
         print(convert(args.outdir.resolve()), flush=True)
+    except ConvertError as err:
+        print(f"{name}: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def family_cli(name: str, families: Iterable[str], convert: Callable[[str, Path], str],
+               argv: list[str] | None = None) -> int:
+    """`python -m demo_models.<name> --family NAME OUTDIR` of a module that builds several families: print what
+    convert(family, OUTDIR) did, or the error and exit 1."""
+    module = sys.modules.get(f"demo_models.{name}") or sys.modules.get("__main__")
+    p = argparse.ArgumentParser(prog=f"python -m demo_models.{name}",
+                                description=((module and module.__doc__) or name).splitlines()[0])
+    p.add_argument("--family", required=True, choices=sorted(families), help="which family's pipeline to build")
+    p.add_argument("outdir", type=Path, help="folder to write (skipped if it already holds model_index.json)")
+    args = p.parse_args(argv)
+    try:
+        print(convert(args.family, args.outdir.resolve()), flush=True)
     except ConvertError as err:
         print(f"{name}: {err}", file=sys.stderr)
         return 1
