@@ -24,7 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -59,12 +59,17 @@ def registry(sc: ImageBatchingScenario, port: int, state: Path) -> str:
     return text
 
 
-@contextlib.contextmanager
-def started_hub(sc: ImageBatchingScenario, tmp: Path) -> Iterator[HubClient]:
+def started_hub(sc: ImageBatchingScenario, tmp: Path) -> contextlib.AbstractContextManager[HubClient]:
     """A `hub serve` of this benchmark with both variants loaded."""
+    return serve_registry(lambda port, state: registry(sc, port, state), tmp, VARIANTS)
+
+
+@contextlib.contextmanager
+def serve_registry(make: Callable[[int, Path], str], tmp: Path, models: Iterable[str]) -> Iterator[HubClient]:
+    """A `hub serve` of the registry make(port, state_dir) in `tmp`, with `models` loaded; stopped on exit."""
     port = free_port()
     cfg = tmp / "models.toml"
-    cfg.write_text(registry(sc, port, tmp / "state"))
+    cfg.write_text(make(port, tmp / "state"))
     log = tmp / "hub.log"
     proc = subprocess.Popen([sys.executable, "-m", "hub.cli", "serve", "--config", str(cfg), "--no-ui"],
                             stdout=log.open("w"), stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True,
@@ -73,7 +78,7 @@ def started_hub(sc: ImageBatchingScenario, tmp: Path) -> Iterator[HubClient]:
         root = f"http://127.0.0.1:{port}"
         wait_http(root + "/health", proc, 60, log)
         hub = HubClient(root + "/v1", api_key="", timeout=3600)
-        for name in VARIANTS:
+        for name in models:
             hub.load(name)
         yield hub
     finally:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import re
 import statistics
 import subprocess
@@ -31,11 +30,10 @@ from typing import Any
 
 import httpx
 
-from benchmarks.image_batching import demo_source, engine_stats
+from benchmarks.image_batching import demo_source, engine_stats, serve_registry
 from benchmarks.measure import HubClient
 from benchmarks.peers import envs_dir
 from benchmarks.results import write_csv
-from hub.procs import free_port, stop_process, wait_http
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "lora-sd"
@@ -78,21 +76,8 @@ def started_hub(sc: LoraSwitchScenario, tmp: Path) -> Iterator[tuple[HubClient, 
                               capture_output=True, text=True)
         if proc.returncode != 0:
             raise RuntimeError(f"demo_models.tiny_lora failed: {(proc.stderr or proc.stdout).strip()[-300:]}")
-    port = free_port()
-    cfg = tmp / "models.toml"
-    cfg.write_text(registry(sc, loras, port, tmp / "state"))
-    log = tmp / "hub.log"
-    proc = subprocess.Popen([sys.executable, "-m", "hub.cli", "serve", "--config", str(cfg), "--no-ui"],
-                            stdout=log.open("w"), stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True,
-                            env={**os.environ, "HUB_STATE_DIR": str(tmp / "state"), "HUB_ENVS_DIR": str(envs_dir())})
-    try:
-        root = f"http://127.0.0.1:{port}"
-        wait_http(root + "/health", proc, 60, log)
-        hub = HubClient(root + "/v1", api_key="", timeout=3600)
-        hub.load(MODEL)
+    with serve_registry(lambda port, state: registry(sc, loras, port, state), tmp, [MODEL]) as hub:
         yield hub, tmp / "state" / "logs" / f"{MODEL}.log"
-    finally:
-        stop_process(proc)
 
 
 def run_lora_switch(sc: LoraSwitchScenario) -> list[dict[str, Any]]:
